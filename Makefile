@@ -1,0 +1,67 @@
+# Makefile: builds the realnvp library, CLI, server, trainer and Check tests into bin/.
+# Leaves out packaging (deploy/) and long benchmarks (bench/, run by hand).
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude -Icore -MMD -MP
+LDLIBS  := -lopenblas -lpng -lz -ljansson -lm -lpthread
+SRVLIBS := -lmicrohttpd
+TESTLIBS:= $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -lpthread)
+B       := build
+CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
+TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
+SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c)))
+TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
+PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core)
+
+# build every program
+all: $(PROGS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/librnvp.a: $(CORE_OBJ)
+	ar rcs $@ $^
+$(B)/libtrain.a: $(TRAIN_OBJ)
+	ar rcs $@ $^
+$(B)/libserver.a: $(SRV_OBJ)
+	ar rcs $@ $^
+
+bin/realnvp: $(B)/cli/realnvp.o $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+bin/realnvp-server: $(B)/server/main.o $(B)/libserver.a $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS)
+bin/realnvp-train: $(B)/train/main.o $(B)/libtrain.a $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+bin/bench_core: $(B)/bench/bench_core.o $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_OBJ),$(B)/libtrain.a) $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS) $(TESTLIBS)
+
+# build and run the whole Check suite (the README's test command; .ci/run calls it)
+test: $(PROGS) $(TESTS)
+	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS)
+
+# the same suite under AddressSanitizer and UndefinedBehaviorSanitizer
+asan:
+	$(MAKE) B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
+
+# install the Debian packages the build and tests need (uses sudo when not root)
+deps:
+	@tools/install-deps.sh
+
+# build and serve the bundled Fashion-MNIST model on 127.0.0.1:8080
+run: deps all
+	bin/realnvp-server --model models/fashion-mnist/model.safetensors
+
+# remove build outputs
+clean:
+	rm -rf build build-asan bin
+
+.PHONY: all test asan deps run clean
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,130 @@
+/* internal.h: the model's internal layout shared by core/ and train/: couplings, convolutions,
+ * the parameter table, and the layer kernels. Not part of the public API; no I/O here. */
+#ifndef RNVP_INTERNAL_H
+#define RNVP_INTERNAL_H
+
+#include "realnvp.h"
+#include <stdarg.h>
+
+#define RNVP_MAX_KERNEL 15         /* largest kh or kw accepted from a checkpoint */
+#define RNVP_MAX_FEATURES 4096
+#define RNVP_MAX_RES_BLOCKS 64
+#define RNVP_MAX_SIDE 4096
+
+enum coupling_kind { COUPLING_CHECKER = 0, COUPLING_CHANNEL = 1 };
+
+/* A weight-normalised convolution. Pointers into the model's parameter block. */
+typedef struct conv_p {
+    int cout, cin, kh, kw;
+    float *v;       /* (cout, cin, kh, kw) weight_v */
+    float *g;       /* (cout) weight_g */
+    float *b;       /* (cout) bias */
+} conv_p;
+
+/* A batch norm's parameters and running statistics. */
+typedef struct bn_p {
+    int c;
+    float *w, *b, *rm, *rv;   /* (c) each */
+} bn_p;
+
+/* Folded inference weights of one convolution: w = g * v / ||v|| (times a following batch
+ * norm's scale where one is folded in), bias likewise. Pointers into the model's infer block. */
+typedef struct conv_i {
+    int cout, cin, kh, kw;
+    float *w;       /* (cout, cin*kh*kw) */
+    float *b;       /* (cout) */
+} conv_i;
+
+/* A batch norm as a per-channel affine map y = a*x + c (inference). */
+typedef struct affine_i {
+    int c;
+    float *a, *s;   /* (c) scale, shift */
+} affine_i;
+
+typedef struct coupling {
+    int kind, parity, scale;   /* scale index s it belongs to */
+    int C, H, W;               /* shape of the tensor the coupling sees */
+    int Ct, Cin, F, K;         /* transformed channels, net input channels, features, blocks */
+    /* parameters (checkpoint tensors) */
+    conv_p in_conv, out_conv;
+    conv_p *conv_a, *conv_b;   /* (K) */
+    bn_p *bn_a, *bn_b;         /* (K) */
+    bn_p bn_out;
+    float *scale;              /* (Ct) */
+    float *fbn_mean, *fbn_var; /* (Ct) each, NULL without flow_batchnorm */
+    /* folded inference weights */
+    conv_i i_in, i_out;
+    conv_i *i_a, *i_b;         /* (K); i_a has bn_b folded in */
+    affine_i *i_bn_a;          /* (K) */
+    affine_i i_bn_out;
+    float *fbn_inv_std;        /* (Ct) 1/sqrt(var+eps) */
+    double fbn_logdet;         /* -0.5 * sum over transformed elements of ln(var+eps), one image */
+} coupling;
+
+struct rnvp_model {
+    rnvp_config cfg;
+    int D, S, L;
+    rnvp_latent_part parts[RNVP_MAX_SCALES];
+    coupling *cp;              /* (L) */
+    int ntensors;
+    rnvp_tensor *tensors;      /* (ntensors), data points into params */
+    char *names;               /* storage for tensor names */
+    float *params;             /* (nparams) every checkpoint tensor, in table order */
+    size_t nparams;
+    float *infer;              /* (ninfer) folded inference weights */
+    size_t ninfer;
+    int nmeta;
+    char **meta_keys, **meta_vals;
+};
+
+/* Error helper: fills err (if not NULL) and returns status. */
+enum rnvp_status rnvp_fail(rnvp_error *err, enum rnvp_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Kernel sizes of every convolution, by coupling: kernel[k][0] in_conv, [1 + 2j] conv_a of
+ * block j, [2 + 2j] conv_b, [1 + 2K] out_conv; each as kh*100 + kw. NULL means 3x3 for the
+ * in/block convs and 1x1 for out_conv (or cfg->kernel for in/block). */
+typedef int (*kernel_fn)(void *user, int k, int conv, int *kh, int *kw);
+
+/* Build an empty model for cfg: couplings, tensor table, zeroed parameter and inference
+ * blocks. kfn (may be NULL) chooses each convolution's kernel. On failure returns NULL-ed
+ * *out and err. */
+enum rnvp_status model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
+                             void *user, rnvp_error *err);
+/* Recompute the folded inference weights from the parameters (after loading or training). */
+void model_fold(rnvp_model *m);
+/* Set metadata key to value (copies), replacing an existing key. */
+enum rnvp_status model_set_meta(rnvp_model *m, const char *key, const char *val);
+/* Index of a tensor by name, or -1. */
+int model_find_tensor(const rnvp_model *m, const char *name);
+
+/* ---- safetensors ---- */
+typedef struct st_entry {
+    const char *name;
+    int ndim;
+    int shape[4];
+    const float *data;   /* (shape) little-endian float32 inside the file buffer, maybe unaligned */
+} st_entry;
+
+/* Write a safetensors file atomically (tmp, fsync, rename). meta: NULL-terminated key/value
+ * pairs. Entries with data == NULL are rejected. */
+enum rnvp_status st_write(const char *path, const char *const *meta, const rnvp_tensor *t,
+                          int n, rnvp_error *err);
+
+/* ---- layer kernels (core/layers.c) ---- */
+
+/* Squeeze one tensor: out (4C, H/2, W/2) from in (C, H, W), spec 2.1, per image plane-set.
+ * Layout (C, N, H, W): each channel holds N images. */
+void squeeze_forward(float *out, const float *in, int C, int N, int H, int W);
+void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
+/* Channel map of the split (spec 2.2) on 4C channels: keep[i], i < 2C, gives the source
+ * channel of h_{s+1}[i]; drop[i] the source channel of z_s[i]. */
+void split_channels(int *keep, int *drop, int C);
+
+/* Convolution, (C, N, H, W) layout: out (cout, N, H, W) = w * pre(in) + b, where pre is
+ * relu(a*x + s) per input channel when pre != NULL, else identity. col is workspace of
+ * cin*kh*kw*N*H*W floats (unused for 1x1 without pre). */
+void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                    float *col, int N, int H, int W);
+
+#endif

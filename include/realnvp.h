@@ -1,0 +1,191 @@
+/* realnvp.h: the public API of the Real NVP inference library (prefix rnvp_):
+ * checkpoints, batched log-likelihood / encode / decode / sample, PNG helpers. Training lives in train/.
+ *
+ * Memory model
+ * ------------
+ * - rnvp_model is immutable once loaded: it owns one block of parameters (as stored in the
+ *   checkpoint) and one block of derived inference weights (weight norm applied, batch norms
+ *   folded). Any number of threads may use one model at the same time, read-only.
+ * - rnvp_ctx is a per-thread workspace, sized at creation for `max_batch` images. One thread
+ *   uses one context at a time. Calls on a context never allocate; a call with n > max_batch
+ *   is processed in chunks of max_batch.
+ * - Every array passed in or out is owned by the caller. Shapes are written next to each
+ *   argument: (N, C, H, W) pixels are uint8 0..255 in channel-major order, latents are (N, D)
+ *   float32 in the layout of spec section 2 (z_0, z_1, ... each flattened C,H,W).
+ * - Functions that can fail return enum rnvp_status and, when `err` is not NULL, fill it with
+ *   a one-line message naming the problem. The library never prints and never exits.
+ *
+ * The math and the checkpoint format are defined by ../shared/spec/realnvp-v1.md.
+ */
+#ifndef REALNVP_H
+#define REALNVP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RNVP_VERSION "0.1.0"
+#define RNVP_MAX_SCALES 8
+
+enum rnvp_status {
+    RNVP_OK = 0,
+    RNVP_ERR_IO,      /* a file could not be opened, read or written */
+    RNVP_ERR_FORMAT,  /* malformed checkpoint, PNG, JSON or config */
+    RNVP_ERR_ARG,     /* a bad argument (n <= 0, temp < 0, NaN latents, ...) */
+    RNVP_ERR_SIZE,    /* an image whose size does not match the model */
+    RNVP_ERR_NOMEM    /* an allocation failed */
+};
+
+typedef struct rnvp_error {
+    enum rnvp_status status;
+    char msg[320];
+} rnvp_error;
+
+/* Human-readable name of a status ("ok", "io", "format", ...). Never NULL. */
+const char *rnvp_status_name(enum rnvp_status s);
+
+/* The model's configuration (spec section 5, "Config keys"). */
+typedef struct rnvp_config {
+    int height, width, channels;
+    int num_scales;                    /* S, 1..RNVP_MAX_SCALES */
+    int res_blocks;                    /* K, >= 0 */
+    int features[RNVP_MAX_SCALES];     /* F per scale */
+    double alpha;                      /* logit pre-processing, 0 <= alpha < 0.5 */
+    double bn_eps;                     /* s/t network batch norm epsilon */
+    int flow_batchnorm;                /* 0 or 1 */
+    double flow_bn_eps;
+    int kernel;                        /* kernel of in_conv and block convs (3); not in the
+                                          spec's config: read from the weights' shape on load,
+                                          used by rnvp_model_init. out_conv is always 1x1 here. */
+} rnvp_config;
+
+/* A small tensor view: `data` points into memory owned by someone else (the model).
+ * Shapes are C-contiguous float32; unused trailing dims are 1. */
+typedef struct rnvp_tensor {
+    const char *name;   /* e.g. "flow.0.net.in_conv.weight_v" */
+    int ndim;           /* 1..4 */
+    int shape[4];
+    size_t size;        /* product of shape */
+    float *data;        /* (shape...) */
+} rnvp_tensor;
+
+/* One factored-out part z_s of the latent vector. */
+typedef struct rnvp_latent_part {
+    int offset;                    /* index of its first value in z (D values in all) */
+    int channels, height, width;
+} rnvp_latent_part;
+
+typedef struct rnvp_model rnvp_model;  /* opaque, immutable, thread-safe */
+typedef struct rnvp_ctx rnvp_ctx;      /* opaque, one thread at a time */
+
+/* ---- configuration ---- */
+
+/* Parse a config JSON object (spec section 5) into *cfg. Unknown keys are an error.
+ * On failure *cfg is unspecified and err names the key. */
+enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_error *err);
+/* Check ranges and divisibility (H, W divisible by 2^(S-1), ...). */
+enum rnvp_status rnvp_config_validate(const rnvp_config *cfg, rnvp_error *err);
+/* Write the config as compact JSON into buf (NUL-terminated). Returns the length it needs
+ * (excluding the NUL), like snprintf. */
+int rnvp_config_to_json(const rnvp_config *cfg, char *buf, size_t cap);
+
+/* ---- models ---- */
+
+/* Load and validate a checkpoint. On success *out owns everything (free with rnvp_model_free).
+ * On failure *out is NULL, nothing leaks, and err names the tensor or field at fault. The
+ * file is read once; allocation is bounded by the file's size. Tensors named "train.*" are
+ * ignored. */
+enum rnvp_status rnvp_model_load(rnvp_model **out, const char *path, rnvp_error *err);
+/* The same from memory (the buffer is copied from as needed and not kept). */
+enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_t len,
+                                        rnvp_error *err);
+/* A randomly initialised model that follows the spec, for tests and benchmarks: weights are
+ * drawn so that every coupling does real work (not the identity). Deterministic in seed. */
+enum rnvp_status rnvp_model_init(rnvp_model **out, const rnvp_config *cfg, uint64_t seed,
+                                 rnvp_error *err);
+/* Write the model as a checkpoint: temporary file, fsync, rename, so an existing file at
+ * `path` survives any failure. `extra_meta` is a NULL-terminated list of key, value string
+ * pairs added to (or overriding) the metadata; may be NULL. */
+enum rnvp_status rnvp_model_save(const rnvp_model *m, const char *path,
+                                 const char *const *extra_meta, rnvp_error *err);
+void rnvp_model_free(rnvp_model *m);
+
+const rnvp_config *rnvp_model_config(const rnvp_model *m);
+int rnvp_model_dim(const rnvp_model *m);                 /* D = C*H*W */
+int rnvp_model_num_latent_parts(const rnvp_model *m);    /* S */
+rnvp_latent_part rnvp_model_latent_part(const rnvp_model *m, int s);
+int rnvp_model_num_tensors(const rnvp_model *m);
+const rnvp_tensor *rnvp_model_tensor(const rnvp_model *m, int i);   /* NULL if out of range */
+size_t rnvp_model_num_params(const rnvp_model *m);
+/* Checkpoint metadata (all values are strings). rnvp_model_metadata returns NULL if absent. */
+int rnvp_model_num_metadata(const rnvp_model *m);
+const char *rnvp_model_metadata_key(const rnvp_model *m, int i);
+const char *rnvp_model_metadata(const rnvp_model *m, const char *key);
+/* FLOPs (multiply-adds count 2) of one image through the flow, forward direction. */
+double rnvp_model_flops(const rnvp_model *m);
+
+/* ---- execution ---- */
+
+/* A workspace for up to max_batch images at once. Owns its memory; free with rnvp_ctx_free.
+ * The model must outlive the context. On failure *out is NULL. */
+enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch,
+                                 rnvp_error *err);
+void rnvp_ctx_free(rnvp_ctx *ctx);
+size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
+
+/* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally). */
+void rnvp_set_num_threads(int n);
+
+/* Log-probability of n 8-bit images in nats (spec section 3) and bits/dim.
+ * pixels: (N, C, H, W). noise: (N, C, H, W) dequantization u in [0, 1), or NULL for u = 0.5.
+ * log_prob: (N). bits_per_dim: (N) or NULL. */
+enum rnvp_status rnvp_log_prob(rnvp_ctx *ctx, double *log_prob, double *bits_per_dim,
+                               const uint8_t *pixels, const float *noise, int n,
+                               rnvp_error *err);
+/* Latent codes z = f(logit(dequantize(pixels))). z: (N, D). log_prob: (N) or NULL.
+ * noise as in rnvp_log_prob. */
+enum rnvp_status rnvp_encode(rnvp_ctx *ctx, float *z, double *log_prob, const uint8_t *pixels,
+                             const float *noise, int n, rnvp_error *err);
+/* Pixels from latents (spec section 4). z: (N, D), all finite (else RNVP_ERR_ARG).
+ * pixels: (N, C, H, W). */
+enum rnvp_status rnvp_decode(rnvp_ctx *ctx, uint8_t *pixels, const float *z, int n,
+                             rnvp_error *err);
+/* z ~ N(0, temp^2 I) from seed: z is (N, D). The same seed gives the same values everywhere
+ * (own PRNG and Box-Muller; image i uses stream (seed, i)). */
+void rnvp_sample_latents(float *z, int n, int d, double temp, uint64_t seed);
+/* n samples at temperature temp: rnvp_sample_latents then rnvp_decode. pixels: (N, C, H, W).
+ * z: (N, D) receives the latents, or NULL (then the context's workspace is used). */
+enum rnvp_status rnvp_sample(rnvp_ctx *ctx, uint8_t *pixels, float *z, int n, double temp,
+                             uint64_t seed, rnvp_error *err);
+
+/* ---- PNG ---- */
+
+/* Decode a PNG into pixels (C, H, W) for a model of that shape. Conversions: palette is
+ * expanded; 16-bit samples are scaled to 8 bits (rounded); alpha is dropped (composited on
+ * nothing); grey to RGB replicates the value; RGB to grey is round(0.299 R + 0.587 G +
+ * 0.114 B) (ITU-R BT.601). A PNG of another width or height is RNVP_ERR_SIZE with a message
+ * stating the expected W x H x C; a malformed one is RNVP_ERR_FORMAT. */
+enum rnvp_status rnvp_png_decode(uint8_t *pixels, const void *png, size_t len, int channels,
+                                 int height, int width, rnvp_error *err);
+enum rnvp_status rnvp_png_read(uint8_t *pixels, const char *path, int channels, int height,
+                               int width, rnvp_error *err);
+/* Size and channel count (1 for grey / grey+alpha, 3 otherwise) of a PNG without decoding it. */
+enum rnvp_status rnvp_png_info(const void *png, size_t len, int *channels, int *height,
+                               int *width, rnvp_error *err);
+/* Encode n images (N, C, H, W) as one PNG: a grid with `cols` columns (cols <= 0: about
+ * sqrt(n)) and a 2-pixel border between tiles; n == 1 gives the bare image. level is the zlib
+ * level 0..9 (-1 default). *png is allocated with malloc; the caller frees it. */
+enum rnvp_status rnvp_png_encode_grid(uint8_t **png, size_t *len, const uint8_t *pixels, int n,
+                                      int channels, int height, int width, int cols, int level,
+                                      rnvp_error *err);
+enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, int n,
+                                     int channels, int height, int width, int cols,
+                                     rnvp_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
