@@ -42,7 +42,7 @@ typedef struct affine_i {
 } affine_i;
 
 typedef struct coupling {
-    int kind, parity, scale;   /* scale index s it belongs to */
+    int kind, parity, level;   /* index s of the scale it belongs to */
     int C, H, W;               /* shape of the tensor the coupling sees */
     int Ct, Cin, F, K;         /* transformed channels, net input channels, features, blocks */
     /* parameters (checkpoint tensors) */
@@ -81,16 +81,28 @@ struct rnvp_model {
 enum rnvp_status rnvp_fail(rnvp_error *err, enum rnvp_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Kernel sizes of every convolution, by coupling: kernel[k][0] in_conv, [1 + 2j] conv_a of
- * block j, [2 + 2j] conv_b, [1 + 2K] out_conv; each as kh*100 + kw. NULL means 3x3 for the
- * in/block convs and 1x1 for out_conv (or cfg->kernel for in/block). */
+/* Seeded random numbers (core/util.c): splitmix64 stream, uniform in (0,1), two normals. */
+uint64_t rnvp_splitmix64(uint64_t *state);
+double rnvp_uniform(uint64_t *state);
+void rnvp_gauss2(uint64_t *state, double *a, double *b);
+
+/* Chooses the kernel (kh, kw) of convolution `conv` of coupling k: conv 0 is in_conv, 1 + 2j
+ * conv_a of block j, 2 + 2j conv_b, 1 + 2K out_conv. Returns 0, or -1 to fail the build.
+ * Without one, in/block convs are cfg->kernel square (3 when 0) and out_conv is 1x1. */
 typedef int (*kernel_fn)(void *user, int k, int conv, int *kh, int *kw);
 
 /* Build an empty model for cfg: couplings, tensor table, zeroed parameter and inference
- * blocks. kfn (may be NULL) chooses each convolution's kernel. On failure returns NULL-ed
- * *out and err. */
+ * blocks. kfn (may be NULL) chooses each convolution's kernel. On failure *out is NULL and
+ * err says why. */
 enum rnvp_status model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
                              void *user, rnvp_error *err);
+/* The two halves of model_build: model_layout makes the couplings and the tensor table
+ * (names, shapes, m->nparams) without the blocks, so a loader can check a file against the
+ * table before allocating; model_alloc then allocates the blocks and resolves the pointers
+ * (on failure the caller frees the model). */
+enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
+                              void *user, rnvp_error *err);
+enum rnvp_status model_alloc(rnvp_model *m, rnvp_error *err);
 /* Recompute the folded inference weights from the parameters (after loading or training). */
 void model_fold(rnvp_model *m);
 /* Set metadata key to value (copies), replacing an existing key. */
