@@ -10,6 +10,7 @@
 #define RNVP_MAX_FEATURES 4096
 #define RNVP_MAX_RES_BLOCKS 64
 #define RNVP_MAX_SIDE 4096
+#define RNVP_MAX_FLOW_CHANNELS (3 << (RNVP_MAX_SCALES - 1))   /* channels of h_s at most */
 
 enum coupling_kind { COUPLING_CHECKER = 0, COUPLING_CHANNEL = 1 };
 
@@ -85,6 +86,8 @@ enum rnvp_status rnvp_fail(rnvp_error *err, enum rnvp_status st, const char *fmt
 uint64_t rnvp_splitmix64(uint64_t *state);
 double rnvp_uniform(uint64_t *state);
 void rnvp_gauss2(uint64_t *state, double *a, double *b);
+/* rnvp_sample_latents for images first .. first+n-1 of a request (their own streams). */
+void sample_latents_from(float *z, int first, int n, int d, double temp, uint64_t seed);
 
 /* Chooses the kernel (kh, kw) of convolution `conv` of coupling k: conv 0 is in_conv, 1 + 2j
  * conv_a of block j, 2 + 2j conv_b, 1 + 2K out_conv. Returns 0, or -1 to fail the build.
@@ -134,9 +137,27 @@ void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
 void split_channels(int *keep, int *drop, int C);
 
 /* Convolution, (C, N, H, W) layout: out (cout, N, H, W) = w * pre(in) + b, where pre is
- * relu(a*x + s) per input channel when pre != NULL, else identity. col is workspace of
- * cin*kh*kw*N*H*W floats (unused for 1x1 without pre). */
+ * relu(a*x + s) per input channel when pre != NULL (relu only when pre->a == NULL), else
+ * identity. col is workspace of conv_col_floats() floats (unused for 1x1 without pre).
+ * conv_forward_acc with accumulate != 0 adds the result to out instead (residuals). */
 void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
                     float *col, int N, int H, int W);
+void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                      float *col, int N, int H, int W, int accumulate);
+size_t conv_col_floats(const conv_i *cv, int N, int H, int W);
+
+/* Workspace of the inference couplings (core/coupling.c), each sized by coupling_ws_size. */
+typedef struct net_ws {
+    float *netin;   /* (Cin, N, H, W) checkerboard net input */
+    float *h, *t;   /* (F, N, H, W) resnet features */
+    float *out;     /* (2Ct, N, H, W) s_raw then t */
+    float *col;     /* im2col */
+} net_ws;
+void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,
+                      size_t *col);
+/* Inference coupling (plus its flow batch norm) on x (C, N, H, W) in place. forward adds each
+ * image's log-det to ld (N); inverse undoes forward. */
+void coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws);
+void coupling_inverse(float *y, const coupling *c, int N, net_ws *ws);
 
 #endif

@@ -56,9 +56,14 @@ void rnvp_gauss2(uint64_t *state, double *a, double *b)
 
 void rnvp_sample_latents(float *z, int n, int d, double temp, uint64_t seed)
 {
+    sample_latents_from(z, 0, n, d, temp, seed);
+}
+
+void sample_latents_from(float *z, int first, int n, int d, double temp, uint64_t seed)
+{
     for (int i = 0; i < n; i++) {
-        /* image i's stream: (seed, i), so a batch's images do not depend on n */
-        uint64_t st = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
+        /* image i's stream: (seed, first + i), so an image does not depend on the batch */
+        uint64_t st = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(first + i + 1));
         rnvp_splitmix64(&st);
         float *zi = z + (size_t)i * d;
         for (int j = 0; j < d; j += 2) {

@@ -1,0 +1,330 @@
+/* flow.c: the whole flow at inference (spec sections 1-4): contexts, pre-processing, squeeze,
+ * split, log_prob / encode / decode / sample. Leaves out the layers' math (coupling.c, conv.c). */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rnvp_ctx {
+    const rnvp_model *m;
+    int max_batch;
+    float *x;      /* (C, N, H, W) flow state, N*D */
+    float *tmp;    /* (4C, N, H/2, W/2) squeezed state, N*D */
+    float *zc;     /* (N*D) factored-out parts, each (C_s, N, H_s, W_s) at N * offset_s */
+    float *zin;    /* (N, D) latents drawn by rnvp_sample */
+    double *ld;    /* (N) log-det accumulators */
+    net_ws ws;
+    void *block;   /* the one allocation */
+    size_t bytes;
+};
+
+void rnvp_set_num_threads(int n)
+{
+    if (n > 0) openblas_set_num_threads(n);
+}
+
+enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch, rnvp_error *err)
+{
+    *out = NULL;
+    if (max_batch < 1 || max_batch > 65536) return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..65536", max_batch);
+    size_t nin = 0, feat = 0, outc = 0, col = 0;
+    for (int k = 0; k < m->L; k++) {
+        size_t a, b, c, d;
+        coupling_ws_size(&m->cp[k], max_batch, &a, &b, &c, &d);
+        if (a > nin) nin = a;
+        if (b > feat) feat = b;
+        if (c > outc) outc = c;
+        if (d > col) col = d;
+    }
+    size_t ND = (size_t)max_batch * m->D;
+    size_t floats = 4 * ND + nin + 2 * feat + outc + col;
+    size_t bytes = floats * sizeof(float) + (size_t)max_batch * sizeof(double) + 64;
+    rnvp_ctx *c = calloc(1, sizeof *c);
+    void *blk = malloc(bytes);
+    if (!c || !blk) {
+        free(c); free(blk);
+        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a context of %zu MB", bytes >> 20);
+    }
+    c->m = m;
+    c->max_batch = max_batch;
+    c->block = blk;
+    c->bytes = bytes + sizeof *c;
+    double *d = blk;
+    c->ld = d;
+    float *f = (float *)(d + max_batch);
+    c->x = f; f += ND;
+    c->tmp = f; f += ND;
+    c->zc = f; f += ND;
+    c->zin = f; f += ND;
+    c->ws.netin = f; f += nin;
+    c->ws.h = f; f += feat;
+    c->ws.t = f; f += feat;
+    c->ws.out = f; f += outc;
+    c->ws.col = f;
+    *out = c;
+    return RNVP_OK;
+}
+
+void rnvp_ctx_free(rnvp_ctx *ctx)
+{
+    if (!ctx) return;
+    free(ctx->block);
+    free(ctx);
+}
+
+size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
+
+/* ---------------------------------------------------------------- squeeze and split */
+
+void squeeze_forward(float *out, const float *in, int C, int N, int H, int W)
+{
+    const int h2 = H / 2, w2 = W / 2;
+    for (int c = 0; c < C; c++)
+        for (int dh = 0; dh < 2; dh++)
+            for (int dw = 0; dw < 2; dw++) {
+                /* out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw] */
+                float *o = out + (size_t)(c * 4 + dh * 2 + dw) * N * h2 * w2;
+                for (int n = 0; n < N; n++) {
+                    const float *src = in + ((size_t)c * N + n) * H * W;
+                    for (int i = 0; i < h2; i++)
+                        for (int j = 0; j < w2; j++)
+                            *o++ = src[(size_t)(2 * i + dh) * W + 2 * j + dw];
+                }
+            }
+}
+
+void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W)
+{
+    const int h2 = H / 2, w2 = W / 2;
+    for (int c = 0; c < C; c++)
+        for (int dh = 0; dh < 2; dh++)
+            for (int dw = 0; dw < 2; dw++) {
+                const float *o = in + (size_t)(c * 4 + dh * 2 + dw) * N * h2 * w2;
+                for (int n = 0; n < N; n++) {
+                    float *dst = out + ((size_t)c * N + n) * H * W;
+                    for (int i = 0; i < h2; i++)
+                        for (int j = 0; j < w2; j++)
+                            dst[(size_t)(2 * i + dh) * W + 2 * j + dw] = *o++;
+                }
+            }
+}
+
+void split_channels(int *keep, int *drop, int C)
+{
+    for (int c = 0; c < C; c++) {
+        keep[c] = c * 4 + 0;       /* sub-pixel (0,0) */
+        keep[C + c] = c * 4 + 3;   /* (1,1) */
+        drop[c] = c * 4 + 1;       /* (0,1) */
+        drop[C + c] = c * 4 + 2;   /* (1,0) */
+    }
+}
+
+/* ---------------------------------------------------------------- the flow */
+
+/* y (C, N, H, W) = logit(alpha + (1 - 2 alpha) xt) with xt = (v + u) / 256; ld (N) = L_pre. */
+static void preprocess(float *y, double *ld, const rnvp_model *m, const uint8_t *pix, const float *noise, int N)
+{
+    const int C = m->cfg.channels, HW = m->cfg.height * m->cfg.width;
+    const double a = m->cfg.alpha, l12a = log(1 - 2 * a);
+    for (int n = 0; n < N; n++) {
+        double l = 0;
+        for (int c = 0; c < C; c++) {
+            const uint8_t *pv = pix + ((size_t)n * C + c) * HW;
+            const float *u = noise ? noise + ((size_t)n * C + c) * HW : NULL;
+            float *dst = y + ((size_t)c * N + n) * HW;
+            for (int i = 0; i < HW; i++) {
+                double xt = (pv[i] + (u ? (double)u[i] : 0.5)) / 256.0;
+                double p = a + (1 - 2 * a) * xt;
+                double lp = log(p), l1p = log1p(-p);
+                dst[i] = (float)(lp - l1p);
+                l += l12a - lp - l1p;
+            }
+        }
+        ld[n] = l;
+    }
+}
+
+/* Forward flow on ctx->x (already pre-processed) for N images; z parts land in ctx->zc, log-dets
+ * are added to ctx->ld. */
+static void flow_forward(rnvp_ctx *ctx, int N)
+{
+    const rnvp_model *m = ctx->m;
+    int C = m->cfg.channels, H = m->cfg.height, W = m->cfg.width, k = 0;
+    int keep[2 * RNVP_MAX_FLOW_CHANNELS], drop[2 * RNVP_MAX_FLOW_CHANNELS];
+    for (int s = 0; s < m->S; s++) {
+        const int last = s == m->S - 1;
+        for (int i = 0; i < (last ? 4 : 3); i++) coupling_forward(ctx->x, ctx->ld, &m->cp[k++], N, &ctx->ws);
+        float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
+        if (last) {
+            memcpy(zs, ctx->x, sizeof(float) * (size_t)N * C * H * W);
+            break;
+        }
+        squeeze_forward(ctx->tmp, ctx->x, C, N, H, W);
+        for (int i = 0; i < 3; i++) coupling_forward(ctx->tmp, ctx->ld, &m->cp[k++], N, &ctx->ws);
+        const size_t plane = (size_t)N * (H / 2) * (W / 2);
+        split_channels(keep, drop, C);
+        for (int c = 0; c < 2 * C; c++) {
+            memcpy(ctx->x + c * plane, ctx->tmp + keep[c] * plane, sizeof(float) * plane);
+            memcpy(zs + c * plane, ctx->tmp + drop[c] * plane, sizeof(float) * plane);
+        }
+        C *= 2; H /= 2; W /= 2;
+    }
+}
+
+/* Inverse flow: ctx->zc holds the parts; the result y (C, N, H, W) lands in ctx->x. */
+static void flow_inverse(rnvp_ctx *ctx, int N)
+{
+    const rnvp_model *m = ctx->m;
+    int keep[2 * RNVP_MAX_FLOW_CHANNELS], drop[2 * RNVP_MAX_FLOW_CHANNELS];
+    const rnvp_latent_part *lp = &m->parts[m->S - 1];
+    int C = lp->channels, H = lp->height, W = lp->width, k = m->L - 1;
+    memcpy(ctx->x, ctx->zc + (size_t)N * lp->offset, sizeof(float) * (size_t)N * C * H * W);
+    for (int i = 0; i < 4; i++) coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
+    for (int s = m->S - 2; s >= 0; s--) {
+        /* h_{s+1} is (2Cs, H, W) with Cs = C/2: rebuild the squeezed (4Cs, H, W) */
+        const int Cs = C / 2;
+        const size_t plane = (size_t)N * H * W;
+        const float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
+        split_channels(keep, drop, Cs);
+        for (int c = 0; c < 2 * Cs; c++) {
+            memcpy(ctx->tmp + keep[c] * plane, ctx->x + c * plane, sizeof(float) * plane);
+            memcpy(ctx->tmp + drop[c] * plane, zs + c * plane, sizeof(float) * plane);
+        }
+        for (int i = 0; i < 3; i++) coupling_inverse(ctx->tmp, &m->cp[k--], N, &ctx->ws);
+        C = Cs; H *= 2; W *= 2;
+        squeeze_inverse(ctx->x, ctx->tmp, C, N, H, W);
+        for (int i = 0; i < 3; i++) coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
+    }
+}
+
+/* Convert between z (N, D) and the parts' (C_s, N, H_s, W_s) blocks in ctx->zc. */
+static void z_gather(rnvp_ctx *ctx, float *z, int N, int to_nd)
+{
+    const rnvp_model *m = ctx->m;
+    for (int s = 0; s < m->S; s++) {
+        const rnvp_latent_part *p = &m->parts[s];
+        const size_t hw = (size_t)p->height * p->width;
+        float *blk = ctx->zc + (size_t)N * p->offset;
+        for (int c = 0; c < p->channels; c++)
+            for (int n = 0; n < N; n++) {
+                float *a = z + (size_t)n * m->D + p->offset + c * hw;
+                float *b = blk + ((size_t)c * N + n) * hw;
+                if (to_nd) memcpy(a, b, sizeof(float) * hw);
+                else memcpy(b, a, sizeof(float) * hw);
+            }
+    }
+}
+
+static enum rnvp_status check_n(const rnvp_ctx *ctx, int n, rnvp_error *err)
+{
+    (void)ctx;
+    if (n < 0) return rnvp_fail(err, RNVP_ERR_ARG, "n = %d images, expected n >= 0", n);
+    return RNVP_OK;
+}
+
+/* log p(xt) for the chunk in ctx (after flow_forward): prior of z plus all log-dets. */
+static void chunk_log_prob(rnvp_ctx *ctx, double *lp, double *bpd, int N)
+{
+    const rnvp_model *m = ctx->m;
+    const double D = m->D, half_log_2pi = 0.91893853320467274178;
+    for (int n = 0; n < N; n++) {
+        double q = 0;
+        for (int s = 0; s < m->S; s++) {
+            const rnvp_latent_part *p = &m->parts[s];
+            const size_t hw = (size_t)p->height * p->width;
+            for (int c = 0; c < p->channels; c++) {
+                const float *b = ctx->zc + (size_t)N * p->offset + ((size_t)c * N + n) * hw;
+                for (size_t i = 0; i < hw; i++) q += (double)b[i] * b[i];
+            }
+        }
+        double l = -0.5 * q - D * half_log_2pi + ctx->ld[n] - D * log(256.0);
+        if (lp) lp[n] = l;
+        if (bpd) bpd[n] = -l / (D * log(2.0));
+    }
+}
+
+static enum rnvp_status forward_batches(rnvp_ctx *ctx, float *z, double *log_prob, double *bpd,
+                                        const uint8_t *pixels, const float *noise, int n, rnvp_error *err)
+{
+    enum rnvp_status st = check_n(ctx, n, err);
+    if (st) return st;
+    const rnvp_model *m = ctx->m;
+    for (int i0 = 0; i0 < n; i0 += ctx->max_batch) {
+        int N = n - i0 < ctx->max_batch ? n - i0 : ctx->max_batch;
+        preprocess(ctx->x, ctx->ld, m, pixels + (size_t)i0 * m->D, noise ? noise + (size_t)i0 * m->D : NULL, N);
+        flow_forward(ctx, N);
+        chunk_log_prob(ctx, log_prob ? log_prob + i0 : NULL, bpd ? bpd + i0 : NULL, N);
+        if (z) z_gather(ctx, z + (size_t)i0 * m->D, N, 1);
+    }
+    return RNVP_OK;
+}
+
+enum rnvp_status rnvp_log_prob(rnvp_ctx *ctx, double *log_prob, double *bits_per_dim, const uint8_t *pixels,
+                               const float *noise, int n, rnvp_error *err)
+{
+    return forward_batches(ctx, NULL, log_prob, bits_per_dim, pixels, noise, n, err);
+}
+
+enum rnvp_status rnvp_encode(rnvp_ctx *ctx, float *z, double *log_prob, const uint8_t *pixels, const float *noise,
+                             int n, rnvp_error *err)
+{
+    return forward_batches(ctx, z, log_prob, NULL, pixels, noise, n, err);
+}
+
+/* pixels (N, C, H, W) from y (C, N, H, W): spec section 4. */
+static void postprocess(uint8_t *pix, const float *y, const rnvp_model *m, int N)
+{
+    const int C = m->cfg.channels, HW = m->cfg.height * m->cfg.width;
+    const double a = m->cfg.alpha;
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < N; n++) {
+            const float *src = y + ((size_t)c * N + n) * HW;
+            uint8_t *dst = pix + ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++) {
+                double sg = 1.0 / (1.0 + exp(-(double)src[i]));
+                double xt = (sg - a) / (1 - 2 * a);
+                if (!(xt > 0)) xt = 0;      /* also NaN */
+                if (xt > 1) xt = 1;
+                double v = floor(256.0 * xt);
+                dst[i] = (uint8_t)(v > 255 ? 255 : v);
+            }
+        }
+}
+
+enum rnvp_status rnvp_decode(rnvp_ctx *ctx, uint8_t *pixels, const float *z, int n, rnvp_error *err)
+{
+    enum rnvp_status st = check_n(ctx, n, err);
+    if (st) return st;
+    const rnvp_model *m = ctx->m;
+    for (size_t i = 0; i < (size_t)n * m->D; i++)
+        if (!isfinite(z[i]))
+            return rnvp_fail(err, RNVP_ERR_ARG, "latent %zu of image %zu is not finite", i % m->D, i / m->D);
+    for (int i0 = 0; i0 < n; i0 += ctx->max_batch) {
+        int N = n - i0 < ctx->max_batch ? n - i0 : ctx->max_batch;
+        z_gather(ctx, (float *)(z + (size_t)i0 * m->D), N, 0);
+        flow_inverse(ctx, N);
+        postprocess(pixels + (size_t)i0 * m->D, ctx->x, m, N);
+    }
+    return RNVP_OK;
+}
+
+enum rnvp_status rnvp_sample(rnvp_ctx *ctx, uint8_t *pixels, float *z, int n, double temp, uint64_t seed,
+                             rnvp_error *err)
+{
+    enum rnvp_status st = check_n(ctx, n, err);
+    if (st) return st;
+    if (!(temp >= 0) || !isfinite(temp)) return rnvp_fail(err, RNVP_ERR_ARG, "temperature %g, expected a finite value >= 0", temp);
+    const rnvp_model *m = ctx->m;
+    if (z) {
+        rnvp_sample_latents(z, n, m->D, temp, seed);
+        return rnvp_decode(ctx, pixels, z, n, err);
+    }
+    for (int i0 = 0; i0 < n; i0 += ctx->max_batch) {
+        int N = n - i0 < ctx->max_batch ? n - i0 : ctx->max_batch;
+        sample_latents_from(ctx->zin, i0, N, m->D, temp, seed);
+        if ((st = rnvp_decode(ctx, pixels + (size_t)i0 * m->D, ctx->zin, N, err))) return st;
+    }
+    return RNVP_OK;
+}
