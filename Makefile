@@ -1,7 +1,7 @@
 # Makefile: builds the realnvp library, CLI, server, trainer and Check tests into bin/.
 # Leaves out packaging (deploy/) and long benchmarks (bench/, run by hand).
 CC      ?= cc
-CFLAGS  ?= -O2 -g
+CFLAGS  ?= -O2 -g -ftree-vectorize
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude -Icore -MMD -MP
 LDLIBS  := -lopenblas -lpng -lz -ljansson -lm -lpthread
 SRVLIBS := -lmicrohttpd

@@ -138,6 +138,14 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
 
 /* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally). */
 void rnvp_set_num_threads(int n);
+/* The name of the OpenBLAS kernel set in use (e.g. "Haswell"). */
+const char *rnvp_blas_core(void);
+/* For main() only, as its first statement: OpenBLAS picks its kernels when it is loaded, and
+ * on CPUs it does not recognise (many virtual machines) it falls back to SSE3 kernels 3-4x
+ * slower. When that happened on a CPU with AVX2 and FMA, this re-executes the program
+ * (/proc/self/exe, same argv and environment) with OPENBLAS_CORETYPE=Haswell. It does nothing
+ * when OPENBLAS_CORETYPE or REALNVP_NO_REEXEC is set; it returns when nothing was done. */
+void rnvp_blas_select_core(char **argv);
 
 /* Log-probability of n 8-bit images in nats (spec section 3) and bits/dim.
  * pixels: (N, C, H, W). noise: (N, C, H, W) dequantization u in [0, 1), or NULL for u = 0.5.
