@@ -1,8 +1,8 @@
 # Makefile: builds the realnvp library, CLI, server, trainer and Check tests into bin/.
 # Leaves out packaging (deploy/) and long benchmarks (bench/, run by hand).
 CC      ?= cc
-CFLAGS  ?= -O2 -g -ftree-vectorize
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude -Icore -MMD -MP
+OPT     ?= -O2 -g -ftree-vectorize
+CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude -Icore -MMD -MP
 LDLIBS  := -lopenblas -lpng -lz -ljansson -lm -lpthread
 SRVLIBS := -lmicrohttpd
 TESTLIBS:= $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -lpthread)
@@ -47,9 +47,11 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 test: $(PROGS) $(TESTS)
 	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS)
 
-# the same suite under AddressSanitizer and UndefinedBehaviorSanitizer
+# the same suite under AddressSanitizer and UndefinedBehaviorSanitizer (rebuilds from clean)
 asan:
-	$(MAKE) B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
+	$(MAKE) clean
+	ASAN_OPTIONS=detect_leaks=1 $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
+	$(MAKE) clean
 
 # install the Debian packages the build and tests need (uses sudo when not root)
 deps:
