@@ -53,6 +53,18 @@ asan:
 	ASAN_OPTIONS=detect_leaks=1 $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
 	$(MAKE) clean
 
+# run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/)
+FUZZ_SECONDS ?= 30
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Icore -Iserver
+fuzz:
+	@mkdir -p build-fuzz
+	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
+	  clang $(FUZZ_CFLAGS) $$h $(wildcard core/*.c) $$(cat tests/fuzz/$$n.extra 2>/dev/null) -o build-fuzz/$$n $(SRVLIBS) $(LDLIBS); \
+	  rm -rf build-fuzz/corpus_$$n; mkdir -p build-fuzz/corpus_$$n; cp -r tests/fuzz/corpus_$${n#fuzz_}/. build-fuzz/corpus_$$n/ 2>/dev/null || true; \
+	  echo "== $$n for $(FUZZ_SECONDS) s"; \
+	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 build-fuzz/corpus_$$n 2>&1 | tail -12; \
+	done
+
 # install the Debian packages the build and tests need (uses sudo when not root)
 deps:
 	@tools/install-deps.sh
@@ -63,7 +75,7 @@ run: deps all
 
 # remove build outputs
 clean:
-	rm -rf build build-asan bin
+	rm -rf build build-asan build-fuzz bin
 
-.PHONY: all test asan deps run clean
+.PHONY: all test asan fuzz deps run clean
 -include $(shell find build -name '*.d' 2>/dev/null)
