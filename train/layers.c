@@ -1,0 +1,765 @@
+/* layers.c: the trainer's layer passes, each forward next to its backward: weight norm, conv, batch norm, logit,
+ * squeeze/split, prior, coupling map, flow BN. Leaves out the s/t network and the flow (coupling.c, flow_train.c). */
+#include "layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+/* ================================================================ weight normalisation */
+
+void wn_forward(wn_saved *sv, const conv_p *p)
+{
+    const size_t K = (size_t)p->cin * p->kh * p->kw;
+    for (int o = 0; o < p->cout; o++) {
+        const float *v = p->v + o * K;
+        double nrm = 0;
+        for (size_t i = 0; i < K; i++) nrm += (double)v[i] * v[i];
+        double inv = nrm > 0 ? 1.0 / sqrt(nrm) : 0.0;
+        sv->inv_norm[o] = (float)inv;
+        double f = p->g[o] * inv;
+        /* w[o] = g[o] * v[o] / ||v[o]|| */
+        for (size_t i = 0; i < K; i++) sv->w[o * K + i] = (float)(f * v[i]);
+    }
+}
+
+void wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv)
+{
+    const size_t K = (size_t)p->cin * p->kh * p->kw;
+    for (int o = 0; o < p->cout; o++) {
+        const float *v = p->v + o * K, *d = dw + o * K;
+        const double inv = sv->inv_norm[o];
+        double dot = 0;   /* sum_i dw_i v_i */
+        for (size_t i = 0; i < K; i++) dot += (double)d[i] * v[i];
+        /* w = g v / n:  dg = (dw . v) / n;  dv = (g / n) (dw - (dw . v) v / n^2) */
+        dg[o] += (float)(dot * inv);
+        const double f = p->g[o] * inv, c = dot * inv * inv;
+        for (size_t i = 0; i < K; i++) dv[o * K + i] += (float)(f * (d[i] - c * v[i]));
+    }
+}
+
+/* ================================================================ vectorised kernels */
+
+/* The hot loops, cloned for AVX2 (the build targets baseline x86-64). GCC's -O2 vectorises
+ * only loops whose vector code needs no scalar epilogue, so each loop runs in blocks of 8
+ * (an inner loop of constant trip count, vectorised as a whole) plus a scalar tail. Sums keep
+ * 8 lanes: float partial sums over at most 64 blocks, added into double. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VEC __attribute__((target_clones("avx2", "default")))
+#else
+#define VEC
+#endif
+#define LANES 8
+#define BLOCKS 64
+
+static inline float relu_affine(float x, float a, float s)
+{
+    float v = a * x + s;
+    return v > 0.0f ? v : 0.0f;
+}
+
+/* dst[p] += src[p] */
+VEC static void add_to(float *restrict dst, const float *restrict src, size_t n)
+{
+    size_t p = 0;
+    for (; p + LANES <= n; p += LANES)
+        for (int k = 0; k < LANES; k++) dst[p + k] += src[p + k];
+    for (; p < n; p++) dst[p] += src[p];
+}
+
+/* dst[p] = (src ? src[p] : 0) + b */
+VEC static void set_bias(float *restrict dst, const float *restrict src, float b, size_t n)
+{
+    size_t p = 0;
+    if (src) {
+        for (; p + LANES <= n; p += LANES)
+            for (int k = 0; k < LANES; k++) dst[p + k] = src[p + k] + b;
+        for (; p < n; p++) dst[p] = src[p] + b;
+    } else {
+        for (; p < n; p++) dst[p] = b;
+    }
+}
+
+/* sum_p x[p] */
+VEC static double sum_f(const float *restrict x, size_t n)
+{
+    double s = 0;
+    size_t p = 0;
+    while (p + LANES <= n) {
+        float acc[LANES] = {0};
+        const size_t end = n - p >= BLOCKS * LANES ? p + BLOCKS * LANES : n - (n - p) % LANES;
+        for (; p < end; p += LANES)
+            for (int k = 0; k < LANES; k++) acc[k] += x[p + k];
+        for (int k = 0; k < LANES; k++) s += acc[k];
+    }
+    for (; p < n; p++) s += x[p];
+    return s;
+}
+
+/* sum_p (x[p] - m)^2 */
+VEC static double sum_sq_dev(const float *restrict x, float m, size_t n)
+{
+    double s = 0;
+    size_t p = 0;
+    while (p + LANES <= n) {
+        float acc[LANES] = {0};
+        const size_t end = n - p >= BLOCKS * LANES ? p + BLOCKS * LANES : n - (n - p) % LANES;
+        for (; p < end; p += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float d = x[p + k] - m;
+                acc[k] += d * d;
+            }
+        for (int k = 0; k < LANES; k++) s += acc[k];
+    }
+    for (; p < n; p++) s += (double)(x[p] - m) * (x[p] - m);
+    return s;
+}
+
+/* the gradient through relu(a x + s): g where a x + s > 0, else 0 */
+static inline float relu_grad(float g, float x, float a, float s)
+{
+    float z = a * x + s;
+    return z > 0.0f ? g : 0.0f;
+}
+
+/* With dz = relu_grad(g, x): *s1 = sum dz, *s2 = sum dz (x - m). */
+VEC static void relu_grad_sums(double *s1, double *s2, const float *restrict g, const float *restrict x,
+                               float a, float s, float m, size_t n)
+{
+    double r1 = 0, r2 = 0;
+    size_t p = 0;
+    while (p + LANES <= n) {
+        float a1[LANES] = {0}, a2[LANES] = {0};
+        const size_t end = n - p >= BLOCKS * LANES ? p + BLOCKS * LANES : n - (n - p) % LANES;
+        for (; p < end; p += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float dz = relu_grad(g[p + k], x[p + k], a, s);
+                a1[k] += dz;
+                a2[k] += dz * (x[p + k] - m);
+            }
+        for (int k = 0; k < LANES; k++) {
+            r1 += a1[k];
+            r2 += a2[k];
+        }
+    }
+    for (; p < n; p++) {
+        float dz = relu_grad(g[p], x[p], a, s);
+        r1 += dz;
+        r2 += (double)dz * (x[p] - m);
+    }
+    *s1 = r1;
+    *s2 = r2;
+}
+
+/* dx[p] (+)= a (dz - m1 - (x - m) k2), dz = relu_grad(g, x): += when acc, else = */
+VEC static void relu_bn_dx(float *restrict dx, const float *restrict g, const float *restrict x, float a,
+                           float s, float m, float m1, float k2, int acc, size_t n)
+{
+    size_t p = 0;
+    if (acc) {
+        for (; p + LANES <= n; p += LANES)
+            for (int k = 0; k < LANES; k++)
+                dx[p + k] += a * (relu_grad(g[p + k], x[p + k], a, s) - m1 - (x[p + k] - m) * k2);
+        for (; p < n; p++) dx[p] += a * (relu_grad(g[p], x[p], a, s) - m1 - (x[p] - m) * k2);
+    } else {
+        for (; p + LANES <= n; p += LANES)
+            for (int k = 0; k < LANES; k++)
+                dx[p + k] = a * (relu_grad(g[p + k], x[p + k], a, s) - m1 - (x[p + k] - m) * k2);
+        for (; p < n; p++) dx[p] = a * (relu_grad(g[p], x[p], a, s) - m1 - (x[p] - m) * k2);
+    }
+}
+
+/* ================================================================ convolution */
+
+/* Target size in floats of one thread's im2col chunk: col (forward) and col + dcol (backward)
+ * then stay in the core's 2 MB L2 while the gemm reads them. */
+#define CONV_CHUNK_FLOATS (1u << 18)
+
+int conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt)
+{
+    if (nt < 1) nt = 1;
+    const size_t per = (size_t)cin * kh * kw * H * W;   /* col floats of one image */
+    size_t nb0 = per ? CONV_CHUNK_FLOATS / per : (size_t)N;
+    if (nb0 < 1) nb0 = 1;
+    /* a multiple of nt chunks, so that the threads get equal shares */
+    const size_t per_thread = ((size_t)N + nt - 1) / nt;
+    const size_t nchunks = (size_t)nt * ((per_thread + nb0 - 1) / nb0);
+    size_t nb = ((size_t)N + nchunks - 1) / nchunks;
+    return (int)(nb < 1 ? 1 : nb);
+}
+
+size_t conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt)
+{
+    return (size_t)cin * kh * kw * H * W * conv_chunk(cin, kh, kw, N, H, W, nt);
+}
+
+/* mask (kh*kw, H*W): 1 where tap (di, dj) of output position (i, j) reads inside the image,
+ * (i + di - kh/2, j + dj - kw/2) in [0, H) x [0, W), else 0. */
+static void tap_masks(float *mask, int kh, int kw, int H, int W)
+{
+    for (int di = 0; di < kh; di++)
+        for (int dj = 0; dj < kw; dj++) {
+            float *m = mask + (size_t)(di * kw + dj) * H * W;
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++) {
+                    const int si = i + di - kh / 2, sj = j + dj - kw / 2;
+                    m[i * W + j] = si >= 0 && si < H && sj >= 0 && sj < W ? 1.0f : 0.0f;
+                }
+        }
+}
+
+/* mask[q] ? v : 0, with v loaded unconditionally (so that the select vectorises) */
+static inline float keep_if(float mask, float v) { return mask != 0.0f ? v : 0.0f; }
+
+/* dst[q] = mask[q] ? pre(src[q]) : 0, pre = relu(a x + s) when relu, else identity */
+VEC static void masked_copy(float *restrict dst, const float *restrict src, const float *restrict mask,
+                            int relu, float a, float s, size_t n)
+{
+    size_t q = 0;
+    if (relu) {
+        for (; q + LANES <= n; q += LANES)
+            for (int k = 0; k < LANES; k++) {
+                const float v = relu_affine(src[q + k], a, s);
+                dst[q + k] = keep_if(mask[q + k], v);
+            }
+        for (; q < n; q++) dst[q] = keep_if(mask[q], relu_affine(src[q], a, s));
+    } else {
+        for (; q + LANES <= n; q += LANES)
+            for (int k = 0; k < LANES; k++) {
+                const float v = src[q + k];
+                dst[q + k] = keep_if(mask[q + k], v);
+            }
+        for (; q < n; q++) dst[q] = keep_if(mask[q], src[q]);
+    }
+}
+
+/* dst[q] += mask[q] ? src[q] : 0 */
+VEC static void masked_add(float *restrict dst, const float *restrict src, const float *restrict mask,
+                           size_t n)
+{
+    size_t q = 0;
+    for (; q + LANES <= n; q += LANES)
+        for (int k = 0; k < LANES; k++) {
+            const float v = src[q + k];
+            dst[q + k] += keep_if(mask[q + k], v);
+        }
+    for (; q < n; q++) dst[q] += keep_if(mask[q], src[q]);
+}
+
+/* Positions q of one H x W image whose tap source q + shift stays inside the image's plane:
+ * [q0, q1). Outside it the mask is 0 anyway; inside it the mask decides. */
+#define TAP_RANGE(shift, HW, q0, q1)                              \
+    const ptrdiff_t q0 = (shift) < 0 ? -(shift) : 0;             \
+    const ptrdiff_t q1 = (shift) > 0 ? (HW) - (shift) : (HW)
+
+/* col (cin*kh*kw, Q) from images n0..n0+nb-1 (Q = nb*H*W values) of every channel plane of
+ * in (cin, N, H, W), each passed through relu(a x + s) when pre != NULL; mask from tap_masks. */
+static void im2col(float *col, const float *in, const affine_i *pre, const float *mask, int cin, int kh,
+                   int kw, int n0, int nb, int N, int H, int W)
+{
+    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
+    for (int ci = 0; ci < cin; ci++) {
+        const float a = pre ? pre->a[ci] : 1.0f, s = pre ? pre->s[ci] : 0.0f;
+        for (int di = 0; di < kh; di++)
+            for (int dj = 0; dj < kw; dj++) {
+                float *row = col + ((ptrdiff_t)(ci * kh + di) * kw + dj) * Q;   /* (nb, H, W) */
+                const float *m = mask + (ptrdiff_t)(di * kw + dj) * HW;
+                const ptrdiff_t shift = (ptrdiff_t)(di - kh / 2) * W + (dj - kw / 2);
+                if (shift <= -HW || shift >= HW) {   /* the tap reads padding only */
+                    memset(row, 0, sizeof(float) * (size_t)Q);
+                    continue;
+                }
+                TAP_RANGE(shift, HW, q0, q1);
+                for (int n = 0; n < nb; n++) {
+                    float *d = row + n * HW;
+                    const float *src = in + ci * P + (n0 + n) * HW + shift;
+                    for (ptrdiff_t q = 0; q < q0; q++) d[q] = 0;
+                    masked_copy(d + q0, src + q0, m + q0, pre != NULL, a, s, (size_t)(q1 - q0));
+                    for (ptrdiff_t q = q1; q < HW; q++) d[q] = 0;
+                }
+            }
+    }
+}
+
+/* The adjoint of im2col (without pre): din (cin, N, H, W) += dcol scattered back to images
+ * n0.. (acc == 0: din = instead). */
+static void col2im(float *din, const float *dcol, const float *mask, int acc, int cin, int kh, int kw,
+                   int n0, int nb, int N, int H, int W)
+{
+    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
+    const int ph = kh / 2, pw = kw / 2;
+    for (int ci = 0; ci < cin; ci++) {
+        float *dst = din + ci * P + n0 * HW;
+        /* the centre tap has offset 0 and a mask of ones: it goes first, and assigns when
+         * acc == 0 */
+        const float *centre = dcol + ((ptrdiff_t)(ci * kh + ph) * kw + pw) * Q;
+        if (acc)
+            add_to(dst, centre, (size_t)Q);
+        else
+            memcpy(dst, centre, sizeof(float) * (size_t)Q);
+        for (int di = 0; di < kh; di++)
+            for (int dj = 0; dj < kw; dj++) {
+                if (di == ph && dj == pw) continue;
+                const float *row = dcol + ((ptrdiff_t)(ci * kh + di) * kw + dj) * Q;
+                const float *m = mask + (ptrdiff_t)(di * kw + dj) * HW;
+                const ptrdiff_t shift = (ptrdiff_t)(di - ph) * W + (dj - pw);
+                if (shift <= -HW || shift >= HW) continue;
+                TAP_RANGE(shift, HW, q0, q1);
+                /* forward: row[q] = mask[q] ? src[q + shift] : 0 */
+                for (int n = 0; n < nb; n++)
+                    masked_add(dst + n * HW + shift + q0, row + n * HW + q0, m + q0, (size_t)(q1 - q0));
+            }
+    }
+}
+
+struct conv_job {
+    float *out, *din, *dw, *db;
+    const float *in, *dout, *w, *b, *res;
+    const affine_i *pre;
+    const conv_scratch *cs;
+    int acc, cout, cin, kh, kw, N, H, W, nb;
+};
+
+static void conv_forward_job(void *v, int t, int nt)
+{
+    const struct conv_job *j = v;
+    const size_t HW = (size_t)j->H * j->W, P = (size_t)j->N * HW;
+    const int K = j->cin * j->kh * j->kw;
+    const int direct = j->kh == 1 && j->kw == 1 && !j->pre;   /* the input is its own col */
+    float *col = j->cs->col + (size_t)t * j->cs->col_floats;
+    for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
+        const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;
+        const size_t Q = (size_t)m * HW;
+        for (int o = 0; o < j->cout; o++)
+            set_bias(j->out + o * P + n0 * HW, j->res ? j->res + o * P + n0 * HW : NULL, j->b[o], Q);
+        const float *B = j->in + n0 * HW;
+        size_t ldb = P;
+        if (!direct) {
+            im2col(col, j->in, j->pre, j->cs->mask, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
+            B = col;
+            ldb = Q;
+        }
+        /* out[:, chunk] (cout, Q) += w (cout, K) x col (K, Q) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, (int)Q, K, 1.0f, j->w, K, B,
+                    (int)ldb, 1.0f, j->out + n0 * HW, (int)P);
+    }
+}
+
+void conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
+                  const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
+                  int N, int H, int W)
+{
+    const int nt = tpool_size(cs->tp);
+    struct conv_job j = {.out = out, .in = in, .w = w, .b = b, .res = res, .pre = pre, .cs = cs,
+                         .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H, .W = W,
+                         .nb = conv_chunk(cin, kh, kw, N, H, W, nt)};
+    tap_masks(cs->mask, kh, kw, H, W);
+    tpool_run(cs->tp, conv_forward_job, &j);
+}
+
+static void conv_backward_job(void *v, int t, int nt)
+{
+    const struct conv_job *j = v;
+    const size_t HW = (size_t)j->H * j->W, P = (size_t)j->N * HW;
+    const int K = j->cin * j->kh * j->kw;
+    const int one = j->kh == 1 && j->kw == 1, direct = one && !j->pre;
+    float *col = j->cs->col + (size_t)t * j->cs->col_floats;
+    float *dcol = j->cs->dcol + (size_t)t * j->cs->col_floats;
+    float *dw = j->dw;
+    if (t > 0) {   /* this thread's share of dw, summed into dw by the caller */
+        dw = j->cs->dwp + (size_t)(t - 1) * j->cs->dw_floats;
+        memset(dw, 0, sizeof(float) * (size_t)j->cout * K);
+    }
+    /* forward: out = bias (+ res) + ...  =>  db[o] += sum_p dout[o][p] */
+    for (int o = t; o < j->cout; o += nt) j->db[o] += (float)sum_f(j->dout + o * P, P);
+    for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
+        const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;
+        const size_t Q = (size_t)m * HW;
+        const float *B = j->in + n0 * HW, *dout = j->dout + n0 * HW;
+        size_t ldb = P;
+        if (!direct) {
+            im2col(col, j->in, j->pre, j->cs->mask, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
+            B = col;
+            ldb = Q;
+        }
+        /* forward: out (cout, Q) += w (cout, K) x col (K, Q)
+         * =>  dw (cout, K) += dout (cout, Q) x col^T (Q, K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->cout, K, (int)Q, 1.0f, dout, (int)P, B,
+                    (int)ldb, 1.0f, dw, K);
+        if (!j->din) continue;
+        /* =>  dcol (K, Q) = w^T (K, cout) x dout (cout, Q); a 1x1 col is the input itself */
+        if (one) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)Q, j->cout, 1.0f, j->w, K,
+                        dout, (int)P, j->acc ? 1.0f : 0.0f, j->din + n0 * HW, (int)P);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)Q, j->cout, 1.0f, j->w, K,
+                        dout, (int)P, 0.0f, dcol, (int)Q);
+            col2im(j->din, dcol, j->cs->mask, j->acc, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
+        }
+    }
+}
+
+void conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                   const affine_i *pre, const float *w, const conv_scratch *cs, int acc, int cout,
+                   int cin, int kh, int kw, int N, int H, int W)
+{
+    const int nt = tpool_size(cs->tp);
+    struct conv_job j = {.din = din, .dw = dw, .db = db, .in = in, .dout = dout, .w = w, .pre = pre,
+                         .cs = cs, .acc = acc, .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H,
+                         .W = W, .nb = conv_chunk(cin, kh, kw, N, H, W, nt)};
+    tap_masks(cs->mask, kh, kw, H, W);
+    tpool_run(cs->tp, conv_backward_job, &j);
+    const size_t nw = (size_t)cout * cin * kh * kw;
+    for (int t = 1; t < nt; t++) add_to(dw, cs->dwp + (size_t)(t - 1) * cs->dw_floats, nw);
+}
+
+/* ================================================================ batch norm + ReLU */
+
+struct bn_job {
+    bn_saved *sv;
+    const bn_saved *csv;
+    const float *x, *dr;
+    float *dx, *dweight, *dbias;
+    const bn_p *p;
+    double eps;
+    int update, acc, C;
+    size_t P;
+};
+
+static void bn_forward_job(void *v, int t, int nt)
+{
+    const struct bn_job *j = v;
+    bn_saved *sv = j->sv;
+    for (int c = t; c < j->C; c += nt) {
+        const float *xc = j->x + c * j->P;
+        const double mean = sum_f(xc, j->P) / (double)j->P;
+        const double var = sum_sq_dev(xc, (float)mean, j->P) / (double)j->P;   /* biased */
+        const double istd = 1.0 / sqrt(var + j->eps);
+        sv->mean[c] = (float)mean;
+        sv->var[c] = (float)var;
+        sv->inv_std[c] = (float)istd;
+        /* bn(x) = weight (x - mean) istd + bias = a x + s */
+        const double a = j->p->w[c] * istd;
+        sv->aff.a[c] = (float)a;
+        sv->aff.s[c] = (float)(j->p->b[c] - mean * a);
+        if (j->update) {
+            j->p->rm[c] = (float)(0.9 * j->p->rm[c] + 0.1 * mean);
+            j->p->rv[c] = (float)(0.9 * j->p->rv[c] + 0.1 * var);
+        }
+    }
+}
+
+void bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
+                size_t P, tpool *tp)
+{
+    struct bn_job j = {.sv = sv, .x = x, .p = p, .eps = eps, .update = update_stats, .C = C, .P = P};
+    sv->aff.c = C;
+    tpool_run(tp, bn_forward_job, &j);
+}
+
+static void bn_backward_job(void *v, int t, int nt)
+{
+    const struct bn_job *j = v;
+    const bn_saved *sv = j->csv;
+    for (int c = t; c < j->C; c += nt) {
+        const float *xc = j->x + c * j->P, *g = j->dr + c * j->P;
+        const float a = sv->aff.a[c], s = sv->aff.s[c], mean = sv->mean[c], istd = sv->inv_std[c];
+        /* forward: r = relu(z), z = a x + s = weight * xhat + bias, xhat = (x - mean) istd
+         * =>  dz = dr [z > 0];  dbias += sum dz;  dweight += sum dz xhat */
+        double s1, s2;
+        relu_grad_sums(&s1, &s2, g, xc, a, s, mean, j->P);
+        s2 *= istd;
+        j->dbias[c] += (float)s1;
+        j->dweight[c] += (float)s2;
+        /* through the batch statistics: dx = weight istd (dz - mean(dz) - xhat mean(dz xhat)) */
+        const float m1 = (float)(s1 / (double)j->P), k2 = (float)(s2 / (double)j->P * istd);
+        relu_bn_dx(j->dx + c * j->P, g, xc, a, s, mean, m1, k2, j->acc, j->P);
+    }
+}
+
+void bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
+                 const bn_saved *sv, int acc, int C, size_t P, tpool *tp)
+{
+    struct bn_job j = {.csv = sv, .x = x, .dr = dr, .dx = dx, .dweight = dweight, .dbias = dbias,
+                       .acc = acc, .C = C, .P = P};
+    tpool_run(tp, bn_backward_job, &j);
+}
+
+/* ================================================================ logit pre-processing */
+
+void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const double k = 1.0 - 2.0 * alpha, lk = log(k);
+    for (int n = 0; n < N; n++) {
+        double sum = 0;
+        for (int c = 0; c < C; c++) {
+            const float *src = xt + ((size_t)n * C + c) * HW;
+            float *dst = y + c * P + n * HW;
+            for (size_t i = 0; i < HW; i++) {
+                /* p = alpha + (1 - 2 alpha) xt, y = ln p - ln(1 - p) */
+                double p = alpha + k * src[i], lp = log(p), lq = log1p(-p);
+                dst[i] = (float)(lp - lq);
+                sum += lk - lp - lq;
+            }
+        }
+        ld[n] += sum;
+    }
+}
+
+void logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
+                    int N, int C, int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const double k = 1.0 - 2.0 * alpha;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            const float *src = xt + ((size_t)n * C + c) * HW;
+            const float *g = dy + c * P + n * HW;
+            float *d = dxt + ((size_t)n * C + c) * HW;
+            for (size_t i = 0; i < HW; i++) {
+                double p = alpha + k * src[i], pq = p * (1.0 - p);
+                /* y = ln p - ln(1-p):              dy/dxt = k / (p (1-p))
+                 * ld += ln k - ln p - ln(1-p):     dld/dxt = k (2p - 1) / (p (1-p)) */
+                d[i] += (float)(g[i] * k / pq + dld[n] * k * (2.0 * p - 1.0) / pq);
+            }
+        }
+}
+
+/* ================================================================ squeeze and split */
+
+void sq_forward(float *out, const float *in, int C, int N, int H, int W)
+{
+    const int h = H / 2, w = W / 2;
+    const size_t HW = (size_t)H * W, hw = (size_t)h * w;
+    for (int c = 0; c < C; c++)
+        for (int dh = 0; dh < 2; dh++)
+            for (int dw = 0; dw < 2; dw++) {
+                float *o = out + (size_t)(c * 4 + dh * 2 + dw) * N * hw;
+                for (int n = 0; n < N; n++) {
+                    const float *s = in + ((size_t)c * N + n) * HW;
+                    for (int i = 0; i < h; i++)
+                        for (int j = 0; j < w; j++)
+                            o[n * hw + i * w + j] = s[(2 * i + dh) * W + 2 * j + dw];
+                }
+            }
+}
+
+void sq_backward(float *din, const float *dout, int C, int N, int H, int W)
+{
+    const int h = H / 2, w = W / 2;
+    const size_t HW = (size_t)H * W, hw = (size_t)h * w;
+    for (int c = 0; c < C; c++)
+        for (int dh = 0; dh < 2; dh++)
+            for (int dw = 0; dw < 2; dw++) {
+                const float *o = dout + (size_t)(c * 4 + dh * 2 + dw) * N * hw;
+                for (int n = 0; n < N; n++) {
+                    float *s = din + ((size_t)c * N + n) * HW;
+                    /* forward: o[n][i][j] = s[2i + dh][2j + dw] */
+                    for (int i = 0; i < h; i++)
+                        for (int j = 0; j < w; j++)
+                            s[(2 * i + dh) * W + 2 * j + dw] += o[n * hw + i * w + j];
+                }
+            }
+}
+
+int split_keep(int i, int C) { return i < C ? i * 4 : (i - C) * 4 + 3; }
+int split_drop(int i, int C) { return i < C ? i * 4 + 1 : (i - C) * 4 + 2; }
+
+void split_forward(float *next, const float *x, int C, size_t P)
+{
+    for (int i = 0; i < 2 * C; i++) memcpy(next + i * P, x + split_keep(i, C) * P, sizeof(float) * P);
+}
+
+void split_backward(float *dx, const float *dnext, int C, size_t P)
+{
+    for (int i = 0; i < 2 * C; i++) {
+        /* forward: next[i] = x[keep(i)] */
+        float *d = dx + split_keep(i, C) * P;
+        const float *g = dnext + i * P;
+        for (size_t p = 0; p < P; p++) d[p] += g[p];
+    }
+}
+
+/* ================================================================ prior */
+
+void prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW)
+{
+    const size_t P = (size_t)N * HW;
+    const double half_log_2pi = 0.5 * log(2.0 * M_PI);
+    for (int k = 0; k < nch; k++) {
+        const float *zc = z + (size_t)(ch ? ch[k] : k) * P;
+        for (int n = 0; n < N; n++) {
+            double sum = 0;
+            for (int i = 0; i < HW; i++) sum += (double)zc[(size_t)n * HW + i] * zc[(size_t)n * HW + i];
+            lp[n] += -0.5 * sum - half_log_2pi * HW;
+        }
+    }
+}
+
+void prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
+                    int HW)
+{
+    const size_t P = (size_t)N * HW;
+    for (int k = 0; k < nch; k++) {
+        const size_t off = (size_t)(ch ? ch[k] : k) * P;
+        for (int n = 0; n < N; n++) {
+            const float g = (float)dlp[n];
+            /* forward: lp[n] += -z^2 / 2  =>  dz += -z dlp[n] */
+            for (int i = 0; i < HW; i++) dz[off + (size_t)n * HW + i] -= g * z[off + (size_t)n * HW + i];
+        }
+    }
+}
+
+/* ================================================================ coupling map */
+
+int transformed_count(int parity, int H, int W)
+{
+    if (parity < 0) return H * W;
+    int cnt = 0;
+    for (int i = 0; i < H; i++)
+        for (int j = 0; j < W; j++) cnt += (i + j + parity) & 1;
+    return cnt;
+}
+
+/* Column where the transformed positions of row i start and their stride (1: all). */
+#define ROW_START(parity, i) ((parity) < 0 ? 0 : (((i) + (parity) + 1) & 1))
+#define ROW_STEP(parity) ((parity) < 0 ? 1 : 2)
+
+void affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
+                    int parity, int Ct, int N, int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    if (x != y) memcpy(y, x, sizeof(float) * Ct * P);   /* y = x where not transformed */
+    for (int n = 0; n < N; n++) {
+        double sum = 0;
+        for (int c = 0; c < Ct; c++) {
+            const size_t off = c * P + n * HW;
+            const float *sr = st + off, *t = st + Ct * P + off, *xc = x + off;
+            float *yc = y + off;
+            const float sc = scale[c];
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
+                    const int q = i * W + j;
+                    /* s = scale tanh(s_raw); y = x exp(s) + t; ld += s */
+                    float s = sc * tanhf(sr[q]);
+                    yc[q] = xc[q] * expf(s) + t[q];
+                    sum += s;
+                }
+        }
+        ld[n] += sum;
+    }
+}
+
+void affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
+                     const float *x, const float *st, const float *scale, int parity, int Ct, int N,
+                     int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    memset(dst, 0, sizeof(float) * 2 * Ct * P);
+    for (int c = 0; c < Ct; c++) {
+        const float sc = scale[c];
+        double dsc = 0;
+        for (int n = 0; n < N; n++) {
+            const size_t off = c * P + n * HW;
+            const float *sr = st + off, *xc = x + off, *g = dy + off;
+            float *dsr = dst + off, *dt = dst + Ct * P + off, *d = dx + off;
+            const float gl = (float)dld[n];
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++) {
+                    const int q = i * W + j;
+                    if (parity >= 0 && !((i + j + parity) & 1)) {
+                        d[q] += g[q];   /* y = x where not transformed */
+                        continue;
+                    }
+                    const float th = tanhf(sr[q]), e = expf(sc * th);
+                    /* y = x exp(s) + t:  dx = dy exp(s), dt = dy, ds = dy x exp(s) (+ dld from ld += s) */
+                    d[q] += g[q] * e;
+                    dt[q] = g[q];
+                    const float ds = g[q] * xc[q] * e + gl;
+                    /* s = scale tanh(s_raw):  dscale += ds tanh, ds_raw = ds scale (1 - tanh^2) */
+                    dsc += (double)ds * th;
+                    dsr[q] = ds * sc * (1.0f - th * th);
+                }
+        }
+        dscale[c] += (float)dsc;
+    }
+}
+
+/* ================================================================ flow batch norm */
+
+void fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
+                 int update_stats, int parity, int Ct, int N, int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const int cnt = transformed_count(parity, H, W);
+    const double M = (double)N * cnt;
+    double ldsum = 0;
+    for (int c = 0; c < Ct; c++) {
+        double sum = 0, sq = 0;
+        for (int n = 0; n < N; n++) {
+            const float *xc = x + c * P + n * HW;
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) sum += xc[i * W + j];
+        }
+        const double mean = sum / M;
+        for (int n = 0; n < N; n++) {
+            const float *xc = x + c * P + n * HW;
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
+                    double d = xc[i * W + j] - mean;
+                    sq += d * d;
+                }
+        }
+        const double var = sq / M, istd = 1.0 / sqrt(var + eps);
+        sv->mean[c] = (float)mean;
+        sv->var[c] = (float)var;
+        sv->inv_std[c] = (float)istd;
+        const float fm = (float)mean, fi = (float)istd;
+        for (int n = 0; n < N; n++) {
+            float *xc = x + c * P + n * HW;
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity))
+                    xc[i * W + j] = (xc[i * W + j] - fm) * fi;   /* x <- (x - mean) istd */
+        }
+        /* ld += -0.5 ln(var + eps) per transformed element */
+        ldsum += -0.5 * log(var + eps) * cnt;
+        if (update_stats) {
+            rmean[c] = (float)(0.9 * rmean[c] + 0.1 * mean);
+            rvar[c] = (float)(0.9 * rvar[c] + 0.1 * var);
+        }
+    }
+    for (int n = 0; n < N; n++) ld[n] += ldsum;
+}
+
+void fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
+                  int Ct, int N, int H, int W)
+{
+    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const double M = (double)N * transformed_count(parity, H, W);
+    double G = 0;   /* every image's ld holds the same term: its gradient is sum_n dld[n] */
+    for (int n = 0; n < N; n++) G += dld[n];
+    for (int c = 0; c < Ct; c++) {
+        double s1 = 0, s2 = 0;
+        for (int n = 0; n < N; n++) {
+            const float *g = d + c * P + n * HW, *yc = y + c * P + n * HW;
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
+                    s1 += g[i * W + j];
+                    s2 += (double)g[i * W + j] * yc[i * W + j];
+                }
+        }
+        /* y = (x - mean) istd:  dx = istd (dy - mean(dy) - y mean(dy y))
+         * ld += -0.5 cnt ln(var + eps) (each image), var = mean((x - mean)^2):
+         *   dx += G (-0.5 cnt istd^2) 2 (x - mean) / M = -(G / N) istd y */
+        const float istd = sv->inv_std[c], m1 = (float)(s1 / M), m2 = (float)(s2 / M + G / N);
+        for (int n = 0; n < N; n++) {
+            float *g = d + c * P + n * HW;
+            const float *yc = y + c * P + n * HW;
+            for (int i = 0; i < H; i++)
+                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity))
+                    g[i * W + j] = istd * (g[i * W + j] - m1 - yc[i * W + j] * m2);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+/* tpool.h: a tiny fork-join thread pool for the trainer's passes (the caller is thread 0).
+ * Leaves out work queues and nesting: one job at a time, run by every thread. */
+#ifndef RNVP_TRAIN_TPOOL_H
+#define RNVP_TRAIN_TPOOL_H
+
+typedef struct tpool tpool;
+typedef void (*tpool_fn)(void *arg, int t, int nt);
+
+/* A pool of n threads in all (n - 1 workers plus the caller); NULL on failure or n < 2. */
+tpool *tpool_create(int n);
+void tpool_free(tpool *p);
+/* Threads in the pool (1 for NULL). */
+int tpool_size(const tpool *p);
+/* Runs fn(arg, t, nt) on every thread t < nt (nt = tpool_size) and returns when all have
+ * finished. With p == NULL, runs fn(arg, 0, 1) in the caller. */
+void tpool_run(tpool *p, tpool_fn fn, void *arg);
+
+#endif
