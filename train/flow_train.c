@@ -3,7 +3,13 @@
  *
  * Running statistics: update_stats averages the BIASED batch variance (the one the forward
  * normalises with, spec 2.5 / 2.6 "biased variance") into running_var, for the net's batch
- * norms and the flow batch norms alike; PyTorch's BatchNorm would average the unbiased one. */
+ * norms and the flow batch norms alike; PyTorch's BatchNorm would average the unbiased one.
+ *
+ * Threads: tr_ws_create makes a pool of openblas_get_num_threads() threads. During
+ * tr_forward_backward OpenBLAS is set to 1 thread (process-wide; restored on return) and the
+ * pool's threads run single-threaded gemms on their own chunks of the batch, the batch norms'
+ * channels and the im2col / col2im passes: one workspace must not be used by two threads, and
+ * no other thread should call OpenBLAS meanwhile. */
 #include "train.h"
 
 #include "coupling.h"
@@ -197,23 +203,25 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
         const coupling *c = &m->cp[L - 1];
         const size_t HW = (size_t)c->H * c->W;
         memset(dy, 0, sizeof(float) * c->C * N * HW);
+        /* forward: prior_forward(lp, y[L-1], ...)  (z_{S-1}) */
         prior_backward(dy, w->dld, w->y[L - 1], NULL, c->C, N, (int)HW);
     }
     for (int k = L - 1; k >= 0; k--) {
         const coupling *c = &m->cp[k];
         const size_t P = (size_t)N * c->H * c->W;
         memset(dx, 0, sizeof(float) * c->C * P);
-        coupling_train_backward(dx, grad, dy, w->dld, &w->cs[k], w->x[k], w->y[k], c, m->params, &w->scr,
-                          N);
+        /* forward: coupling_train_forward(y[k], ld, x[k]) */
+        coupling_train_backward(dx, grad, dy, w->dld, &w->cs[k], w->x[k], w->y[k], c, m->params,
+                                &w->scr, N);
         if (k == 0) break;   /* the logit pre-processing has no parameters */
         const coupling *pc = &m->cp[k - 1];
         const size_t pP = (size_t)N * pc->H * pc->W;
         switch (handover(m, k - 1)) {
-        case HAND_SQUEEZE:
+        case HAND_SQUEEZE:   /* forward: sq_forward(x[k], y[k-1]) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
             sq_backward(dy, dx, pc->C, N, pc->H, pc->W);
             break;
-        case HAND_SPLIT:
+        case HAND_SPLIT:     /* forward: split_forward(x[k], y[k-1]); prior_forward(lp, y[k-1] dropped) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
             split_backward(dy, dx, pc->C / 4, pP);
             prior_backward(dy, w->dld, w->y[k - 1], w->drop[k - 1], pc->C / 2, N,
