@@ -270,10 +270,13 @@ static void init_bn(const bn_p *p)
     }
 }
 
-/* Initial weight_g of every out_conv (its rows then have norm 0.01: s_raw and t start around
- * 0.01 times the unit-variance features) and initial `scale` (bounds |s| <= 0.1 at first). */
+/* Initial weight_g of every out_conv: its rows have norm 0.01, so s_raw and t start around 0.01
+ * times the unit-variance features and every coupling starts near the identity. `scale` starts
+ * at 1 (s = tanh(s_raw) ~ s_raw): on Fashion-MNIST (K=2, F=32, batch 64, Adam 1e-3) scale 0.1
+ * made the first few hundred steps slower (flow-bn: 5.35 vs 4.47 bits/dim at step 100; without
+ * flow-bn 5.93 vs 5.15 at step 200), as Adam grows it by only ~lr per step. */
 #define INIT_OUT_G 0.01
-#define INIT_SCALE 0.1
+#define INIT_SCALE 1.0
 
 void tr_init_params(rnvp_model *m, uint64_t seed)
 {
