@@ -1,0 +1,862 @@
+#!/usr/bin/python3
+"""torch_baseline.py: an independent PyTorch implementation of the Real NVP model of
+shared/spec/realnvp-v1.md, inference only, used as the speed and accuracy reference for the
+C core (bench/run_core_bench.sh runs both side by side).
+
+It shares no code with the C library: its own safetensors reader and writer, modules built
+once at load (weight norm applied, BatchNorm2d in eval mode, kernel sizes read from the
+weights), NCHW tensors.
+
+Run with the Debian python (/usr/bin/python3: python3-torch, python3-numpy).
+
+  --model PATH --threads 2 --batches 1,16,64 --iters K [--seconds S] [--json]
+        images/s (median over at least K timed calls, and at least S seconds) of log_prob,
+        encode, decode, sample at each batch size; torch's version and threads. Eager mode
+        (the modules as built); --jit: traced, frozen, optimize_for_inference (oneDNN)
+  --model PATH --check random|IMG_DIR --out FILE.json [--write-images DIR] [--z-out FILE]
+        log_prob (u = 0.5) of a deterministic image set (random: numpy seed 0, see
+        check_images); writes JSON (and, with --write-images, the images as images.u8 and
+        PNGs) so the C core can be scored on the same pixels
+  --init-random PATH --config JSON [--seed N]
+        writes a random checkpoint in the spec's format whose couplings all do real work
+  --selftest
+        invertibility and log-det-vs-autograd-Jacobian checks on tiny configs
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import struct
+import sys
+import time
+import zlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------- OpenBLAS kernels
+
+_GENERIC_CORES = {"prescott", "core2", "nehalem", "unknown", "katmai", "atom"}
+
+
+def openblas_core():
+    """The kernel set of the OpenBLAS that torch loaded (Debian's torch takes its BLAS from
+    libblas.so.3 = OpenBLAS; it runs the convolutions oneDNN does not take), or None."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib.openblas_get_corename().decode()
+    except (OSError, AttributeError):
+        return None
+
+
+def openblas_select_core():
+    """The same treatment the C core gives itself (rnvp_blas_select_core): on a CPU that
+    OpenBLAS does not recognise it falls back to SSE3 kernels; if the CPU has AVX2 and FMA,
+    re-execute with OPENBLAS_CORETYPE=Haswell. Skipped when OPENBLAS_CORETYPE or
+    REALNVP_NO_REEXEC is set, so the comparison stays like for like."""
+    if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("REALNVP_NO_REEXEC"):
+        return
+    core = openblas_core()
+    if core is None or core.lower() not in _GENERIC_CORES:
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return
+    if "avx2" in flags and "fma" in flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+# ---------------------------------------------------------------- safetensors
+
+def st_read(path):
+    """Returns (metadata dict, {name: np.ndarray float32}). Checks what the spec asks for."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    if len(buf) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", buf[:8])
+    if n > len(buf) - 8:
+        raise ValueError(f"{path}: header length {n} past the end of the file")
+    header = json.loads(buf[8:8 + n].decode("utf-8"))
+    data = memoryview(buf)[8 + n:]
+    meta = header.pop("__metadata__", {}) or {}
+    tensors = {}
+    spans = []
+    for name, info in header.items():
+        if info["dtype"] != "F32":
+            raise ValueError(f"{name}: dtype {info['dtype']}, expected F32")
+        shape = [int(s) for s in info["shape"]]
+        b, e = (int(v) for v in info["data_offsets"])
+        count = int(np.prod(shape)) if shape else 1
+        if not (0 <= b <= e <= len(data)) or e - b != 4 * count:
+            raise ValueError(f"{name}: data_offsets [{b}, {e}] do not fit shape {shape}")
+        spans.append((b, e, name))
+        arr = np.frombuffer(data[b:e], dtype="<f4").reshape(shape).astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}: non-finite value")
+        tensors[name] = arr
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ValueError(f"{n0} and {n1} overlap")
+    return meta, tensors
+
+
+def st_write(path, tensors, meta):
+    """tensors: {name: np.ndarray}; meta: {str: str}. Atomic (temp file + rename)."""
+    header = {"__metadata__": {k: str(v) for k, v in meta.items()}}
+    off = 0
+    blobs = []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        blob = a.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape),
+                        "data_offsets": [off, off + len(blob)]}
+        off += len(blob)
+        blobs.append(blob)
+    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hj += b" " * ((8 - len(hj) % 8) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)))
+        f.write(hj)
+        for b in blobs:
+            f.write(b)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+# ---------------------------------------------------------------- model layout
+
+def coupling_layout(cfg):
+    """Forward-order list of couplings: dicts with kind ('checker'|'channel'), parity, the
+    channel count C the coupling sees, H, W, scale index s."""
+    S = cfg["num_scales"]
+    C, H, W = cfg["channels"], cfg["height"], cfg["width"]
+    out = []
+    for s in range(S):
+        if s < S - 1:
+            for q in (0, 1, 0):
+                out.append(dict(kind="checker", parity=q, C=C, H=H, W=W, s=s))
+            for q in (0, 1, 0):
+                out.append(dict(kind="channel", parity=q, C=4 * C, H=H // 2, W=W // 2, s=s))
+            C, H, W = 2 * C, H // 2, W // 2
+        else:
+            for q in (0, 1, 0, 1):
+                out.append(dict(kind="checker", parity=q, C=C, H=H, W=W, s=s))
+    return out
+
+
+def latent_parts(cfg):
+    """[(offset, C, H, W)] of z_0 .. z_{S-1}."""
+    S = cfg["num_scales"]
+    C, H, W = cfg["channels"], cfg["height"], cfg["width"]
+    parts, off = [], 0
+    for s in range(S):
+        if s < S - 1:
+            parts.append((off, 2 * C, H // 2, W // 2))
+            off += 2 * C * (H // 2) * (W // 2)
+            C, H, W = 2 * C, H // 2, W // 2
+        else:
+            parts.append((off, C, H, W))
+            off += C * H * W
+    return parts
+
+
+def ct_cin(c):
+    if c["kind"] == "checker":
+        return c["C"], c["C"] + 1
+    return c["C"] // 2, c["C"] // 2
+
+# ---------------------------------------------------------------- modules
+
+def wn_conv(t, prefix):
+    """nn.Conv2d with the weight-normalised weight computed once: w = g * v / ||v||."""
+    v = torch.from_numpy(t[prefix + ".weight_v"]).double()
+    g = torch.from_numpy(t[prefix + ".weight_g"]).double()
+    b = torch.from_numpy(t[prefix + ".bias"])
+    if v.dim() != 4:
+        raise ValueError(f"{prefix}.weight_v: 4 dims expected")
+    o, i, kh, kw = v.shape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"{prefix}.weight_v: odd kernel expected, got {kh}x{kw}")
+    norm = v.reshape(o, -1).norm(dim=1).clamp_min(1e-30)
+    w = (g.reshape(o) / norm).reshape(o, 1, 1, 1) * v
+    conv = nn.Conv2d(i, o, (kh, kw), padding=(kh // 2, kw // 2), bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(w.float())
+        conv.bias.copy_(b)
+    return conv
+
+
+def bn2d(t, prefix, eps):
+    w = torch.from_numpy(t[prefix + ".weight"])
+    bn = nn.BatchNorm2d(w.numel(), eps=eps, momentum=0.1)
+    with torch.no_grad():
+        bn.weight.copy_(w)
+        bn.bias.copy_(torch.from_numpy(t[prefix + ".bias"]))
+        bn.running_mean.copy_(torch.from_numpy(t[prefix + ".running_mean"]))
+        bn.running_var.copy_(torch.from_numpy(t[prefix + ".running_var"]))
+    return bn
+
+
+class ResBlock(nn.Module):
+    def __init__(self, t, p, eps):
+        super().__init__()
+        self.bn_a = bn2d(t, p + ".bn_a", eps)
+        self.conv_a = wn_conv(t, p + ".conv_a")
+        self.bn_b = bn2d(t, p + ".bn_b", eps)
+        self.conv_b = wn_conv(t, p + ".conv_b")
+
+    def forward(self, h):
+        return h + self.conv_b(F.relu(self.bn_b(self.conv_a(F.relu(self.bn_a(h))))))
+
+
+class STNet(nn.Module):
+    def __init__(self, t, p, K, eps):
+        super().__init__()
+        self.in_conv = wn_conv(t, p + ".in_conv")
+        self.blocks = nn.ModuleList([ResBlock(t, f"{p}.blocks.{j}", eps) for j in range(K)])
+        self.bn_out = bn2d(t, p + ".bn_out", eps)
+        self.out_conv = wn_conv(t, p + ".out_conv")
+
+    def forward(self, x):
+        h = self.in_conv(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.out_conv(F.relu(self.bn_out(h)))
+
+
+class Coupling(nn.Module):
+    """One coupling and its optional flow batch norm. forward: x -> (y, logdet per image)."""
+
+    def __init__(self, t, k, lay, cfg):
+        super().__init__()
+        self.kind, self.parity = lay["kind"], lay["parity"]
+        C, H, W = lay["C"], lay["H"], lay["W"]
+        self.Ct, _ = ct_cin(lay)
+        self.net = STNet(t, f"flow.{k}.net", cfg["res_blocks"], cfg["bn_eps"])
+        self.register_buffer("scale", torch.from_numpy(t[f"flow.{k}.scale"]).reshape(1, -1, 1, 1))
+        self.fbn = bool(cfg["flow_batchnorm"])
+        if self.fbn:
+            m = torch.from_numpy(t[f"flow.{k}.flow_bn.running_mean"]).double()
+            v = torch.from_numpy(t[f"flow.{k}.flow_bn.running_var"]).double()
+            sd = torch.sqrt(v + cfg["flow_bn_eps"])
+            self.register_buffer("fbn_mean", m.float().reshape(1, -1, 1, 1))
+            self.register_buffer("fbn_sd", sd.float().reshape(1, -1, 1, 1))
+            # log-det of the flow batch norm per transformed position, summed over channels:
+            # -0.5 ln(var + eps) = -ln(sd), taken from the float32 sd the transform divides by
+            self.fbn_ld_per_pos = float(-torch.log(self.fbn_sd.double()).sum())
+        if self.kind == "checker":
+            i = torch.arange(H).reshape(H, 1)
+            j = torch.arange(W).reshape(1, W)
+            b = ((i + j + self.parity) % 2 == 0).float().reshape(1, 1, H, W)
+            self.register_buffer("mask", b)
+            self.n_trans = int((b == 0).sum())       # transformed positions per channel
+        else:
+            self.n_trans = H * W
+
+    def _st(self, xin):
+        o = self.net(xin)
+        s_raw, t = o[:, :self.Ct], o[:, self.Ct:]
+        return self.scale * torch.tanh(s_raw), t
+
+    def _halves(self, x):
+        h = x.shape[1] // 2
+        if self.parity == 0:
+            return x[:, :h], x[:, h:]
+        return x[:, h:], x[:, :h]
+
+    def _join(self, cond, trans):
+        return torch.cat([cond, trans] if self.parity == 0 else [trans, cond], dim=1)
+
+    def forward(self, x):
+        if self.kind == "checker":
+            b = self.mask
+            nb = 1.0 - b
+            s, t = self._st(torch.cat([x * b, b.expand(x.shape[0], 1, -1, -1)], dim=1))
+            y = b * x + nb * (x * torch.exp(s) + t)
+            ld = (s * nb).sum(dim=(1, 2, 3), dtype=torch.float64)
+            if self.fbn:
+                y = b * y + nb * ((y - self.fbn_mean) / self.fbn_sd)
+                ld = ld + self.fbn_ld_per_pos * self.n_trans
+            return y, ld
+        cond, trans = self._halves(x)
+        s, t = self._st(cond)
+        trans = trans * torch.exp(s) + t
+        ld = s.sum(dim=(1, 2, 3), dtype=torch.float64)
+        if self.fbn:
+            trans = (trans - self.fbn_mean) / self.fbn_sd
+            ld = ld + self.fbn_ld_per_pos * self.n_trans
+        return self._join(cond, trans), ld
+
+    def inverse(self, y):
+        if self.kind == "checker":
+            b = self.mask
+            nb = 1.0 - b
+            if self.fbn:
+                y = b * y + nb * (y * self.fbn_sd + self.fbn_mean)
+            s, t = self._st(torch.cat([y * b, b.expand(y.shape[0], 1, -1, -1)], dim=1))
+            return b * y + nb * ((y - t) * torch.exp(-s))
+        cond, trans = self._halves(y)
+        if self.fbn:
+            trans = trans * self.fbn_sd + self.fbn_mean
+        s, t = self._st(cond)
+        return self._join(cond, (trans - t) * torch.exp(-s))
+
+
+def squeeze(x):
+    # out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw]
+    N, C, H, W = x.shape
+    x = x.reshape(N, C, H // 2, 2, W // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(N, 4 * C, H // 2, W // 2)
+
+
+def unsqueeze(x):
+    N, C4, h, w = x.shape
+    C = C4 // 4
+    x = x.reshape(N, C, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(N, C, 2 * h, 2 * w)
+
+
+def split_indices(C):
+    keep = [c * 4 + 0 for c in range(C)] + [c * 4 + 3 for c in range(C)]
+    fact = [c * 4 + 1 for c in range(C)] + [c * 4 + 2 for c in range(C)]
+    inv = [0] * (4 * C)
+    for pos, ch in enumerate(keep + fact):
+        inv[ch] = pos
+    return keep, fact, inv
+
+
+class RealNVP(nn.Module):
+    def __init__(self, cfg, tensors):
+        super().__init__()
+        self.cfg = cfg
+        lay = coupling_layout(cfg)
+        self.layout = lay
+        used = set()
+        need = expected_shapes(cfg, tensors)
+        for name, shape in need.items():
+            if name not in tensors:
+                raise ValueError(f"missing tensor {name}")
+            if list(tensors[name].shape) != list(shape):
+                raise ValueError(f"{name}: shape {list(tensors[name].shape)}, expected {list(shape)}")
+            used.add(name)
+        for name in tensors:
+            if name not in used and not name.startswith("train."):
+                raise ValueError(f"unknown tensor {name}")
+        self.couplings = nn.ModuleList([Coupling(tensors, k, l, cfg) for k, l in enumerate(lay)])
+        self.S = cfg["num_scales"]
+        self.C, self.H, self.W = cfg["channels"], cfg["height"], cfg["width"]
+        self.D = self.C * self.H * self.W
+        self.alpha = cfg["alpha"]
+        self.parts = latent_parts(cfg)
+        self.splits = []
+        C = self.C
+        for s in range(self.S - 1):
+            keep, fact, inv = split_indices(C)
+            self.splits.append((torch.tensor(keep), torch.tensor(fact), torch.tensor(inv)))
+            C *= 2
+        self.eval()
+
+    # -- pre-processing (spec section 1)
+    def preprocess(self, pixels, u=0.5):
+        """pixels uint8 (N,C,H,W) -> y float (N,C,H,W), L_pre (N,) float64."""
+        xt = (pixels.to(torch.float64) + u) / 256.0
+        a = self.alpha
+        p = a + (1 - 2 * a) * xt
+        y = torch.log(p) - torch.log1p(-p)
+        lpre = (math.log(1 - 2 * a) - torch.log(p) - torch.log1p(-p)).sum(dim=(1, 2, 3))
+        return y.to(self.dtype), lpre
+
+    @property
+    def dtype(self):
+        return self.couplings[0].scale.dtype
+
+    # -- the flow (spec section 2)
+    def flow(self, y):
+        """y (N,C,H,W) -> z (N,D), L_flow (N,) float64."""
+        N = y.shape[0]
+        ld = torch.zeros(N, dtype=torch.float64)
+        zs = []
+        h = y
+        k = 0
+        for s in range(self.S):
+            if s < self.S - 1:
+                for _ in range(3):
+                    h, l = self.couplings[k](h); ld = ld + l; k += 1
+                h = squeeze(h)
+                for _ in range(3):
+                    h, l = self.couplings[k](h); ld = ld + l; k += 1
+                keep, fact, _ = self.splits[s]
+                zs.append(h[:, fact].reshape(N, -1))
+                h = h[:, keep]
+            else:
+                for _ in range(4):
+                    h, l = self.couplings[k](h); ld = ld + l; k += 1
+                zs.append(h.reshape(N, -1))
+        return torch.cat(zs, dim=1), ld
+
+    def flow_inverse(self, z):
+        N = z.shape[0]
+        off, C, H, W = self.parts[-1]
+        h = z[:, off:off + C * H * W].reshape(N, C, H, W)
+        k = len(self.couplings)
+        for s in range(self.S - 1, -1, -1):
+            if s < self.S - 1:
+                off, Cz, Hz, Wz = self.parts[s]
+                zp = z[:, off:off + Cz * Hz * Wz].reshape(N, Cz, Hz, Wz)
+                _, _, inv = self.splits[s]
+                h = torch.cat([h, zp], dim=1)[:, inv]
+                for _ in range(3):
+                    k -= 1; h = self.couplings[k].inverse(h)
+                h = unsqueeze(h)
+                for _ in range(3):
+                    k -= 1; h = self.couplings[k].inverse(h)
+            else:
+                for _ in range(4):
+                    k -= 1; h = self.couplings[k].inverse(h)
+        return h
+
+    # -- public operations (spec sections 3, 4)
+    def encode(self, pixels, u=0.5):
+        """-> z (N,D), log_prob (N,) float64 nats."""
+        y, lpre = self.preprocess(pixels, u)
+        z, lflow = self.flow(y)
+        zd = z.to(torch.float64)
+        logpz = (-0.5 * zd * zd).sum(dim=1) - 0.5 * self.D * math.log(2 * math.pi)
+        return z, logpz + lflow + lpre - self.D * math.log(256.0)
+
+    def log_prob(self, pixels, u=0.5):
+        return self.encode(pixels, u)[1]
+
+    def bits_per_dim(self, lp):
+        return -lp / (self.D * math.log(2.0))
+
+    def decode(self, z):
+        y = self.flow_inverse(z.to(self.dtype)).to(torch.float64)
+        xt = ((torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)).clamp(0.0, 1.0)
+        return torch.clamp(torch.floor(256.0 * xt), max=255).to(torch.uint8)
+
+    def sample(self, n, temp=1.0, generator=None):
+        z = torch.randn(n, self.D, generator=generator, dtype=self.dtype) * temp
+        return self.decode(z)
+
+
+def expected_shapes(cfg, tensors):
+    """{name: shape} the spec requires; kernel sizes taken from the weights present."""
+    def k_of(name, default):
+        a = tensors.get(name)
+        return tuple(a.shape[2:]) if a is not None and a.ndim == 4 else default
+    need = {}
+    K = cfg["res_blocks"]
+    for k, c in enumerate(coupling_layout(cfg)):
+        Fs = cfg["features"][c["s"]]
+        Ct, Cin = ct_cin(c)
+        p = f"flow.{k}.net"
+
+        def conv(name, o, i):
+            kk = k_of(name + ".weight_v", (3, 3))
+            need[name + ".weight_v"] = (o, i) + kk
+            need[name + ".weight_g"] = (o,)
+            need[name + ".bias"] = (o,)
+
+        def bn(name, n):
+            for f in ("weight", "bias", "running_mean", "running_var"):
+                need[f"{name}.{f}"] = (n,)
+        conv(p + ".in_conv", Fs, Cin)
+        for j in range(K):
+            bn(f"{p}.blocks.{j}.bn_a", Fs)
+            conv(f"{p}.blocks.{j}.conv_a", Fs, Fs)
+            bn(f"{p}.blocks.{j}.bn_b", Fs)
+            conv(f"{p}.blocks.{j}.conv_b", Fs, Fs)
+        bn(p + ".bn_out", Fs)
+        conv(p + ".out_conv", 2 * Ct, Fs)
+        need[f"flow.{k}.scale"] = (Ct,)
+        if cfg["flow_batchnorm"]:
+            need[f"flow.{k}.flow_bn.running_mean"] = (Ct,)
+            need[f"flow.{k}.flow_bn.running_var"] = (Ct,)
+    return need
+
+
+def load_model(path):
+    meta, tensors = st_read(path)
+    if meta.get("format") != "realnvp" or meta.get("version") != "1":
+        raise ValueError(f"{path}: metadata format/version is not realnvp/1")
+    cfg = json.loads(meta["config"])
+    return RealNVP(cfg, tensors), meta, tensors
+
+# ---------------------------------------------------------------- random checkpoints
+
+def random_tensors(cfg, seed, kernel=3):
+    """Random weights in the spec's layout that make every coupling do real work: unit-gain
+    convs, non-trivial batch norm statistics, out_conv big enough that s and t matter."""
+    rng = np.random.default_rng(seed)
+    t = {}
+    K = cfg["res_blocks"]
+    for k, c in enumerate(coupling_layout(cfg)):
+        Fs = cfg["features"][c["s"]]
+        Ct, Cin = ct_cin(c)
+        p = f"flow.{k}.net"
+
+        def conv(name, o, i, ks, gain):
+            t[name + ".weight_v"] = rng.standard_normal((o, i, ks, ks)).astype(np.float32)
+            t[name + ".weight_g"] = (gain * rng.uniform(0.5, 1.5, o)).astype(np.float32)
+            t[name + ".bias"] = (0.1 * rng.standard_normal(o)).astype(np.float32)
+
+        def bn(name, n):
+            t[name + ".weight"] = rng.uniform(0.5, 1.5, n).astype(np.float32)
+            t[name + ".bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+            t[name + ".running_mean"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+            t[name + ".running_var"] = rng.uniform(0.5, 2.0, n).astype(np.float32)
+        conv(p + ".in_conv", Fs, Cin, kernel, 1.0)
+        for j in range(K):
+            bn(f"{p}.blocks.{j}.bn_a", Fs)
+            conv(f"{p}.blocks.{j}.conv_a", Fs, Fs, kernel, 1.0)
+            bn(f"{p}.blocks.{j}.bn_b", Fs)
+            conv(f"{p}.blocks.{j}.conv_b", Fs, Fs, kernel, 0.3)
+        bn(p + ".bn_out", Fs)
+        conv(p + ".out_conv", 2 * Ct, Fs, 1, 0.3)
+        t[f"flow.{k}.scale"] = rng.uniform(0.3, 1.0, Ct).astype(np.float32)
+        if cfg["flow_batchnorm"]:
+            t[f"flow.{k}.flow_bn.running_mean"] = (0.1 * rng.standard_normal(Ct)).astype(np.float32)
+            t[f"flow.{k}.flow_bn.running_var"] = rng.uniform(0.5, 2.0, Ct).astype(np.float32)
+    return t
+
+
+def write_random_checkpoint(path, cfg, seed):
+    t = random_tensors(cfg, seed)
+    meta = {"format": "realnvp", "version": "1",
+            "config": json.dumps(cfg, separators=(",", ":")),
+            "description": f"random weights from torch_baseline.py --init-random, seed {seed}"}
+    st_write(path, t, meta)
+
+# ---------------------------------------------------------------- images
+
+def check_images(C, H, W, n=16):
+    """A deterministic image set from numpy seed 0: n/2 uniform-noise images and n/2 smooth
+    ones (sums of random low-frequency waves), uint8 (n, C, H, W)."""
+    rng = np.random.default_rng(0)
+    out = np.empty((n, C, H, W), dtype=np.uint8)
+    half = n // 2
+    out[:half] = rng.integers(0, 256, size=(half, C, H, W), dtype=np.uint8)
+    ii, jj = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    for m in range(half, n):
+        for c in range(C):
+            img = np.zeros((H, W))
+            for _ in range(3):
+                fi, fj = rng.uniform(0, 3, 2)
+                ph = rng.uniform(0, 2 * np.pi)
+                img += np.cos(2 * np.pi * (fi * ii / H + fj * jj / W) + ph)
+            img = (img - img.min()) / max(img.max() - img.min(), 1e-9)
+            out[m, c] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+def png_write(path, img):
+    """img uint8 (C, H, W), C 1 or 3: an 8-bit grey or RGB PNG (no PIL needed)."""
+    C, H, W = img.shape
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    raw = b"".join(b"\x00" + hwc[i].tobytes() for i in range(H))
+
+    def chunk(tag, data):
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", W, H, 8, 0 if C == 1 else 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9))
+                + chunk(b"IEND", b""))
+
+
+def read_png_dir(d, C, H, W):
+    from PIL import Image  # python3-pil; only for --check DIR
+    names = sorted(f for f in os.listdir(d) if f.lower().endswith(".png"))
+    imgs = []
+    for f in names:
+        im = Image.open(os.path.join(d, f))
+        im = im.convert("L" if C == 1 else "RGB")
+        a = np.asarray(im, dtype=np.uint8)
+        if a.shape[:2] != (H, W):
+            raise ValueError(f"{f}: {a.shape[1]}x{a.shape[0]}, model wants {W}x{H}")
+        imgs.append(a.reshape(H, W, C).transpose(2, 0, 1))
+    return names, np.stack(imgs)
+
+# ---------------------------------------------------------------- benchmark
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Enc(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, px):
+        return self.m.encode(px)
+
+
+class _Dec(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, z):
+        return self.m.decode(z)
+
+
+def jit_compile(model, px, z):
+    """encode and decode traced for this batch size, frozen and passed through
+    torch.jit.optimize_for_inference (oneDNN convolutions for every shape, batch norms folded
+    into the convolutions where the graph allows). Checked against eager mode."""
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(_Enc(model).eval(), px)))
+        dec = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(_Dec(model).eval(), z)))
+        z0, lp0 = model.encode(px)
+        z1, lp1 = enc(px)
+        rel = float(((lp1 - lp0).abs() / lp0.abs()).max())
+        if rel > 1e-5 or not torch.equal(dec(z0), model.decode(z0)):
+            raise RuntimeError(f"jit-compiled model disagrees with eager mode (log_prob rel {rel:.1e})")
+    return enc, dec
+
+
+def bench(model, batches, iters, warmup=2, want=("log_prob", "encode", "decode", "sample"),
+          seconds=0.0, jit=False):
+    """Per op and batch: `warmup` calls, then timed calls until at least `iters` calls and
+    `seconds` seconds; the median call time gives images/s."""
+    C, H, W, D = model.C, model.H, model.W, model.D
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for n in batches:
+        rng = np.random.default_rng(n)
+        px = torch.from_numpy(rng.integers(0, 256, size=(n, C, H, W), dtype=np.uint8))
+        z = torch.randn(n, D, generator=gen)
+        if jit:
+            enc, dec = jit_compile(model, px, z)
+            ops = {
+                "log_prob": lambda: enc(px)[1],
+                "encode": lambda: enc(px),
+                "decode": lambda: dec(z),
+                "sample": lambda: dec(torch.randn(n, D, generator=gen)),
+            }
+        else:
+            ops = {
+                "log_prob": lambda: model.log_prob(px),
+                "encode": lambda: model.encode(px),
+                "decode": lambda: model.decode(z),
+                "sample": lambda: model.sample(n, 1.0, gen),
+            }
+        for op, fn in ops.items():
+            if op not in want:
+                continue
+            for _ in range(warmup):
+                fn()
+            times = []
+            start = time.perf_counter()
+            while len(times) < iters or time.perf_counter() - start < seconds:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            med = float(np.median(times))
+            rows.append({"op": op, "batch": n, "images_per_s": n / med,
+                         "ms_per_batch": med * 1e3, "repeats": len(times)})
+    return rows
+
+# ---------------------------------------------------------------- self-test
+
+def selftest():
+    """Invertibility and log-det checks in float64 on tiny configs."""
+    torch.manual_seed(0)
+    ok = True
+    cfgs = [
+        {"height": 4, "width": 4, "channels": 1, "num_scales": 2, "res_blocks": 1,
+         "features": [4, 4], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": True,
+         "flow_bn_eps": 1e-4},
+        {"height": 4, "width": 4, "channels": 3, "num_scales": 2, "res_blocks": 2,
+         "features": [5, 6], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": False,
+         "flow_bn_eps": 1e-4},
+        {"height": 8, "width": 4, "channels": 1, "num_scales": 3, "res_blocks": 1,
+         "features": [3, 4, 5], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": True,
+         "flow_bn_eps": 1e-4},
+    ]
+    for ci, cfg in enumerate(cfgs):
+        m = RealNVP(cfg, random_tensors(cfg, 7 + ci)).double()
+        C, H, W, D = m.C, m.H, m.W, m.D
+        with torch.no_grad():
+            # float flow invertibility
+            y = torch.randn(3, C, H, W, dtype=torch.float64)
+            z, ld = m.flow(y)
+            y2 = m.flow_inverse(z)
+            err = float((y2 - y).abs().max())
+            print(f"cfg{ci}: flow inverse max |y - f^-1(f(y))| = {err:.2e}")
+            ok &= err < 1e-9
+            # every coupling does real work: it moves its input
+            h = y
+            moved = []
+            for cp in m.couplings:
+                if cp.kind == "channel":
+                    break
+                h2, _ = cp(h)
+                moved.append(float((h2 - h).abs().mean()))
+                h = h2
+            print(f"cfg{ci}: mean |coupling(x) - x| of the first couplings: "
+                  + " ".join(f"{v:.3f}" for v in moved))
+            ok &= min(moved) > 1e-2
+            # pixels round-trip through encode/decode
+            px = torch.from_numpy(np.random.default_rng(ci).integers(0, 256, (5, C, H, W), dtype=np.uint8))
+            zz, lp = m.encode(px)
+            back = m.decode(zz)
+            ok &= bool(torch.equal(back, px))
+            print(f"cfg{ci}: decode(encode(x)) == x: {bool(torch.equal(back, px))}")
+            # squeeze/split bookkeeping
+            t = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).reshape(2, 3, 4, 6)
+            sq = squeeze(t)
+            ok &= bool(torch.equal(unsqueeze(sq), t))
+            ok &= float(sq[1, 1 * 4 + 1 * 2 + 1, 1, 2]) == float(t[1, 1, 3, 5])
+        # log-det vs autograd Jacobian, per image
+        for i in range(2):
+            y0 = torch.randn(1, C, H, W, dtype=torch.float64)
+            fun = lambda v: m.flow(v.reshape(1, C, H, W))[0].reshape(-1)
+            J = torch.autograd.functional.jacobian(fun, y0.reshape(-1))
+            sign, logabs = torch.linalg.slogdet(J)
+            with torch.no_grad():
+                ld = float(m.flow(y0)[1][0])
+            d = abs(float(logabs) - ld)
+            print(f"cfg{ci} img{i}: log|det J| autograd {float(logabs):.10f}  flow {ld:.10f}  diff {d:.1e}")
+            ok &= d < 1e-8 and float(sign) > 0
+        # pre-processing log-det vs autograd (diagonal Jacobian)
+        px = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, C, H, W), dtype=np.uint8))
+        xt = ((px.double() + 0.5) / 256).requires_grad_(True)
+        a = m.alpha
+        p = a + (1 - 2 * a) * xt
+        yy = torch.log(p) - torch.log(1 - p)
+        g, = torch.autograd.grad(yy.sum(), xt)
+        lpre_ad = float(torch.log(g).sum())
+        _, lpre = m.preprocess(px)
+        d = abs(lpre_ad - float(lpre[0]))
+        print(f"cfg{ci}: L_pre autograd {lpre_ad:.10f} closed form {float(lpre[0]):.10f} diff {d:.1e}")
+        ok &= d < 1e-9
+        # log_prob assembled independently
+        with torch.no_grad():
+            z, lflow = m.flow(m.preprocess(px)[0])
+            ref = (torch.distributions.Normal(0.0, 1.0).log_prob(z).sum() + lflow[0] + lpre[0]
+                   - D * math.log(256))
+            d = abs(float(ref) - float(m.log_prob(px)[0]))
+            print(f"cfg{ci}: log_prob {float(ref):.8f} vs Normal.log_prob assembly, diff {d:.1e}")
+            ok &= d < 1e-8
+    # float32 round trip on the benchmark config
+    cfg = {"height": 28, "width": 28, "channels": 1, "num_scales": 3, "res_blocks": 4,
+           "features": [32, 64, 64], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": True,
+           "flow_bn_eps": 1e-4}
+    m = RealNVP(cfg, random_tensors(cfg, 1))
+    with torch.no_grad():
+        px = torch.from_numpy(check_images(1, 28, 28))
+        z, lp = m.encode(px)
+        back = m.decode(z)
+        nbad = int((back != px).sum())
+        m64 = RealNVP(cfg, random_tensors(cfg, 1)).double()
+        lp64 = m64.log_prob(px)
+        rel = float(((lp - lp64).abs() / lp64.abs()).max())
+    print(f"bench28 float32: decode(encode(x)) pixel mismatches {nbad} of {px.numel()}; "
+          f"log_prob float32 vs float64 max rel diff {rel:.1e}")
+    ok &= nbad == 0 and rel < 1e-5
+    print("selftest", "PASSED" if ok else "FAILED")
+    return 0 if ok else 1
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="time each op and batch for at least this long (besides --iters)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--jit", action="store_true",
+                    help="time torch.jit.trace + freeze + optimize_for_inference instead of eager mode")
+    ap.add_argument("--ops", default="log_prob,encode,decode,sample")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--check", metavar="random|IMG_DIR")
+    ap.add_argument("--out", metavar="FILE.json")
+    ap.add_argument("--write-images", metavar="DIR")
+    ap.add_argument("--init-random", metavar="PATH")
+    ap.add_argument("--config", help="config JSON for --init-random")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--selftest", action="store_true")
+    a = ap.parse_args()
+    openblas_select_core()
+
+    torch.set_num_threads(a.threads)
+    if a.selftest:
+        return selftest()
+    if a.init_random:
+        if not a.config:
+            ap.error("--init-random needs --config")
+        write_random_checkpoint(a.init_random, json.loads(a.config), a.seed)
+        print(f"wrote {a.init_random}")
+        return 0
+    if not a.model:
+        ap.error("--model is required")
+    model, meta, _ = load_model(a.model)
+    C, H, W = model.C, model.H, model.W
+
+    if a.check:
+        if a.check == "random":
+            names = [f"img{i:02d}.png" for i in range(16)]
+            imgs = check_images(C, H, W)
+        else:
+            names, imgs = read_png_dir(a.check, C, H, W)
+        with torch.inference_mode():
+            z, lp = model.encode(torch.from_numpy(imgs))
+            lp64 = model.double().log_prob(torch.from_numpy(imgs))
+            model.float()
+        res = {"model": a.model, "images": names, "log_prob": [float(v) for v in lp],
+               "bits_per_dim": [float(v) for v in model.bits_per_dim(lp)],
+               "log_prob_float64": [float(v) for v in lp64]}
+        if a.write_images:
+            os.makedirs(a.write_images, exist_ok=True)
+            imgs.tofile(os.path.join(a.write_images, "images.u8"))
+            z.numpy().astype("<f4").tofile(os.path.join(a.write_images, "z_torch.f32"))
+            if a.check == "random":
+                for nm, im in zip(names, imgs):
+                    png_write(os.path.join(a.write_images, nm), im)
+        s = json.dumps(res, indent=1)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(s + "\n")
+        else:
+            print(s)
+        return 0
+
+    batches = [int(b) for b in a.batches.split(",") if b]
+    with torch.inference_mode():
+        rows = bench(model, batches, a.iters, a.warmup, set(a.ops.split(",")), a.seconds, a.jit)
+    res = {"impl": "torch", "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+           "mkldnn": torch.backends.mkldnn.is_available(), "mode": "jit" if a.jit else "eager",
+           "openblas_core": openblas_core(),
+           "model": a.model, "results": rows, "peak_rss_mb": peak_rss_mb()}
+    if a.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print(f"torch {torch.__version__} ({res['mode']}), {torch.get_num_threads()} threads, "
+              f"OpenBLAS core {res['openblas_core']}, model {a.model}")
+        print(f"{'op':<10}{'batch':>6}{'images/s':>12}{'ms/batch':>11}")
+        for r in rows:
+            print(f"{r['op']:<10}{r['batch']:>6}{r['images_per_s']:>12.1f}{r['ms_per_batch']:>11.3f}")
+        print(f"peak RSS {res['peak_rss_mb']:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
