@@ -8,6 +8,10 @@
  *   bin/bench_core --model PATH --check-raw FILE.u8 --n N [--z-out FILE.f32]
  *       log_prob (u = 0.5) of N raw images (N, C, H, W uint8) as JSON; with --z-out also
  *       their latents (N, D float32) from rnvp_encode. Used to compare with torch_baseline.py.
+ *   bin/bench_core --model PATH --gemm-ceiling [--threads 2] [--batches ...] [--seconds S]
+ *       the sgemm-only ceiling: time only the cblas_sgemm calls the model's convolutions
+ *       become as im2col + sgemm over the whole batch (shapes from the weights, random data),
+ *       i.e. the speed the core would have if everything but the sgemms took no time.
  *   bin/bench_core --init CONFIG_JSON [--seed N] -o PATH
  *       writes a random checkpoint with rnvp_model_init + rnvp_model_save (the same as
  *       `realnvp init`, for when the CLI is not built).
@@ -16,6 +20,7 @@
  */
 #include "realnvp.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +67,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_core --model PATH [--threads N] [--batches 1,16,64] [--seconds S]\n"
             "                  [--ops log_prob,encode,decode,sample] [--json]\n"
+            "       bench_core --model PATH --gemm-ceiling [--threads N] [--batches ...] [--seconds S]\n"
             "       bench_core --model PATH --check-raw FILE.u8 --n N [--z-out FILE.f32]\n"
             "       bench_core --init CONFIG_JSON [--seed N] -o PATH\n");
     exit(2);
@@ -114,6 +120,80 @@ static int do_init(const char *cfg_json, uint64_t seed, const char *out)
     if (rnvp_model_save(m, out, meta, &e) != RNVP_OK) die("save", &e);
     rnvp_model_free(m);
     fprintf(stderr, "wrote %s\n", out);
+    return 0;
+}
+
+/* The sgemm-only ceiling: for each batch size, time just the cblas_sgemm calls the model's
+ * convolutions amount to when each is lowered to im2col + one sgemm over the whole batch
+ * (out (cout, N*H*W) += w (cout, cin*kh*kw) x col), with nothing else: no im2col, no batch
+ * norm, no coupling math. Shapes come from the weights (public API); random data. */
+static int coupling_hw(const rnvp_config *c, int k, int *H, int *W)
+{
+    const int S = c->num_scales;
+    int s = k / 6, r = k % 6;
+    if (s >= S - 1) { s = S - 1; r = 0; }
+    int sh = s + (s < S - 1 && r >= 3);
+    *H = c->height >> sh;
+    *W = c->width >> sh;
+    return 0;
+}
+
+static int do_gemm_ceiling(rnvp_model *m, const int *batches, int nb, double seconds, int json)
+{
+    const rnvp_config *cfg = rnvp_model_config(m);
+    int nt = rnvp_model_num_tensors(m), nconv = 0;
+    int *M = xmalloc(sizeof(int) * (size_t)nt), *K = xmalloc(sizeof(int) * (size_t)nt);
+    int *HW = xmalloc(sizeof(int) * (size_t)nt);
+    size_t maxA = 1, maxKHW = 1, maxMHW = 1;
+    for (int i = 0; i < nt; i++) {
+        const rnvp_tensor *t = rnvp_model_tensor(m, i);
+        int k, len = (int)strlen(t->name);
+        if (len < 9 || strcmp(t->name + len - 9, ".weight_v") || sscanf(t->name, "flow.%d.", &k) != 1)
+            continue;
+        int H, W;
+        coupling_hw(cfg, k, &H, &W);
+        M[nconv] = t->shape[0];
+        K[nconv] = t->shape[1] * t->shape[2] * t->shape[3];
+        HW[nconv] = H * W;
+        if ((size_t)M[nconv] * K[nconv] > maxA) maxA = (size_t)M[nconv] * K[nconv];
+        if ((size_t)K[nconv] * HW[nconv] > maxKHW) maxKHW = (size_t)K[nconv] * HW[nconv];
+        if ((size_t)M[nconv] * HW[nconv] > maxMHW) maxMHW = (size_t)M[nconv] * HW[nconv];
+        nconv++;
+    }
+    if (json) printf("{\"impl\": \"c-sgemm-only\", \"blas_core\": \"%s\", \"results\": [", rnvp_blas_core());
+    else printf("sgemm only (%d convolutions as im2col + sgemm, OpenBLAS core %s)\n%6s%12s%11s%10s\n",
+                nconv, rnvp_blas_core(), "batch", "images/s", "ms/batch", "GFLOP/s");
+    for (int bi = 0; bi < nb; bi++) {
+        const int n = batches[bi];
+        float *A = xmalloc(sizeof(float) * maxA), *B = xmalloc(sizeof(float) * maxKHW * n);
+        float *C = xmalloc(sizeof(float) * maxMHW * n);
+        for (size_t i = 0; i < maxA; i++) A[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        for (size_t i = 0; i < maxKHW * n; i++) B[i] = (float)(i % 97) * 0.01f;
+        memset(C, 0, sizeof(float) * maxMHW * n);
+        double flops = 0, *times = xmalloc(sizeof(double) * 100000);
+        int r = 0;
+        double start = now_s();
+        for (int rep = -1; rep < 3 || (now_s() - start < seconds && r < 100000); rep++) {
+            double a = now_s();
+            flops = 0;
+            for (int c = 0; c < nconv; c++) {
+                int P = n * HW[c];
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M[c], P, K[c], 1.0f, A, K[c],
+                            B, P, 1.0f, C, P);
+                flops += 2.0 * M[c] * K[c] * (double)P;
+            }
+            if (rep >= 0) times[r++] = now_s() - a;   /* rep -1 is the warm-up */
+        }
+        double med = median(times, r);
+        if (json)
+            printf("%s\n  {\"batch\": %d, \"images_per_s\": %.6g, \"ms_per_batch\": %.6g, \"gflops\": %.4g}",
+                   bi ? "," : "", n, n / med, med * 1e3, flops / med * 1e-9);
+        else
+            printf("%6d%12.1f%11.3f%10.2f\n", n, n / med, med * 1e3, flops / med * 1e-9);
+        free(A); free(B); free(C); free(times);
+    }
+    if (json) printf("\n]}\n");
+    free(M); free(K); free(HW);
     return 0;
 }
 
@@ -170,7 +250,7 @@ int main(int argc, char **argv)
 
     const char *model = NULL, *batches_s = "1,16,64", *ops_s = "log_prob,encode,decode,sample";
     const char *check_raw = NULL, *zout = NULL, *init_cfg = NULL, *out = NULL;
-    int threads = 2, json = 0, ncheck = 0;
+    int threads = 2, json = 0, ncheck = 0, gemm_only = 0;
     double seconds = 2.0;
     unsigned long long seed = 1;
     for (int i = 1; i < argc; i++) {
@@ -189,6 +269,7 @@ int main(int argc, char **argv)
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
         else if (ARG("-o")) out = v;
         else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--gemm-ceiling")) gemm_only = 1;
         else usage();
 #undef ARG
     }
@@ -225,6 +306,11 @@ int main(int argc, char **argv)
         want[o] = hit && (hit == ops_s || hit[-1] == ',') && (hit[l] == 0 || hit[l] == ',');
     }
     if (seconds <= 0) seconds = 2.0;
+    if (gemm_only) {
+        int rc = do_gemm_ceiling(m, batches, nb, seconds, json);
+        rnvp_model_free(m);
+        return rc;
+    }
 
     const int D = rnvp_model_dim(m);
     const double flops = rnvp_model_flops(m);

@@ -57,6 +57,10 @@ for r in $(seq 1 "$ROUNDS"); do
     fi
 done
 
+# ---- what the convolutions' sgemms alone would allow
+bin/bench_core --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" --seconds "$SECONDS_PER" \
+    --gemm-ceiling --json > "$OUT/ceiling.json"
+
 # ---- accuracy: the same 16 images (numpy seed 0) through both
 "$PY" bench/torch_baseline.py --model "$MODEL" --check random --out "$OUT/check_torch.json" \
     --write-images "$OUT/check"
@@ -122,6 +126,12 @@ print("Peak RSS (whole process, max over rounds): C "
       f"{max(r['peak_rss_mb'] for r in C):.1f} MB, torch {max(r['peak_rss_mb'] for r in T):.1f} MB"
       + (f", torch jit {max(r['peak_rss_mb'] for r in J):.1f} MB" if J else "") + ". "
       "C context workspace: " + ", ".join(f"batch {b}: {v / 2**20:.2f} MB" for b, v in sorted(ctx.items())) + ".")
+
+ce = json.load(open(f"{out}/ceiling.json"))
+print()
+print(f"sgemm-only ceiling (`bench_core --gemm-ceiling`, OpenBLAS core {ce['blas_core']}): "
+      + ", ".join(f"batch {r['batch']}: {r['images_per_s']:.1f} images/s" for r in ce["results"])
+      + " (the C core's speed if everything but its convolutions' sgemms took no time).")
 
 # accuracy
 tj = json.load(open(f"{out}/check_torch.json"))
