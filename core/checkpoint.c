@@ -115,6 +115,14 @@ enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_
     if (!ver) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "checkpoint: metadata \"version\" missing"); goto out; }
     if (strcmp(ver, "1")) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "checkpoint: metadata version is \"%.40s\", this build reads version \"1\"", ver); goto out; }
     if (!cfgs) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "checkpoint: metadata \"config\" missing"); goto out; }
+    {   /* a key given twice in the config would be a guess: refuse it (the parser keeps the last) */
+        json_t *dup = json_loads(cfgs, JSON_REJECT_DUPLICATES, &je);
+        if (!dup && strstr(je.text, "duplicate")) {
+            st = rnvp_fail(err, RNVP_ERR_FORMAT, "checkpoint: metadata config: %s", je.text);
+            goto out;
+        }
+        json_decref(dup);   /* other JSON errors are reported by rnvp_config_parse */
+    }
     rnvp_config cfg;
     if ((st = rnvp_config_parse(&cfg, cfgs, err))) goto out;
     kctx kc = {.hdr = hdr};
@@ -177,11 +185,17 @@ enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_
         spans[ns++].name = key;
     }
     qsort(spans, ns, sizeof *spans, span_cmp);
-    for (size_t i = 1; i < ns; i++)
-        if (spans[i].b < spans[i - 1].e && spans[i].e > spans[i].b && spans[i - 1].e > spans[i - 1].b) {
-            st = rnvp_fail(err, RNVP_ERR_FORMAT, "tensor %.150s: data overlaps tensor %.150s", spans[i].name, spans[i - 1].name);
+    /* sorted by begin: a non-empty span overlaps an earlier one iff it begins before the largest
+     * end so far (empty spans overlap nothing, and must not hide the span that reaches furthest) */
+    const span *reach = NULL;
+    for (size_t i = 0; i < ns; i++) {
+        if (spans[i].e == spans[i].b) continue;
+        if (reach && spans[i].b < reach->e) {
+            st = rnvp_fail(err, RNVP_ERR_FORMAT, "tensor %.150s: data overlaps tensor %.150s", spans[i].name, reach->name);
             goto out;
         }
+        if (!reach || spans[i].e > reach->e) reach = &spans[i];
+    }
     /* the table is consistent with the file: the blocks are bounded by its size */
     if ((st = model_alloc(m, err))) goto out;
     for (int i = 0; i < m->ntensors; i++) {
