@@ -1,0 +1,190 @@
+/* main.c: bin/realnvp-server: flags and REALNVP_* environment variables, startup, signals and
+ * graceful shutdown. Leaves out everything HTTP (http.c) and batching (queue.c). */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { T_STR, T_INT, T_LONG } opt_type;
+
+typedef struct opt {
+    const char *name, *env, *metavar;
+    opt_type type;
+    void *ptr;
+    long lo, hi;
+    const char *help;
+} opt;
+
+static srv_options o = {
+    .host = "127.0.0.1", .port = 8080, .http_threads = 2, .compute_threads = 0, .max_batch = 64,
+    .max_delay_us = 2000, .queue_size = 1024, .request_timeout_ms = 30000, .max_body_bytes = 8L << 20,
+    .max_samples = 256, .max_draws = 64, .access_log = "-", .conn_timeout_s = 30, .max_connections = 512,
+    .per_ip_limit = 128, .drain_timeout_s = 30,
+};
+
+static const opt opts[] = {
+    {"--model", "REALNVP_MODEL", "PATH", T_STR, &o.model, 0, 0, "checkpoint to serve (required)"},
+    {"--model-name", "REALNVP_MODEL_NAME", "NAME", T_STR, &o.model_name, 0, 0,
+     "\"model\" in replies (default: metadata name, else the file or directory name)"},
+    {"--host", "REALNVP_HOST", "ADDR", T_STR, &o.host, 0, 0, "address to listen on (0.0.0.0: all interfaces)"},
+    {"--port", "REALNVP_PORT", "N", T_INT, &o.port, 0, 65535, "TCP port (0: any free port, printed at startup)"},
+    {"--http-threads", "REALNVP_HTTP_THREADS", "N", T_INT, &o.http_threads, 1, 256, "libmicrohttpd thread pool size"},
+    {"--compute-threads", "REALNVP_COMPUTE_THREADS", "N", T_INT, &o.compute_threads, 1, 1024,
+     "BLAS threads of the batch worker (default: number of CPUs)"},
+    {"--max-batch", "REALNVP_MAX_BATCH", "N", T_INT, &o.max_batch, 1, 4096, "most images computed as one batch"},
+    {"--max-delay-us", "REALNVP_MAX_DELAY_US", "US", T_LONG, &o.max_delay_us, 0, 10000000,
+     "longest wait for a batch to fill, from its oldest image's arrival"},
+    {"--queue-size", "REALNVP_QUEUE_SIZE", "N", T_INT, &o.queue_size, 1, 1 << 20,
+     "images that may wait; more get 503 + Retry-After"},
+    {"--request-timeout-ms", "REALNVP_REQUEST_TIMEOUT_MS", "MS", T_LONG, &o.request_timeout_ms, 1, 86400000L,
+     "images waiting longer in the queue are dropped: 504"},
+    {"--max-body-bytes", "REALNVP_MAX_BODY_BYTES", "N", T_LONG, &o.max_body_bytes, 1, 1L << 30,
+     "largest request body; larger gets 413"},
+    {"--max-samples", "REALNVP_MAX_SAMPLES", "N", T_INT, &o.max_samples, 1, 65536,
+     "most images per request (sample n, uploaded PNGs, latent vectors)"},
+    {"--max-draws", "REALNVP_MAX_DRAWS", "K", T_INT, &o.max_draws, 1, 4096, "most dequantization draws (log_prob ?samples=K)"},
+    {"--api-key-file", "REALNVP_API_KEY_FILE", "PATH", T_STR, &o.api_key_file, 0, 0,
+     "require the key on its first line (Authorization: Bearer KEY or X-API-Key); health and metrics stay open"},
+    {"--access-log", "REALNVP_ACCESS_LOG", "PATH", T_STR, &o.access_log, 0, 0,
+     "one line per request: - (stderr), off, or a file to append to"},
+    {"--conn-timeout-s", "REALNVP_CONN_TIMEOUT_S", "S", T_INT, &o.conn_timeout_s, 1, 86400,
+     "close connections idle (or stalled mid-request) this long"},
+    {"--max-connections", "REALNVP_MAX_CONNECTIONS", "N", T_INT, &o.max_connections, 1, 65536, "open connections in all"},
+    {"--per-ip-limit", "REALNVP_PER_IP_LIMIT", "N", T_INT, &o.per_ip_limit, 1, 65536, "open connections per client address"},
+    {"--drain-timeout-s", "REALNVP_DRAIN_TIMEOUT_S", "S", T_INT, &o.drain_timeout_s, 0, 86400,
+     "on SIGTERM/SIGINT, wait this long for requests in progress"},
+};
+#define NOPTS ((int)(sizeof opts / sizeof *opts))
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: realnvp-server --model PATH [options]\n"
+               "\n"
+               "Serves a Real NVP checkpoint over HTTP (JSON API, docs/api.md): POST /log_prob, /encode, /decode,\n"
+               "GET /sample, /info, /healthz, /readyz, /metrics. Concurrent requests are merged into batches.\n"
+               "Each option can also be set by the environment variable shown; a flag wins over it.\n"
+               "SIGTERM or SIGINT: /readyz turns 503, no new connections, requests in progress finish, exit 0.\n"
+               "\n"
+               "Options (default in brackets):\n");
+    for (int i = 0; i < NOPTS; i++) {
+        const opt *p = &opts[i];
+        char def[64] = "";
+        if (p->type == T_INT) snprintf(def, sizeof def, "%d", *(int *)p->ptr);
+        else if (p->type == T_LONG) snprintf(def, sizeof def, "%ld", *(long *)p->ptr);
+        else snprintf(def, sizeof def, "%s", *(const char **)p->ptr ? *(const char **)p->ptr : "none");
+        if (p->ptr == &o.compute_threads) snprintf(def, sizeof def, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
+        char left[64];
+        snprintf(left, sizeof left, "%s %s", p->name, p->metavar);
+        fprintf(f, "  %-26s %s [%s]\n  %-26s   env %s\n", left, p->help, def, "", p->env);
+    }
+    fprintf(f, "  %-26s %s\n  %-26s %s\n", "-h, --help", "this text", "--version", "version and OpenBLAS kernels");
+}
+
+static int set_opt(const opt *p, const char *v, const char *from)
+{
+    if (p->type == T_STR) {
+        *(const char **)p->ptr = v;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < p->lo || x > p->hi) {
+        fprintf(stderr, "realnvp-server: %s must be an integer in %ld..%ld, not '%s' (see --help)\n", from, p->lo, p->hi, v);
+        return -1;
+    }
+    if (p->type == T_INT) *(int *)p->ptr = (int)x;
+    else *(long *)p->ptr = x;
+    return 0;
+}
+
+static int parse(int argc, char **argv)
+{
+    for (int i = 0; i < NOPTS; i++) {
+        const char *v = getenv(opts[i].env);
+        if (v && *v && set_opt(&opts[i], v, opts[i].env)) return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("realnvp-server %s (OpenBLAS kernels: %s)\n", SRV_VERSION, rnvp_blas_core());
+            return 1;
+        }
+        int found = 0;
+        for (int k = 0; k < NOPTS && !found; k++) {
+            size_t nl = strlen(opts[k].name);
+            const char *v = NULL;
+            if (!strcmp(a, opts[k].name)) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "realnvp-server: option %s needs a value (see --help)\n", a);
+                    return 2;
+                }
+                v = argv[++i];
+            } else if (!strncmp(a, opts[k].name, nl) && a[nl] == '=') v = a + nl + 1;
+            else continue;
+            found = 1;
+            if (set_opt(&opts[k], v, opts[k].name)) return 2;
+        }
+        if (!found) {
+            fprintf(stderr, "realnvp-server: unknown %s '%s' (see --help)\n", a[0] == '-' ? "option" : "argument", a);
+            return 2;
+        }
+    }
+    if (!o.model || !*o.model) {
+        fprintf(stderr, "realnvp-server: --model PATH (or REALNVP_MODEL) is required (see --help)\n");
+        return 2;
+    }
+    if (!o.compute_threads) o.compute_threads = (int)sysconf(_SC_NPROCESSORS_ONLN) > 0 ? (int)sysconf(_SC_NPROCESSORS_ONLN) : 1;
+    if (o.access_log && !*o.access_log) o.access_log = "-";
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    rnvp_blas_select_core(argv);
+    int pr = parse(argc, argv);
+    if (pr) return pr == 1 ? 0 : 2;
+
+    /* every thread (libmicrohttpd's, the worker, OpenBLAS's) inherits this mask, so only
+     * sigwait below sees the stop signals */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    srv_server *s = srv_server_start(&o, err, sizeof err);
+    if (!s) {
+        fprintf(stderr, "realnvp-server: %s\n", err);
+        return 1;
+    }
+    if (srv_server_load(s, err, sizeof err)) {
+        fprintf(stderr, "realnvp-server: %s: %s\n", o.model, err);
+        srv_server_free(s);
+        return 1;
+    }
+    fprintf(stderr,
+            "realnvp-server: listening on http://%s%s%s:%d (max batch %d, max delay %ld us, queue %d, %d HTTP + %d compute "
+            "threads, OpenBLAS %s)\n",
+            strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", srv_server_port(s), o.max_batch,
+            o.max_delay_us, o.queue_size, o.http_threads, o.compute_threads, rnvp_blas_core());
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "realnvp-server: %s: draining (readyz 503, no new connections, up to %d s)\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", o.drain_timeout_s);
+    int left = srv_server_drain(s, o.drain_timeout_s);
+    srv_server_free(s);
+    if (left) fprintf(stderr, "realnvp-server: stopped with %d requests unfinished after %d s\n", left, o.drain_timeout_s);
+    else fprintf(stderr, "realnvp-server: stopped cleanly\n");
+    return 0;
+}

@@ -1,0 +1,212 @@
+/* server.h: internals of bin/realnvp-server shared by the server/ sources: the options, the MHD-free
+ * parsers (query strings, multipart bodies, latents JSON), the batching queue and the metrics.
+ * Leaves out the public library (include/realnvp.h) and everything HTTP-specific (http.c).
+ *
+ * Memory model: parsers write into caller-owned structs and point into the caller's input
+ * (multipart parts, query values are copied into the query struct). The queue never copies
+ * image data: a request owns its srv_group (inputs and outputs) until the worker hands the
+ * group back through its done() callback; after that call the queue never touches it again. */
+#ifndef RNVP_SERVER_H
+#define RNVP_SERVER_H
+
+#include "realnvp.h"
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SRV_VERSION RNVP_VERSION
+#define SRV_ERRLEN 320
+
+/* ---- options (flags and environment variables, main.c) ---- */
+
+typedef struct srv_options {
+    const char *model;          /* REALNVP_MODEL, checkpoint path */
+    const char *model_name;     /* REALNVP_MODEL_NAME, "model" in replies; NULL: derived */
+    const char *host;           /* REALNVP_HOST, "127.0.0.1" */
+    int port;                   /* REALNVP_PORT, 8080; 0 picks a free port */
+    int http_threads;           /* REALNVP_HTTP_THREADS, 2 */
+    int compute_threads;        /* REALNVP_COMPUTE_THREADS, BLAS threads, number of CPUs */
+    int max_batch;              /* REALNVP_MAX_BATCH, 64 */
+    long max_delay_us;          /* REALNVP_MAX_DELAY_US, 2000 */
+    int queue_size;             /* REALNVP_QUEUE_SIZE, images waiting, 1024 */
+    long request_timeout_ms;    /* REALNVP_REQUEST_TIMEOUT_MS, longest queue wait, 30000 */
+    long max_body_bytes;        /* REALNVP_MAX_BODY_BYTES, 8 MiB */
+    int max_samples;            /* REALNVP_MAX_SAMPLES, images per request, 256 */
+    int max_draws;              /* REALNVP_MAX_DRAWS, log_prob ?samples=K limit, 64 */
+    const char *api_key_file;   /* REALNVP_API_KEY_FILE, NULL: no key needed */
+    const char *access_log;     /* REALNVP_ACCESS_LOG, "-" (stderr), "off" or a file */
+    int conn_timeout_s;         /* REALNVP_CONN_TIMEOUT_S, idle connection timeout, 30 */
+    int max_connections;        /* REALNVP_MAX_CONNECTIONS, 512 */
+    int per_ip_limit;           /* REALNVP_PER_IP_LIMIT, connections per client IP, 128 */
+    int drain_timeout_s;        /* REALNVP_DRAIN_TIMEOUT_S, shutdown bound, 30 */
+} srv_options;
+
+/* ---- query strings (query.c) ---- */
+
+#define SRV_QUERY_MAX 16
+#define SRV_QUERY_VALLEN 64
+
+typedef struct srv_query {
+    int n;
+    char key[SRV_QUERY_MAX][24];
+    char val[SRV_QUERY_MAX][SRV_QUERY_VALLEN];
+} srv_query;
+
+/* Splits and percent-decodes "a=1&b=x%20y" (without the '?'; NULL or "" is empty) into *q.
+ * Refuses (returns -1, err filled) more than SRV_QUERY_MAX parameters, a key or value too long,
+ * bad %-escapes, NUL bytes, an empty key and a repeated key. Returns 0 on success. */
+int srv_query_parse(srv_query *q, const char *qs, char *err, size_t errcap);
+/* The value of key, or NULL. */
+const char *srv_query_get(const srv_query *q, const char *key);
+/* -1 (err filled, naming the first key not in the NULL-terminated list `allowed`) or 0. */
+int srv_query_check_allowed(const srv_query *q, const char *const *allowed, char *err, size_t errcap);
+/* Integer parameter in lo..hi; absent: *out = def. Returns 0, or -1 with err filled. */
+int srv_query_int(const srv_query *q, const char *key, long lo, long hi, long def, long *out,
+                  char *err, size_t errcap);
+/* Unsigned 64-bit parameter; *present says whether it was given. */
+int srv_query_u64(const srv_query *q, const char *key, uint64_t *out, int *present, char *err,
+                  size_t errcap);
+/* Finite number parameter in lo..hi; absent: *out = def. */
+int srv_query_double(const srv_query *q, const char *key, double lo, double hi, double def,
+                     double *out, char *err, size_t errcap);
+/* One of the NULL-terminated `choices`; absent: index def. Returns the index, or -1. */
+int srv_query_choice(const srv_query *q, const char *key, const char *const *choices, int def,
+                     char *err, size_t errcap);
+
+/* ---- multipart/form-data (multipart.c) ---- */
+
+typedef struct srv_part {
+    const char *data;       /* points into the body */
+    size_t len;
+    char name[128];         /* the filename if given, else the field name, else "part N" */
+    char content_type[96];  /* "" when the part has none */
+} srv_part;
+
+/* The boundary of a "multipart/form-data; boundary=..." Content-Type, into buf (cap bytes).
+ * Returns 0, or -1 with err filled (not multipart, boundary missing, empty or over 70 chars). */
+int srv_multipart_boundary(char *buf, size_t cap, const char *content_type, char *err, size_t errcap);
+/* Splits body into at most maxparts parts (RFC 7578 / 2046). Parts point into body. Refuses
+ * (-1, err filled) a missing first or closing delimiter, part headers without an empty line,
+ * more than maxparts parts and no parts at all. Returns the number of parts. */
+int srv_multipart_parse(srv_part *parts, int maxparts, const char *body, size_t len,
+                        const char *boundary, char *err, size_t errcap);
+
+/* ---- latents JSON (latents.c) ---- */
+
+/* Parses {"latents": [D numbers]} or {"latents": [[D numbers], ...]} (1..maxn rows) into a
+ * malloc'ed (N, D) float array *z (the caller frees it) and *n. Every value must be a finite
+ * number representable as float32. An optional "layout" must equal the model's (given as
+ * `layout`, NULL: not checked). Other keys are ignored. Returns 0, or -1 with err filled (and
+ * *z NULL). */
+int srv_latents_parse(float **z, int *n, const char *json, size_t len, int d, int maxn,
+                      const rnvp_latent_part *layout, int nparts, char *err, size_t errcap);
+
+/* ---- small helpers (util in metrics.c) ---- */
+
+double srv_now(void);   /* CLOCK_MONOTONIC seconds */
+/* base64 (RFC 4648, padded) of len bytes into a malloc'ed NUL-terminated string; NULL: no memory */
+char *srv_base64(const void *data, size_t len);
+/* dequantisation noise u in [0, 1) for draw `draw` of image `image` of a request seeded `seed`:
+ * out is (D) floats from a splitmix64 stream, independent of batching */
+void srv_noise(float *out, int d, uint64_t seed, int image, int draw);
+
+/* A growable byte buffer (malloc). All appends keep it NUL-terminated; on allocation failure
+ * `oom` is set and further appends do nothing. */
+typedef struct srv_buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} srv_buf;
+void srv_buf_put(srv_buf *b, const void *data, size_t n);
+__attribute__((format(printf, 2, 3))) void srv_buf_printf(srv_buf *b, const char *fmt, ...);
+void srv_buf_json_string(srv_buf *b, const char *s);   /* a quoted, escaped JSON string */
+void srv_buf_json_double(srv_buf *b, double v, int digits);   /* null when not finite */
+
+/* ---- metrics (metrics.c) ---- */
+
+enum srv_endpoint {
+    EP_LOG_PROB, EP_ENCODE, EP_DECODE, EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO,
+    EP_OTHER, EP_COUNT
+};
+extern const char *const srv_endpoint_names[EP_COUNT];
+
+enum srv_op { OP_LOG_PROB, OP_LOG_PROB_NOISE, OP_ENCODE, OP_DECODE, OP_COUNT };
+extern const char *const srv_op_names[OP_COUNT];
+
+typedef struct srv_metrics srv_metrics;
+srv_metrics *srv_metrics_create(void);
+void srv_metrics_free(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, int endpoint, int status, double seconds);
+void srv_metrics_batch(srv_metrics *m, int op, int size, double compute_seconds);
+void srv_metrics_wait(srv_metrics *m, double seconds);   /* one job's queue wait */
+void srv_metrics_rejected(srv_metrics *m, const char *reason);   /* "queue_full", "timeout" */
+/* Prometheus text exposition format 0.0.4 into b; gauges are passed in. */
+void srv_metrics_render(srv_metrics *m, srv_buf *b, int queue_depth, int inflight, int ready,
+                        int draining, const char *model_name);
+
+/* ---- batching queue (queue.c) ---- */
+
+/* The work of one request: n jobs of one operation. Inputs and outputs are owned by the
+ * request; the worker reads inputs and writes outputs of the jobs it runs. */
+typedef struct srv_group {
+    enum srv_op op;
+    int n;                   /* jobs; for OP_LOG_PROB_NOISE n = images * draws */
+    int draws;               /* OP_LOG_PROB_NOISE: draws per image (job j: image j / draws) */
+    uint64_t seed;           /* OP_LOG_PROB_NOISE noise seed; sampling seed */
+    const uint8_t *pixels;   /* (images, C, H, W): OP_LOG_PROB*, OP_ENCODE input */
+    float *z;                /* (n, D): OP_DECODE input, OP_ENCODE output */
+    int sample;              /* OP_DECODE: the worker first fills z with rnvp_sample_latents */
+    double temp;             /* temperature of sample */
+    uint8_t *out_pixels;     /* (n, C, H, W): OP_DECODE output */
+    double *log_prob;        /* (n): OP_LOG_PROB*, OP_ENCODE output */
+    double *bits_per_dim;    /* (n): OP_LOG_PROB* output */
+    /* set by the queue, read by the owner after done() */
+    int expired;             /* jobs dropped because they waited longer than the timeout */
+    int failed;              /* jobs whose computation failed (message in err) */
+    char err[SRV_ERRLEN];
+    int max_batch_seen;      /* the largest batch any job ran in */
+    double max_wait;         /* seconds, the longest queue wait of its jobs */
+    double compute;          /* seconds from its first batch's start to its last one's end */
+    /* the queue's bookkeeping */
+    double t_enqueue;
+    double t_first_start;
+    int pending;
+    int sampled;
+    void (*done)(struct srv_group *g, void *arg);   /* called once, by the worker, no lock held */
+    void *done_arg;
+} srv_group;
+
+typedef struct srv_queue srv_queue;
+
+/* A queue for `capacity` jobs and one worker thread (started here) computing batches of up to
+ * max_batch with its own context. The model must outlive the queue. On failure returns NULL
+ * and fills err. */
+srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us,
+                            long timeout_ms, srv_metrics *metrics, rnvp_error *err);
+/* Enqueue all of g's jobs or none. `before` (may be NULL) is called with the queue locked
+ * once the jobs are sure to fit and before the worker can see them (http.c suspends the
+ * connection there). Returns 0, or -1 when the queue lacks room (nothing enqueued). */
+int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg);
+int srv_queue_depth(srv_queue *q);   /* jobs waiting */
+/* Finishes every queued job, stops the worker and frees the queue. */
+void srv_queue_free(srv_queue *q);
+
+/* ---- the server (http.c) ---- */
+
+typedef struct srv_server srv_server;
+
+/* Binds host:port (the socket is ours, so "port in use" is reported as such) and starts the
+ * libmicrohttpd daemon; /readyz answers 503 until srv_server_load succeeds. The options are
+ * copied (their strings must outlive the server). Returns NULL with a one-line reason in err. */
+srv_server *srv_server_start(const srv_options *o, char *err, size_t errcap);
+int srv_server_port(const srv_server *s);   /* the bound port (useful with port 0) */
+/* Loads the model, starts the batching queue and turns ready. -1 with err on failure. */
+int srv_server_load(srv_server *s, char *err, size_t errcap);
+/* Graceful stop: /readyz turns 503, no new connections are accepted, requests in progress
+ * finish (waiting at most timeout_s for them), then the daemon stops. Returns the number of
+ * requests that were still in progress at the deadline (0 when everything finished). */
+int srv_server_drain(srv_server *s, double timeout_s);
+void srv_server_free(srv_server *s);
+
+#endif
