@@ -1,0 +1,1163 @@
+/* test_server.c: bin/realnvp-server over real HTTP on 127.0.0.1 (ephemeral ports, a tiny socket
+ * client): every endpoint, every error status, batching, 64 concurrent clients, shutdown under
+ * load, startup failures. Run from the repository root. Leaves out the parsers' fuzzing. */
+#include "realnvp.h"
+
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CONFIG                                                                                  \
+    "{\"height\":8,\"width\":8,\"channels\":1,\"num_scales\":2,\"res_blocks\":1,\"features\":[4,4]," \
+    "\"alpha\":0.05,\"bn_eps\":1e-5,\"flow_batchnorm\":true,\"flow_bn_eps\":1e-4}"
+#define D 64
+#define NIMG 8
+
+static char dir[64];
+static char model_path[128];
+static const char *exe = "bin/realnvp-server";
+static rnvp_model *model;
+static uint8_t imgs[NIMG][D];       /* (NIMG, 1, 8, 8) test images */
+static uint8_t *pngs[NIMG];         /* each as a PNG */
+static size_t png_len[NIMG];
+static int setup_ok;
+
+typedef struct server {
+    pid_t pid;
+    int port;
+    char log[160], err[160];
+} server;
+static server main_srv;             /* started by the fixture with default limits */
+
+/* ---- helpers: files and processes ---- */
+
+static char *path_in(const char *name)
+{
+    static char buf[8][200];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0, got;
+    char *b = malloc(cap);
+    while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n < 2) b = realloc(b, cap *= 2);
+    }
+    fclose(f);
+    b[n] = 0;
+    if (len) *len = n;
+    return b;
+}
+
+/* Starts the server with extra flags; waits for its "listening" line. 0 on success; -1 if it
+ * exited first (its exit status in *status when not NULL). */
+__attribute__((format(printf, 3, 4))) static int start_server(server *s, int *status, const char *fmt, ...)
+{
+    static int count;
+    char args[1024], cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    int id = __sync_fetch_and_add(&count, 1);
+    snprintf(s->log, sizeof s->log, "%s/access_%d_%d.log", dir, (int)getpid(), id);
+    snprintf(s->err, sizeof s->err, "%s/err_%d_%d.txt", dir, (int)getpid(), id);
+    snprintf(cmd, sizeof cmd, "exec %s --port 0 --access-log %s %s 2>%s", exe, s->log, args, s->err);
+    s->pid = fork();
+    if (s->pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 3000; i++) {
+        char *e = slurp(s->err, NULL);
+        const char *p = e ? strstr(e, "listening on http://127.0.0.1:") : NULL;
+        if (p) {
+            s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+            free(e);
+            return 0;
+        }
+        free(e);
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            s->pid = 0;
+            return -1;
+        }
+        usleep(10000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+    return -1;
+}
+
+/* SIGTERM and wait; the exit status, -1 if it did not exit normally within 60 s */
+static int stop_server(server *s)
+{
+    if (s->pid <= 0) return -1;
+    kill(s->pid, SIGTERM);
+    for (int i = 0; i < 6000; i++) {
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+        usleep(10000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+    return -1;
+}
+
+/* ---- a tiny HTTP/1.1 client ---- */
+
+typedef struct resp {
+    int status;       /* 0: no response (connection refused or closed) */
+    char *head;       /* status line and headers */
+    char *body;       /* NUL-terminated for convenience */
+    size_t len;
+} resp;
+
+static void resp_free(resp *r)
+{
+    free(r->head);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+static int connect_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {60, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w <= 0) return -1;
+        c += w, n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* header value (case-insensitive name) from r->head into buf, or NULL */
+static const char *header(const resp *r, const char *name, char *buf, size_t cap)
+{
+    if (!r->head) return NULL;
+    size_t nl = strlen(name);
+    for (const char *p = strstr(r->head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
+        const char *l = p + 2;
+        if (!strncasecmp(l, name, nl) && l[nl] == ':') {
+            l += nl + 1;
+            while (*l == ' ') l++;
+            size_t n = strcspn(l, "\r\n");
+            if (n >= cap) n = cap - 1;
+            memcpy(buf, l, n);
+            buf[n] = 0;
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+/* one request on fd (keep-alive); reads exactly one response (Content-Length framing) */
+static void http_on(int fd, resp *r, const char *method, const char *path, const char *extra_headers, const void *body,
+                    size_t blen)
+{
+    memset(r, 0, sizeof *r);
+    char head[2048];
+    int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s", method, path,
+                      extra_headers ? extra_headers : "", body || !strcmp(method, "POST") ? "" : "\r\n");
+    if (body || !strcmp(method, "POST")) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", blen);
+    if (write_all(fd, head, (size_t)hn) || (blen && write_all(fd, body, blen))) return;
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    char *eoh = NULL;
+    long clen = -1;
+    for (;;) {
+        if (eoh && clen >= 0 && n >= (size_t)(eoh - buf) + 4 + (size_t)clen) break;
+        if (cap - n < 4096) {
+            size_t off = eoh ? (size_t)(eoh - buf) : 0;
+            buf = realloc(buf, cap *= 2);
+            if (eoh) eoh = buf + off;
+        }
+        ssize_t got = recv(fd, buf + n, cap - n - 1, 0);
+        if (got <= 0) break;
+        n += (size_t)got;
+        buf[n] = 0;
+        if (!eoh && (eoh = strstr(buf, "\r\n\r\n"))) {
+            const char *cl = strcasestr(buf, "\r\nContent-Length:");
+            if (cl && cl < eoh) clen = atol(cl + 17);
+            if (!strcmp(method, "HEAD")) clen = 0;
+        }
+    }
+    if (!eoh) {
+        free(buf);
+        return;
+    }
+    size_t hl = (size_t)(eoh - buf);
+    r->head = strndup(buf, hl + 2);
+    r->len = n - hl - 4;
+    if (clen >= 0 && r->len > (size_t)clen) r->len = (size_t)clen;
+    r->body = malloc(r->len + 1);
+    memcpy(r->body, eoh + 4, r->len);
+    r->body[r->len] = 0;
+    sscanf(buf, "HTTP/1.%*d %d", &r->status);
+    free(buf);
+}
+
+/* one request on a new connection */
+static void http(resp *r, int port, const char *method, const char *path, const char *extra_headers, const void *body,
+                 size_t blen)
+{
+    memset(r, 0, sizeof *r);
+    int fd = connect_port(port);
+    if (fd < 0) return;
+    http_on(fd, r, method, path, extra_headers, body, blen);
+    close(fd);
+}
+
+static void post_png(resp *r, int port, const char *path, int i)
+{
+    http(r, port, "POST", path, "Content-Type: image/png\r\n", pngs[i], png_len[i]);
+}
+
+/* a multipart/form-data body of the given images (caller frees) */
+static char *multipart(const int *idx, int n, size_t *len, const char *boundary)
+{
+    size_t cap = 1024;
+    for (int i = 0; i < n; i++) cap += png_len[idx[i]] + 200;
+    char *b = malloc(cap);
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        o += (size_t)sprintf(b + o, "--%s\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"img%d.png\"\r\n"
+                                    "Content-Type: image/png\r\n\r\n", boundary, i, idx[i]);
+        memcpy(b + o, pngs[idx[i]], png_len[idx[i]]);
+        o += png_len[idx[i]];
+        o += (size_t)sprintf(b + o, "\r\n");
+    }
+    o += (size_t)sprintf(b + o, "--%s--\r\n", boundary);
+    *len = o;
+    return b;
+}
+
+static json_t *body_json(const resp *r)
+{
+    json_error_t e;
+    json_t *j = json_loadb(r->body ? r->body : "", r->len, 0, &e);
+    ck_assert_msg(j != NULL, "response is not JSON (%s): %.300s", e.text, r->body ? r->body : "(none)");
+    return j;
+}
+
+/* status and a JSON error body {"error": {"code": code, "message": non-empty}} */
+static void assert_error(const resp *r, int status, const char *code, const char *what)
+{
+    ck_assert_msg(r->status == status, "%s: status %d, want %d: %.300s", what, r->status, status,
+                  r->body ? r->body : "");
+    json_t *j = body_json(r);
+    json_t *e = json_object_get(j, "error");
+    const char *c = json_string_value(json_object_get(e, "code"));
+    const char *m = json_string_value(json_object_get(e, "message"));
+    ck_assert_msg(c && m && *m, "%s: error body lacks code or message: %s", what, r->body);
+    ck_assert_msg(!strcmp(c, code), "%s: code %s, want %s (%s)", what, c, code, m);
+    json_decref(j);
+}
+
+/* library values computed alone (batch of one) */
+static void lib_log_prob(int i, double *lp, double *bpd)
+{
+    rnvp_ctx *c;
+    rnvp_error e;
+    ck_assert(rnvp_ctx_create(&c, model, 1, &e) == RNVP_OK);
+    ck_assert(rnvp_log_prob(c, lp, bpd, imgs[i], NULL, 1, &e) == RNVP_OK);
+    rnvp_ctx_free(c);
+}
+
+static void check_log_prob_result(json_t *res, int i, const char *name)
+{
+    double lp, bpd;
+    lib_log_prob(i, &lp, &bpd);
+    double got = json_number_value(json_object_get(res, "log_prob"));
+    double gotb = json_number_value(json_object_get(res, "bits_per_dim"));
+    ck_assert_msg(fabs(got - lp) <= 1e-5 * fmax(1, fabs(lp)), "image %d: log_prob %.9g, alone %.9g", i, got, lp);
+    ck_assert_msg(fabs(gotb - bpd) <= 1e-5 * fmax(1, fabs(bpd)), "image %d: bits/dim %.9g, alone %.9g", i, gotb, bpd);
+    if (name) ck_assert_str_eq(json_string_value(json_object_get(res, "name")), name);
+}
+
+static long metric(int port, const char *line_prefix)
+{
+    resp r;
+    http(&r, port, "GET", "/metrics", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    const char *p = strstr(r.body, line_prefix);
+    long v = p ? atol(p + strlen(line_prefix)) : -1;
+    resp_free(&r);
+    return v;
+}
+
+/* ---- fixture ---- */
+
+static void setup(void)
+{
+    const char *x = getenv("REALNVP_SERVER_BIN");
+    if (x && *x) exe = x;
+    strcpy(dir, "/tmp/rnvp_test_server_XXXXXX");
+    if (!mkdtemp(dir)) return;
+    snprintf(model_path, sizeof model_path, "%s/small.safetensors", dir);
+    rnvp_config cfg;
+    rnvp_error e;
+    if (rnvp_config_parse(&cfg, CONFIG, &e) || rnvp_model_init(&model, &cfg, 1, &e) ||
+        rnvp_model_save(model, model_path, NULL, &e)) {
+        fprintf(stderr, "test_server: %s\n", e.msg);
+        return;
+    }
+    rnvp_ctx *c;
+    if (rnvp_ctx_create(&c, model, NIMG, &e) || rnvp_sample(c, &imgs[0][0], NULL, NIMG, 1.0, 5, &e)) return;
+    rnvp_ctx_free(c);
+    for (int i = 0; i < NIMG; i++)
+        if (rnvp_png_encode_grid(&pngs[i], &png_len[i], imgs[i], 1, 1, 8, 8, 1, -1, &e)) return;
+    if (access(exe, X_OK)) {
+        fprintf(stderr, "test_server: %s is missing (run from the repository root after make)\n", exe);
+        return;
+    }
+    if (start_server(&main_srv, NULL, "--model %s --max-delay-us 5000", model_path)) {
+        fprintf(stderr, "test_server: the server did not start\n");
+        return;
+    }
+    setup_ok = 1;
+}
+
+static void teardown(void)
+{
+    if (main_srv.pid > 0) stop_server(&main_srv);
+    for (int i = 0; i < NIMG; i++) free(pngs[i]);
+    rnvp_model_free(model);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (dir[0]) (void)!system(cmd);
+}
+
+#define NEED_SETUP() ck_assert_msg(setup_ok, "setup failed: is %s built? (run from the repository root)", exe)
+#define PORT main_srv.port
+
+/* ---- tests: success paths ---- */
+
+START_TEST(test_health_info_metrics)
+{
+    NEED_SETUP();
+    resp r;
+    http(&r, PORT, "GET", "/healthz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(&r, PORT, "GET", "/readyz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(&r, PORT, "GET", "/info", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = body_json(&r);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "dim")), D);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "model")), "small");
+    json_t *lay = json_object_get(j, "layout");
+    ck_assert_int_eq(json_array_size(lay), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(lay, 1), "offset")), 32);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "config"), "num_scales")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "limits"), "max_batch")), 64);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "metadata"), "format")), "realnvp");
+    json_decref(j);
+    resp_free(&r);
+    post_png(&r, PORT, "/log_prob", 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(&r, PORT, "GET", "/metrics", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    char ct[128];
+    ck_assert_ptr_nonnull(header(&r, "Content-Type", ct, sizeof ct));
+    ck_assert_msg(!strncmp(ct, "text/plain; version=0.0.4", 25), "%s", ct);
+    const char *needles[] = {"realnvp_requests_total{endpoint=\"log_prob\",status=\"200\"} ", "realnvp_images_total{op=\"log_prob\"} ",
+                             "realnvp_queue_depth 0", "realnvp_batch_size_bucket{le=\"64\"}", "realnvp_queue_wait_seconds_count",
+                             "realnvp_compute_seconds_sum", "realnvp_ready 1", "# TYPE realnvp_batch_size histogram"};
+    for (size_t i = 0; i < sizeof needles / sizeof *needles; i++)
+        ck_assert_msg(strstr(r.body, needles[i]), "metrics lack %s:\n%s", needles[i], r.body);
+    resp_free(&r);
+    ck_assert_int_ge(metric(PORT, "realnvp_images_total{op=\"log_prob\"} "), 1);
+}
+END_TEST
+
+START_TEST(test_log_prob)
+{
+    NEED_SETUP();
+    resp r;
+    post_png(&r, PORT, "/log_prob", 3);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = body_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "model")), "small");
+    ck_assert_int_eq(json_array_size(json_object_get(j, "results")), 1);
+    check_log_prob_result(json_array_get(json_object_get(j, "results"), 0), 3, "image");
+    json_decref(j);
+    resp_free(&r);
+
+    int idx[5] = {0, 1, 2, 6, 7};
+    size_t len;
+    char *body = multipart(idx, 5, &len, "XyZzy-boundary");
+    http(&r, PORT, "POST", "/log_prob", "Content-Type: multipart/form-data; boundary=XyZzy-boundary\r\n", body, len);
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    j = body_json(&r);
+    json_t *res = json_object_get(j, "results");
+    ck_assert_int_eq(json_array_size(res), 5);
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "img%d.png", idx[i]);
+        check_log_prob_result(json_array_get(res, (size_t)i), idx[i], name);
+    }
+    json_decref(j);
+    resp_free(&r);
+
+    /* K seeded dequantization draws: reproducible, near the u = 0.5 value, not equal to it */
+    http(&r, PORT, "POST", "/log_prob?samples=8&seed=11", "Content-Type: multipart/form-data; boundary=XyZzy-boundary\r\n",
+         body, len);
+    ck_assert_int_eq(r.status, 200);
+    resp r2;
+    http(&r2, PORT, "POST", "/log_prob?samples=8&seed=11", "Content-Type: multipart/form-data; boundary=XyZzy-boundary\r\n",
+         body, len);
+    ck_assert_int_eq(r2.status, 200);
+    ck_assert_str_eq(r.body, r2.body);
+    j = body_json(&r);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "samples")), 8);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "seed")), 11);
+    double lp, bpd;
+    lib_log_prob(0, &lp, &bpd);
+    double got = json_number_value(json_object_get(json_array_get(json_object_get(j, "results"), 0), "log_prob"));
+    ck_assert_msg(got != lp && fabs(got - lp) < 0.05 * fabs(lp), "dequantized %g vs u=0.5 %g", got, lp);
+    json_decref(j);
+    resp_free(&r);
+    resp_free(&r2);
+    /* a different seed gives a different estimate */
+    http(&r, PORT, "POST", "/log_prob?samples=8&seed=12", "Content-Type: multipart/form-data; boundary=XyZzy-boundary\r\n",
+         body, len);
+    ck_assert_int_eq(r.status, 200);
+    http(&r2, PORT, "POST", "/log_prob?samples=8&seed=11", "Content-Type: multipart/form-data; boundary=XyZzy-boundary\r\n",
+         body, len);
+    ck_assert_str_ne(r.body, r2.body);
+    resp_free(&r);
+    resp_free(&r2);
+    free(body);
+}
+END_TEST
+
+START_TEST(test_png_conversion)
+{
+    NEED_SETUP();
+    /* an RGB PNG for a grey model is converted (BT.601), as documented */
+    uint8_t rgb[3 * D];
+    for (int i = 0; i < 3 * D; i++) rgb[i] = imgs[4][i % D];   /* R = G = B = the grey image */
+    uint8_t *png;
+    size_t len;
+    rnvp_error e;
+    ck_assert(rnvp_png_encode_grid(&png, &len, rgb, 1, 3, 8, 8, 1, -1, &e) == RNVP_OK);
+    resp r;
+    http(&r, PORT, "POST", "/log_prob", "Content-Type: image/png\r\n", png, len);
+    free(png);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = body_json(&r);
+    check_log_prob_result(json_array_get(json_object_get(j, "results"), 0), 4, "image");
+    json_decref(j);
+    resp_free(&r);
+}
+END_TEST
+
+START_TEST(test_encode_decode)
+{
+    NEED_SETUP();
+    int idx[3] = {1, 2, 5};
+    size_t len;
+    char *body = multipart(idx, 3, &len, "bb");
+    resp r;
+    http(&r, PORT, "POST", "/encode", "Content-Type: multipart/form-data; boundary=bb\r\n", body, len);
+    free(body);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = body_json(&r);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "dim")), D);
+    ck_assert_int_eq(json_array_size(json_object_get(j, "layout")), 2);
+    json_t *lat = json_object_get(j, "latents");
+    ck_assert_int_eq(json_array_size(lat), 3);
+    rnvp_ctx *c;
+    rnvp_error e;
+    ck_assert(rnvp_ctx_create(&c, model, 1, &e) == RNVP_OK);
+    for (int i = 0; i < 3; i++) {
+        float z[D];
+        double lp;
+        ck_assert(rnvp_encode(c, z, &lp, imgs[idx[i]], NULL, 1, &e) == RNVP_OK);
+        json_t *row = json_array_get(lat, (size_t)i);
+        ck_assert_int_eq(json_array_size(row), D);
+        for (int k = 0; k < D; k++) {
+            double v = json_number_value(json_array_get(row, (size_t)k));
+            ck_assert_msg(fabs(v - z[k]) <= 1e-5 * fmax(1, fabs(z[k])), "z[%d][%d] %g vs %g", i, k, v, z[k]);
+        }
+        double got = json_number_value(json_object_get(json_array_get(json_object_get(j, "results"), (size_t)i), "log_prob"));
+        ck_assert(fabs(got - lp) <= 1e-5 * fabs(lp));
+    }
+    rnvp_ctx_free(c);
+    json_decref(j);
+
+    /* the encode reply posted as is to /decode gives back the pixels: a PNG grid ... */
+    resp d;
+    http(&d, PORT, "POST", "/decode?cols=3", "Content-Type: application/json\r\n", r.body, r.len);
+    ck_assert_msg(d.status == 200, "%d %s", d.status, d.body);
+    char ct[64];
+    ck_assert_str_eq(header(&d, "Content-Type", ct, sizeof ct), "image/png");
+    int pc, ph, pw;
+    ck_assert(rnvp_png_info(d.body, d.len, &pc, &ph, &pw, &e) == RNVP_OK);
+    ck_assert_int_eq(pw, 3 * 8 + 2 * 2);
+    ck_assert_int_eq(ph, 8);
+    resp_free(&d);
+    /* ... or base64 PNGs, each equal to its original */
+    http(&d, PORT, "POST", "/decode?format=json", "Content-Type: application/json\r\n", r.body, r.len);
+    ck_assert_int_eq(d.status, 200);
+    j = body_json(&d);
+    json_t *ims = json_object_get(j, "images");
+    ck_assert_int_eq(json_array_size(ims), 3);
+    for (int i = 0; i < 3; i++) {
+        const char *b64 = json_string_value(json_array_get(ims, (size_t)i));
+        ck_assert_ptr_nonnull(b64);
+        /* decode base64 with a tiny table */
+        size_t n = strlen(b64), o = 0;
+        uint8_t *bin = malloc(n);
+        unsigned acc = 0;
+        int bits = 0;
+        for (size_t k = 0; k < n && b64[k] != '='; k++) {
+            const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            const char *p = strchr(tab, b64[k]);
+            ck_assert_ptr_nonnull(p);
+            acc = acc << 6 | (unsigned)(p - tab);
+            bits += 6;
+            if (bits >= 8) bin[o++] = (uint8_t)(acc >> (bits -= 8));
+        }
+        uint8_t px[D];
+        ck_assert(rnvp_png_decode(px, bin, o, 1, 8, 8, &e) == RNVP_OK);
+        ck_assert_msg(!memcmp(px, imgs[idx[i]], D), "decode(encode(x)) != x for image %d", i);
+        free(bin);
+    }
+    json_decref(j);
+    resp_free(&d);
+    resp_free(&r);
+}
+END_TEST
+
+START_TEST(test_sample)
+{
+    NEED_SETUP();
+    resp a, b;
+    http(&a, PORT, "GET", "/sample?n=6&temp=0.7&seed=42&cols=3", NULL, NULL, 0);
+    http(&b, PORT, "GET", "/sample?n=6&temp=0.7&seed=42&cols=3", NULL, NULL, 0);
+    ck_assert_int_eq(a.status, 200);
+    ck_assert(a.len == b.len && !memcmp(a.body, b.body, a.len));
+    char h[64];
+    ck_assert_str_eq(header(&a, "X-Realnvp-Seed", h, sizeof h), "42");
+    int pc, ph, pw;
+    rnvp_error e;
+    ck_assert(rnvp_png_info(a.body, a.len, &pc, &ph, &pw, &e) == RNVP_OK);
+    ck_assert_int_eq(pw, 3 * 8 + 4);
+    ck_assert_int_eq(ph, 2 * 8 + 2);
+    resp_free(&a);
+    resp_free(&b);
+
+    /* JSON with latents: the latents are the library's for that seed, the images their decoding */
+    http(&a, PORT, "GET", "/sample?n=3&temp=0.7&seed=42&format=json&latents=1", NULL, NULL, 0);
+    ck_assert_int_eq(a.status, 200);
+    json_t *j = body_json(&a);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "seed")), 42);
+    ck_assert_int_eq(json_array_size(json_object_get(j, "images")), 3);
+    float z[3 * D];
+    rnvp_sample_latents(z, 3, D, 0.7, 42);
+    json_t *lat = json_object_get(j, "latents");
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < D; k++)
+            ck_assert(fabs(json_number_value(json_array_get(json_array_get(lat, (size_t)i), (size_t)k)) - z[i * D + k]) <=
+                      1e-6 * fmax(1, fabs(z[i * D + k])));
+    json_decref(j);
+    resp_free(&a);
+
+    /* without a seed: a random one, returned, and reproducible with it */
+    http(&a, PORT, "GET", "/sample?n=2", NULL, NULL, 0);
+    ck_assert_int_eq(a.status, 200);
+    ck_assert_ptr_nonnull(header(&a, "X-Realnvp-Seed", h, sizeof h));
+    char path[96];
+    snprintf(path, sizeof path, "/sample?n=2&seed=%s", h);
+    http(&b, PORT, "GET", path, NULL, NULL, 0);
+    ck_assert(a.len == b.len && !memcmp(a.body, b.body, a.len));
+    resp_free(&a);
+    resp_free(&b);
+    /* HEAD works like GET without a body */
+    http(&a, PORT, "HEAD", "/healthz", NULL, NULL, 0);
+    ck_assert_int_eq(a.status, 200);
+    resp_free(&a);
+}
+END_TEST
+
+/* ---- tests: errors ---- */
+
+START_TEST(test_errors)
+{
+    NEED_SETUP();
+    resp r;
+    struct {
+        const char *method, *path, *headers, *body;
+        int status;
+        const char *code;
+    } cases[] = {
+        {"GET", "/nope", NULL, NULL, 404, "not_found"},
+        {"GET", "/log_prob", NULL, NULL, 405, "method_not_allowed"},
+        {"POST", "/sample", "Content-Type: image/png\r\n", "x", 405, "method_not_allowed"},
+        {"DELETE", "/info", NULL, NULL, 405, "method_not_allowed"},
+        {"GET", "/sample?n=0", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?temp=-1", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?n=257", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?n=abc", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?temp=nan", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?n=2&n=3", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?bogus=1", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?format=gif", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?latents=1", NULL, NULL, 400, "bad_parameter"},
+        {"GET", "/sample?seed=%zz", NULL, NULL, 400, "bad_parameter"},
+        {"POST", "/log_prob?seed=3", "Content-Type: image/png\r\n", "x", 400, "bad_parameter"},
+        {"POST", "/log_prob?samples=0", "Content-Type: image/png\r\n", "x", 400, "bad_parameter"},
+        {"POST", "/log_prob", "Content-Type: image/png\r\n", "not a png at all", 400, "bad_png"},
+        {"POST", "/log_prob", "Content-Type: image/png\r\n", "", 400, "empty_body"},
+        {"POST", "/log_prob", "Content-Type: text/plain\r\n", "hello", 415, "unsupported_media_type"},
+        {"POST", "/log_prob", NULL, "hello", 415, "unsupported_media_type"},
+        {"POST", "/encode", "Content-Type: application/json\r\n", "{}", 415, "unsupported_media_type"},
+        {"POST", "/decode", "Content-Type: image/png\r\n", "{}", 415, "unsupported_media_type"},
+        {"POST", "/log_prob", "Content-Type: multipart/form-data\r\n", "x", 400, "bad_multipart"},
+        {"POST", "/log_prob", "Content-Type: multipart/form-data; boundary=zz\r\n", "no boundary here", 400, "bad_multipart"},
+        {"POST", "/log_prob", "Content-Type: multipart/form-data; boundary=zz\r\n", "--zz\r\n\r\nabc", 400, "bad_multipart"},
+        {"POST", "/log_prob", "Content-Type: multipart/form-data; boundary=zz\r\n", "--zz--\r\n", 400, "bad_multipart"},
+        {"POST", "/log_prob", "Content-Type: multipart/form-data; boundary=zz\r\n",
+         "--zz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nnot png\r\n--zz--\r\n", 400, "bad_png"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"latents\": [[1, 2", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "[1, 2]", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"z\": []}", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"latents\": [[1, 2, 3]]}", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"latents\": [NaN]}", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"latents\": [[Infinity]]}", 400, "bad_latents"},
+        {"POST", "/decode", "Content-Type: application/json\r\n", "{\"latents\": [\"a\"]}", 400, "bad_latents"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *b = cases[i].body;
+        http(&r, PORT, cases[i].method, cases[i].path, cases[i].headers, b, b ? strlen(b) : 0);
+        char what[160];
+        snprintf(what, sizeof what, "%s %s [%s]", cases[i].method, cases[i].path, b ? b : "");
+        assert_error(&r, cases[i].status, cases[i].code, what);
+        char h[64];
+        if (cases[i].status == 405) ck_assert_ptr_nonnull(header(&r, "Allow", h, sizeof h));
+        resp_free(&r);
+    }
+    /* latents: a value too large for float32, a wrong-length row after good ones, a layout that differs */
+    char big[8192];
+    int o = sprintf(big, "{\"latents\": [[");
+    for (int k = 0; k < D; k++) o += sprintf(big + o, "%s%s", k ? "," : "", k == 7 ? "1e39" : "0.5");
+    sprintf(big + o, "]]}");
+    http(&r, PORT, "POST", "/decode", "Content-Type: application/json\r\n", big, strlen(big));
+    assert_error(&r, 400, "bad_latents", "1e39");
+    ck_assert_msg(strstr(r.body, "latents[0][7]"), "%s", r.body);
+    resp_free(&r);
+    o = sprintf(big, "{\"layout\": [{\"offset\": 0, \"channels\": 4, \"height\": 4, \"width\": 4}], \"latents\": [");
+    for (int k = 0; k < D; k++) o += sprintf(big + o, "%s0", k ? "," : "");
+    sprintf(big + o, "]}");
+    http(&r, PORT, "POST", "/decode", "Content-Type: application/json\r\n", big, strlen(big));
+    assert_error(&r, 400, "bad_latents", "layout");
+    resp_free(&r);
+    /* the same single vector without the layout decodes */
+    char *lat = strstr(big, "\"latents\"");
+    char ok[8192];
+    snprintf(ok, sizeof ok, "{%s", lat);
+    http(&r, PORT, "POST", "/decode", "Content-Type: application/json\r\n", ok, strlen(ok));
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    resp_free(&r);
+
+    /* 422: an image of another size; the message states the expected W x H x C */
+    uint8_t px[10 * 8];
+    memset(px, 100, sizeof px);
+    uint8_t *png;
+    size_t len;
+    rnvp_error e;
+    ck_assert(rnvp_png_encode_grid(&png, &len, px, 1, 1, 8, 10, 1, -1, &e) == RNVP_OK);
+    http(&r, PORT, "POST", "/encode", "Content-Type: image/png\r\n", png, len);
+    free(png);
+    assert_error(&r, 422, "wrong_image_size", "10x8 image");
+    ck_assert_msg(strstr(r.body, "8x8x1"), "422 message lacks the expected size: %s", r.body);
+    resp_free(&r);
+
+    /* 413 from the declared length, answered before the body is sent */
+    int fd = connect_port(PORT);
+    const char *hdr = "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n";
+    ck_assert_int_eq(write_all(fd, hdr, strlen(hdr)), 0);
+    char buf[2048];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_int_gt(n, 0);
+    buf[n] = 0;
+    ck_assert_msg(!strncmp(buf, "HTTP/1.1 413", 12), "%s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "body_too_large"));
+    close(fd);
+
+    /* the server is still fine */
+    post_png(&r, PORT, "/log_prob", 1);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+}
+END_TEST
+
+START_TEST(test_limits_small)
+{
+    NEED_SETUP();
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-body-bytes 1000 --max-samples 3", model_path), 0);
+    resp r;
+    char *big = malloc(5000);
+    memset(big, 'x', 5000);
+    http(&r, s.port, "POST", "/log_prob", "Content-Type: image/png\r\n", big, 5000);
+    assert_error(&r, 413, "body_too_large", "5000 bytes");
+    resp_free(&r);
+    /* chunked bodies over the limit get 413 at their end */
+    int fd = connect_port(s.port);
+    const char *hdr = "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n";
+    write_all(fd, hdr, strlen(hdr));
+    for (int i = 0; i < 3; i++) {
+        write_all(fd, "3e8\r\n", 5);
+        write_all(fd, big, 1000);
+        write_all(fd, "\r\n", 2);
+    }
+    write_all(fd, "0\r\n\r\n", 5);
+    char buf[2048];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_int_gt(n, 0);
+    buf[n] = 0;
+    ck_assert_msg(!strncmp(buf, "HTTP/1.1 413", 12), "%s", buf);
+    close(fd);
+    free(big);
+    http(&r, s.port, "GET", "/sample?n=4", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "n over --max-samples");
+    resp_free(&r);
+    int idx[4] = {0, 1, 2, 3};
+    size_t len;
+    char *body = multipart(idx, 4, &len, "q");
+    ck_assert_int_lt(len, 1000);
+    http(&r, s.port, "POST", "/log_prob", "Content-Type: multipart/form-data; boundary=q\r\n", body, len);
+    assert_error(&r, 400, "bad_multipart", "4 parts over --max-samples 3");
+    free(body);
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_api_key)
+{
+    NEED_SETUP();
+    FILE *f = fopen(path_in("key.txt"), "w");
+    fputs("  s3cret-key \n", f);
+    fclose(f);
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --api-key-file %s", model_path, path_in("key.txt")), 0);
+    resp r;
+    post_png(&r, s.port, "/log_prob", 0);
+    assert_error(&r, 401, "unauthorized", "no key");
+    resp_free(&r);
+    http(&r, s.port, "GET", "/sample?n=1", "Authorization: Bearer wrong\r\n", NULL, 0);
+    assert_error(&r, 401, "unauthorized", "wrong key");
+    resp_free(&r);
+    http(&r, s.port, "GET", "/info", "X-API-Key: s3cret-keyX\r\n", NULL, 0);
+    assert_error(&r, 401, "unauthorized", "longer key");
+    resp_free(&r);
+    http(&r, s.port, "GET", "/sample?n=1", "Authorization: Bearer s3cret-key\r\n", NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(&r, s.port, "GET", "/info", "X-API-Key: s3cret-key\r\n", NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    const char *open_paths[] = {"/healthz", "/readyz", "/metrics"};
+    for (int i = 0; i < 3; i++) {
+        http(&r, s.port, "GET", open_paths[i], NULL, NULL, 0);
+        ck_assert_msg(r.status == 200, "%s needs no key: %d", open_paths[i], r.status);
+        resp_free(&r);
+    }
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+typedef struct call {
+    int port;
+    const char *method, *path, *headers;
+    const void *body;
+    size_t len;
+    resp r;
+    int delay_ms;
+} call;
+
+static void *call_thread(void *arg)
+{
+    call *c = arg;
+    if (c->delay_ms) usleep((useconds_t)c->delay_ms * 1000);
+    http(&c->r, c->port, c->method, c->path, c->headers, c->body, c->len);
+    return NULL;
+}
+
+START_TEST(test_queue_full_and_timeout)
+{
+    NEED_SETUP();
+    /* the worker waits up to 1 s for a batch to fill: a first request of 10 images holds the
+     * queue (capacity 12), so a second one of 10 cannot fit: 503 + Retry-After */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --queue-size 12 --max-delay-us 1000000", model_path), 0);
+    call a = {s.port, "GET", "/sample?n=10&seed=1", NULL, NULL, 0, {0}, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, call_thread, &a);
+    usleep(300000);
+    resp r;
+    http(&r, s.port, "GET", "/sample?n=10&seed=2", NULL, NULL, 0);
+    assert_error(&r, 503, "queue_full", "second request");
+    char h[32];
+    ck_assert_str_eq(header(&r, "Retry-After", h, sizeof h), "1");
+    resp_free(&r);
+    ck_assert_int_ge(metric(s.port, "\nrealnvp_queue_depth "), 10);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(a.r.status, 200);   /* the first one still completes */
+    resp_free(&a.r);
+    /* more than the queue can ever hold is a client error */
+    http(&r, s.port, "GET", "/sample?n=13", NULL, NULL, 0);
+    assert_error(&r, 400, "too_many_images", "n over the queue size");
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    /* 504: images that wait longer than the request timeout are dropped */
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --request-timeout-ms 50 --max-delay-us 400000", model_path), 0);
+    http(&r, s.port, "GET", "/sample?n=2", NULL, NULL, 0);
+    assert_error(&r, 504, "timeout", "request timeout");
+    resp_free(&r);
+    ck_assert_int_ge(metric(s.port, "realnvp_rejected_total{reason=\"timeout\"} "), 2);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+/* ---- batching and concurrency ---- */
+
+START_TEST(test_batched_equals_single)
+{
+    NEED_SETUP();
+    /* 32 single-image requests within a 300 ms window are computed together */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 300000 --max-batch 64", model_path), 0);
+    enum { N = 32 };
+    call c[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = (call){s.port, "POST", i % 2 ? "/log_prob" : "/encode", "Content-Type: image/png\r\n", pngs[i % NIMG],
+                      png_len[i % NIMG], {0}, 0};
+        pthread_create(&t[i], NULL, call_thread, &c[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(c[i].r.status == 200, "request %d: %d %s", i, c[i].r.status, c[i].r.body);
+        json_t *j = body_json(&c[i].r);
+        check_log_prob_result(json_array_get(json_object_get(j, "results"), 0), i % NIMG, "image");
+        json_decref(j);
+        resp_free(&c[i].r);
+    }
+    /* 32 images in at most a handful of batches (log_prob and encode are batched apart) */
+    long images = metric(s.port, "realnvp_images_total{op=\"log_prob\"} ") + metric(s.port, "realnvp_images_total{op=\"encode\"} ");
+    long batches = metric(s.port, "realnvp_batch_size_count ");
+    ck_assert_int_eq(images, N);
+    ck_assert_msg(batches <= 8, "%ld images took %ld batches", images, batches);
+    ck_assert_int_eq(stop_server(&s), 0);
+    /* the access log has one line per request with the batch size */
+    char *log = slurp(s.log, NULL);
+    int lines = 0, big = 0;
+    for (char *p = log; (p = strstr(p, "\"POST /")); p++) {
+        lines++;
+        char *b = strstr(p, "batch=");
+        if (b && atoi(b + 6) > 1) big++;
+    }
+    ck_assert_int_eq(lines, N);
+    ck_assert_int_gt(big, N / 2);
+    ck_assert_ptr_nonnull(strstr(log, "images=1 batch="));
+    ck_assert_ptr_nonnull(strstr(log, "wait_ms="));
+    ck_assert_ptr_nonnull(strstr(log, "compute_ms="));
+    ck_assert_ptr_nonnull(strstr(log, "total_ms="));
+    free(log);
+}
+END_TEST
+
+typedef struct worker_arg {
+    int port, id, rounds, bad;
+    char msg[256];
+} worker_arg;
+
+static void *client_worker(void *arg)
+{
+    worker_arg *w = arg;
+    int fd = connect_port(w->port);   /* keep-alive: every round on one connection */
+    for (int k = 0; k < w->rounds && !w->bad; k++) {
+        int i = (w->id + k) % NIMG;
+        resp r;
+        if (fd < 0) fd = connect_port(w->port);
+        if ((w->id + k) % 3 == 2) {
+            char path[64];
+            snprintf(path, sizeof path, "/sample?n=2&seed=%d&format=json&latents=1", w->id);
+            http_on(fd, &r, "GET", path, NULL, NULL, 0);
+            json_t *j = r.status == 200 ? json_loadb(r.body, r.len, 0, NULL) : NULL;
+            float z[2 * D];
+            rnvp_sample_latents(z, 2, D, 1.0, (uint64_t)w->id);
+            json_t *lat = json_object_get(j, "latents");
+            double v = json_number_value(json_array_get(json_array_get(lat, 1), 5));
+            if (!j || fabs(v - z[D + 5]) > 1e-6 * fmax(1, fabs(z[D + 5])))
+                w->bad = 1, snprintf(w->msg, sizeof w->msg, "sample: %d %.100s", r.status, r.body ? r.body : "");
+            json_decref(j);
+        } else {
+            http_on(fd, &r, "POST", "/log_prob", "Content-Type: image/png\r\n", pngs[i], png_len[i]);
+            json_t *j = r.status == 200 ? json_loadb(r.body, r.len, 0, NULL) : NULL;
+            double got = json_number_value(json_object_get(json_array_get(json_object_get(j, "results"), 0), "log_prob"));
+            rnvp_ctx *c;
+            rnvp_error e;
+            double lp;
+            rnvp_ctx_create(&c, model, 1, &e);
+            rnvp_log_prob(c, &lp, NULL, imgs[i], NULL, 1, &e);
+            rnvp_ctx_free(c);
+            if (!j || fabs(got - lp) > 1e-5 * fabs(lp))
+                w->bad = 1, snprintf(w->msg, sizeof w->msg, "log_prob: %d %.100s (want %g)", r.status, r.body ? r.body : "", lp);
+            json_decref(j);
+        }
+        char h[32];
+        if (header(&r, "Connection", h, sizeof h) && !strcasecmp(h, "close")) {
+            close(fd);
+            fd = -1;
+        }
+        resp_free(&r);
+    }
+    if (fd >= 0) close(fd);
+    return NULL;
+}
+
+START_TEST(test_64_concurrent_clients)
+{
+    NEED_SETUP();
+    enum { N = 64 };
+    worker_arg w[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (worker_arg){.port = PORT, .id = i, .rounds = 6};
+        pthread_create(&t[i], NULL, client_worker, &w[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++) ck_assert_msg(!w[i].bad, "client %d: %s", i, w[i].msg);
+    ck_assert_int_eq(metric(PORT, "\nrealnvp_queue_depth "), 0);
+}
+END_TEST
+
+/* ---- shutdown and startup ---- */
+
+typedef struct load_arg {
+    int port, stop;
+    int ok, refused, bad;
+    char msg[200];
+} load_arg;
+
+static void *load_thread(void *arg)
+{
+    load_arg *l = arg;
+    while (!__atomic_load_n(&l->stop, __ATOMIC_RELAXED)) {
+        int fd = connect_port(l->port);
+        if (fd < 0) {
+            l->refused++;
+            usleep(2000);
+            continue;
+        }
+        resp r;
+        http_on(fd, &r, "POST", "/log_prob", "Content-Type: image/png\r\n", pngs[2], png_len[2]);
+        close(fd);
+        if (r.status == 200 && strstr(r.body, "\"log_prob\"")) l->ok++;
+        else if (r.status == 0) l->refused++;   /* not accepted: closed without a response */
+        else if (!l->bad++) snprintf(l->msg, sizeof l->msg, "%d %.150s", r.status, r.body ? r.body : "");
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+START_TEST(test_shutdown_under_load)
+{
+    NEED_SETUP();
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 20000 --drain-timeout-s 20", model_path), 0);
+    /* a request held in the queue across the signal, and a keep-alive connection to ask /readyz */
+    int ka = connect_port(s.port);
+    resp r;
+    http_on(ka, &r, "GET", "/readyz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    enum { N = 16 };
+    load_arg l[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        l[i] = (load_arg){.port = s.port};
+        pthread_create(&t[i], NULL, load_thread, &l[i]);
+    }
+    usleep(400000);
+    kill(s.pid, SIGTERM);
+    usleep(5000);
+    http_on(ka, &r, "GET", "/readyz", NULL, NULL, 0);
+    ck_assert_msg(r.status == 503 || r.status == 0, "readyz while draining: %d", r.status);
+    resp_free(&r);
+    close(ka);
+    int st = -2;
+    for (int i = 0; i < 3000; i++) {
+        int w;
+        if (waitpid(s.pid, &w, WNOHANG) == s.pid) {
+            st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
+            break;
+        }
+        usleep(10000);
+    }
+    for (int i = 0; i < N; i++) __atomic_store_n(&l[i].stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
+    if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
+    ck_assert_msg(st == 0, "exit status after SIGTERM under load: %d", st);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        ok += l[i].ok;
+        ck_assert_msg(!l[i].bad, "client %d got a bad answer during shutdown: %s", i, l[i].msg);
+    }
+    ck_assert_int_gt(ok, N);
+    /* every accepted request was answered: the access log's lines are all 200 */
+    char *log = slurp(s.log, NULL), *err = slurp(s.err, NULL);
+    int lines = 0;
+    for (char *p = log; (p = strstr(p, "\"POST /log_prob\" ")); p++) {
+        lines++;
+        ck_assert_msg(!strncmp(p + 17, "200 ", 4), "a request did not finish: %.120s", p);
+    }
+    ck_assert_int_ge(lines, ok);
+    ck_assert_msg(strstr(err, "stopped cleanly"), "%s", err);
+    free(log);
+    free(err);
+}
+END_TEST
+
+START_TEST(test_startup_failures)
+{
+    NEED_SETUP();
+    server s;
+    int st = 0;
+    /* port in use */
+    char args[512];
+    snprintf(args, sizeof args, "--model %s --port %d", model_path, PORT);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s %s --access-log off >%s 2>%s", exe, args, path_in("o.txt"), path_in("e.txt"));
+    st = system(cmd);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    char *e = slurp(path_in("e.txt"), NULL);
+    ck_assert_msg(strstr(e, "Address already in use") && strchr(e, '\n') == e + strlen(e) - 1, "%s", e);
+    free(e);
+    /* a model that cannot be loaded */
+    ck_assert_int_eq(start_server(&s, &st, "--model %s", path_in("nonexistent.safetensors")), -1);
+    ck_assert_int_eq(st, 1);
+    e = slurp(s.err, NULL);
+    ck_assert_msg(strstr(e, "nonexistent.safetensors") && strstr(e, "cannot load the model"), "%s", e);
+    free(e);
+    /* bad flags */
+    ck_assert_int_eq(start_server(&s, &st, "--model %s --max-batch 0", model_path), -1);
+    ck_assert_int_eq(st, 2);
+    ck_assert_int_eq(start_server(&s, &st, "--model %s --bogus", model_path), -1);
+    ck_assert_int_eq(st, 2);
+    ck_assert_int_eq(start_server(&s, &st, "%s", ""), -1);
+    ck_assert_int_eq(st, 2);
+    /* --help lists every flag with its default and variable */
+    snprintf(cmd, sizeof cmd, "%s --help >%s 2>&1", exe, path_in("h.txt"));
+    st = system(cmd);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char *h = slurp(path_in("h.txt"), NULL);
+    const char *needles[] = {"--model PATH", "--host ADDR", "[127.0.0.1]", "--port N", "[8080]", "--http-threads",
+                             "--compute-threads", "--max-batch N", "[64]", "--max-delay-us", "[2000]", "--queue-size", "[1024]",
+                             "--request-timeout-ms", "--max-body-bytes", "[8388608]", "--max-samples", "[256]",
+                             "--api-key-file", "--access-log", "REALNVP_MODEL", "REALNVP_PORT"};
+    for (size_t i = 0; i < sizeof needles / sizeof *needles; i++)
+        ck_assert_msg(strstr(h, needles[i]), "--help lacks %s", needles[i]);
+    free(h);
+    /* environment variables configure it */
+    setenv("REALNVP_MAX_BATCH", "7", 1);
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s", model_path), 0);
+    unsetenv("REALNVP_MAX_BATCH");
+    resp r;
+    http(&r, s.port, "GET", "/info", NULL, NULL, 0);
+    json_t *j = body_json(&r);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "limits"), "max_batch")), 7);
+    json_decref(j);
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+static Suite *server_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *t = tcase_create("server");
+    tcase_add_unchecked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 180);
+    tcase_add_test(t, test_health_info_metrics);
+    tcase_add_test(t, test_log_prob);
+    tcase_add_test(t, test_png_conversion);
+    tcase_add_test(t, test_encode_decode);
+    tcase_add_test(t, test_sample);
+    tcase_add_test(t, test_errors);
+    tcase_add_test(t, test_limits_small);
+    tcase_add_test(t, test_api_key);
+    tcase_add_test(t, test_queue_full_and_timeout);
+    tcase_add_test(t, test_batched_equals_single);
+    tcase_add_test(t, test_64_concurrent_clients);
+    tcase_add_test(t, test_shutdown_under_load);
+    tcase_add_test(t, test_startup_failures);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    rnvp_blas_select_core(argv);
+    signal(SIGPIPE, SIG_IGN);
+    SRunner *r = srunner_create(server_suite());
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
