@@ -316,8 +316,13 @@ static const char help_log_prob[] =
     "deterministic (u = 0.5), so the same image always gets the same value.\n"
     "Images must have the model's width and height. Channels are converted: palette expanded,\n"
     "16-bit rounded to 8, alpha dropped, grey replicated to RGB, RGB to grey by ITU-R BT.601.\n"
-    "Prints a table (log_prob, bits/dim, file), or with --json one object per line:\n"
-    "  {\"file\": \"a.png\", \"log_prob\": -1234.5, \"bits_per_dim\": 2.27}\n"
+    "Each image also gets png_bits_per_dim, its own size as a PNG at zlib level 9 (IDAT data\n"
+    "bytes only, 8 * bytes / D), and ood_score = bits_per_dim - png_bits_per_dim, the input-\n"
+    "complexity correction of Serra et al. (ICLR 2020): higher means more unusual for the model.\n"
+    "Prints a table (log_prob, bits/dim, png bits/dim, ood score, file), or with --json one\n"
+    "object per line:\n"
+    "  {\"file\": \"a.png\", \"log_prob\": -1234.5, \"bits_per_dim\": 2.27,\n"
+    "   \"png_bits_per_dim\": 3.9, \"ood_score\": -1.63}\n"
     "A file that cannot be read stops the run with exit status 1; the images before it are printed.\n"
     "\n"
     "Options:\n"
@@ -353,7 +358,7 @@ static int lp_opt(void *st, int argc, char **argv, int *i)
     return 0;
 }
 
-static void lp_print(const lp_opts *o, const char *file, double lp, double bpd)
+static void lp_print(const lp_opts *o, const char *file, double lp, double bpd, double pbpd)
 {
     if (o->json) {
         fputs("{\"file\": ", stdout);
@@ -362,9 +367,13 @@ static void lp_print(const lp_opts *o, const char *file, double lp, double bpd)
         print_json_double(stdout, lp);
         fputs(", \"bits_per_dim\": ", stdout);
         print_json_double(stdout, bpd);
+        fputs(", \"png_bits_per_dim\": ", stdout);
+        print_json_double(stdout, pbpd);
+        fputs(", \"ood_score\": ", stdout);
+        print_json_double(stdout, bpd - pbpd);
         fputs("}\n", stdout);
     } else {
-        printf("%15.4f  %9.5f  %s\n", lp, bpd, file);
+        printf("%15.4f  %9.5f  %9.5f  %9.5f  %s\n", lp, bpd, pbpd, bpd - pbpd, file);
     }
 }
 
@@ -414,8 +423,16 @@ static int cmd_log_prob(int argc, char **argv)
             rc = fail("%s", e2.msg);
             break;
         }
-        if (n && !first && !o.json) printf("%15s  %9s  %s\n", "log_prob/nats", "bits/dim", "file");
-        for (int i = 0; i < n; i++) lp_print(&o, pos[first + i], lp[i], bpd[i]);
+        if (n && !first && !o.json)
+            printf("%15s  %9s  %9s  %9s  %s\n", "log_prob/nats", "bits/dim", "png b/d", "ood", "file");
+        for (int i = 0; i < n; i++) {
+            double pbpd = NAN;
+            if (rnvp_png_bits_per_dim(&pbpd, px + i * D, c->channels, c->height, c->width, &e2)) {
+                rc = fail("%s: %s", pos[first + i], e2.msg);
+                break;
+            }
+            lp_print(&o, pos[first + i], lp[i], bpd[i], pbpd);
+        }
         if (bad) rc = fail("%s", e.msg);
     }
     if (!rc) rc = finish_stdout();
@@ -820,6 +837,98 @@ out0:
     return rc;
 }
 
+/* ---- interpolate ---- */
+
+static const char help_interpolate[] =
+    "Usage: realnvp interpolate --model MODEL [--steps N] [--mode linear|spherical] -o STRIP.png A.png B.png\n"
+    "\n"
+    "Encodes A and B (u = 0.5), decodes N evenly spaced points between their latent codes and\n"
+    "writes them as one PNG strip (N columns, 2-pixel borders). linear: (1-t) zA + t zB;\n"
+    "spherical: along the great circle between zA and zB (slerp). The flow is exact, so the first\n"
+    "and last tiles are A and B themselves.\n"
+    "\n"
+    "Options:\n"
+    "  --model MODEL           the checkpoint (required)\n"
+    "  -o, --output STRIP.png  the PNG to write (required)\n"
+    "  --steps N               points including both ends (2..64, default 8)\n"
+    "  --mode M                linear (default) or spherical\n"
+    "  --cols C                columns (default: N, one row)\n"
+    "  --threads N             BLAS threads\n"
+    "  -h, --help              this text\n";
+
+typedef struct interp_opts {
+    out_opts base;
+    long steps;
+    int spherical;
+} interp_opts;
+
+static int interp_opt(void *st, int argc, char **argv, int *i)
+{
+    interp_opts *o = st;
+    const char *v;
+    int r;
+    if ((r = out_opt(&o->base, argc, argv, i))) return r;
+    if ((r = match(argc, argv, i, "--steps", NULL, 1, &v))) {
+        if (r > 0 && parse_long("--steps", v, 2, 64, &o->steps)) return -1;
+        return r;
+    }
+    if ((r = match(argc, argv, i, "--mode", NULL, 1, &v))) {
+        if (r > 0) {
+            if (!strcmp(v, "linear")) o->spherical = 0;
+            else if (!strcmp(v, "spherical")) o->spherical = 1;
+            else {
+                usage_error("--mode must be linear or spherical, not '%s'", v);
+                return -1;
+            }
+        }
+        return r;
+    }
+    return 0;
+}
+
+static int cmd_interpolate(int argc, char **argv)
+{
+    interp_opts o = {.steps = 8};
+    const char **pos = calloc((size_t)argc, sizeof *pos);
+    int npos, done, rc = parse_args(argc, argv, &o, interp_opt, pos, &npos, help_interpolate, &done);
+    if (rc || done) goto out0;
+    if (!o.base.model) rc = usage_error("--model MODEL is required");
+    else if (!o.base.out) rc = usage_error("-o STRIP.png is required");
+    else if (npos != 2) rc = usage_error("give exactly two images, A.png and B.png (got %d)", npos);
+    if (rc) goto out0;
+    rnvp_model *m = load_model(o.base.model);
+    if (!m) {
+        rc = EXIT_RUN;
+        goto out0;
+    }
+    const rnvp_config *c = rnvp_model_config(m);
+    size_t D = (size_t)rnvp_model_dim(m);
+    int n = (int)o.steps;
+    rnvp_ctx *ctx = make_ctx(m, n);
+    uint8_t *px = malloc((size_t)n * D);           /* (N, C, H, W) */
+    float *z = malloc((size_t)(n + 2) * D * sizeof *z);   /* (N + 2, D): the points, then zA, zB */
+    rnvp_error e;
+    if (!ctx) rc = EXIT_RUN;
+    else if (!px || !z) rc = fail("out of memory for %d images", n);
+    else {
+        for (int k = 0; k < 2 && !rc; k++)
+            if (rnvp_png_read(px + k * D, pos[k], c->channels, c->height, c->width, &e)) rc = fail("%s", e.msg);
+        if (!rc && (rnvp_encode(ctx, z + (size_t)n * D, NULL, px, NULL, 2, &e) ||
+                    rnvp_interpolate_latents(z, z + (size_t)n * D, z + (size_t)(n + 1) * D, (int)D, n, o.spherical, &e) ||
+                    rnvp_decode(ctx, px, z, n, &e) ||
+                    rnvp_png_write_grid(o.base.out, px, n, c->channels, c->height, c->width,
+                                        o.base.cols > 0 ? (int)o.base.cols : n, &e)))
+            rc = fail("%s", e.msg);
+    }
+    free(px);
+    free(z);
+    rnvp_ctx_free(ctx);
+    rnvp_model_free(m);
+out0:
+    free(pos);
+    return rc;
+}
+
 /* ---- init ---- */
 
 static const char help_init[] =
@@ -928,6 +1037,7 @@ static const char help_main[] =
     "  encode     latent codes of PNG images, as JSON\n"
     "  decode     PNG images from latent codes (the JSON that encode prints)\n"
     "  sample     draw images from a model into a PNG grid\n"
+    "  interpolate  a PNG strip of images decoded between two images' latent codes\n"
     "  init       write a randomly initialised model from a config\n"
     "  help CMD   the same as realnvp CMD --help\n"
     "\n"
@@ -949,6 +1059,7 @@ static const command commands[] = {
     {"info", cmd_info, help_info},       {"log-prob", cmd_log_prob, help_log_prob},
     {"encode", cmd_encode, help_encode}, {"decode", cmd_decode, help_decode},
     {"sample", cmd_sample, help_sample}, {"init", cmd_init, help_init},
+    {"interpolate", cmd_interpolate, help_interpolate},
 };
 #define NCOMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -405,3 +405,25 @@ enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, in
     }
     return RNVP_OK;
 }
+
+enum rnvp_status rnvp_png_bits_per_dim(double *bpd, const uint8_t *pixels, int channels, int height,
+                                       int width, rnvp_error *err)
+{
+    if (!bpd) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_bits_per_dim: NULL output");
+    uint8_t *buf;
+    size_t len;
+    enum rnvp_status st = rnvp_png_encode_grid(&buf, &len, pixels, 1, channels, height, width, 1, 9, err);
+    if (st) return st;
+    /* sum the data lengths of the IDAT chunks: after the 8-byte signature, each chunk is a
+     * 4-byte big-endian length, a 4-byte type, the data and a 4-byte CRC */
+    size_t idat = 0, p = 8;
+    while (p + 12 <= len) {
+        size_t cl = (size_t)buf[p] << 24 | (size_t)buf[p + 1] << 16 | (size_t)buf[p + 2] << 8 | buf[p + 3];
+        if (cl > len - p - 12) break;
+        if (!memcmp(buf + p + 4, "IDAT", 4)) idat += cl;
+        p += 12 + cl;
+    }
+    free(buf);
+    *bpd = 8.0 * (double)idat / ((double)channels * height * width);
+    return RNVP_OK;
+}

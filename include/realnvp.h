@@ -193,6 +193,23 @@ enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, in
                                      int channels, int height, int width, int cols,
                                      rnvp_error *err);
 
+/* The image's own lossless size: pixels (C, H, W) encoded alone as an 8-bit PNG by libpng at
+ * zlib level 9 (libpng's adaptive row filters, no interlacing), *bpd = 8 * (bytes of the IDAT
+ * chunks' data) / (C*H*W). The signature, IHDR and IEND chunks and the 12 framing bytes of each
+ * chunk are excluded, so the figure counts only the compressed pixels. It is the complexity
+ * estimate of Serra et al. (ICLR 2020): ood_score = bits_per_dim - png_bits_per_dim. */
+enum rnvp_status rnvp_png_bits_per_dim(double *bpd, const uint8_t *pixels, int channels, int height,
+                                       int width, rnvp_error *err);
+
+/* ---- interpolation ---- */
+
+/* z_out (steps, D): points k = 0..steps-1 at t = k / (steps - 1) between za and zb (D each).
+ * Linear: (1 - t) za + t zb. Spherical: sin((1-t) w)/sin(w) za + sin(t w)/sin(w) zb with w the
+ * angle between za and zb (linear when they are parallel or either is zero). Computed in
+ * double; the ends are za and zb exactly. steps >= 2, else RNVP_ERR_ARG. */
+enum rnvp_status rnvp_interpolate_latents(float *z_out, const float *za, const float *zb, int d,
+                                          int steps, int spherical, rnvp_error *err);
+
 #ifdef __cplusplus
 }
 #endif

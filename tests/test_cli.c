@@ -244,6 +244,69 @@ START_TEST(test_sample_grid)
 }
 END_TEST
 
+/* png_bits_per_dim and ood_score in log-prob --json; the ends of an interpolation are the inputs */
+START_TEST(test_ood_and_interpolate)
+{
+    NEED_SETUP();
+    make_images();
+    /* a constant image compresses far better than a sample of a random model */
+    uint8_t flat[D];
+    memset(flat, 200, sizeof flat);
+    rnvp_error e;
+    ck_assert_int_eq(rnvp_png_write_grid(path_in("flat.png"), flat, 1, 1, 8, 8, 1, &e), RNVP_OK);
+    ck_assert_int_eq(run("log-prob --model %s --json %s %s", model, path_in("a.png"), path_in("flat.png")), 0);
+    char *o = out_text();
+    double pb[2] = {0, 0};
+    int k = 0;
+    for (char *line = strtok(o, "\n"); line && k < 2; line = strtok(NULL, "\n"), k++) {
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        ck_assert_msg(j != NULL, "not JSON: %s", line);
+        double bpd = json_real_value(json_object_get(j, "bits_per_dim"));
+        pb[k] = json_number_value(json_object_get(j, "png_bits_per_dim"));
+        double ood = json_number_value(json_object_get(j, "ood_score"));
+        ck_assert(json_is_number(json_object_get(j, "png_bits_per_dim")));
+        ck_assert_double_eq_tol(ood, bpd - pb[k], 1e-9 * (1 + fabs(ood)));
+        json_decref(j);
+    }
+    free(o);
+    ck_assert_int_eq(k, 2);
+    ck_assert_msg(pb[1] < pb[0], "png bits/dim: flat %.3f not below the sample's %.3f", pb[1], pb[0]);
+    /* independently: the IDAT bytes of a level-9 encoding of the flat image */
+    double direct;
+    ck_assert_int_eq(rnvp_png_bits_per_dim(&direct, flat, 1, 8, 8, &e), RNVP_OK);
+    ck_assert_double_eq_tol(direct, pb[1], 1e-12);
+    ck_assert(direct > 0 && direct < 8);
+
+    for (int sph = 0; sph < 2; sph++) {
+        ck_assert_int_eq(run("interpolate --model %s --steps 5 --mode %s -o %s %s %s", model, sph ? "spherical" : "linear",
+                             path_in("strip.png"), path_in("a.png"), path_in("b.png")), 0);
+        assert_no_stderr("interpolate");
+        int c, h, w;
+        png_size(path_in("strip.png"), &c, &h, &w);
+        ck_assert_int_eq(h, 8);
+        ck_assert_int_eq(w, 5 * 8 + 4 * 2);
+        uint8_t strip[8 * 48], a[D], b[D];
+        read_png(strip, path_in("strip.png"), 8, 48);
+        read_png(a, path_in("a.png"), 8, 8);
+        read_png(b, path_in("b.png"), 8, 8);
+        int diff_a = 0, diff_b = 0, diff_mid = 0;
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++) {
+                diff_a += strip[y * 48 + x] != a[y * 8 + x];
+                diff_b += strip[y * 48 + 40 + x] != b[y * 8 + x];
+                diff_mid += strip[y * 48 + 20 + x] != a[y * 8 + x];
+            }
+        ck_assert_msg(diff_a == 0 && diff_b == 0, "ends differ from the inputs: %d and %d pixels", diff_a, diff_b);
+        ck_assert_msg(diff_mid > 0, "the middle of the strip is just A");
+    }
+    ck_assert_int_eq(run("interpolate --model %s --steps 1 -o %s %s %s", model, path_in("s.png"), path_in("a.png"), path_in("b.png")), 2);
+    assert_one_line_error("steps 1");
+    ck_assert_int_eq(run("interpolate --model %s --mode cubic -o %s %s %s", model, path_in("s.png"), path_in("a.png"), path_in("b.png")), 2);
+    ck_assert_int_eq(run("interpolate --model %s -o %s %s", model, path_in("s.png"), path_in("a.png")), 2);
+}
+END_TEST
+
 START_TEST(test_log_prob)
 {
     NEED_SETUP();
@@ -273,7 +336,7 @@ START_TEST(test_log_prob)
         json_error_t je;
         json_t *j = json_loads(line, 0, &je);
         ck_assert_msg(j != NULL, "line %d is not JSON (%s): %s", i, je.text, line);
-        ck_assert_int_eq(json_object_size(j), 3);
+        ck_assert_int_eq(json_object_size(j), 5)   /* file, log_prob, bits_per_dim, png_bits_per_dim, ood_score */;
         ck_assert_str_eq(json_string_value(json_object_get(j, "file")), path_in(i ? "b.png" : "a.png"));
         double l = json_number_value(json_object_get(j, "log_prob"));
         double b = json_number_value(json_object_get(j, "bits_per_dim"));
@@ -560,6 +623,7 @@ static Suite *cli_suite(void)
     tcase_add_test(t, test_init_info);
     tcase_add_test(t, test_sample_grid);
     tcase_add_test(t, test_log_prob);
+    tcase_add_test(t, test_ood_and_interpolate);
     tcase_add_test(t, test_encode_decode);
     tcase_add_test(t, test_decode_errors);
     tcase_add_test(t, test_bad_arguments);
