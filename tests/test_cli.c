@@ -336,7 +336,7 @@ START_TEST(test_log_prob)
         json_error_t je;
         json_t *j = json_loads(line, 0, &je);
         ck_assert_msg(j != NULL, "line %d is not JSON (%s): %s", i, je.text, line);
-        ck_assert_int_eq(json_object_size(j), 5)   /* file, log_prob, bits_per_dim, png_bits_per_dim, ood_score */;
+        ck_assert_int_eq(json_object_size(j), 5);   /* file, log_prob, bits_per_dim, png_bits_per_dim, ood_score */
         ck_assert_str_eq(json_string_value(json_object_get(j, "file")), path_in(i ? "b.png" : "a.png"));
         double l = json_number_value(json_object_get(j, "log_prob"));
         double b = json_number_value(json_object_get(j, "bits_per_dim"));
