@@ -11,7 +11,7 @@ CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
 TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
 SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c)))
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
-PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core)
+PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server
 
 # build every program
 all: $(PROGS)
@@ -39,6 +39,13 @@ bin/realnvp-train: $(B)/train/main.o $(B)/libtrain.a $(B)/librnvp.a
 bin/bench_core: $(B)/bench/bench_core.o $(B)/librnvp.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+# training-speed benchmark: the trainer's passes + Adam, timed (bench/run_train_bench.sh runs it)
+bin/bench_train: $(B)/bench/bench_train.o $(B)/libtrain.a $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+bin/bench_server: $(B)/bench/bench_server.o
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) -lpthread
 bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_OBJ),$(B)/libtrain.a) $(B)/librnvp.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS) $(TESTLIBS)
@@ -73,9 +80,13 @@ deps:
 run: deps all
 	bin/realnvp-server --model models/fashion-mnist/model.safetensors
 
+# the server load benchmark: batched vs --max-batch 1 vs the core's batch-64 ceiling (prints a table)
+bench-server: all
+	bench/run_server_bench.sh
+
 # remove build outputs
 clean:
 	rm -rf build build-asan build-fuzz bin
 
-.PHONY: all test asan fuzz deps run clean
+.PHONY: all test asan fuzz deps run bench-server clean
 -include $(shell find build -name '*.d' 2>/dev/null)
