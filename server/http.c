@@ -479,8 +479,11 @@ static enum MHD_Result finish_request(req *r)
     }
     srv_buf_printf(&b, "{\"model\": ");
     srv_buf_json_string(&b, s->model_name);
-    if (r->ep == EP_SAMPLE) srv_buf_printf(&b, ", \"n\": %d, \"temp\": %.17g, \"seed\": %llu", r->nimg, r->temp,
-                                           (unsigned long long)r->seed);
+    if (r->ep == EP_SAMPLE) {
+        srv_buf_printf(&b, ", \"n\": %d, \"temp\": ", r->nimg);
+        srv_buf_json_double(&b, r->temp, 17);
+        srv_buf_printf(&b, ", \"seed\": %llu", (unsigned long long)r->seed);
+    }
     srv_buf_printf(&b, ", \"width\": %d, \"height\": %d, \"channels\": %d, \"images\": [", s->W, s->H, s->C);
     for (int i = 0; i < r->nimg; i++) {
         uint8_t *png = NULL;

@@ -102,8 +102,17 @@ void srv_buf_json_string(srv_buf *b, const char *s)
 
 void srv_buf_json_double(srv_buf *b, double v, int digits)
 {
-    if (isfinite(v)) srv_buf_printf(b, "%.*g", digits, v);
-    else srv_buf_put(b, "null", 4);
+    if (!isfinite(v)) {
+        srv_buf_put(b, "null", 4);
+        return;
+    }
+    /* digits 17: the shortest of %.15g, %.16g, %.17g that reads back as v */
+    char tmp[40];
+    for (int d = digits == 17 ? 15 : digits; d <= digits; d++) {
+        snprintf(tmp, sizeof tmp, "%.*g", d, v);
+        if (d == digits || strtod(tmp, NULL) == v) break;
+    }
+    srv_buf_put(b, tmp, strlen(tmp));
 }
 
 char *srv_base64(const void *data, size_t len)
