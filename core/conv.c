@@ -1,10 +1,21 @@
-/* conv.c: inference convolutions in the (C, N, H, W) layout: one im2col over the whole batch
- * with the preceding batch norm + ReLU fused in, then one cblas_sgemm. Leaves out training. */
+/* conv.c: inference convolutions in the (C, N, H, W) layout. Two kernels: on AVX-512 CPUs a
+ * direct one (the columns are cut into 32-wide strips; each thread builds a strip's im2col panel
+ * with the preceding batch norm + ReLU fused in, then multiplies it by the weights in registers
+ * and adds the bias on the way out); elsewhere one im2col over the whole batch and one
+ * OpenBLAS cblas_sgemm. Leaves out training (train/layers.c). */
 #include "internal.h"
+#include "tpool.h"
 
 #include <cblas.h>
 #include <stddef.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_KERNEL 1
+#endif
+
+/* ================================================================ generic: im2col + sgemm */
 
 /* dst[p] = relu(a * src[p] + s), p < n: the fused batch norm + ReLU; cloned for AVX2. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -64,13 +75,8 @@ static void im2col_pre(float *col, const float *in, const affine_i *pre, int cin
     }
 }
 
-void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre, float *col,
-                    int N, int H, int W)
-{
-    conv_forward_acc(out, in, cv, pre, col, N, H, W, 0);
-}
-
-void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre, float *col,
+/* out (cout, N*H*W) (+)= w * pre(in) + b with OpenBLAS (threaded by OpenBLAS itself). */
+static void conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, float *col,
                       int N, int H, int W, int accumulate)
 {
     const int P = N * H * W, K = cv->cin * cv->kh * cv->kw;
@@ -91,7 +97,227 @@ void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affin
                 out, P);
 }
 
+/* ================================================================ AVX-512: direct, in strips */
+
+#ifdef HAVE_AVX512_KERNEL
+#define AVX512 __attribute__((target("avx512f")))
+#define NR RNVP_CONV_STRIP   /* columns per strip: two 16-float registers */
+#define MR 8                 /* output channels per register block */
+#ifndef PF
+#define PF 4                 /* prefetch distance of the im2col, in strips */
+#endif
+
+/* panel (K, NR) = im2col of columns p0 .. p0+nv-1 (nv <= NR; the rest zero) of in (cin, P),
+ * P = N*H*W, each value passed through relu(a*x + s) (pre->a == NULL: relu only) when pre != NULL.
+ * A tap whose source falls outside its image reads as zero (padding). guarded: the plane set may
+ * be read (garbage, masked away) up to (kh/2)*W + kw/2 + NR floats beyond either end, so plain
+ * loads are used; else masked loads, which never touch those addresses but are slow on some
+ * CPUs (AMD Zen: several times slower than plain loads here). */
+AVX512 static void strip_im2col(float *restrict panel, const float *in, const affine_i *pre, int cin,
+                                int kh, int kw, ptrdiff_t P, int H, int W, ptrdiff_t p0, int nv,
+                                int guarded)
+{
+    const int ph = kh / 2, pw = kw / 2, HW = H * W;
+    uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
+    memset(rowok, 0, sizeof rowok);
+    memset(colok, 0, sizeof colok);
+    int q = (int)(p0 % HW), i = q / W, j = q % W;
+    for (int c = 0; c < nv; c++) {
+        for (int di = 0; di < kh; di++) {
+            const int ii = i + di - ph;
+            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
+        }
+        for (int dj = 0; dj < kw; dj++) {
+            const int jj = j + dj - pw;
+            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
+        }
+        if (++j == W) {
+            j = 0;
+            if (++i == H) i = 0;
+        }
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    const int affine = pre && pre->a;
+    float *dst = panel;
+    for (int ci = 0; ci < cin; ci++) {
+        const __m512 a = _mm512_set1_ps(affine ? pre->a[ci] : 1.0f);
+        const __m512 s = _mm512_set1_ps(affine ? pre->s[ci] : 0.0f);
+        const float *src = in + ci * P + p0;
+        /* the rows a strip PF strips further on reads: cin * kh streams at once are more than
+         * the hardware prefetchers follow */
+        for (int di = 0; di < kh; di++) {
+            const float *pf = src + PF * NR + (ptrdiff_t)(di - ph) * W;
+            _mm_prefetch((const char *)pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + 16), _MM_HINT_T0);
+        }
+        for (int di = 0; di < kh; di++)
+            for (int dj = 0; dj < kw; dj++, dst += NR) {
+                const uint32_t m = rowok[di] & colok[dj];
+                const __mmask16 m0 = (__mmask16)(m & 0xffff), m1 = (__mmask16)(m >> 16);
+                const float *sp = src + (ptrdiff_t)(di - ph) * W + (dj - pw);
+                __m512 x0, x1;
+                if (guarded) {   /* plain loads (masked ones are slow on some CPUs), then mask */
+                    x0 = _mm512_loadu_ps(sp);
+                    x1 = _mm512_loadu_ps(sp + 16);
+                    __asm__("" : "+v"(x0), "+v"(x1));   /* keep gcc from making them masked loads */
+                    x0 = _mm512_maskz_mov_ps(m0, x0);
+                    x1 = _mm512_maskz_mov_ps(m1, x1);
+                } else {
+                    x0 = _mm512_maskz_loadu_ps(m0, sp);
+                    x1 = _mm512_maskz_loadu_ps(m1, sp + 16);
+                }
+                if (affine) {
+                    x0 = _mm512_fmadd_ps(a, x0, s);
+                    x1 = _mm512_fmadd_ps(a, x1, s);
+                }
+                if (pre) {   /* padding stays 0 (it is not relu(s)) */
+                    x0 = _mm512_maskz_max_ps(m0, x0, zero);
+                    x1 = _mm512_maskz_max_ps(m1, x1, zero);
+                }
+                _mm512_store_ps(dst, x0);
+                _mm512_store_ps(dst + 16, x1);
+            }
+    }
+}
+
+/* out rows 0..mr-1 (stride ldo), columns of the strip selected by m0/m1:
+ * out (+)= b + w (mr, K) x panel (K, NR). Each output is one FMA chain over k = 0..K-1, the same
+ * whatever the strip, the batch or the thread. */
+AVX512 static inline __attribute__((always_inline)) void strip_kernel(
+    float *out, ptrdiff_t ldo, const float *w, int K, const float *b, const float *panel, int mr,
+    __mmask16 m0, __mmask16 m1, int accumulate)
+{
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_set1_ps(b[r]);
+    for (int k = 0; k < K; k++) {
+        const __m512 x0 = _mm512_load_ps(panel + (ptrdiff_t)k * NR);
+        const __m512 x1 = _mm512_load_ps(panel + (ptrdiff_t)k * NR + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            const __m512 a = _mm512_set1_ps(w[(ptrdiff_t)r * K + k]);
+            c0[r] = _mm512_fmadd_ps(a, x0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(a, x1, c1[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        float *o = out + r * ldo;
+        if (accumulate) {
+            c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[r]);
+            c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[r]);
+        }
+        _mm512_mask_storeu_ps(o, m0, c0[r]);
+        _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+    }
+}
+
+#define KERNEL_CASE(n) \
+    case n: strip_kernel(out, ldo, w, K, b, panel, n, m0, m1, accumulate); break
+
+/* strip_kernel for all cout rows, MR at a time. */
+AVX512 static void strip_rows(float *out, ptrdiff_t ldo, const float *w, int K, const float *b,
+                              const float *panel, int cout, __mmask16 m0, __mmask16 m1, int accumulate)
+{
+    int o = 0;
+    for (; o + MR <= cout; o += MR)
+        strip_kernel(out + o * ldo, ldo, w + (ptrdiff_t)o * K, K, b + o, panel, MR, m0, m1, accumulate);
+    if (o == cout) return;
+    out += o * ldo;
+    w += (ptrdiff_t)o * K;
+    b += o;
+    switch (cout - o) {
+        KERNEL_CASE(1); KERNEL_CASE(2); KERNEL_CASE(3); KERNEL_CASE(4);
+        KERNEL_CASE(5); KERNEL_CASE(6); KERNEL_CASE(7);
+    }
+}
+
+struct direct_job {
+    float *out;
+    const float *in;
+    const conv_i *cv;
+    const affine_i *pre;
+    float *panel;          /* (threads, panel_floats) */
+    size_t panel_floats;
+    ptrdiff_t P;
+    int H, W, accumulate, guarded;
+};
+
+/* Thread t of nt: strips [t*ns/nt, (t+1)*ns/nt), contiguous so that neighbouring strips share
+ * their source rows in cache. */
+AVX512 static void direct_job_run(void *arg, int t, int nt)
+{
+    const struct direct_job *j = arg;
+    const conv_i *cv = j->cv;
+    const int K = cv->cin * cv->kh * cv->kw;
+    const ptrdiff_t ns = (j->P + NR - 1) / NR, s0 = ns * t / nt, s1 = ns * (t + 1) / nt;
+    float *panel = j->panel + (size_t)t * j->panel_floats;
+    for (ptrdiff_t s = s0; s < s1; s++) {
+        const ptrdiff_t p0 = s * NR;
+        const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
+        const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
+        strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv,
+                     j->guarded);
+        strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
+                   (__mmask16)(m >> 16), j->accumulate);
+    }
+}
+#endif
+
+int conv_direct_available(void)
+{
+#ifdef HAVE_AVX512_KERNEL
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+size_t conv_guard_floats(const conv_i *cv, int W)
+{
+    return (size_t)(cv->kh / 2) * W + cv->kw / 2 + RNVP_CONV_STRIP;
+}
+
+size_t conv_panel_floats(int cin, int kh, int kw)
+{
+    return (size_t)cin * kh * kw * RNVP_CONV_STRIP;
+}
+
+/* 64-byte aligned start inside a buffer with at least 16 floats of slack. */
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
+                    int N, int H, int W)
+{
+    conv_forward_acc(out, in, cv, pre, ws, N, H, W, 0);
+}
+
+void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
+                      int N, int H, int W, int accumulate)
+{
+#ifdef HAVE_AVX512_KERNEL
+    if (ws->direct) {
+        struct direct_job j = {.out = out, .in = in, .cv = cv, .pre = pre,
+                               .P = (ptrdiff_t)N * H * W, .H = H, .W = W, .accumulate = accumulate,
+                               .guarded = ws->guard >= conv_guard_floats(cv, W)};
+        if (ws->panel) {
+            j.panel = ws->panel;
+            j.panel_floats = ws->panel_floats;
+            tpool_run(ws->tp, direct_job_run, &j);
+        } else {   /* one thread, its panel in col */
+            j.panel = align64(ws->col);
+            direct_job_run(&j, 0, 1);
+        }
+        return;
+    }
+#endif
+    conv_blas(out, in, cv, pre, ws->col, N, H, W, accumulate);
+}
+
 size_t conv_col_floats(const conv_i *cv, int N, int H, int W)
 {
-    return (size_t)cv->cin * cv->kh * cv->kw * N * H * W;
+    size_t blas = (size_t)cv->cin * cv->kh * cv->kw * N * H * W;
+    size_t direct = conv_panel_floats(cv->cin, cv->kh, cv->kw) + 16;
+    return blas > direct ? blas : direct;
 }

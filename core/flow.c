@@ -1,6 +1,7 @@
 /* flow.c: the whole flow at inference (spec sections 1-4): contexts, pre-processing, squeeze,
  * split, log_prob / encode / decode / sample. Leaves out the layers' math (coupling.c, conv.c). */
 #include "internal.h"
+#include "tpool.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -10,12 +11,14 @@
 struct rnvp_ctx {
     const rnvp_model *m;
     int max_batch;
+    int threads;   /* threads of the convolutions (the caller + pool workers) */
     float *x;      /* (C, N, H, W) flow state, N*D */
     float *tmp;    /* (4C, N, H/2, W/2) squeezed state, N*D */
     float *zc;     /* (N*D) factored-out parts, each (C_s, N, H_s, W_s) at N * offset_s */
     float *zin;    /* (N, D) latents drawn by rnvp_sample */
     double *ld;    /* (N) log-det accumulators */
     net_ws ws;
+    tpool *tp;     /* threads - 1 workers, NULL when threads == 1 or OpenBLAS does the convs */
     void *block;   /* the one allocation */
     size_t bytes;
 };
@@ -25,44 +28,88 @@ void rnvp_set_num_threads(int n)
     if (n > 0) openblas_set_num_threads(n);
 }
 
+/* The convolution kernel: REALNVP_CONV=blas or direct overrides the CPU's choice. */
+static int use_direct(void)
+{
+    const char *e = getenv("REALNVP_CONV");
+    if (e && !strcmp(e, "blas")) return 0;
+    return conv_direct_available();
+}
+
 enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch, rnvp_error *err)
 {
     *out = NULL;
     if (max_batch < 1 || max_batch > 65536) return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..65536", max_batch);
-    size_t nin = 0, feat = 0, outc = 0, col = 0;
+    const int direct = use_direct();
+    int threads = direct ? openblas_get_num_threads() : 1;
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    size_t nin = 0, feat = 0, outc = 0, col = 0, panel = 16, guard = 0;
     for (int k = 0; k < m->L; k++) {
         size_t a, b, c, d;
-        coupling_ws_size(&m->cp[k], max_batch, &a, &b, &c, &d);
+        const coupling *cp = &m->cp[k];
+        coupling_ws_size(cp, max_batch, &a, &b, &c, &d);
         if (a > nin) nin = a;
         if (b > feat) feat = b;
         if (c > outc) outc = c;
         if (d > col) col = d;
+        const conv_i *cv[3] = {&cp->i_in, &cp->i_out, cp->K ? &cp->i_a[0] : &cp->i_in};
+        for (int i = 0; i < 3 + 2 * cp->K; i++) {
+            const conv_i *v = i < 3 ? cv[i] : i % 2 ? &cp->i_a[(i - 3) / 2] : &cp->i_b[(i - 3) / 2];
+            size_t f = conv_panel_floats(v->cin, v->kh, v->kw), g = conv_guard_floats(v, cp->W);
+            if (f > panel) panel = f;
+            if (g > guard) guard = g;
+        }
     }
+    panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
+    if (direct) col = 0;                       /* the panels replace the im2col buffer */
+    else guard = 0;
+    guard = (guard + 15) / 16 * 16;
     size_t ND = (size_t)max_batch * m->D;
-    size_t floats = 4 * ND + nin + 2 * feat + outc + col;
-    size_t bytes = floats * sizeof(float) + (size_t)max_batch * sizeof(double) + 64;
+    size_t floats = (direct ? (size_t)threads * panel : 0) + 4 * ND + nin + 2 * feat + outc + col +
+                    7 * guard;
+    size_t bytes = (floats * sizeof(float) + (size_t)max_batch * sizeof(double) + 63) / 64 * 64;
     rnvp_ctx *c = calloc(1, sizeof *c);
-    void *blk = malloc(bytes);
-    if (!c || !blk) {
-        free(c); free(blk);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a context of %zu MB", bytes >> 20);
+    void *blk = aligned_alloc(64, bytes);
+    tpool *tp = direct && threads > 1 ? tpool_create(threads) : NULL;
+    if (!c || !blk || (direct && threads > 1 && !tp)) {
+        free(c); free(blk); tpool_free(tp);
+        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a context of %zu MB and %d threads",
+                         bytes >> 20, threads);
     }
     c->m = m;
     c->max_batch = max_batch;
+    c->threads = threads;
+    c->tp = tp;
     c->block = blk;
     c->bytes = bytes + sizeof *c;
-    double *d = blk;
+    float *f = blk;
+    if (direct) {
+        c->ws.panel = f;
+        c->ws.panel_floats = panel;
+        f += (size_t)threads * panel;
+    }
+    c->ws.direct = direct;
+    c->ws.tp = tp;
+    double *d = (double *)f;
     c->ld = d;
-    float *f = (float *)(d + max_batch);
-    c->x = f; f += ND;
-    c->tmp = f; f += ND;
+    f = (float *)(d + max_batch);
+    /* the convolutions' inputs (x, tmp, netin, h, t; out for symmetry) each between two guards
+     * of zeros that the direct kernel may read (and mask away) */
+    c->ws.guard = guard;
+    memset(f, 0, sizeof(float) * guard);
+    f += guard;
+    float **bufs[6] = {&c->x, &c->tmp, &c->ws.netin, &c->ws.h, &c->ws.t, &c->ws.out};
+    const size_t sizes[6] = {ND, ND, nin, feat, feat, outc};
+    for (int i = 0; i < 6; i++) {
+        *bufs[i] = f;
+        f += sizes[i];
+        memset(f, 0, sizeof(float) * guard);
+        f += guard;
+    }
     c->zc = f; f += ND;
     c->zin = f; f += ND;
-    c->ws.netin = f; f += nin;
-    c->ws.h = f; f += feat;
-    c->ws.t = f; f += feat;
-    c->ws.out = f; f += outc;
-    c->ws.col = f;
+    c->ws.col = direct ? NULL : f;
     *out = c;
     return RNVP_OK;
 }
@@ -70,6 +117,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
 void rnvp_ctx_free(rnvp_ctx *ctx)
 {
     if (!ctx) return;
+    tpool_free(ctx->tp);
     free(ctx->block);
     free(ctx);
 }

@@ -136,23 +136,43 @@ void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
  * channel of h_{s+1}[i]; drop[i] the source channel of z_s[i]. */
 void split_channels(int *keep, int *drop, int C);
 
-/* Convolution, (C, N, H, W) layout: out (cout, N, H, W) = w * pre(in) + b, where pre is
- * relu(a*x + s) per input channel when pre != NULL (relu only when pre->a == NULL), else
- * identity. col is workspace of conv_col_floats() floats (unused for 1x1 without pre).
- * conv_forward_acc with accumulate != 0 adds the result to out instead (residuals). */
-void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
-                    float *col, int N, int H, int W);
-void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
-                      float *col, int N, int H, int W, int accumulate);
-size_t conv_col_floats(const conv_i *cv, int N, int H, int W);
-
-/* Workspace of the inference couplings (core/coupling.c), each sized by coupling_ws_size. */
+/* Workspace of the inference couplings (core/coupling.c): netin, h, t, out and col each sized by
+ * coupling_ws_size; tp, panel and direct are set by the context (zero: one thread, OpenBLAS). */
 typedef struct net_ws {
     float *netin;   /* (Cin, N, H, W) checkerboard net input */
     float *h, *t;   /* (F, N, H, W) resnet features */
     float *out;     /* (2Ct, N, H, W) s_raw then t */
-    float *col;     /* im2col */
+    float *col;     /* im2col: (K, N*H*W) for OpenBLAS, or one panel (+16 floats to align) */
+    struct tpool *tp;      /* threads of the direct kernel, NULL: the caller's only */
+    float *panel;          /* (threads, panel_floats) 64-byte aligned, NULL: one panel in col */
+    size_t panel_floats;   /* per thread, a multiple of 16, >= conv_panel_floats of every conv */
+    int direct;            /* 1: the AVX-512 direct kernel (conv_direct_available()), 0: OpenBLAS */
+    size_t guard;          /* floats readable before and after each convolution input (netin, h,
+                              t, the flow state x and tmp): >= conv_guard_floats lets the direct
+                              kernel use plain loads */
 } net_ws;
+
+/* Columns per strip of the direct kernel. */
+#define RNVP_CONV_STRIP 32
+
+/* Convolution, (C, N, H, W) layout: out (cout, N, H, W) = w * pre(in) + b, where pre is
+ * relu(a*x + s) per input channel when pre != NULL (relu only when pre->a == NULL), else
+ * identity. ws->direct picks the kernel (see net_ws); the OpenBLAS one uses ws->col,
+ * conv_col_floats() floats. conv_forward_acc with accumulate != 0 adds the result to out
+ * instead (residuals). in and out must not overlap. */
+void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                    const net_ws *ws, int N, int H, int W);
+void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                      const net_ws *ws, int N, int H, int W, int accumulate);
+/* Floats of ws->col either kernel needs for one thread. */
+size_t conv_col_floats(const conv_i *cv, int N, int H, int W);
+/* Floats of one thread's panel (K, RNVP_CONV_STRIP) for the direct kernel. */
+size_t conv_panel_floats(int cin, int kh, int kw);
+/* Floats the direct kernel may read beyond either end of cv's input planes (width W). */
+size_t conv_guard_floats(const conv_i *cv, int W);
+/* 1 when this CPU can run the direct kernel (AVX-512F, built for x86-64 with GCC or clang). */
+int conv_direct_available(void);
+
 void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,
                       size_t *col);
 /* Inference coupling (plus its flow batch norm) on x (C, N, H, W) in place. forward adds each

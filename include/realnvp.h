@@ -9,6 +9,13 @@
  * - rnvp_ctx is a per-thread workspace, sized at creation for `max_batch` images. One thread
  *   uses one context at a time. Calls on a context never allocate; a call with n > max_batch
  *   is processed in chunks of max_batch.
+ * - Threads: on CPUs with AVX-512 a context owns a small pool of threads, created by
+ *   rnvp_ctx_create and joined by rnvp_ctx_free: T - 1 workers, T = the thread count set with
+ *   rnvp_set_num_threads (else OPENBLAS_NUM_THREADS, else the core count) when the context is
+ *   created. The calling thread works too; each convolution's columns are split among the T
+ *   threads (the results do not depend on T or on the batch size). Idle workers spin briefly,
+ *   then sleep. Elsewhere the convolutions use OpenBLAS and its own threads. The environment
+ *   variable REALNVP_CONV=blas, read by rnvp_ctx_create, forces the OpenBLAS kernels.
  * - Every array passed in or out is owned by the caller. Shapes are written next to each
  *   argument: (N, C, H, W) pixels are uint8 0..255 in channel-major order, latents are (N, D)
  *   float32 in the layout of spec section 2 (z_0, z_1, ... each flattened C,H,W).
@@ -136,7 +143,8 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
 void rnvp_ctx_free(rnvp_ctx *ctx);
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
 
-/* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally). */
+/* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally), and so
+ * the number of threads of contexts created afterwards (see the memory model above). */
 void rnvp_set_num_threads(int n);
 /* The name of the OpenBLAS kernel set in use (e.g. "Haswell"). */
 const char *rnvp_blas_core(void);

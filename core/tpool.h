@@ -1,7 +1,7 @@
-/* tpool.h: a tiny fork-join thread pool for the trainer's passes (the caller is thread 0).
+/* tpool.h: a tiny fork-join thread pool for the inference contexts and the trainer (the caller is thread 0).
  * Leaves out work queues and nesting: one job at a time, run by every thread. */
-#ifndef RNVP_TRAIN_TPOOL_H
-#define RNVP_TRAIN_TPOOL_H
+#ifndef RNVP_TPOOL_H
+#define RNVP_TPOOL_H
 
 typedef struct tpool tpool;
 typedef void (*tpool_fn)(void *arg, int t, int nt);
