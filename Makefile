@@ -60,17 +60,21 @@ asan:
 	ASAN_OPTIONS=detect_leaks=1 $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
 	$(MAKE) clean
 
-# run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/)
+# run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/, a crash fails)
 FUZZ_SECONDS ?= 30
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Icore -Iserver
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude -Icore -Iserver
 fuzz:
 	@mkdir -p build-fuzz
-	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
+	@set -e; fail=""; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
 	  clang $(FUZZ_CFLAGS) $$h $(wildcard core/*.c) $$(cat tests/fuzz/$$n.extra 2>/dev/null) -o build-fuzz/$$n $(SRVLIBS) $(LDLIBS); \
 	  rm -rf build-fuzz/corpus_$$n; mkdir -p build-fuzz/corpus_$$n; cp -r tests/fuzz/corpus_$${n#fuzz_}/. build-fuzz/corpus_$$n/ 2>/dev/null || true; \
 	  echo "== $$n for $(FUZZ_SECONDS) s"; \
-	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 build-fuzz/corpus_$$n 2>&1 | tail -12; \
-	done
+	  if build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	       -artifact_prefix=build-fuzz/$$n- build-fuzz/corpus_$$n >build-fuzz/$$n.log 2>&1; then st=ok; else st=CRASH; fail="$$fail $$n"; fi; \
+	  tail -n 12 build-fuzz/$$n.log; \
+	  echo "fuzz-summary: $$n $$st $$(grep -E '^#[0-9]+' build-fuzz/$$n.log | tail -n 1 | tr -s ' \t' ' ')"; \
+	done; \
+	if [ -n "$$fail" ]; then echo "fuzz: failed:$$fail (reproducers: build-fuzz/fuzz_*-crash-*, logs: build-fuzz/*.log)"; exit 1; fi
 
 # install the Debian packages the build and tests need (uses sudo when not root)
 deps:
