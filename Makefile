@@ -11,7 +11,7 @@ CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
 TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
 SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c)))
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
-PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server
+PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak)
 
 # build every program
 all: $(PROGS)
@@ -46,6 +46,10 @@ bin/bench_train: $(B)/bench/bench_train.o $(B)/libtrain.a $(B)/librnvp.a
 bin/bench_server: $(B)/bench/bench_server.o
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) -lpthread
+# soak test client: starts the server on 127.0.0.1, 64 clients of mixed traffic (make soak runs it)
+bin/soak: $(B)/bench/soak.o $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_OBJ),$(B)/libtrain.a) $(B)/librnvp.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS) $(TESTLIBS)
@@ -76,6 +80,11 @@ fuzz:
 	done; \
 	if [ -n "$$fail" ]; then echo "fuzz: failed:$$fail (reproducers: build-fuzz/fuzz_*-crash-*, logs: build-fuzz/*.log)"; exit 1; fi
 
+# soak the server for SOAK_SECONDS with 64 clients of mixed valid/invalid traffic (docs/reliability.md)
+SOAK_SECONDS ?= 45
+soak: bin/realnvp-server bin/soak
+	bin/soak --seconds $(SOAK_SECONDS)
+
 # install the Debian packages the build and tests need (uses sudo when not root)
 deps:
 	@tools/install-deps.sh
@@ -92,5 +101,5 @@ bench-server: all
 clean:
 	rm -rf build build-asan build-fuzz bin
 
-.PHONY: all test asan fuzz deps run bench-server clean
+.PHONY: all test asan fuzz soak deps run bench-server clean
 -include $(shell find build -name '*.d' 2>/dev/null)
