@@ -2,6 +2,7 @@
  * client): every endpoint, every error status, batching, 64 concurrent clients, shutdown under
  * load, startup failures. Run from the repository root. Leaves out the parsers' fuzzing. */
 #include "realnvp.h"
+#include "../server/server.h"   /* the MHD-free parsers and helpers, from build/libserver.a */
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -1127,6 +1128,168 @@ START_TEST(test_startup_failures)
 }
 END_TEST
 
+
+/* ---- the parsers alone (no server) ---- */
+
+START_TEST(test_query_parser)
+{
+    srv_query q;
+    char err[SRV_ERRLEN];
+    ck_assert_int_eq(srv_query_parse(&q, "n=16&temp=0.7&name=a%20b+c&flag&&x=", err, sizeof err), 0);
+    ck_assert_int_eq(q.n, 5);
+    ck_assert_str_eq(srv_query_get(&q, "name"), "a b c");
+    ck_assert_str_eq(srv_query_get(&q, "flag"), "");
+    ck_assert_str_eq(srv_query_get(&q, "x"), "");
+    ck_assert_ptr_null(srv_query_get(&q, "missing"));
+    ck_assert_int_eq(srv_query_parse(&q, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(q.n, 0);
+    ck_assert_int_eq(srv_query_parse(&q, "", err, sizeof err), 0);
+    const char *bad[] = {"a=%zz", "a=%4", "a=%", "=1", "a=1&a=2", "a=%00", "a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9&j=10&k=11&l=12&m=13&n=14&o=15&p=16&q=17",
+                         "a=0123456789012345678901234567890123456789012345678901234567890123456789"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        ck_assert_msg(srv_query_parse(&q, bad[i], err, sizeof err) == -1, "accepted %s", bad[i]);
+        ck_assert_msg(err[0], "no message for %s", bad[i]);
+    }
+    long v;
+    double d;
+    uint64_t u;
+    int present;
+    ck_assert_int_eq(srv_query_parse(&q, "n=5&t=0.5&s=18446744073709551615&neg=-1&sp=%201&f=json", err, sizeof err), 0);
+    ck_assert_int_eq(srv_query_int(&q, "n", 1, 10, 0, &v, err, sizeof err), 0);
+    ck_assert_int_eq(v, 5);
+    ck_assert_int_eq(srv_query_int(&q, "n", 6, 10, 0, &v, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "6..10") && strstr(err, "'5'"), "%s", err);
+    ck_assert_int_eq(srv_query_int(&q, "absent", 1, 10, 7, &v, err, sizeof err), 0);
+    ck_assert_int_eq(v, 7);
+    ck_assert_int_eq(srv_query_int(&q, "sp", 0, 10, 0, &v, err, sizeof err), -1);
+    ck_assert_int_eq(srv_query_double(&q, "t", 0, 1, 0, &d, err, sizeof err), 0);
+    ck_assert(d == 0.5);
+    ck_assert_int_eq(srv_query_double(&q, "neg", 0, 1, 0, &d, err, sizeof err), -1);
+    ck_assert_int_eq(srv_query_u64(&q, "s", &u, &present, err, sizeof err), 0);
+    ck_assert(present && u == UINT64_MAX);
+    ck_assert_int_eq(srv_query_u64(&q, "neg", &u, &present, err, sizeof err), -1);
+    const char *fmts[] = {"png", "json", NULL};
+    ck_assert_int_eq(srv_query_choice(&q, "f", fmts, 0, err, sizeof err), 1);
+    ck_assert_int_eq(srv_query_choice(&q, "n", fmts, 0, err, sizeof err), -1);
+    const char *allowed[] = {"n", "t", "s", "neg", "sp", NULL};
+    ck_assert_int_eq(srv_query_check_allowed(&q, allowed, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "'f'"), "%s", err);
+}
+END_TEST
+
+START_TEST(test_multipart_parser)
+{
+    char b[80], err[SRV_ERRLEN];
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, "multipart/form-data; boundary=abc", err, sizeof err), 0);
+    ck_assert_str_eq(b, "abc");
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, "Multipart/Form-Data; charset=x; BOUNDARY=\"a b\"", err, sizeof err), 0);
+    ck_assert_str_eq(b, "a b");
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, "multipart/form-data", err, sizeof err), -1);
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, "multipart/mixed; boundary=x", err, sizeof err), -1);
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, "multipart/form-data; boundary=", err, sizeof err), -1);
+    ck_assert_int_eq(srv_multipart_boundary(b, sizeof b, NULL, err, sizeof err), -1);
+
+    srv_part p[4];
+    const char body[] = "preamble\r\n--XX\r\nContent-Disposition: form-data; name=\"f1\"; filename=\"a \\\"q\\\".png\"\r\n"
+                        "Content-Type: image/png\r\n\r\nAB\r\nC\r\n--XX\r\ncontent-disposition: form-data; name=f2\r\n\r\n"
+                        "\r\n--XX\r\n\r\nxyz\r\n--XX--\r\nepilogue";
+    int n = srv_multipart_parse(p, 4, body, sizeof body - 1, "XX", err, sizeof err);
+    ck_assert_msg(n == 3, "%d: %s", n, err);
+    ck_assert_str_eq(p[0].name, "a \"q\".png");
+    ck_assert_str_eq(p[0].content_type, "image/png");
+    ck_assert(p[0].len == 5 && !memcmp(p[0].data, "AB\r\nC", 5));
+    ck_assert_str_eq(p[1].name, "f2");
+    ck_assert_int_eq(p[1].len, 0);
+    ck_assert_str_eq(p[2].name, "part 3");
+    ck_assert(p[2].len == 3 && !memcmp(p[2].data, "xyz", 3));
+    /* the body may start with the delimiter; binary data with NULs and near-boundaries */
+    const char b2[] = "--XX\r\n\r\n\0\r\n--X\r\n-XX\r\n--XX--";
+    n = srv_multipart_parse(p, 4, b2, sizeof b2 - 1, "XX", err, sizeof err);
+    ck_assert_int_eq(n, 1);
+    ck_assert(p[0].len == 11 && p[0].data[0] == 0);
+    const char *bad[] = {"", "no delimiter", "--XX", "--XX\r\n\r\nunterminated", "--XX--", "--XXjunk\r\n\r\na\r\n--XX--",
+                         "--XX\r\nheader-without-end", "--XX\r\n\r\na\r\n--XX\r\n\r\nb\r\n--XX\r\n\r\nc\r\n--XX\r\n\r\nd\r\n--XX\r\n\r\ne\r\n--XX--"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        ck_assert_msg(srv_multipart_parse(p, 4, bad[i], strlen(bad[i]), "XX", err, sizeof err) == -1, "accepted [%s]", bad[i]);
+        ck_assert(err[0]);
+    }
+}
+END_TEST
+
+START_TEST(test_latents_parser)
+{
+    char err[SRV_ERRLEN];
+    float *z;
+    int n;
+    const char *one = "{\"latents\": [1, -2.5, 3e-3]}";
+    ck_assert_int_eq(srv_latents_parse(&z, &n, one, strlen(one), 3, 4, NULL, 0, err, sizeof err), 0);
+    ck_assert(n == 1 && z[0] == 1.0f && z[1] == -2.5f && z[2] == 3e-3f);
+    free(z);
+    const char *two = "{\"x\": 1, \"latents\": [[1,2,3],[4,5,6]]}";
+    ck_assert_int_eq(srv_latents_parse(&z, &n, two, strlen(two), 3, 4, NULL, 0, err, sizeof err), 0);
+    ck_assert(n == 2 && z[5] == 6.0f);
+    free(z);
+    ck_assert_int_eq(srv_latents_parse(&z, &n, two, strlen(two), 3, 1, NULL, 0, err, sizeof err), -1);
+    ck_assert_ptr_null(z);
+    rnvp_latent_part lay[1] = {{0, 3, 1, 1}};
+    const char *wl = "{\"layout\": [{\"offset\": 0, \"channels\": 3, \"height\": 1, \"width\": 1}], \"latents\": [0,0,0]}";
+    ck_assert_int_eq(srv_latents_parse(&z, &n, wl, strlen(wl), 3, 4, lay, 1, err, sizeof err), 0);
+    free(z);
+    lay[0].channels = 1;
+    ck_assert_int_eq(srv_latents_parse(&z, &n, wl, strlen(wl), 3, 4, lay, 1, err, sizeof err), -1);
+    const char *bad[] = {"", "{", "[]", "{\"latents\": []}", "{\"latents\": [[1,2,3],[1,2]]}", "{\"latents\": [[1,2,3],5]}",
+                         "{\"latents\": [1,2,\"3\"]}", "{\"latents\": [1,2,null]}", "{\"latents\": [1,2,1e39]}",
+                         "{\"latents\": [1,2,NaN]}", "{\"latents\": [1,2,-Infinity]}", "{\"latents\": 5}",
+                         "{\"latents\": [1,2,3], \"latents\": [1,2,3]}", "{\"latents\": [[1,2,3]]} trailing"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        ck_assert_msg(srv_latents_parse(&z, &n, bad[i], strlen(bad[i]), 3, 4, NULL, 0, err, sizeof err) == -1, "accepted %s", bad[i]);
+        ck_assert(err[0] && z == NULL);
+    }
+}
+END_TEST
+
+START_TEST(test_helpers)
+{
+    /* RFC 4648 test vectors */
+    const char *in[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    const char *out[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (int i = 0; i < 7; i++) {
+        char *b = srv_base64(in[i], strlen(in[i]));
+        ck_assert_str_eq(b, out[i]);
+        free(b);
+    }
+    srv_buf b = {0};
+    srv_buf_json_string(&b, "a\"b\\c\n\x01\xff\xc3\xa9");
+    ck_assert_str_eq(b.p, "\"a\\\"b\\\\c\\u000a\\u0001\xEF\xBF\xBD\xc3\xa9\"");
+    free(b.p);
+    b = (srv_buf){0};
+    srv_buf_json_double(&b, 0.7, 17);
+    srv_buf_put(&b, " ", 1);
+    srv_buf_json_double(&b, 1.0 / 3.0, 17);
+    srv_buf_put(&b, " ", 1);
+    srv_buf_json_double(&b, NAN, 17);
+    ck_assert_str_eq(b.p, "0.7 0.3333333333333333 null");
+    free(b.p);
+    /* dequantization noise: in [0, 1), reproducible, different per image and per draw */
+    float u1[64], u2[64], u3[64], u4[64];
+    srv_noise(u1, 64, 9, 0, 0);
+    srv_noise(u2, 64, 9, 0, 0);
+    srv_noise(u3, 64, 9, 1, 0);
+    srv_noise(u4, 64, 9, 0, 1);
+    ck_assert(!memcmp(u1, u2, sizeof u1));
+    ck_assert(memcmp(u1, u3, sizeof u1) && memcmp(u1, u4, sizeof u1));
+    double mean = 0;
+    for (int i = 0; i < 64; i++) {
+        ck_assert(u1[i] >= 0 && u1[i] < 1);
+        mean += u1[i] / 64;
+    }
+    ck_assert(mean > 0.3 && mean < 0.7);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
@@ -1147,6 +1310,12 @@ static Suite *server_suite(void)
     tcase_add_test(t, test_shutdown_under_load);
     tcase_add_test(t, test_startup_failures);
     suite_add_tcase(s, t);
+    TCase *p = tcase_create("parsers");
+    tcase_add_test(p, test_query_parser);
+    tcase_add_test(p, test_multipart_parser);
+    tcase_add_test(p, test_latents_parser);
+    tcase_add_test(p, test_helpers);
+    suite_add_tcase(s, p);
     return s;
 }
 
