@@ -607,7 +607,7 @@ static void truncate_metrics(const char *path, long upto)
 {
     char *txt = read_text(path, 64u << 20);
     if (!txt) return;
-    char tmp[1200];
+    char tmp[2400];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f) {
@@ -662,7 +662,7 @@ static void write_curve(const char *metrics, const char *out)
     ymax = fmin(ymax, ymin + 1.5);
     if (ymax <= ymin) ymax = ymin + 0.5;
     const double X0 = 70, Y0 = 20, PW = 560, PH = 320;
-    char tmp[1200];
+    char tmp[2400];
     snprintf(tmp, sizeof tmp, "%s.tmp", out);
     FILE *f = fopen(tmp, "w");
     if (!f) { free(tr); free(te); return; }
