@@ -196,6 +196,12 @@ enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_
         }
         if (!reach || spans[i].e > reach->e) reach = &spans[i];
     }
+    /* bytes after the last tensor mean a damaged file (safetensors requires the data to end there) */
+    if ((reach ? reach->e : 0) != data_len) {
+        st = rnvp_fail(err, RNVP_ERR_FORMAT, "checkpoint: %zu bytes after the last tensor's data (damaged or appended to)",
+                       data_len - (reach ? reach->e : 0));
+        goto out;
+    }
     /* the table is consistent with the file: the blocks are bounded by its size */
     if ((st = model_alloc(m, err))) goto out;
     for (int i = 0; i < m->ntensors; i++) {
