@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs the Debian packages realnvp needs to build, test and serve.
-# Leaves out optional tools (python3-torch for benchmarks, clang for fuzzing).
+# Leaves out optional tools (python3-torch for benchmarks); --ci adds CI's fuzzing tools (clang, libFuzzer).
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libpng-dev zlib1g-dev libjansson-dev check libmicrohttpd-dev python3 python3-numpy"
+CI_PKGS="clang libclang-rt-14-dev"   # make fuzz: clang -fsanitize=fuzzer (Debian 12's clang is 14)
+if [ "${1:-}" = "--ci" ]; then PKGS="$PKGS $CI_PKGS"; fi
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
