@@ -195,31 +195,35 @@ newcomer() {
 docker_part() {
     say "== part 2: deploy/Dockerfile's stages in fresh roots, then the container's settings"
     local B=$FRESH/stage-build Rt=$FRESH/stage-runtime C=$FRESH/context
-    make_root "$B"
-    make_root "$Rt"
-    local base_mb=$(du -sxm "$Rt" | cut -f1)
-    remove_root "$C"; clean_clone "$C"
-    local t=$(date +%s) rc
-    check "manifests: deploy/check-manifests.py --self-test (on the clone)" \
-        bash -c "$PY '$C/deploy/check-manifests.py' --self-test >'$FRESH/logs/check-manifests.out' 2>&1"
-    grep "^check-manifests:" "$FRESH/logs/check-manifests.out" | while IFS= read -r l; do say "$l"; done
-    set +e
-    $PY "$C/deploy/dockerfile-run.py" --context "$C" --dockerfile "$C/deploy/Dockerfile" --root "$B" --root "$Rt" \
-        --settings "$FRESH/image.sh" 2>&1 | tee "$FRESH/logs/docker-build.out" | while IFS= read -r l; do stamp; echo "$l"; done
-    rc=${PIPESTATUS[0]}; set -e
-    if [ "$rc" != 0 ]; then
-        fail "docker: the Dockerfile's build failed (see $FRESH/logs/docker-build.out)"; return
+    local t rc base_mb=?
+    if [ "${RNVP_FRESH_REUSE_IMAGE:-0}" = 1 ] && [ -f "$FRESH/image.sh" ] && [ -d "$Rt" ] && [ -d "$C" ]; then
+        say "NOTE: RNVP_FRESH_REUSE_IMAGE=1: reusing the roots built by an earlier --keep run (development only)"
+    else
+        make_root "$B"
+        make_root "$Rt"
+        base_mb=$(du -sxm "$Rt" | cut -f1)
+        remove_root "$C"; clean_clone "$C"
+        t=$(date +%s)
+        check "manifests: deploy/check-manifests.py --self-test (on the clone)" \
+            bash -c "$PY '$C/deploy/check-manifests.py' --self-test >'$FRESH/logs/check-manifests.out' 2>&1"
+        grep "^check-manifests:" "$FRESH/logs/check-manifests.out" | while IFS= read -r l; do say "$l"; done
+        set +e
+        $PY "$C/deploy/dockerfile-run.py" --context "$C" --dockerfile "$C/deploy/Dockerfile" --root "$B" --root "$Rt" \
+            --settings "$FRESH/image.sh" 2>&1 | tee "$FRESH/logs/docker-build.out" | while IFS= read -r l; do stamp; echo "$l"; done
+        rc=${PIPESTATUS[0]}; set -e
+        if [ "$rc" != 0 ]; then
+            fail "docker: the Dockerfile's build failed (see $FRESH/logs/docker-build.out)"; return
     fi
     pass "docker: every RUN/COPY of both stages succeeded in fresh roots ($(( $(date +%s) - t )) s)"
+    fi
     # shellcheck disable=SC1091
     source "$FRESH/image.sh"
     say "image: runtime root $(du -sxm "$Rt" | cut -f1) MB (fresh minbase $base_mb MB + the Dockerfile's steps); user $IMG_USER; cmd ${IMG_CMD[*]}; expose $IMG_EXPOSE"
-    say "image: ldd of the server in the runtime root:"
-    chroot "$Rt" /usr/bin/ldd /usr/local/bin/realnvp-server | sed 's/ (0x[0-9a-f]*)//' | while IFS= read -r l; do say "   $l"; done
+    say "image: the server's shared libraries in the runtime root: $(chroot "$Rt" /usr/bin/ldd /usr/local/bin/realnvp-server | awk '{printf "%s ", $1}')"
     if chroot "$Rt" /usr/bin/ldd /usr/local/bin/realnvp-server | grep -q "not found"; then fail "docker: a shared library is missing at run time"; fi
     check "docker: no -dev packages or compiler in the runtime root" \
         bash -c "! chroot '$Rt' dpkg-query -W -f='\${Package}\n' | grep -E -- '-dev$|^gcc(-[0-9]+)?$|^cpp|^make$'"
-    [ -z "${IMG_HEALTHCHECK[*]}" ] && fail "docker: the image has no HEALTHCHECK"
+    if [ -z "${IMG_HEALTHCHECK[*]}" ]; then fail "docker: the image has no HEALTHCHECK"; fi
 
     # the container: own network namespace (loopback only, so 0.0.0.0 is not exposed on the host),
     # read-only root, tmpfs /tmp, the server as PID 1 of its own PID namespace, as IMG_USER
@@ -271,15 +275,24 @@ docker_part() {
         probe "GET /metrics" 200 $u/metrics
         grep -m1 "^realnvp_queue_depth" /tmp/body.$$ | sed "s/^/container:   /"
         echo "container: SIGTERM to PID 1 (as docker stop does) while GET /sample?n=256 is in flight"
-        curl -s -m 60 -o /tmp/big.out -w "%{http_code}" "$u/sample?n=256&temp=0.7&seed=2" >/tmp/big.code &
+        b0=$(curl -s -m 10 $u/metrics | awk -F"[ ]" "/^realnvp_batches_total\{op=\"sample\"\}/{print \$2}")
+        curl -s -m 120 -o /tmp/big.out -w "%{http_code}" "$u/sample?n=256&temp=0.7&seed=2" >/tmp/big.code &
         C=$!
-        sleep 0.15
+        for i in $(seq 1 400); do # until the server has the request: images queued or a sample batch done
+            m=$(curl -s -m 10 $u/metrics)
+            q=$(echo "$m" | awk "/^realnvp_queue_depth /{print \$2}")
+            b=$(echo "$m" | awk -F"[ ]" "/^realnvp_batches_total\{op=\"sample\"\}/{print \$2}")
+            [ "${q:-0}" -gt 0 ] || [ "${b:-0}" != "${b0:-0}" ] && break
+            kill -0 $C 2>/dev/null || break; sleep 0.05
+        done
         t2=$(date +%s%N)
+        kill -0 $C 2>/dev/null && inflight=yes || inflight=no
         kill -TERM "$S"
         ready=$(curl -s -m 5 -o /dev/null -w "%{http_code}" $u/readyz)
         wait $C
         wait $U; rc=$?
-        echo "container: in-flight request finished with $(cat /tmp/big.code) ($(stat -c %s /tmp/big.out) bytes); /readyz during draining: $ready (000: connection refused)"
+        echo "container: request in flight at SIGTERM: $inflight (queue depth ${q:-?}); it finished with $(cat /tmp/big.code) ($(stat -c %s /tmp/big.out 2>/dev/null || echo 0) bytes); /readyz during draining: $ready (000: connection refused)"
+        [ $inflight = yes ] || { echo "container: FAIL the request was not in flight at SIGTERM: draining not exercised"; fails=$((fails+1)); }
         echo "container: server exit status $rc, $(ms $t2) ms after SIGTERM; log ends:"
         tail -2 "$L" | sed "s/^/container:   /"
         [ "$(cat /tmp/big.code)" = 200 ] || { echo "container: FAIL the in-flight request was lost"; fails=$((fails+1)); }
