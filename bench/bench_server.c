@@ -1,6 +1,7 @@
 /* bench_server.c: a closed-loop HTTP load generator for bin/realnvp-server: C keep-alive
  * connections each POST one PNG to /log_prob, wait for the answer, repeat, for S seconds.
- * Prints requests, images/s and latency percentiles. Leaves out starting the server
+ * Prints requests, images/s (requests completed inside the timed window / its length) and latency
+ * percentiles of those requests. Leaves out starting the server
  * (bench/run_server_bench.sh does that) and checking the answers' values (tests/ does).
  *
  *   bin/bench_server --port P --png IMG.png [--concurrency 16] [--seconds 5] [--warmup 1]
@@ -118,7 +119,7 @@ static void *run(void *arg)
             close(fd);
             fd = connect_server();
         }
-        if (t0 < t_measure || t1 > t_end) continue;
+        if (t1 < t_measure || t1 > t_end) continue;   /* count what completes inside the window */
         if (st != 200) {
             w->non200++;
             continue;

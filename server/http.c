@@ -58,6 +58,7 @@ typedef struct req {
     const char *query;       /* after '?' in uri, or NULL */
     int ep;
     int post;
+    int deferred;            /* a non-POST request waits for its final call */
     enum phase phase;
     double t0;
     char ip[64];
@@ -657,14 +658,24 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (r->too_big)
             return error_reply(r, 413, "body_too_large", "request body is larger than the limit (%ld bytes, --max-body-bytes)",
                                s->o.max_body_bytes);
-        if (!r->post) return r->ep == EP_SAMPLE ? start_sample(r) : simple_get(r);
         if (!r->len) return error_reply(r, 400, "empty_body", "the request body is empty (expected %s)",
                                         r->ep == EP_DECODE ? "a JSON object {\"latents\": ...}" : "a PNG image or a multipart/form-data upload of PNGs");
         if (r->ep == EP_DECODE) return start_decode(r);
         return start_images(r);
     }
 
-    /* first call: the headers are in */
+    /* first call: the headers are in. Requests other than POST are handled on the final call,
+     * once complete: a reply queued before that makes libmicrohttpd close the connection. */
+    if (strcmp(method, "POST")) {
+        if (!r->deferred) {
+            r->deferred = 1;
+            return MHD_YES;
+        }
+        if (*upload_size) {   /* a body nobody asked for: skip it */
+            *upload_size = 0;
+            return MHD_YES;
+        }
+    }
     snprintf(r->method, sizeof r->method, "%s", method);
     r->ep = route(url);
     r->post = !strcmp(method, "POST");
@@ -677,12 +688,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if ((wants_post && !r->post) || (!wants_post && !get))
         return error_reply(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url,
                            wants_post ? "POST" : "GET");
-    /* GETs are answered on the next call, once the request is complete (answering now would
-     * make libmicrohttpd close the connection) */
-    if (r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS) {
-        r->phase = PH_BODY;
-        return MHD_YES;
-    }
+    if (r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS) return simple_get(r);
     if (!key_ok(s, c))
         return error_reply(r, 401, "unauthorized",
                            "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
@@ -690,10 +696,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return error_reply(r, 503, "not_ready", "the model is still loading; retry shortly");
     char err[SRV_ERRLEN];
     if (read_params(r, err, sizeof err)) return error_reply(r, 400, "bad_parameter", "%s", err);
-    if (!r->post) {
-        r->phase = PH_BODY;
-        return MHD_YES;
-    }
+    if (!r->post) return r->ep == EP_SAMPLE ? start_sample(r) : simple_get(r);
 
     /* POST: check the declared size and type before reading the body */
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -687,6 +687,18 @@ START_TEST(test_errors)
         if (cases[i].status == 405) ck_assert_ptr_nonnull(header(&r, "Allow", h, sizeof h));
         resp_free(&r);
     }
+    /* a GET error keeps the connection open for the next request */
+    int kfd = connect_port(PORT);
+    http_on(kfd, &r, "GET", "/sample?n=0", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "keep-alive n=0");
+    resp_free(&r);
+    http_on(kfd, &r, "GET", "/nope", NULL, NULL, 0);
+    assert_error(&r, 404, "not_found", "keep-alive 404");
+    resp_free(&r);
+    http_on(kfd, &r, "GET", "/healthz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    close(kfd);
     /* latents: a value too large for float32, a wrong-length row after good ones, a layout that differs */
     char big[8192];
     int o = sprintf(big, "{\"latents\": [[");
@@ -781,6 +793,31 @@ START_TEST(test_limits_small)
     assert_error(&r, 400, "bad_multipart", "4 parts over --max-samples 3");
     free(body);
     resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    /* slow or vanished clients: an idle connection is closed after --conn-timeout-s, and one
+     * address cannot open more than --per-ip-limit connections */
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --per-ip-limit 2 --conn-timeout-s 1", model_path), 0);
+    int c1 = connect_port(s.port), c2 = connect_port(s.port);
+    ck_assert(c1 >= 0 && c2 >= 0);
+    usleep(100000);
+    int c3 = connect_port(s.port);   /* the kernel accepts it; the server closes it at once */
+    ck_assert_int_ge(c3, 0);
+    struct timeval tv = {5, 0};
+    setsockopt(c3, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char b1[64];
+    ssize_t got = recv(c3, b1, sizeof b1, 0);
+    ck_assert_msg(got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK),
+                  "a connection over --per-ip-limit stayed open (recv %zd)", got);
+    close(c3);
+    /* the idle ones are closed by the timeout (well before the 5 s receive timeout) */
+    setsockopt(c1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    double t0 = (double)time(NULL);
+    got = recv(c1, b1, sizeof b1, 0);
+    ck_assert_msg(got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK), "idle connection still open");
+    ck_assert_msg((double)time(NULL) - t0 <= 4, "idle connection not closed by --conn-timeout-s 1");
+    close(c1);
+    close(c2);
     ck_assert_int_eq(stop_server(&s), 0);
 }
 END_TEST
