@@ -89,6 +89,10 @@ soak: bin/realnvp-server bin/soak
 deps:
 	@tools/install-deps.sh
 
+# check deploy/ (Dockerfile, compose, k8s) field by field with python3-yaml; sudo deploy/fresh-check.sh is the long end-to-end check
+deploy-check:
+	python3 deploy/check-manifests.py --self-test
+
 # build and serve the bundled Fashion-MNIST model on 127.0.0.1:8080
 run: deps all
 	bin/realnvp-server --model models/fashion-mnist/model.safetensors
@@ -101,5 +105,5 @@ bench-server: all
 clean:
 	rm -rf build build-asan build-fuzz bin
 
-.PHONY: all test asan fuzz soak deps run bench-server clean
+.PHONY: all test asan fuzz soak deps run bench-server deploy-check clean
 -include $(shell find build -name '*.d' 2>/dev/null)

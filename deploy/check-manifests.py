@@ -14,7 +14,10 @@ import re
 import shlex
 import sys
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    sys.exit("check-manifests: needs python3-yaml (apt-get install python3-yaml, or tools/install-deps.sh --ci)")
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 DEPLOY = os.path.join(ROOT, "deploy")
