@@ -2,7 +2,7 @@
 # install-deps.sh: installs the Debian packages realnvp needs to build, test and serve.
 # Leaves out optional tools (python3-torch for benchmarks); --ci adds CI's fuzzing tools (clang, libFuzzer) and python3-yaml (make deploy-check).
 set -eu
-PKGS="build-essential pkg-config libopenblas-dev libpng-dev zlib1g-dev libjansson-dev check libmicrohttpd-dev python3 python3-numpy"
+PKGS="build-essential pkg-config libopenblas-dev libpng-dev zlib1g-dev libjansson-dev check libmicrohttpd-dev python3 python3-numpy curl"   # curl: clients/curl/ and their test
 CI_PKGS="clang libclang-rt-14-dev python3-yaml"   # make fuzz: clang -fsanitize=fuzzer (Debian 12's clang is 14); make deploy-check
 if [ "${1:-}" = "--ci" ]; then PKGS="$PKGS $CI_PKGS"; fi
 missing=""
