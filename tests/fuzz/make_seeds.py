@@ -42,13 +42,13 @@ write("corpus_png", "palette4.png", png(6, 8, 4, 3, [bytes([0x01, 0x23, 0x30]) f
 write("corpus_png", "interlaced.png", png(8, 8, 8, 0, g8, interlace=1))
 write("corpus_png", "text_chunk.png", png(8, 8, 8, 0, g8, extra=chunk(b"tEXt", b"Comment\x00seed")))
 
-# latents: the first byte picks D = 1 + byte % 16 ('#' = 35: D = 4)
-write("corpus_latents", "flat.json", b'#{"latents": [0.5, -1, 2e-3, 0]}')
-write("corpus_latents", "nested.json", b'#{"latents": [[1, 2, 3, 4], [-0.25, 1e30, 0, 7]]}')
-write("corpus_latents", "layout.json", b'#{"latents": [[0,0,0,0]], "layout": [{"offset": 0, "channels": 1, "height": 1, '
-                                       b'"width": 2}, {"offset": 2, "channels": 1, "height": 1, "width": 2}]}')
-write("corpus_latents", "nan.json", b'#{"latents": [NaN, 1, 2, 3]}')
-write("corpus_latents", "bad.json", b'#{"latents": [[1, "x", null, 4]], "latents": 1}')
+# latents: fuzz_latents.c parses for D = 8 in two parts of 1x2x2 (offsets 0 and 4)
+write("corpus_latents", "flat.json", b'{"latents": [0.5, -1, 2e-3, 0, 1, 2, 3, 4]}')
+write("corpus_latents", "nested.json", b'{"latents": [[1, 2, 3, 4, 5, 6, 7, 8], [-0.25, 1e30, 0, 7, 0, 0, 0, 0]]}')
+write("corpus_latents", "layout.json", b'{"latents": [[0,0,0,0,0,0,0,0]], "layout": [{"offset": 0, "channels": 1, '
+                                       b'"height": 2, "width": 2}, {"offset": 4, "channels": 1, "height": 2, "width": 2}]}')
+write("corpus_latents", "nan.json", b'{"latents": [NaN, 1, 2, 3, 4, 5, 6, Infinity]}')
+write("corpus_latents", "bad.json", b'{"latents": [[1, "x", null, 4, 5, 6, 7, 8]], "latents": 1}')
 
 # multipart: the first line is the Content-Type value
 def mp(boundary, parts, ct=None):
