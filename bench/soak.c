@@ -541,6 +541,8 @@ int main(int argc, char **argv)
     }
     long rss_warm = -1, rss_max = rss0, rss_last = -1;
     int fd_max = fd0, died = 0;
+    size_t ntl = 0, captl = (size_t)seconds + 16;
+    long *timeline = calloc(captl, sizeof *timeline);   /* RSS kB once a second */
     while (now() < t_end && atomic_load(&total_requests) < max_requests) {
         sleep(1);
         int st;
@@ -556,6 +558,7 @@ int main(int argc, char **argv)
         if (f > fd_max) fd_max = f;
         if (rss_warm < 0 && now() >= t_start + warmup) rss_warm = r;
         rss_last = r;
+        if (ntl < captl) timeline[ntl++] = r;
     }
     atomic_store(&stop_flag, 1);
     for (int i = 0; i < nclients; i++) pthread_join(th[i], NULL);
@@ -622,6 +625,10 @@ int main(int argc, char **argv)
     double growth = rss_warm > 0 ? 100.0 * (double)(rss_last - rss_warm) / (double)rss_warm : 0;
     printf("  server RSS kB: start %ld, after warm-up %ld, end of load %ld (%+.1f%% after warm-up), idle end %ld, max %ld\n",
            rss0, rss_warm, rss_last, growth, rss_end, rss_max);
+    printf("  server RSS kB over the run (tenths):");
+    for (int i = 1; i <= 10 && ntl; i++) printf(" %ld", timeline[(ntl * (size_t)i) / 10 - 1 < ntl ? (ntl * (size_t)i) / 10 - 1 : ntl - 1]);
+    long mid = ntl ? timeline[ntl / 2] : 0;
+    printf("; second half %+.1f%%\n", mid > 0 ? 100.0 * (double)(rss_last - mid) / (double)mid : 0.0);
     printf("  server open fds: start %d, max %d, end %d\n", fd0, fd_max, fd_end);
     printf("  SIGTERM: %s\n", clean ? "exit 0, stopped cleanly" : exit_ok ? "exit 0 without 'stopped cleanly'" : "FAILED");
     int fd_leak = died || fd_end > fd0;
