@@ -1166,6 +1166,120 @@ START_TEST(test_startup_failures)
 END_TEST
 
 
+/* ---- the clients (clients/python, clients/curl) against the running server ---- */
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fwrite(data, 1, len, f), len);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* the pixels of a PNG file equal image i */
+static void assert_png_is(const char *path, int i)
+{
+    size_t len;
+    char *b = slurp(path, &len);
+    ck_assert_msg(b != NULL, "%s was not written", path);
+    uint8_t px[D];
+    rnvp_error e;
+    ck_assert_msg(rnvp_png_decode(px, b, len, 1, 8, 8, &e) == RNVP_OK, "%s: %s", path, e.msg);
+    ck_assert_msg(!memcmp(px, imgs[i], D), "%s differs from image %d", path, i);
+    free(b);
+}
+
+START_TEST(test_clients)
+{
+    NEED_SETUP();
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", PORT);
+    write_file(path_in("c0.png"), pngs[0], png_len[0]);
+    write_file(path_in("c1.png"), pngs[1], png_len[1]);
+    uint8_t wide[D + 8] = {0};
+    uint8_t *wp;
+    size_t wl;
+    rnvp_error e;
+    ck_assert(rnvp_png_encode_grid(&wp, &wl, wide, 1, 1, 8, 9, 1, -1, &e) == RNVP_OK);
+    write_file(path_in("wide.png"), wp, wl);
+    free(wp);
+    const char *py = "python3 clients/python/realnvp_client.py";
+
+    /* python: log-prob prints one JSON line per file with the library's values */
+    ck_assert_int_eq(sh("%s --url %s log-prob %s %s >%s 2>&1", py, url, path_in("c0.png"), path_in("c1.png"), path_in("py.out")), 0);
+    char *out = slurp(path_in("py.out"), NULL);
+    char *line2 = strchr(out, '\n');
+    ck_assert_ptr_nonnull(line2);
+    *line2++ = 0;
+    json_t *j0 = json_loads(out, 0, NULL), *j1 = json_loads(line2, 0, NULL);
+    ck_assert_msg(j0 && j1, "python client output: %s", out);
+    check_log_prob_result(j0, 0, "c0.png");
+    check_log_prob_result(j1, 1, "c1.png");
+    json_decref(j0);
+    json_decref(j1);
+    free(out);
+    /* encode then decode gives the pixels back */
+    ck_assert_int_eq(sh("%s --url %s encode %s -o %s", py, url, path_in("c1.png"), path_in("z.json")), 0);
+    ck_assert_int_eq(sh("%s --url %s decode %s -o %s 2>/dev/null", py, url, path_in("z.json"), path_in("back.png")), 0);
+    assert_png_is(path_in("back.png"), 1);
+    /* sample equals GET /sample with the same parameters */
+    ck_assert_int_eq(sh("%s --url %s sample -n 4 --temp 0.5 --seed 9 -o %s 2>/dev/null", py, url, path_in("s.png")), 0);
+    resp r;
+    http(&r, PORT, "GET", "/sample?n=4&temp=0.5&seed=9", NULL, NULL, 0);
+    size_t sl;
+    char *sp = slurp(path_in("s.png"), &sl);
+    ck_assert(sp && sl == r.len && !memcmp(sp, r.body, sl));
+    free(sp);
+    resp_free(&r);
+    /* errors: exit 1 and the server's reason */
+    ck_assert_int_eq(sh("%s --url %s log-prob %s >/dev/null 2>%s", py, url, path_in("wide.png"), path_in("py.err")), 1);
+    out = slurp(path_in("py.err"), NULL);
+    ck_assert_msg(strstr(out, "422 wrong_image_size") && strstr(out, "8x8x1"), "%s", out);
+    free(out);
+    ck_assert_int_eq(sh("%s --url %s info >%s", py, url, path_in("info.json")), 0);
+    out = slurp(path_in("info.json"), NULL);
+    ck_assert_ptr_nonnull(strstr(out, "\"dim\": 64"));
+    free(out);
+
+    /* curl scripts */
+    if (sh("command -v curl >/dev/null") != 0) {
+        fprintf(stderr, "test_clients: curl is not installed (tools/install-deps.sh installs it); clients/curl not tested\n");
+        return;
+    }
+    ck_assert_int_eq(sh("REALNVP_URL=%s clients/curl/log_prob.sh %s >%s", url, path_in("c0.png"), path_in("c.out")), 0);
+    resp fake = {0};
+    fake.body = slurp(path_in("c.out"), &fake.len);
+    json_t *j = body_json(&fake);
+    check_log_prob_result(json_array_get(json_object_get(j, "results"), 0), 0, "image");
+    json_decref(j);
+    free(fake.body);
+    ck_assert_int_eq(sh("REALNVP_URL=%s clients/curl/encode.sh %s | REALNVP_URL=%s clients/curl/decode.sh - %s 2>/dev/null", url,
+                        path_in("c0.png"), url, path_in("cback.png")), 0);
+    assert_png_is(path_in("cback.png"), 0);
+    ck_assert_int_eq(sh("N=4 TEMP=0.5 SEED=9 REALNVP_URL=%s clients/curl/sample.sh %s 2>%s", url, path_in("cs.png"), path_in("cs.err")), 0);
+    out = slurp(path_in("cs.err"), NULL);
+    ck_assert_msg(strstr(out, "X-Realnvp-Seed: 9") || strstr(out, "x-realnvp-seed: 9"), "%s", out);
+    free(out);
+    ck_assert_int_eq(sh("cmp -s %s %s", path_in("cs.png"), path_in("s.png")), 0);
+    ck_assert_int_eq(sh("REALNVP_URL=%s clients/curl/health.sh >/dev/null", url), 0);
+    ck_assert_int_eq(sh("REALNVP_URL=%s clients/curl/metrics.sh | grep -q '^realnvp_queue_depth'", url), 0);
+    ck_assert_int_eq(sh("REALNVP_URL=%s clients/curl/info.sh | grep -q '\"dim\": 64'", url), 0);
+    ck_assert_int_ne(sh("REALNVP_URL=%s clients/curl/log_prob.sh %s >/dev/null 2>&1", url, path_in("wide.png")), 0);
+}
+END_TEST
+
 /* ---- the parsers alone (no server) ---- */
 
 START_TEST(test_query_parser)
@@ -1346,6 +1460,7 @@ static Suite *server_suite(void)
     tcase_add_test(t, test_64_concurrent_clients);
     tcase_add_test(t, test_shutdown_under_load);
     tcase_add_test(t, test_startup_failures);
+    tcase_add_test(t, test_clients);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("parsers");
     tcase_add_test(p, test_query_parser);
