@@ -332,6 +332,9 @@ int main(int argc, char **argv)
         const int n = batches[bi];
         rnvp_ctx *ctx;
         if (rnvp_ctx_create(&ctx, m, n, &e) != RNVP_OK) die("ctx", &e);
+        if (!json && bi == 0)
+            printf("(convolutions: %s kernel, %d threads per context)\n", rnvp_ctx_conv_kernel(ctx),
+                   rnvp_ctx_threads(ctx));
         struct bufs b;
         b.px = xmalloc((size_t)n * D);
         b.out = xmalloc((size_t)n * D);
@@ -371,9 +374,11 @@ int main(int argc, char **argv)
             if (json)
                 printf("%s\n  {\"op\": \"%s\", \"batch\": %d, \"images_per_s\": %.6g, "
                        "\"ms_per_batch\": %.6g, \"gflops\": %.4g, \"repeats\": %d, "
-                       "\"ctx_bytes\": %zu, \"peak_rss_mb\": %.2f}",
+                       "\"ctx_bytes\": %zu, \"peak_rss_mb\": %.2f, \"conv_kernel\": \"%s\", "
+                       "\"ctx_threads\": %d}",
                        first ? "" : ",", op_names[o], n, ips, med * 1e3, gf, r,
-                       rnvp_ctx_bytes(ctx), peak_rss_mb());
+                       rnvp_ctx_bytes(ctx), peak_rss_mb(), rnvp_ctx_conv_kernel(ctx),
+                       rnvp_ctx_threads(ctx));
             else
                 printf("%-10s%6d%12.1f%11.3f%10.2f%9d%10.2f%10.1f\n", op_names[o], n, ips,
                        med * 1e3, gf, r, ctx_mb, peak_rss_mb());

@@ -7,7 +7,11 @@
 #
 #   bench/run_core_bench.sh                  # defaults below
 #   ROUNDS=5 SECONDS_PER=3 BATCHES=1,16,64 THREADS=2 bench/run_core_bench.sh
+#   C_BASE=/tmp/old/bin/bench_core bench/run_core_bench.sh   # also an older build, same rounds
 #
+# With C_BASE (a bench_core built from another commit, e.g. `git archive OLD | tar -x -C DIR &&
+# make -C DIR bin/bench_core`), that build runs in every round right after this one, and the
+# table gains its images/s and this build's speed-up over it.
 # Writes everything to bench/out/ (gitignored); the table also goes to bench/out/table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +23,7 @@ MIN_ITERS=${MIN_ITERS:-5}
 BATCHES=${BATCHES:-1,16,64}
 THREADS=${THREADS:-2}
 JIT=${JIT:-1}                          # 1: also time torch.jit (traced, frozen, optimize_for_inference)
+C_BASE=${C_BASE:-}                     # optional: an older bin/bench_core to compare with
 OUT=bench/out
 MODEL=${MODEL:-$OUT/bench28.safetensors}
 CFG='{"height":28,"width":28,"channels":1,"num_scales":3,"res_blocks":4,"features":[32,64,64],"alpha":0.05,"bn_eps":1e-5,"flow_batchnorm":true,"flow_bn_eps":1e-4}'
@@ -45,6 +50,13 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS: C" >&2
     bin/bench_core --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" \
         --seconds "$SECONDS_PER" --json > "$OUT/c_$r.json"
+    if [ -n "$C_BASE" ]; then
+        echo "round $r/$ROUNDS: C base ($C_BASE)" >&2
+        "$C_BASE" --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" \
+            --seconds "$SECONDS_PER" --json > "$OUT/cbase_$r.json"
+    else
+        rm -f "$OUT/cbase_$r.json"
+    fi
     echo "round $r/$ROUNDS: torch" >&2
     "$PY" bench/torch_baseline.py --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" \
         --iters "$MIN_ITERS" --seconds "$SECONDS_PER" --json > "$OUT/torch_$r.json"
@@ -76,7 +88,7 @@ if [ -x bin/realnvp ]; then
 fi
 
 "$PY" - "$OUT" "$ROUNDS" "$MODEL" "$CLI_JSON" <<'EOF' | tee "$OUT/table.md"
-import json, re, sys
+import json, os, re, sys
 import numpy as np
 out, rounds, model, cli = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 C = [json.load(open(f"{out}/c_{r}.json")) for r in range(1, rounds + 1)]
@@ -85,13 +97,16 @@ import os
 J = [json.load(open(f"{out}/torchjit_{r}.json")) for r in range(1, rounds + 1)
      if os.path.exists(f"{out}/torchjit_{r}.json")]
 
+B = [json.load(open(f"{out}/cbase_{r}.json")) for r in range(1, rounds + 1)
+     if os.path.exists(f"{out}/cbase_{r}.json")]
+
 def cells(runs):
     d = {}
     for run in runs:
         for row in run["results"]:
             d.setdefault((row["op"], row["batch"]), []).append(row)
     return d
-c, t, j = cells(C), cells(T), cells(J)
+c, t, j, bb = cells(C), cells(T), cells(J), cells(B)
 c0, t0 = C[0], T[0]
 print(f"Model `{model}`: {c0['dim']} dims, {c0['params']} parameters, "
       f"{c0['flops_per_image'] / 1e9:.3f} GFLOP per image (forward). "
@@ -100,8 +115,9 @@ print(f"Model `{model}`: {c0['dim']} dims, {c0['params']} parameters, "
       f"{t0['threads']} threads. "
       f"Median of {rounds} interleaved rounds, each the median of its timed calls.\n")
 hj = "torch jit images/s | C / torch jit | " if J else ""
-print(f"| op | batch | C images/s | torch images/s | C / torch | {hj}C ms/batch | C GFLOP/s | C spread | torch spread |")
-print("|---|---:|---:|---:|---:|" + ("---:|---:|" if J else "") + "---:|---:|---:|---:|")
+hb = "C base images/s | C / C base | " if B else ""
+print(f"| op | batch | C images/s | torch images/s | C / torch | {hj}{hb}C ms/batch | C GFLOP/s | C spread | torch spread |")
+print("|---|---:|---:|---:|---:|" + ("---:|---:|" if J else "") + ("---:|---:|" if B else "") + "---:|---:|---:|---:|")
 for key in sorted(c, key=lambda k: (["log_prob", "encode", "decode", "sample"].index(k[0]), k[1])):
     cr, tr = c[key], t.get(key, [])
     ci = [r["images_per_s"] for r in cr]
@@ -116,7 +132,12 @@ for key in sorted(c, key=lambda k: (["log_prob", "encode", "decode", "sample"].i
         ji = [r["images_per_s"] for r in j.get(key, [])]
         jm = float(np.median(ji)) if ji else float("nan")
         cj = f"{jm:.1f} | {cm / jm:.2f}x | "
-    print(f"| {key[0]} | {key[1]} | {cm:.1f} | {tm:.1f} | {cm / tm:.2f}x | {cj}{cms:.2f} | {gf:.1f} | {sp(ci)} | {sp(ti)} |")
+    cb = ""
+    if B:
+        bi = [r["images_per_s"] for r in bb.get(key, [])]
+        bm = float(np.median(bi)) if bi else float("nan")
+        cb = f"{bm:.1f} | {cm / bm:.2f}x | "
+    print(f"| {key[0]} | {key[1]} | {cm:.1f} | {tm:.1f} | {cm / tm:.2f}x | {cj}{cb}{cms:.2f} | {gf:.1f} | {sp(ci)} | {sp(ti)} |")
 ctx = {}
 for run in C:
     for row in run["results"]:
@@ -124,7 +145,8 @@ for run in C:
 print()
 print("Peak RSS (whole process, max over rounds): C "
       f"{max(r['peak_rss_mb'] for r in C):.1f} MB, torch {max(r['peak_rss_mb'] for r in T):.1f} MB"
-      + (f", torch jit {max(r['peak_rss_mb'] for r in J):.1f} MB" if J else "") + ". "
+      + (f", torch jit {max(r['peak_rss_mb'] for r in J):.1f} MB" if J else "")
+      + (f", C base {max(r['peak_rss_mb'] for r in B):.1f} MB" if B else "") + ". "
       "C context workspace: " + ", ".join(f"batch {b}: {v / 2**20:.2f} MB" for b, v in sorted(ctx.items())) + ".")
 
 ce = json.load(open(f"{out}/ceiling.json"))

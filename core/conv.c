@@ -7,6 +7,7 @@
 #include "tpool.h"
 
 #include <cblas.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -241,25 +242,32 @@ struct direct_job {
     size_t panel_floats;
     ptrdiff_t P;
     int H, W, accumulate, guarded;
+    ptrdiff_t strips, grain;   /* strips in all; strips per claim */
+    atomic_llong next;         /* first strip not yet claimed */
 };
 
-/* Thread t of nt: strips [t*ns/nt, (t+1)*ns/nt), contiguous so that neighbouring strips share
- * their source rows in cache. */
+/* Thread t claims runs of `grain` neighbouring strips (they share source rows in cache) until
+ * none is left; a thread that starts late finds less work, so a descheduled one costs little. */
 AVX512 static void direct_job_run(void *arg, int t, int nt)
 {
-    const struct direct_job *j = arg;
+    struct direct_job *j = arg;
     const conv_i *cv = j->cv;
     const int K = cv->cin * cv->kh * cv->kw;
-    const ptrdiff_t ns = (j->P + NR - 1) / NR, s0 = ns * t / nt, s1 = ns * (t + 1) / nt;
     float *panel = j->panel + (size_t)t * j->panel_floats;
-    for (ptrdiff_t s = s0; s < s1; s++) {
-        const ptrdiff_t p0 = s * NR;
-        const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
-        const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
-        strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv,
-                     j->guarded);
-        strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
-                   (__mmask16)(m >> 16), j->accumulate);
+    (void)nt;
+    for (;;) {
+        const ptrdiff_t s0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
+        if (s0 >= j->strips) break;
+        const ptrdiff_t s1 = s0 + j->grain < j->strips ? s0 + j->grain : j->strips;
+        for (ptrdiff_t s = s0; s < s1; s++) {
+            const ptrdiff_t p0 = s * NR;
+            const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
+            const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
+            strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv,
+                         j->guarded);
+            strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
+                       (__mmask16)(m >> 16), j->accumulate);
+        }
     }
 }
 #endif
@@ -301,11 +309,17 @@ void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affin
         struct direct_job j = {.out = out, .in = in, .cv = cv, .pre = pre,
                                .P = (ptrdiff_t)N * H * W, .H = H, .W = W, .accumulate = accumulate,
                                .guarded = ws->guard >= conv_guard_floats(cv, W)};
+        j.strips = (j.P + NR - 1) / NR;
+        atomic_init(&j.next, 0);
         if (ws->panel) {
+            /* about 8 claims per thread: balance against the cost of a claim */
+            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)tpool_size(ws->tp));
+            j.grain = g < 1 ? 1 : g;
             j.panel = ws->panel;
             j.panel_floats = ws->panel_floats;
-            tpool_run(ws->tp, direct_job_run, &j);
+            tpool_run_shared(ws->tp, direct_job_run, &j);
         } else {   /* one thread, its panel in col */
+            j.grain = j.strips;
             j.panel = align64(ws->col);
             direct_job_run(&j, 0, 1);
         }

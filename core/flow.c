@@ -123,6 +123,8 @@ void rnvp_ctx_free(rnvp_ctx *ctx)
 }
 
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
+const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx) { return ctx->ws.direct ? "avx512-direct" : "openblas"; }
+int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
 
 /* ---------------------------------------------------------------- squeeze and split */
 

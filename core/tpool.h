@@ -14,5 +14,10 @@ int tpool_size(const tpool *p);
 /* Runs fn(arg, t, nt) on every thread t < nt (nt = tpool_size) and returns when all have
  * finished. With p == NULL, runs fn(arg, 0, 1) in the caller. */
 void tpool_run(tpool *p, tpool_fn fn, void *arg);
+/* Like tpool_run, but for work that fn shares out itself (e.g. an atomic counter in arg): the
+ * caller runs fn(arg, 0, nt) and then waits only for the workers that have already started
+ * fn(arg, t, nt); a worker that comes later (descheduled, asleep) skips the job. So fn must not
+ * depend on every t running, and the caller's fn must not return while work is left. */
+void tpool_run_shared(tpool *p, tpool_fn fn, void *arg);
 
 #endif

@@ -142,6 +142,10 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
                                  rnvp_error *err);
 void rnvp_ctx_free(rnvp_ctx *ctx);
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
+/* The context's convolution kernel ("avx512-direct" or "openblas") and its thread count (the
+ * pool's threads with the caller; 1 when OpenBLAS does the threading). */
+const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx);
+int rnvp_ctx_threads(const rnvp_ctx *ctx);
 
 /* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally), and so
  * the number of threads of contexts created afterwards (see the memory model above). */
@@ -150,9 +154,11 @@ void rnvp_set_num_threads(int n);
 const char *rnvp_blas_core(void);
 /* For main() only, as its first statement: OpenBLAS picks its kernels when it is loaded, and
  * on CPUs it does not recognise (many virtual machines) it falls back to SSE3 kernels 3-4x
- * slower. When that happened on a CPU with AVX2 and FMA, this re-executes the program
- * (/proc/self/exe, same argv and environment) with OPENBLAS_CORETYPE=Haswell. It does nothing
- * when OPENBLAS_CORETYPE or REALNVP_NO_REEXEC is set; it returns when nothing was done. */
+ * slower; on some AVX-512 CPUs (AMD Zen 4/5 with OpenBLAS 0.3.21) it uses its AVX2 kernels.
+ * In those cases this re-executes the program (/proc/self/exe, same argv and environment)
+ * with OPENBLAS_CORETYPE=SkylakeX (AVX-512 F/DQ/BW/VL present) or Haswell (AVX2 and FMA). It
+ * does nothing when OPENBLAS_CORETYPE or REALNVP_NO_REEXEC is set; it returns when nothing was
+ * done. */
 void rnvp_blas_select_core(char **argv);
 
 /* Log-probability of n 8-bit images in nats (spec section 3) and bits/dim.
