@@ -27,7 +27,7 @@ static srv_options o = {
 };
 
 static const opt opts[] = {
-    {"--model", "REALNVP_MODEL", "PATH", T_STR, &o.model, 0, 0, "checkpoint to serve (required)"},
+    {"--model", "REALNVP_MODEL", "PATH", T_STR, &o.model, 0, 0, "checkpoint to serve"},
     {"--model-name", "REALNVP_MODEL_NAME", "NAME", T_STR, &o.model_name, 0, 0,
      "\"model\" in replies (default: metadata name, else the file or directory name)"},
     {"--host", "REALNVP_HOST", "ADDR", T_STR, &o.host, 0, 0, "address to listen on (0.0.0.0: all interfaces)"},
@@ -77,6 +77,8 @@ static void usage(FILE *f)
         else if (p->type == T_LONG) snprintf(def, sizeof def, "%ld", *(long *)p->ptr);
         else snprintf(def, sizeof def, "%s", *(const char **)p->ptr ? *(const char **)p->ptr : "none");
         if (p->ptr == &o.compute_threads) snprintf(def, sizeof def, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
+        if (p->ptr == &o.model_name) snprintf(def, sizeof def, "derived");
+        if (p->ptr == &o.model) snprintf(def, sizeof def, "required");
         char left[64];
         snprintf(left, sizeof left, "%s %s", p->name, p->metavar);
         fprintf(f, "  %-26s %s [%s]\n  %-26s   env %s\n", left, p->help, def, "", p->env);
@@ -104,6 +106,11 @@ static int set_opt(const opt *p, const char *v, const char *from)
 
 static int parse(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)   /* before the environment, so the defaults shown are the built-in ones */
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 1;
+        }
     for (int i = 0; i < NOPTS; i++) {
         const char *v = getenv(opts[i].env);
         if (v && *v && set_opt(&opts[i], v, opts[i].env)) return 2;
