@@ -58,10 +58,10 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 test: $(PROGS) $(TESTS)
 	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS)
 
-# the same suite under AddressSanitizer and UndefinedBehaviorSanitizer (rebuilds from clean)
+# the same suite under AddressSanitizer and UndefinedBehaviorSanitizer (rebuilds from clean; Check timeouts x4 for ASan's slowdown)
 asan:
 	$(MAKE) clean
-	ASAN_OPTIONS=detect_leaks=1 $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
+	ASAN_OPTIONS=detect_leaks=1 CK_TIMEOUT_MULTIPLIER=$${CK_TIMEOUT_MULTIPLIER:-4} $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
 	$(MAKE) clean
 
 # run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/, a crash fails)

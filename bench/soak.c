@@ -639,5 +639,18 @@ int main(int argc, char **argv)
            max_rss_growth >= 0 ? (rss_bad ? " over the limit" : " within the limit") : " reported only");
     if (pass) unlink(errfile);
     else printf("soak: server stderr kept in %s\n", errfile);
+    fflush(stdout);   /* before LeakSanitizer's exit handler, in ASan builds */
+    free(th);
+    free(cl);
+    free(timeline);
+    free(lat);
+    free(png_ok);
+    free(png_bad);
+    free(png_wrong);
+    free(multi_ok);
+    free(multi_bad);
+    free(multi_heavy);
+    free(lat_ok);
+    free(lat_bad);
     return pass ? 0 : 1;
 }
