@@ -85,6 +85,27 @@ make_root() {
     say "fresh Debian $(cat "$1/etc/debian_version") root $1 in $(( $(date +%s) - t )) s ($(du -sxm "$1" | cut -f1) MB)"
 }
 
+# docker_base DIR [slim]: the settings Docker's debian:bookworm(-slim) images add to a debootstrap
+# root (debuerreotype): unsafe-io dpkg, no apt translations or caches; slim also drops docs, man
+# pages and locales, and keeps them out of later installs
+docker_base() {
+    echo force-unsafe-io > "$1/etc/dpkg/dpkg.cfg.d/docker-apt-speedup"
+    printf '%s\n' 'Acquire::Languages "none";' > "$1/etc/apt/apt.conf.d/docker-no-languages"
+    printf '%s\n' 'Acquire::GzipIndexes "true";' > "$1/etc/apt/apt.conf.d/docker-gzip-indexes"
+    printf '%s\n' 'Apt::AutoRemove::SuggestsImportant "false";' > "$1/etc/apt/apt.conf.d/docker-autoremove-suggests"
+    printf '%s\n' 'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+        'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";' > "$1/etc/apt/apt.conf.d/docker-clean"
+    rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin
+    if [ "${2:-}" = slim ]; then
+        printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' 'path-exclude /usr/share/man/*' \
+            'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/lintian/*' \
+            'path-exclude /usr/share/linda/*' 'path-exclude /usr/share/locale/*' > "$1/etc/dpkg/dpkg.cfg.d/docker"
+        find "$1/usr/share/doc" -mindepth 2 -not -name copyright -not -type d -delete 2>/dev/null || true
+        rm -rf "$1"/usr/share/man/* "$1"/usr/share/groff/* "$1"/usr/share/info/* "$1"/usr/share/lintian/* "$1"/usr/share/locale/*
+    fi
+}
+
 # in_root DIR SCRIPT: runs bash SCRIPT as root in DIR, in private mount + PID namespaces with /proc,
 # /sys and /dev (so every process it leaves behind dies with it), with an empty environment
 in_root() {
@@ -199,8 +220,8 @@ docker_part() {
     if [ "${RNVP_FRESH_REUSE_IMAGE:-0}" = 1 ] && [ -f "$FRESH/image.sh" ] && [ -d "$Rt" ] && [ -d "$C" ]; then
         say "NOTE: RNVP_FRESH_REUSE_IMAGE=1: reusing the roots built by an earlier --keep run (development only)"
     else
-        make_root "$B"
-        make_root "$Rt"
+        make_root "$B"; docker_base "$B"
+        make_root "$Rt"; docker_base "$Rt" slim
         base_mb=$(du -sxm "$Rt" | cut -f1)
         remove_root "$C"; clean_clone "$C"
         t=$(date +%s)
@@ -218,7 +239,7 @@ docker_part() {
     fi
     # shellcheck disable=SC1091
     source "$FRESH/image.sh"
-    say "image: runtime root $(du -sxm "$Rt" | cut -f1) MB (fresh minbase $base_mb MB + the Dockerfile's steps); user $IMG_USER; cmd ${IMG_CMD[*]}; expose $IMG_EXPOSE"
+    say "image: runtime root $(du -sxm "$Rt" | cut -f1) MB (slim-like minbase $base_mb MB + the Dockerfile's steps); user $IMG_USER; cmd ${IMG_CMD[*]}; expose $IMG_EXPOSE"
     say "image: the server's shared libraries in the runtime root: $(chroot "$Rt" /usr/bin/ldd /usr/local/bin/realnvp-server | awk '{printf "%s ", $1}')"
     if chroot "$Rt" /usr/bin/ldd /usr/local/bin/realnvp-server | grep -q "not found"; then fail "docker: a shared library is missing at run time"; fi
     check "docker: no -dev packages or compiler in the runtime root" \
