@@ -7,6 +7,7 @@
 #
 #   bench/run_train_bench.sh                       # defaults below: the shipped architecture
 #   ROUNDS=3 SECONDS_PER=20 THREADS=2 BATCH=64 bench/run_train_bench.sh
+#   ONLY_CHECK=1 bench/run_train_bench.sh           # redo the check, reuse the last timings
 #
 # Writes everything to bench/out/ (gitignored); the table also goes to bench/out/train_table.md.
 set -euo pipefail
@@ -23,19 +24,23 @@ CHECK_N=${CHECK_N:-16}               # images in the loss/gradient check's batch
 # the shipped architecture (models/fashion-mnist): keep in step with its training command
 ARCH=${ARCH:---scales 3 --res-blocks 2 --features 32,32,32 --flow-batchnorm 1}
 CFG='{"height":28,"width":28,"channels":1,"num_scales":3,"res_blocks":2,"features":[32,32,32],"alpha":0.05,"bn_eps":1e-5,"flow_batchnorm":true,"flow_bn_eps":1e-4}'
-OUT=bench/out
+OUT=${OUT:-bench/out}                 # results (bench/out is gitignored)
 mkdir -p "$OUT"
 T0=$(date +%s)
 
 make -s bin/bench_train bin/realnvp
-rm -f "$OUT"/train_c_*.json "$OUT"/train_torch_*.json
+# private copies: other people's builds relink bin/ while this runs (several engineers, one tree)
+cp bin/bench_train "$OUT/bench_train.bin"
+cp bin/realnvp "$OUT/realnvp.bin"
+[ "${ONLY_CHECK:-0}" = 1 ] && ROUNDS_RUN=0 || ROUNDS_RUN=$ROUNDS   # ONLY_CHECK=1: reuse the timings
+[ "$ROUNDS_RUN" = 0 ] || rm -f "$OUT"/train_c_*.json "$OUT"/train_torch_*.json
 
 # ---- speed, interleaved (both sides: OpenBLAS kernels chosen the same way, see
 # rnvp_blas_select_core and torch_baseline.openblas_select_core; THREADS threads; same batch)
 # shellcheck disable=SC2086
-for r in $(seq 1 "$ROUNDS"); do
+for r in $(seq 1 "$ROUNDS_RUN"); do
     echo "round $r/$ROUNDS: C ($(($(date +%s) - T0)) s)" >&2
-    bin/bench_train --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER" \
+    "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER" \
         --warmup "$WARMUP" --min-steps "$MIN_STEPS" --seed "$r" $ARCH > "$OUT/train_c_$r.json"
     echo "round $r/$ROUNDS: torch ($(($(date +%s) - T0)) s)" >&2
     "$PY" bench/torch_train.py --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER" \
@@ -46,9 +51,9 @@ done
 # training-mode loss and gradient from both
 echo "check: loss and gradient on $CHECK_N images ($(($(date +%s) - T0)) s)" >&2
 printf '%s\n' "$CFG" > "$OUT/train_check.json"
-bin/realnvp init --config "$OUT/train_check.json" --seed 1 -o "$OUT/train_check.safetensors" 2>/dev/null
+"$OUT/realnvp.bin" init --config "$OUT/train_check.json" --seed 1 -o "$OUT/train_check.safetensors" 2>/dev/null
 CHECK_RC=0
-"$PY" bench/torch_train.py --check "$OUT/train_check.safetensors" --c-bin bin/bench_train \
+"$PY" bench/torch_train.py --check "$OUT/train_check.safetensors" --c-bin "$OUT/bench_train.bin" \
     --n "$CHECK_N" --threads "$THREADS" --out "$OUT/train_check_result.json" > /dev/null || CHECK_RC=$?
 
 "$PY" - "$OUT" "$ROUNDS" "$(($(date +%s) - T0))" <<'EOF' | tee "$OUT/train_table.md"
@@ -64,7 +69,7 @@ cfg = c[0]["config"]
 print(f"Training step (forward + backward + L2 + clipping + Adam), batch {c[0]['batch']}, "
       f"{c[0]['threads']} threads, config {json.dumps(cfg, separators=(',', ':'))}, "
       f"{c[0]['params']} parameters; {rounds} interleaved rounds, each side timed for at least "
-      f"{min(x['steps'] for x in c + t)} steps per round; whole run {elapsed} s.")
+      f"{min(x['steps'] for x in c + t)} steps per round; this invocation of the script took {elapsed} s.")
 print(f"C: OpenBLAS {c[0]['blas_core']}; torch {t[0]['torch_version']} (oneDNN {t[0]['mkldnn']}, "
       f"OpenBLAS {t[0]['openblas_core']}). Data: {c[0]['data']}.\n")
 print("| round | C images/s | torch images/s | C / torch | C CPU ms/image | torch CPU ms/image | torch / C CPU |")
@@ -97,7 +102,8 @@ try:
           f"relative difference C vs float64 {k['loss_rel_c_vs_torch64']:.1e}. Gradients of "
           f"{k['grad_tensors']} tensors: ||g_C - g_64|| / ||g_64|| over all = "
           f"{k['grad_rel_all_c']:.1e} (torch float32: {k['grad_rel_all_torch32']:.1e}); worst "
-          f"tensor {k['grad_err_max_c']:.1e} (torch float32: {k['grad_err_max_torch32']:.1e}). "
+          f"tensor {k['grad_err_max_c']:.1e} (torch float32: {k['grad_err_max_torch32']:.1e}; C vs "
+          f"torch float32 {k['grad_err_max_c_vs_torch32']:.1e}). "
           f"{'PASSED' if k['passed'] else 'FAILED'}.")
 except (OSError, KeyError, ValueError) as e:
     print(f"\nCheck: no result ({e})")

@@ -27,7 +27,8 @@ Run with the Debian python (/usr/bin/python3: python3-torch, python3-numpy).
         (bench_train --check-xt), and compares: loss (float32 and float64 torch) and, per
         trained tensor, ||g_C - g_64|| / max(||g_64||, 1e-3 ||whole g_64||) against torch in
         float64 (and the same for torch in float32, the float32 noise level). Exit status 1
-        when the loss differs by more than 1e-4 relative or any tensor's error exceeds 1e-3.
+        when the loss differs by more than 1e-4 relative or a tensor's error exceeds both 1e-3
+        and 1.5 times torch float32's error on that tensor.
 """
 import argparse
 import gzip
@@ -462,7 +463,15 @@ def check(a):
     res["grad_err_max_by_kind_c"] = kinds
     res["grad_err_max_by_kind_torch32"] = kinds32
     res["grad_worst_c"] = sorted(per.items(), key=lambda kv: -kv[1])[:5]
-    res["passed"] = bool(res["loss_rel_c_vs_torch64"] <= 1e-4 and res["grad_err_max_c"] <= 1e-3)
+    # C against torch's float32 directly (the same measure, float32 vs float32)
+    res["grad_err_max_c_vs_torch32"] = max(
+        float(np.linalg.norm(gc[k] - grads["torch32"][k]) / max(np.linalg.norm(g64[k]), 1e-3 * gall))
+        for k in names)
+    # passes when the loss agrees to 1e-4 and every tensor's gradient is within 1e-3 of float64,
+    # or, where float32 itself is not that accurate (small batches, 7x7 batch norms), no worse
+    # than 1.5 times torch's own float32 gradient
+    res["passed"] = bool(res["loss_rel_c_vs_torch64"] <= 1e-4 and all(
+        per[k] <= max(1e-3, 1.5 * per32[k]) for k in names))
     return res
 
 # ---------------------------------------------------------------- main
