@@ -371,8 +371,9 @@ START_TEST(test_sigterm_saves_and_resumes)
         execl("/bin/sh", "sh", "-c", args, (char *)NULL);
         _exit(127);
     }
-    /* wait until it is training (its first metrics line), then terminate it */
-    for (int i = 0; i < 200; i++) {
+    /* wait until it is training (its first metrics line), then terminate it; up to 60 s, as
+     * step 100 takes longer than 10 s under ASan on a busy machine */
+    for (int i = 0; i < 1200; i++) {
         struct stat sb;
         if (stat(path_in("S/metrics.jsonl"), &sb) == 0 && sb.st_size > 0) break;
         usleep(50000);
