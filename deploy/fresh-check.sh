@@ -189,9 +189,12 @@ newcomer() {
         echo "newcomer: GET /sample?n=4 -> $(get "/sample?n=4&temp=0.7&seed=1" | head -1) ($(get "/sample?n=4&temp=0.7&seed=1" | wc -c) bytes with the status line)"
         SPID=""
         for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = /root/realnvp/bin/realnvp-server ] && SPID=${p#/proc/}; done
-        echo "newcomer: kill -TERM -- -$MPID   (make run'"'"'s process group: make and the server, like Ctrl-C)"
-        kill -TERM -- -$MPID
-        for i in $(seq 1 60); do [ -n "$SPID" ] && kill -0 $SPID 2>/dev/null || break; sleep 1; done
+        [ -n "$SPID" ] || { echo "newcomer: FAIL found no realnvp-server process under make run"; exit 13; }
+        # Ctrl-C: SIGINT to the foreground process group (make and the server). Not SIGTERM to the
+        # group: make forwards SIGTERM to its child, and the server dies on a second signal while draining
+        echo "newcomer: kill -INT -- -$MPID   (Ctrl-C: SIGINT to make run'"'"'s process group, make and the server $SPID)"
+        kill -INT -- -$MPID
+        for i in $(seq 1 60); do kill -0 $SPID 2>/dev/null || break; sleep 1; done
         wait $MPID; mrc=$?
         if [ -n "$SPID" ] && kill -0 $SPID 2>/dev/null; then echo "newcomer: FAIL the server is still running 60 s after SIGTERM"; exit 13; fi
         if grep -q "stopped cleanly" /root/make-run.log; then echo "newcomer: PASS the server drained and exited after SIGTERM (make exit $mrc):"
