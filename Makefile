@@ -66,11 +66,16 @@ asan:
 
 # run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/, a crash fails)
 FUZZ_SECONDS ?= 30
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude -Icore -Iserver
-fuzz:
+FUZZ_BASE   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-sanitize-recover=undefined -Iinclude -Icore -Iserver
+FUZZ_CFLAGS := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
+FUZZ_OBJ    := $(patsubst core/%.c,build-fuzz/core/%.o,$(wildcard core/*.c))
+build-fuzz/core/%.o: core/%.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+fuzz: $(FUZZ_OBJ)
 	@mkdir -p build-fuzz
 	@set -e; fail=""; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
-	  clang $(FUZZ_CFLAGS) $$h $(wildcard core/*.c) $$(cat tests/fuzz/$$n.extra 2>/dev/null) -o build-fuzz/$$n $(SRVLIBS) $(LDLIBS); \
+	  clang $(FUZZ_CFLAGS) $$h $(FUZZ_OBJ) $$(cat tests/fuzz/$$n.extra 2>/dev/null) -o build-fuzz/$$n $(SRVLIBS) $(LDLIBS); \
 	  rm -rf build-fuzz/corpus_$$n; mkdir -p build-fuzz/corpus_$$n; cp -r tests/fuzz/corpus_$${n#fuzz_}/. build-fuzz/corpus_$$n/ 2>/dev/null || true; \
 	  echo "== $$n for $(FUZZ_SECONDS) s"; \
 	  if build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
