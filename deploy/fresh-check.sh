@@ -197,7 +197,7 @@ newcomer() {
         for i in $(seq 1 60); do kill -0 $SPID 2>/dev/null || break; sleep 1; done
         wait $MPID; mrc=$?
         if [ -n "$SPID" ] && kill -0 $SPID 2>/dev/null; then echo "newcomer: FAIL the server is still running 60 s after SIGTERM"; exit 13; fi
-        if grep -q "stopped cleanly" /root/make-run.log; then echo "newcomer: PASS the server drained and exited after SIGTERM (make exit $mrc):"
+        if grep -q "stopped cleanly" /root/make-run.log; then echo "newcomer: PASS the server drained and exited after Ctrl-C (make exit $mrc):"
         else echo "newcomer: FAIL no \"stopped cleanly\" in the server log"; fi
         tail -3 /root/make-run.log | sed "s/^/newcomer:   /"
         grep -q "stopped cleanly" /root/make-run.log || exit 14
@@ -211,7 +211,7 @@ newcomer() {
     ' 2>&1 | tee "$FRESH/logs/newcomer.out" | while IFS= read -r l; do stamp; echo "$l"; done
     rc=${PIPESTATUS[0]}; set -e
     cp "$R"/root/make-run.log "$R"/root/make-test.log "$R"/root/apt-start.log "$FRESH/logs/" 2>/dev/null || true
-    check "newcomer: make run served /healthz, stopped cleanly on SIGTERM; make test passed (exit $rc, $(( $(date +%s) - t )) s)" [ "$rc" = 0 ]
+    check "newcomer: make run served /healthz, stopped cleanly on Ctrl-C; make test passed (exit $rc, $(( $(date +%s) - t )) s)" [ "$rc" = 0 ]
     [ $KEEP = 1 ] || remove_root "$R"
 }
 
