@@ -9,7 +9,7 @@ TESTLIBS:= $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit
 B       := build
 CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
 TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
-SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c)))
+SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c))) $(B)/gen/web_index.o
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
 PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak)
 
@@ -20,12 +20,20 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# the demo page (GET /) as a C array in the server
+$(B)/gen/web_index.c: server/web/index.html tools/embed.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed.sh $< rnvp_web_index > $@.tmp && mv $@.tmp $@
+$(B)/gen/web_index.o: $(B)/gen/web_index.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# archives are rebuilt from scratch so objects of deleted sources never linger
 $(B)/librnvp.a: $(CORE_OBJ)
-	ar rcs $@ $^
+	rm -f $@; ar rcs $@ $^
 $(B)/libtrain.a: $(TRAIN_OBJ)
-	ar rcs $@ $^
+	rm -f $@; ar rcs $@ $^
 $(B)/libserver.a: $(SRV_OBJ)
-	ar rcs $@ $^
+	rm -f $@; ar rcs $@ $^
 
 bin/realnvp: $(B)/cli/realnvp.o $(B)/librnvp.a
 	@mkdir -p bin
@@ -57,6 +65,10 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 # build and run the whole Check suite (the README's test command; .ci/run calls it)
 test: $(PROGS) $(TESTS)
 	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS)
+
+# the browser demo's end-to-end test in headless Chromium (skips with a message when Chromium or node is missing)
+test-web: all
+	tests/web/run.sh
 
 # the same suite under AddressSanitizer and UndefinedBehaviorSanitizer (rebuilds from clean; Check timeouts x4 for ASan's slowdown)
 asan:
@@ -110,5 +122,5 @@ bench-server: all
 clean:
 	rm -rf build build-asan build-fuzz bin
 
-.PHONY: all test asan fuzz soak deps run bench-server deploy-check clean
+.PHONY: all test test-web asan fuzz soak deps run bench-server deploy-check clean
 -include $(shell find build -name '*.d' 2>/dev/null)

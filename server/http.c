@@ -27,6 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* server/web/index.html, embedded at build time (tools/embed.sh, build/gen/web_index.c) */
+extern const unsigned char rnvp_web_index[];
+extern const size_t rnvp_web_index_len;
+
 struct srv_server {
     srv_options o;
     struct MHD_Daemon *d;
@@ -71,6 +75,8 @@ typedef struct req {
     /* parameters */
     srv_query qp;
     int draws, cols, latents_out;
+    int steps, spherical;    /* /interpolate */
+    int stage;               /* /interpolate: 0 encoding the two ends, 1 decoding the points */
     enum fmt fmt;
     uint64_t seed;
     int seed_given;
@@ -81,6 +87,7 @@ typedef struct req {
     uint8_t *pixels;         /* (nimg, C, H, W) inputs, or (n, C, H, W) decoded outputs */
     float *z;                /* (n, D) */
     double *lp, *bpd;        /* (n) */
+    double *png_bpd;         /* (nimg) /log_prob: each input's own PNG size in bits/dim */
     srv_group g;
     /* for the log */
     int status;
@@ -144,7 +151,7 @@ __attribute__((format(printf, 4, 5))) static enum MHD_Result error_reply(req *r,
     if (status == 401) hn = MHD_HTTP_HEADER_WWW_AUTHENTICATE, hv = "Bearer";
     if (status == 405) {
         hn = MHD_HTTP_HEADER_ALLOW;
-        hv = r->ep <= EP_DECODE ? "POST" : "GET, HEAD";
+        hv = r->ep <= EP_INTERPOLATE ? "POST" : "GET, HEAD";
     }
     return reply_buf(r, status, "application/json", &b, hn, hv);
 }
@@ -153,7 +160,8 @@ __attribute__((format(printf, 4, 5))) static enum MHD_Result error_reply(req *r,
 
 static int route(const char *url)
 {
-    static const char *paths[] = {"/log_prob", "/encode", "/decode", "/sample", "/healthz", "/readyz", "/metrics", "/info"};
+    static const char *paths[] = {"/log_prob", "/encode", "/decode", "/interpolate", "/sample",
+                                  "/healthz",  "/readyz", "/metrics", "/info",       "/"};
     for (int i = 0; i < EP_OTHER; i++)
         if (!strcmp(url, paths[i])) return i;
     return EP_OTHER;
@@ -179,7 +187,9 @@ static const char *const lp_params[] = {"samples", "seed", NULL};
 static const char *const no_params[] = {NULL};
 static const char *const dec_params[] = {"format", "cols", NULL};
 static const char *const sample_params[] = {"n", "temp", "seed", "cols", "format", "latents", NULL};
+static const char *const interp_params[] = {"steps", "mode", "format", NULL};
 static const char *const formats[] = {"png", "json", NULL};
+static const char *const modes[] = {"linear", "spherical", NULL};
 
 static uint64_t random_seed(void)
 {
@@ -196,6 +206,7 @@ static int read_params(req *r, char *err, size_t cap)
     const char *const *allowed = r->ep == EP_LOG_PROB ? lp_params
                                  : r->ep == EP_DECODE ? dec_params
                                  : r->ep == EP_SAMPLE ? sample_params
+                                 : r->ep == EP_INTERPOLATE ? interp_params
                                                       : no_params;
     if (r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS || r->ep == EP_INFO) return 0;
     if (srv_query_check_allowed(&r->qp, allowed, err, cap)) return -1;
@@ -209,12 +220,20 @@ static int read_params(req *r, char *err, size_t cap)
             return -1;
         }
     }
-    if (r->ep == EP_DECODE || r->ep == EP_SAMPLE) {
+    if (r->ep == EP_DECODE || r->ep == EP_SAMPLE || r->ep == EP_INTERPOLATE) {
         int f = srv_query_choice(&r->qp, "format", formats, FMT_PNG, err, cap);
         if (f < 0) return -1;
         r->fmt = (enum fmt)f;
         if (srv_query_int(&r->qp, "cols", 1, 4096, 0, &v, err, cap)) return -1;
         r->cols = (int)v;
+    }
+    if (r->ep == EP_INTERPOLATE) {
+        if (srv_query_int(&r->qp, "steps", 2, 64, 8, &v, err, cap)) return -1;
+        r->steps = (int)v;
+        r->cols = r->steps;   /* one row: a strip */
+        int m = srv_query_choice(&r->qp, "mode", modes, 0, err, cap);
+        if (m < 0) return -1;
+        r->spherical = m == 1;
     }
     if (r->ep == EP_SAMPLE) {
         if (srv_query_int(&r->qp, "n", 1, s->o.max_samples, 16, &v, err, cap)) return -1;
@@ -334,11 +353,24 @@ static enum MHD_Result start_images(req *r)
     }
     free(r->body);   /* the pixels are all we keep */
     r->body = NULL;
+    if (r->ep == EP_INTERPOLATE && r->nimg != 2)
+        return error_reply(r, 400, "bad_multipart",
+                           "/interpolate takes exactly two PNG images (the ends A and B) as multipart/form-data parts; "
+                           "this request has %d", r->nimg);
+    if (r->ep == EP_LOG_PROB) {   /* the complexity correction: each input's own lossless size */
+        r->png_bpd = malloc((size_t)r->nimg * sizeof *r->png_bpd);
+        if (!r->png_bpd) return error_reply(r, 500, "internal", "out of memory");
+        for (int i = 0; i < r->nimg; i++) {
+            rnvp_error e;
+            if (rnvp_png_bits_per_dim(&r->png_bpd[i], r->pixels + (size_t)i * (size_t)s->D, s->C, s->H, s->W, &e))
+                return error_reply(r, 500, "internal", "%s", e.msg);
+        }
+    }
     srv_group *g = &r->g;
     g->pixels = r->pixels;
     g->log_prob = r->lp;
     g->bits_per_dim = r->bpd;
-    if (r->ep == EP_ENCODE) {
+    if (r->ep == EP_ENCODE || r->ep == EP_INTERPOLATE) {
         g->op = OP_ENCODE;
         g->n = r->nimg;
         r->z = malloc((size_t)r->nimg * (size_t)s->D * sizeof *r->z);
@@ -392,6 +424,38 @@ static enum MHD_Result start_sample(req *r)
     return enqueue(r);
 }
 
+/* /interpolate, once the two ends are encoded: the points between them, decoded as a second group */
+static enum MHD_Result start_interp_decode(req *r)
+{
+    srv_server *s = r->s;
+    size_t D = (size_t)s->D;
+    float *z = malloc((size_t)r->steps * D * sizeof *z);
+    uint8_t *px = malloc((size_t)r->steps * D);
+    if (!z || !px) {
+        free(z);
+        free(px);
+        return error_reply(r, 500, "internal", "out of memory");
+    }
+    rnvp_error e;
+    if (rnvp_interpolate_latents(z, r->z, r->z + D, s->D, r->steps, r->spherical, &e)) {
+        free(z);
+        free(px);
+        return error_reply(r, 500, "internal", "%s", e.msg);
+    }
+    free(r->z);
+    free(r->pixels);
+    r->z = z;
+    r->pixels = px;
+    r->nimg = r->steps;
+    r->stage = 1;
+    memset(&r->g, 0, sizeof r->g);
+    r->g.op = OP_DECODE;
+    r->g.n = r->steps;
+    r->g.z = r->z;
+    r->g.out_pixels = r->pixels;
+    return enqueue(r);
+}
+
 /* ---- results ---- */
 
 static void put_layout(srv_buf *b, const srv_server *s)
@@ -427,6 +491,7 @@ static enum MHD_Result finish_request(req *r)
                            "the server is overloaded, retry later",
                            g->expired, g->n, s->o.request_timeout_ms);
     if (g->failed) return error_reply(r, 500, "internal", "computation failed: %s", g->err);
+    if (r->ep == EP_INTERPOLATE && r->stage == 0) return start_interp_decode(r);
     srv_buf b = {0};
     char seedhdr[32];
     snprintf(seedhdr, sizeof seedhdr, "%llu", (unsigned long long)r->seed);
@@ -456,6 +521,12 @@ static enum MHD_Result finish_request(req *r)
             srv_buf_json_double(&b, lp, 17);
             srv_buf_printf(&b, ", \"bits_per_dim\": ");
             srv_buf_json_double(&b, bpd, 17);
+            if (r->ep == EP_LOG_PROB) {
+                srv_buf_printf(&b, ", \"png_bits_per_dim\": ");
+                srv_buf_json_double(&b, r->png_bpd[i], 17);
+                srv_buf_printf(&b, ", \"ood_score\": ");
+                srv_buf_json_double(&b, bpd - r->png_bpd[i], 17);
+            }
             srv_buf_printf(&b, "}");
         }
         srv_buf_printf(&b, "]");
@@ -485,6 +556,8 @@ static enum MHD_Result finish_request(req *r)
         srv_buf_json_double(&b, r->temp, 17);
         srv_buf_printf(&b, ", \"seed\": %llu", (unsigned long long)r->seed);
     }
+    if (r->ep == EP_INTERPOLATE)
+        srv_buf_printf(&b, ", \"steps\": %d, \"mode\": \"%s\"", r->steps, modes[r->spherical]);
     srv_buf_printf(&b, ", \"width\": %d, \"height\": %d, \"channels\": %d, \"images\": [", s->W, s->H, s->C);
     for (int i = 0; i < r->nimg; i++) {
         uint8_t *png = NULL;
@@ -581,6 +654,7 @@ static void free_req(req *r)
     free(r->z);
     free(r->lp);
     free(r->bpd);
+    free(r->png_bpd);
     free(r);
 }
 
@@ -682,13 +756,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (r->ep == EP_OTHER)
         return error_reply(r, 404, "not_found",
-                           "no such endpoint: %.100s (endpoints: POST /log_prob, /encode, /decode; GET /sample, /info, "
-                           "/healthz, /readyz, /metrics)", url);
-    int wants_post = r->ep <= EP_DECODE;
+                           "no such endpoint: %.100s (endpoints: POST /log_prob, /encode, /decode, /interpolate; GET /sample, "
+                           "/info, /healthz, /readyz, /metrics, / (the demo page))", url);
+    int wants_post = r->ep <= EP_INTERPOLATE;
     if ((wants_post && !r->post) || (!wants_post && !get))
         return error_reply(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url,
                            wants_post ? "POST" : "GET");
     if (r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS) return simple_get(r);
+    if (r->ep == EP_INDEX) {   /* the demo page is static: open without the key (its API calls send it) */
+        char *page = malloc(rnvp_web_index_len);
+        if (!page) return error_reply(r, 500, "internal", "out of memory");
+        memcpy(page, rnvp_web_index, rnvp_web_index_len);
+        return reply(r, 200, "text/html; charset=utf-8", page, rnvp_web_index_len, NULL, NULL);
+    }
     if (!key_ok(s, c))
         return error_reply(r, 401, "unauthorized",
                            "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");

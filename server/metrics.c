@@ -10,8 +10,8 @@
 #include <string.h>
 #include <time.h>
 
-const char *const srv_endpoint_names[EP_COUNT] = {"log_prob", "encode", "decode", "sample", "healthz",
-                                                  "readyz", "metrics", "info", "other"};
+const char *const srv_endpoint_names[EP_COUNT] = {"log_prob", "encode",  "decode", "interpolate", "sample",
+                                                  "healthz",  "readyz",  "metrics", "info",       "index",  "other"};
 const char *const srv_op_names[OP_COUNT] = {"log_prob", "log_prob_dequant", "encode", "decode"};
 
 /* ---- helpers ---- */

@@ -126,8 +126,8 @@ void srv_buf_json_double(srv_buf *b, double v, int digits);   /* null when not f
 /* ---- metrics (metrics.c) ---- */
 
 enum srv_endpoint {
-    EP_LOG_PROB, EP_ENCODE, EP_DECODE, EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO,
-    EP_OTHER, EP_COUNT
+    EP_LOG_PROB, EP_ENCODE, EP_DECODE, EP_INTERPOLATE,   /* POST: every endpoint up to EP_INTERPOLATE */
+    EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO, EP_INDEX, EP_OTHER, EP_COUNT
 };
 extern const char *const srv_endpoint_names[EP_COUNT];
 

@@ -501,6 +501,27 @@ START_TEST(test_png_conversion)
 }
 END_TEST
 
+/* the (1, 8, 8) pixels of a base64 PNG from a JSON reply (decoded with a tiny table) */
+static void b64_png_pixels(uint8_t *px, const char *b64)
+{
+    ck_assert_ptr_nonnull(b64);
+    size_t n = strlen(b64), o = 0;
+    uint8_t *bin = malloc(n);
+    unsigned acc = 0;
+    int bits = 0;
+    for (size_t k = 0; k < n && b64[k] != '='; k++) {
+        const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const char *p = strchr(tab, b64[k]);
+        ck_assert_ptr_nonnull(p);
+        acc = acc << 6 | (unsigned)(p - tab);
+        bits += 6;
+        if (bits >= 8) bin[o++] = (uint8_t)(acc >> (bits -= 8));
+    }
+    rnvp_error e;
+    ck_assert_msg(rnvp_png_decode(px, bin, o, 1, 8, 8, &e) == RNVP_OK, "%s", e.msg);
+    free(bin);
+}
+
 START_TEST(test_encode_decode)
 {
     NEED_SETUP();
@@ -553,28 +574,110 @@ START_TEST(test_encode_decode)
     json_t *ims = json_object_get(j, "images");
     ck_assert_int_eq(json_array_size(ims), 3);
     for (int i = 0; i < 3; i++) {
-        const char *b64 = json_string_value(json_array_get(ims, (size_t)i));
-        ck_assert_ptr_nonnull(b64);
-        /* decode base64 with a tiny table */
-        size_t n = strlen(b64), o = 0;
-        uint8_t *bin = malloc(n);
-        unsigned acc = 0;
-        int bits = 0;
-        for (size_t k = 0; k < n && b64[k] != '='; k++) {
-            const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            const char *p = strchr(tab, b64[k]);
-            ck_assert_ptr_nonnull(p);
-            acc = acc << 6 | (unsigned)(p - tab);
-            bits += 6;
-            if (bits >= 8) bin[o++] = (uint8_t)(acc >> (bits -= 8));
-        }
         uint8_t px[D];
-        ck_assert(rnvp_png_decode(px, bin, o, 1, 8, 8, &e) == RNVP_OK);
+        b64_png_pixels(px, json_string_value(json_array_get(ims, (size_t)i)));
         ck_assert_msg(!memcmp(px, imgs[idx[i]], D), "decode(encode(x)) != x for image %d", i);
-        free(bin);
     }
     json_decref(j);
     resp_free(&d);
+    resp_free(&r);
+}
+END_TEST
+
+/* /log_prob's complexity correction, /interpolate (ends reproduce the inputs, points equal the
+ * library's), the demo page at / */
+START_TEST(test_ood_interpolate_page)
+{
+    NEED_SETUP();
+    rnvp_error e;
+    int idx[2] = {1, 5};
+    size_t len;
+    char *body = multipart(idx, 2, &len, "qq");
+    const char *mp = "Content-Type: multipart/form-data; boundary=qq\r\n";
+    resp r;
+    http(&r, PORT, "POST", "/log_prob", mp, body, len);
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    json_t *j = body_json(&r);
+    for (int i = 0; i < 2; i++) {
+        json_t *res = json_array_get(json_object_get(j, "results"), (size_t)i);
+        double png_bpd, bpd = json_number_value(json_object_get(res, "bits_per_dim"));
+        ck_assert(rnvp_png_bits_per_dim(&png_bpd, imgs[idx[i]], 1, 8, 8, &e) == RNVP_OK);
+        ck_assert(png_bpd > 0);
+        ck_assert_double_eq_tol(json_number_value(json_object_get(res, "png_bits_per_dim")), png_bpd, 1e-12);
+        ck_assert_double_eq_tol(json_number_value(json_object_get(res, "ood_score")), bpd - png_bpd, 1e-9);
+    }
+    json_decref(j);
+    resp_free(&r);
+
+    /* the library's interpolation between the two codes, decoded alone */
+    enum { STEPS = 5 };
+    rnvp_ctx *c;
+    ck_assert(rnvp_ctx_create(&c, model, STEPS, &e) == RNVP_OK);
+    float z2[2 * D], zi[STEPS * D];
+    double lp[2];
+    uint8_t want[STEPS][D];
+    for (int sph = 0; sph < 2; sph++) {
+        for (int i = 0; i < 2; i++) ck_assert(rnvp_encode(c, z2 + i * D, &lp[i], imgs[idx[i]], NULL, 1, &e) == RNVP_OK);
+        ck_assert(rnvp_interpolate_latents(zi, z2, z2 + D, D, STEPS, sph, &e) == RNVP_OK);
+        ck_assert(rnvp_decode(c, &want[0][0], zi, STEPS, &e) == RNVP_OK);
+        char path[80];
+        snprintf(path, sizeof path, "/interpolate?steps=%d&mode=%s&format=json", STEPS, sph ? "spherical" : "linear");
+        http(&r, PORT, "POST", path, mp, body, len);
+        ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+        j = body_json(&r);
+        ck_assert_int_eq(json_integer_value(json_object_get(j, "steps")), STEPS);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "mode")), sph ? "spherical" : "linear");
+        json_t *ims = json_object_get(j, "images");
+        ck_assert_int_eq(json_array_size(ims), STEPS);
+        for (int k = 0; k < STEPS; k++) {
+            uint8_t px[D];
+            b64_png_pixels(px, json_string_value(json_array_get(ims, (size_t)k)));
+            if (k == 0 || k == STEPS - 1)   /* the flow is exact: the ends are the inputs */
+                ck_assert_msg(!memcmp(px, imgs[idx[k ? 1 : 0]], D), "end %d of the strip differs from its input", k);
+            for (int p = 0; p < D; p++)   /* batched vs alone: a pixel may round the other way */
+                ck_assert_msg(abs(px[p] - want[k][p]) <= 1, "step %d pixel %d: %d vs %d", k, p, px[p], want[k][p]);
+        }
+        json_decref(j);
+        resp_free(&r);
+    }
+    rnvp_ctx_free(c);
+
+    /* the default reply: one PNG strip of `steps` tiles with 2-pixel borders */
+    http(&r, PORT, "POST", "/interpolate?steps=6", mp, body, len);
+    ck_assert_int_eq(r.status, 200);
+    int pc, ph, pw;
+    ck_assert(rnvp_png_info(r.body, r.len, &pc, &ph, &pw, &e) == RNVP_OK);
+    ck_assert_int_eq(pw, 6 * 8 + 5 * 2);
+    ck_assert_int_eq(ph, 8);
+    resp_free(&r);
+    /* errors */
+    const char *bad[] = {"/interpolate?steps=1", "/interpolate?steps=65", "/interpolate?mode=cubic", "/interpolate?n=3"};
+    for (int i = 0; i < 4; i++) {
+        http(&r, PORT, "POST", bad[i], mp, body, len);
+        assert_error(&r, 400, "bad_parameter", bad[i]);
+        resp_free(&r);
+    }
+    free(body);
+    int three[3] = {0, 1, 2};
+    body = multipart(three, 3, &len, "qq");
+    http(&r, PORT, "POST", "/interpolate", mp, body, len);
+    assert_error(&r, 400, "bad_multipart", "three images");
+    resp_free(&r);
+    free(body);
+    http(&r, PORT, "GET", "/interpolate", NULL, NULL, 0);
+    assert_error(&r, 405, "method_not_allowed", "GET /interpolate");
+    resp_free(&r);
+
+    /* the demo page */
+    http(&r, PORT, "GET", "/", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    char ct[64];
+    ck_assert_str_eq(header(&r, "Content-Type", ct, sizeof ct), "text/html; charset=utf-8");
+    ck_assert_ptr_nonnull(strstr(r.body, "<title>realnvp</title>"));
+    ck_assert_ptr_nonnull(strstr(r.body, "/interpolate"));
+    resp_free(&r);
+    http(&r, PORT, "POST", "/", "Content-Type: image/png\r\n", pngs[0], png_len[0]);
+    assert_error(&r, 405, "method_not_allowed", "POST /");
     resp_free(&r);
 }
 END_TEST
@@ -846,8 +949,11 @@ START_TEST(test_api_key)
     http(&r, s.port, "GET", "/info", "X-API-Key: s3cret-key\r\n", NULL, 0);
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
-    const char *open_paths[] = {"/healthz", "/readyz", "/metrics"};
-    for (int i = 0; i < 3; i++) {
+    http(&r, s.port, "POST", "/interpolate", "Content-Type: multipart/form-data; boundary=x\r\n", "--x--\r\n", 7);
+    assert_error(&r, 401, "unauthorized", "interpolate without a key");
+    resp_free(&r);
+    const char *open_paths[] = {"/healthz", "/readyz", "/metrics", "/"};
+    for (int i = 0; i < 4; i++) {
         http(&r, s.port, "GET", open_paths[i], NULL, NULL, 0);
         ck_assert_msg(r.status == 200, "%s needs no key: %d", open_paths[i], r.status);
         resp_free(&r);
@@ -1451,6 +1557,7 @@ static Suite *server_suite(void)
     tcase_add_test(t, test_log_prob);
     tcase_add_test(t, test_png_conversion);
     tcase_add_test(t, test_encode_decode);
+    tcase_add_test(t, test_ood_interpolate_page);
     tcase_add_test(t, test_sample);
     tcase_add_test(t, test_errors);
     tcase_add_test(t, test_limits_small);

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs the Debian packages realnvp needs to build, test and serve.
-# Leaves out optional tools (python3-torch for benchmarks); --ci adds CI's fuzzing tools (clang, libFuzzer) and python3-yaml (make deploy-check).
+# Leaves out optional tools (python3-torch for benchmarks); --ci adds CI's fuzzing tools (clang, libFuzzer) and python3-yaml
+# (make deploy-check); --web installs only what make test-web needs (chromium, nodejs, npm).
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libpng-dev zlib1g-dev libjansson-dev check libmicrohttpd-dev python3 python3-numpy curl"   # curl: clients/curl/ and their test
 CI_PKGS="clang libclang-rt-14-dev python3-yaml"   # make fuzz: clang -fsanitize=fuzzer (Debian 12's clang is 14); make deploy-check
-if [ "${1:-}" = "--ci" ]; then PKGS="$PKGS $CI_PKGS"; fi
+WEB_PKGS="chromium nodejs npm"   # make test-web: the browser demo's test (playwright-core from npm drives Debian's chromium)
+case "${1:-}" in
+  --ci) PKGS="$PKGS $CI_PKGS" ;;
+  --web) PKGS="$WEB_PKGS" ;;
+esac
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -105,7 +105,7 @@ test("browser demo", { timeout: 120000, skip: !existsSync(CHROMIUM) && `Chromium
     execFileSync(exe("realnvp"), ["sample", "--model", path.join(dir, "m8"), "-n", "1", "-o", path.join(dir, "small.png")]);
     await page.setInputFiles("#score-files", [path.join(dir, "small.png")]);
     await page.waitForFunction(() => document.getElementById("score-err").textContent.length > 0);
-    assert.match(await page.textContent("#score-err"), /422.*16 x 16/);
+    assert.match(await page.textContent("#score-err"), /422.*expects 16x16x1/);
 
     // interpolation: a strip of `steps` tiles with 2-pixel borders
     await page.setInputFiles("#interp-a", path.join(dir, "a.png"));
