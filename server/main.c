@@ -3,6 +3,8 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +69,8 @@ static void usage(FILE *f)
                "Serves a Real NVP checkpoint over HTTP (JSON API, docs/api.md): POST /log_prob, /encode, /decode,\n"
                "GET /sample, /info, /healthz, /readyz, /metrics. Concurrent requests are merged into batches.\n"
                "Each option can also be set by the environment variable shown; a flag wins over it.\n"
-               "SIGTERM or SIGINT: /readyz turns 503, no new connections, requests in progress finish, exit 0.\n"
+               "SIGTERM or SIGINT: /readyz turns 503, no new connections, requests in progress finish, exit 0;\n"
+               "further SIGTERM/SIGINT while draining are logged and ignored.\n"
                "\n"
                "Options (default in brackets):\n");
     for (int i = 0; i < NOPTS; i++) {
@@ -154,19 +157,79 @@ static int parse(int argc, char **argv)
     return 0;
 }
 
+/* ---- stop signals ----
+ * OpenBLAS starts its threads when the library loads, before main() can block anything, so a
+ * process-directed SIGTERM/SIGINT may land on one of them. A handler (not the default action)
+ * therefore catches it on any thread and writes the signal's number to a pipe; main() reads the
+ * pipe. Every thread main() starts inherits a mask blocking both signals; main() unblocks them
+ * only inside ppoll(), so they are handled there or on an OpenBLAS thread, never lost. */
+
+static int sig_pipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig)
+{
+    int e = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(sig_pipe[1], &b, 1) < 0) { /* pipe full: signals enough are queued already */ }
+    errno = e;
+}
+
+/* The next byte from the signal pipe (a signal number, or 0 when the drain has finished),
+ * waiting with the stop signals unblocked (`waitmask`). */
+static int next_event(const sigset_t *waitmask)
+{
+    for (;;) {
+        unsigned char b;
+        ssize_t n = read(sig_pipe[0], &b, 1);
+        if (n == 1) return b;
+        struct pollfd p = {.fd = sig_pipe[0], .events = POLLIN};
+        if (ppoll(&p, 1, NULL, waitmask) < 0 && errno != EINTR) return -1;
+    }
+}
+
+typedef struct drain_job {
+    srv_server *s;
+    int left;
+} drain_job;
+
+static void *drain_thread(void *arg)
+{
+    drain_job *j = arg;
+    j->left = srv_server_drain(j->s, o.drain_timeout_s);
+    unsigned char done = 0;
+    while (write(sig_pipe[1], &done, 1) < 0 && errno == EAGAIN) usleep(1000);
+    return NULL;
+}
+
+static const char *sig_name(int sig) { return sig == SIGINT ? "SIGINT" : "SIGTERM"; }
+
 int main(int argc, char **argv)
 {
     rnvp_blas_select_core(argv);
     int pr = parse(argc, argv);
     if (pr) return pr == 1 ? 0 : 2;
 
-    /* every thread (libmicrohttpd's, the worker, OpenBLAS's) inherits this mask, so only
-     * sigwait below sees the stop signals */
-    sigset_t set;
+    if (pipe2(sig_pipe, O_CLOEXEC) || fcntl(sig_pipe[0], F_SETFL, O_NONBLOCK) ||
+        fcntl(sig_pipe[1], F_SETFL, O_NONBLOCK)) {
+        fprintf(stderr, "realnvp-server: cannot create the signal pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    sigset_t set, waitmask;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_mask = set;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    /* every thread started from here on (libmicrohttpd's, the worker, OpenBLAS's new ones)
+     * inherits this mask */
+    pthread_sigmask(SIG_BLOCK, &set, &waitmask);
+    sigdelset(&waitmask, SIGTERM);
+    sigdelset(&waitmask, SIGINT);
     signal(SIGPIPE, SIG_IGN);
 
     char err[512];
@@ -185,13 +248,27 @@ int main(int argc, char **argv)
             "threads, OpenBLAS %s)\n",
             strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", srv_server_port(s), o.max_batch,
             o.max_delay_us, o.queue_size, o.http_threads, o.compute_threads, rnvp_blas_core());
-    int sig = 0;
-    sigwait(&set, &sig);
+    int sig;
+    while ((sig = next_event(&waitmask)) == 0) {}
     fprintf(stderr, "realnvp-server: %s: draining (readyz 503, no new connections, up to %d s)\n",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", o.drain_timeout_s);
-    int left = srv_server_drain(s, o.drain_timeout_s);
+            sig_name(sig), o.drain_timeout_s);
+    /* the drain runs on its own thread so that further signals are read (and ignored) here */
+    drain_job job = {.s = s};
+    pthread_t dt;
+    const double t0 = srv_now();
+    if (pthread_create(&dt, NULL, drain_thread, &job)) {
+        drain_thread(&job);
+    } else {
+        while ((sig = next_event(&waitmask)) > 0) {
+            double left = o.drain_timeout_s - (srv_now() - t0);
+            fprintf(stderr, "realnvp-server: %s: already draining (%.0f s of the %d s drain timeout left); ignored\n",
+                    sig_name(sig), left > 0 ? left : 0, o.drain_timeout_s);
+        }
+        pthread_join(dt, NULL);
+    }
     srv_server_free(s);
-    if (left) fprintf(stderr, "realnvp-server: stopped with %d requests unfinished after %d s\n", left, o.drain_timeout_s);
+    if (job.left)
+        fprintf(stderr, "realnvp-server: stopped with %d requests unfinished after %d s\n", job.left, o.drain_timeout_s);
     else fprintf(stderr, "realnvp-server: stopped cleanly\n");
     return 0;
 }

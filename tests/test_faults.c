@@ -2,7 +2,8 @@
  * root: the trainer killed (SIGKILL) at random moments and in the middle of writing a checkpoint
  * always leaves a loadable one; the server refuses corrupt or truncated checkpoints with one
  * clear line and a non-zero exit; it binds 127.0.0.1 by default; its API key never reaches a log
- * or a reply; its default limits. Leaves out SIGTERM under load and the full disk (test_server.c,
+ * or a reply; its default limits; a second SIGTERM/SIGINT while it drains is ignored. Leaves out
+ * SIGTERM under load and the full disk (test_server.c,
  * test_train.c) and soak/fuzzing (bench/soak.c, tests/fuzz/). */
 #include "realnvp.h"
 
@@ -12,6 +13,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -510,6 +512,82 @@ START_TEST(test_default_limits)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- server: a second stop signal */
+
+typedef struct slow_req {
+    int port, status;
+    char *reply;
+} slow_req;
+
+static void *slow_request(void *arg)
+{
+    slow_req *q = arg;
+    q->status = http(q->port, "GET", "/sample?n=1&seed=7&format=json", NULL, &q->reply);
+    return NULL;
+}
+
+/* the value of a /metrics line "NAME VALUE", -1 when missing */
+static long metric(int port, const char *name)
+{
+    char *b, want[128];
+    if (http(port, "GET", "/metrics", NULL, &b) != 200) {
+        free(b);
+        return -1;
+    }
+    snprintf(want, sizeof want, "\n%s ", name);
+    const char *p = strstr(b, want);
+    long v = p ? atol(p + strlen(want)) : -1;
+    free(b);
+    return v;
+}
+
+/* OpenBLAS's threads exist before main() runs and so cannot inherit its signal mask: a second
+ * signal while draining used to land on one of them and kill the server (exit by signal, the
+ * request in flight unanswered). The request waits in the queue for its batch to fill (2 s)
+ * while both signals arrive. */
+START_TEST(test_server_second_signal_while_draining)
+{
+    const int pairs[3][2] = {{SIGTERM, SIGTERM}, {SIGINT, SIGTERM}, {SIGTERM, SIGINT}};
+    const char *old = getenv("OPENBLAS_NUM_THREADS");
+    char saved[32];
+    snprintf(saved, sizeof saved, "%s", old ? old : "");
+    setenv("OPENBLAS_NUM_THREADS", "2", 1);   /* a thread pool started at load, as in production */
+    for (int k = 0; k < 3; k++) {
+        server s;
+        unlink(path_in("server.err"));   /* not the previous round's "listening" line */
+        start_server(&s, "--max-delay-us 2000000 --drain-timeout-s 20");
+        slow_req q = {.port = s.port};
+        pthread_t t;
+        ck_assert_int_eq(pthread_create(&t, NULL, slow_request, &q), 0);
+        int queued = 0;
+        for (int i = 0; i < 300 && !queued; i++) {
+            queued = metric(s.port, "realnvp_queue_depth") >= 1;
+            if (!queued) usleep(5000);
+        }
+        ck_assert_msg(queued, "round %d: the request never reached the queue", k);
+        kill(s.pid, pairs[k][0]);
+        usleep(150000);
+        kill(s.pid, pairs[k][1]);
+        usleep(50000);
+        kill(s.pid, pairs[k][1]);
+        int rc = wait_exit(s.pid, 60000);
+        pthread_join(t, NULL);
+        char *e = slurp(s.err, NULL);
+        ck_assert_msg(rc == 0, "round %d: exit status %d (-1: killed by a signal), stderr:\n%s", k, rc, e);
+        ck_assert_msg(q.status == 200 && strstr(q.reply, "\"images\""), "round %d: the request in flight got %d: %.300s",
+                      k, q.status, q.reply);
+        ck_assert_msg(strstr(e, "already draining") && strstr(e, "stopped cleanly"), "round %d: stderr:\n%s", k, e);
+        const char *first = strstr(e, ": draining (");
+        ck_assert_ptr_nonnull(first);
+        ck_assert_ptr_null(strstr(first + 1, ": draining ("));   /* one drain, not restarted */
+        free(q.reply);
+        free(e);
+    }
+    if (*saved) setenv("OPENBLAS_NUM_THREADS", saved, 1);
+    else unsetenv("OPENBLAS_NUM_THREADS");
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -523,6 +601,12 @@ int main(void)
     tcase_add_test(t, test_api_key_never_logged);
     tcase_add_test(t, test_default_limits);
     suite_add_tcase(s, t);
+    /* a case of its own, so CK_RUN_CASE=signals runs it without the long SIGKILL rounds */
+    TCase *sg = tcase_create("signals");
+    tcase_add_checked_fixture(sg, setup, teardown);
+    tcase_set_timeout(sg, 300);
+    tcase_add_test(sg, test_server_second_signal_while_draining);
+    suite_add_tcase(s, sg);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);
