@@ -239,7 +239,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (srv_server_load(s, err, sizeof err)) {
-        fprintf(stderr, "realnvp-server: %s: %s\n", o.model, err);
+        /* the library's load errors name the file already */
+        if (strstr(err, o.model)) fprintf(stderr, "realnvp-server: %s\n", err);
+        else fprintf(stderr, "realnvp-server: %s: %s\n", o.model, err);
         srv_server_free(s);
         return 1;
     }

@@ -266,6 +266,7 @@ static void expect_refusal(const char *model, const char *what, const char *reas
     size_t n = strlen(e);
     ck_assert_msg(n > 0 && e[n - 1] == '\n' && strchr(e, '\n') == e + n - 1, "%s: stderr is not one line: %s", what, e);
     ck_assert_msg(strstr(e, model) && strstr(e, "cannot load the model"), "%s: unclear message: %s", what, e);
+    ck_assert_msg(!strstr(strstr(e, model) + 1, model), "%s: the message names the file twice: %s", what, e);
     if (reason) ck_assert_msg(strstr(e, reason), "%s: message lacks '%s': %s", what, reason, e);
     ck_assert_msg(!strstr(e, "listening"), "%s: it listened: %s", what, e);
     fprintf(stderr, "test_faults: %-28s -> %s", what, e);
@@ -304,8 +305,10 @@ START_TEST(test_server_refuses_bad_checkpoints)
     memcpy(bad + len, "trailing", 8);   /* data past the last tensor */
     write_bytes(path_in("longer.safetensors"), bad, len + 8);
     expect_refusal(path_in("longer.safetensors"), "trailing bytes", NULL);
-    /* a PNG given as the model */
+    /* a PNG given as the model; a file that does not exist; a directory */
     expect_refusal("tests/data/grey8_ring.png", "a PNG, not a checkpoint", NULL);
+    expect_refusal(path_in("missing.safetensors"), "no such file", "No such file");
+    expect_refusal(dir, "a directory", "not a regular file");
     /* random damage to the header: the server either refuses in one line or serves a model that
      * loads (a flipped digit in a float's text can stay valid); never crashes or hangs */
     uint64_t rng = 12345;
@@ -592,21 +595,21 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("faults");
-    TCase *t = tcase_create("faults");
+    /* two cases, so that CK_RUN_CASE=server runs the server's without the long SIGKILL rounds */
+    TCase *t = tcase_create("trainer");
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 600);
     tcase_add_test(t, test_trainer_sigkill_keeps_checkpoint);
-    tcase_add_test(t, test_server_refuses_bad_checkpoints);
-    tcase_add_test(t, test_server_binds_loopback_by_default);
-    tcase_add_test(t, test_api_key_never_logged);
-    tcase_add_test(t, test_default_limits);
     suite_add_tcase(s, t);
-    /* a case of its own, so CK_RUN_CASE=signals runs it without the long SIGKILL rounds */
-    TCase *sg = tcase_create("signals");
-    tcase_add_checked_fixture(sg, setup, teardown);
-    tcase_set_timeout(sg, 300);
-    tcase_add_test(sg, test_server_second_signal_while_draining);
-    suite_add_tcase(s, sg);
+    TCase *sv = tcase_create("server");
+    tcase_add_checked_fixture(sv, setup, teardown);
+    tcase_set_timeout(sv, 600);
+    tcase_add_test(sv, test_server_refuses_bad_checkpoints);
+    tcase_add_test(sv, test_server_binds_loopback_by_default);
+    tcase_add_test(sv, test_api_key_never_logged);
+    tcase_add_test(sv, test_default_limits);
+    tcase_add_test(sv, test_server_second_signal_while_draining);
+    suite_add_tcase(s, sv);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);
