@@ -1,5 +1,6 @@
 /* test_train.c: bin/realnvp-train end to end from the repository root, and its data loaders:
- * exact resume, a falling loss, SIGTERM, a full disk, bad data and bad options. Leaves out gradients (test_gradcheck.c). */
+ * exact resume, a falling loss, SIGTERM, a full disk, bad data and bad options, stale temporary
+ * files and the one-trainer-per-folder lock. Leaves out gradients (test_gradcheck.c). */
 #include "../train/data.h"
 #include "realnvp.h"
 
@@ -131,6 +132,8 @@ static long ckpt_step(const char *path)
 
 static void setup(void)
 {
+    const char *x = getenv("REALNVP_TRAIN_BIN");
+    if (x && *x) exe = x;
     snprintf(dir, sizeof dir, "/tmp/rnvp_train_test_XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
     /* discs of random centre, radius and brightness on a dark background, with noise */
@@ -479,6 +482,125 @@ START_TEST(test_config_file)
 }
 END_TEST
 
+static int exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* lines of text containing what */
+static int count_lines_with(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p++) {
+        n++;
+        p = strchr(p, '\n');
+        if (!p) break;
+    }
+    return n;
+}
+
+START_TEST(test_stale_tmp_removed)
+{
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.idx", dir);
+    /* what a run SIGKILLed mid-write leaves, and names that are not the trainer's */
+    const char *stale[] = {"checkpoint.safetensors.tmp.4194301", "best.safetensors.tmp.77", "metrics.jsonl.tmp",
+                           "curve.svg.tmp"};
+    const char *keep[] = {"notes.tmp", "checkpoint.safetensors.tmp.x1", "mine.safetensors.tmp.5", "checkpoint.safetensors.tmp."};
+    ck_assert_int_eq(run(TINY " --steps 2 --eval-every 0 --out %s", data, path_in("T")), 0);
+    char p[600];
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: --resume; pass 1: a fresh run into a folder that has only the stale files */
+        const char *sub = pass ? "U" : "T";
+        if (pass) ck_assert_int_eq(mkdir(path_in("U"), 0755), 0);
+        for (size_t i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s/%s", dir, sub, stale[i]);
+            write_bytes(p, "cut short", 9);
+            snprintf(p, sizeof p, "%s/%s/%s", dir, sub, keep[i]);
+            write_bytes(p, "not ours", 8);
+        }
+        if (pass) ck_assert_int_eq(run(TINY " --steps 2 --eval-every 0 --out %s", data, path_in("U")), 0);
+        else ck_assert_int_eq(run(TINY " --resume --steps 4 --eval-every 0 --out %s", data, path_in("T")), 0);
+        for (size_t i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s/%s", dir, sub, stale[i]);
+            ck_assert_msg(!exists(p), "pass %d: %s was not removed", pass, stale[i]);
+            snprintf(p, sizeof p, "%s/%s/%s", dir, sub, keep[i]);
+            ck_assert_msg(exists(p), "pass %d: %s (not the trainer's) was removed", pass, keep[i]);
+        }
+        char *e = slurp(path_in("err"), NULL);
+        ck_assert_msg(count_lines_with(e, "stale temporary") == 1, "pass %d: not one line on it: %s", pass, e);
+        ck_assert_msg(strstr(e, "removed 4 stale temporary files") && strstr(e, stale[0]) && strstr(e, stale[3]),
+                      "pass %d: %s", pass, e);
+        free(e);
+        snprintf(p, sizeof p, "%s/%s/checkpoint.safetensors", dir, sub);
+        ck_assert_int_eq(ckpt_step(p), pass ? 2 : 4);
+    }
+    /* nothing stale: nothing said */
+    ck_assert_int_eq(run(TINY " --resume --steps 5 --eval-every 0 --out %s", data, path_in("T")), 0);
+    char *e = slurp(path_in("err"), NULL);
+    ck_assert_msg(!strstr(e, "stale"), "%s", e);
+    free(e);
+}
+END_TEST
+
+START_TEST(test_one_trainer_per_out)
+{
+    char data[400], args[1500];
+    snprintf(data, sizeof data, "%s/train.idx", dir);
+    ck_assert_int_eq(run(TINY " --steps 2 --eval-every 0 --out %s", data, path_in("W")), 0);
+    snprintf(args, sizeof args, "exec %s " TINY " --resume --steps 100000000 --eval-every 0 --out %s >%s/out1 2>%s/err1",
+             exe, data, path_in("W"), dir, dir);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", args, (char *)NULL);
+        _exit(127);
+    }
+    /* it holds the folder once it prints its workspace line */
+    int started = 0;
+    for (int i = 0; i < 1200 && !started; i++) {
+        char *o = slurp(path_in("out1"), NULL);
+        started = o && strstr(o, "workspace");
+        free(o);
+        if (!started) usleep(50000);
+    }
+    if (!started) kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+    ck_assert_msg(started, "the first trainer did not start");
+    /* a second trainer on the same folder, fresh or resuming, is refused and writes nothing */
+    int rc[2];
+    char msg[2][600], want[32];
+    snprintf(want, sizeof want, "pid %ld", (long)pid);
+    rc[0] = run(TINY " --steps 3 --eval-every 0 --out %s", data, path_in("W"));
+    char *e = slurp(path_in("err"), NULL);
+    snprintf(msg[0], sizeof msg[0], "%s", e);
+    free(e);
+    rc[1] = run(TINY " --resume --steps 3 --eval-every 0 --out %s", data, path_in("W"));
+    e = slurp(path_in("err"), NULL);
+    snprintf(msg[1], sizeof msg[1], "%s", e);
+    free(e);
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(rc[k] == 1, "%s second trainer: exit %d, stderr: %s", k ? "resuming" : "fresh", rc[k], msg[k]);
+        ck_assert_msg(strstr(msg[k], "in use by another realnvp-train") && strstr(msg[k], want) && strstr(msg[k], path_in("W")),
+                      "unclear refusal: %s", msg[k]);
+    }
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the first trainer did not exit 0 on SIGTERM");
+    /* the checkpoint is the first trainer's last one */
+    char *o = slurp(path_in("out1"), NULL);
+    const char *at = o ? strstr(o, "terminated (SIGTERM) at step ") : NULL;
+    ck_assert_msg(at != NULL, "first trainer's output: %s", o);
+    long step = atol(at + strlen("terminated (SIGTERM) at step "));
+    free(o);
+    ck_assert_int_eq(ckpt_step(path_in("W/checkpoint.safetensors")), step);
+    /* the lock went with the first trainer: the folder can be resumed now */
+    ck_assert_int_eq(run(TINY " --resume --steps %ld --eval-every 0 --out %s", data, step + 2, path_in("W")), 0);
+    ck_assert_int_eq(ckpt_step(path_in("W/checkpoint.safetensors")), step + 2);
+}
+END_TEST
+
 static Suite *train_suite(void)
 {
     Suite *s = suite_create("train");
@@ -494,6 +616,8 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_full_disk_keeps_checkpoint);
     tcase_add_test(tc, test_bad_options_and_data);
     tcase_add_test(tc, test_config_file);
+    tcase_add_test(tc, test_stale_tmp_removed);
+    tcase_add_test(tc, test_one_trainer_per_out);
     suite_add_tcase(s, tc);
     return s;
 }

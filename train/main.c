@@ -9,7 +9,9 @@
 #include "train.h"
 
 #include <cblas.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -26,6 +29,7 @@
 #define EXIT_USAGE 2
 #define CKPT_NAME "checkpoint.safetensors"
 #define BEST_NAME "best.safetensors"
+#define LOCK_NAME ".realnvp-train.lock"
 
 /* ------------------------------------------------------------------ options */
 
@@ -101,7 +105,8 @@ static void usage(void)
            "  " CKPT_NAME "  the latest state (model + train.* optimiser tensors), written atomically\n"
            "  " BEST_NAME "        the model with the best test bits/dim (inference tensors only)\n"
            "  metrics.jsonl, curve.svg, samples_t1.0.png, samples_t0.7.png\n"
-           "SIGINT / SIGTERM save the checkpoint and exit 0; --resume continues exactly.\n\n"
+           "SIGINT / SIGTERM save the checkpoint and exit 0; --resume continues exactly.\n"
+           "One trainer per --out at a time (" LOCK_NAME "); temporary files a killed run left there are removed at start.\n\n"
            "Options (--name VALUE or --name=VALUE; booleans also as --name / --no-name):\n");
     for (int i = 0; i < NOPTS; i++) {
         const optdef *o = &OPTS[i];
@@ -625,6 +630,84 @@ static void truncate_metrics(const char *path, long upto)
     free(txt);
 }
 
+/* ------------------------------------------------------------------ the output folder */
+
+/* Takes OUT/.realnvp-train.lock with flock (released when the process ends, even by SIGKILL):
+ * one trainer per output folder. Returns the descriptor (kept open until exit), or -1 after
+ * saying why. A file system without flock only gets a warning (*held = 0). */
+static int lock_out(const char *outdir, int *held)
+{
+    *held = 0;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/%s", outdir, LOCK_NAME);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        say("%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        if (errno == EWOULDBLOCK) {
+            char buf[32] = "";
+            long pid = pread(fd, buf, sizeof buf - 1, 0) > 0 ? atol(buf) : 0;
+            char who[48] = "";
+            if (pid > 0) snprintf(who, sizeof who, " (pid %ld)", pid);
+            say("%s is in use by another realnvp-train%s: one trainer per output folder; give another --out or stop "
+                "that run (lock file %s)", outdir, who, path);
+            close(fd);
+            return -1;
+        }
+        say("warning: cannot lock %s (%s): a second trainer on this folder would not be refused, and stale temporary "
+            "files are left alone", path, strerror(errno));
+        return fd;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, buf, (size_t)n, 0) != n) { /* the pid is for the message above only */ }
+    *held = 1;
+    return fd;
+}
+
+/* 1 if name is a temporary file this program writes in OUT: NAME.tmp.PID of the checkpoints
+ * (rnvp_model_save's naming) or metrics.jsonl.tmp, curve.svg.tmp */
+static int our_tmp(const char *name)
+{
+    const char *pid_named[] = {CKPT_NAME ".tmp.", BEST_NAME ".tmp."};
+    for (int i = 0; i < 2; i++) {
+        size_t l = strlen(pid_named[i]);
+        if (strncmp(name, pid_named[i], l) || !name[l]) continue;
+        const char *p = name + l;
+        while (*p >= '0' && *p <= '9') p++;
+        return !*p;
+    }
+    return !strcmp(name, "metrics.jsonl.tmp") || !strcmp(name, "curve.svg.tmp");
+}
+
+/* Removes the temporary files a killed run left in OUT (the lock is ours, so no other trainer
+ * is writing them) and says so in one line. */
+static void remove_stale_tmp(const char *outdir)
+{
+    DIR *d = opendir(outdir);
+    if (!d) return;
+    char names[400] = "";
+    size_t used = 0;
+    int n = 0, failed = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!our_tmp(e->d_name)) continue;
+        char path[1400];
+        snprintf(path, sizeof path, "%s/%s", outdir, e->d_name);
+        if (unlink(path)) {
+            if (!failed++) say("%s: stale temporary file not removed: %s", path, strerror(errno));
+            continue;
+        }
+        if (used < sizeof names - 1)
+            used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", n ? ", " : "", e->d_name);
+        n++;
+    }
+    closedir(d);
+    if (used >= sizeof names - 1) snprintf(names + sizeof names - 5, 5, "...");
+    if (n) say("removed %d stale temporary file%s left in %s by a killed run: %s", n, n > 1 ? "s" : "", outdir, names);
+}
+
 /* ------------------------------------------------------------------ pictures */
 
 /* The training curve as SVG from metrics.jsonl: train (running) and test bits/dim against step. */
@@ -946,6 +1029,13 @@ int main(int argc, char **argv)
         free_run(r);
         return EXIT_RUN;
     }
+    int locked;
+    const int lock_fd = lock_out(outdir, &locked);
+    if (lock_fd < 0) {
+        free_run(r);
+        return EXIT_RUN;
+    }
+    if (locked) remove_stale_tmp(outdir);
     if (resume) truncate_metrics(r->metrics, r->step);
     else remove(r->metrics);
     struct sigaction sa;
@@ -1044,5 +1134,6 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     printf("peak memory %.1f MB; best test bits/dim %.4f\n", ru.ru_maxrss / 1024.0, r->best);
     free_run(r);
+    close(lock_fd);   /* releases the output folder */
     return rc;
 }
