@@ -925,6 +925,64 @@ START_TEST(test_limits_small)
 }
 END_TEST
 
+/* request bodies are read into one buffer of the declared Content-Length, or grown from 4 KiB
+ * when chunked: the same 256-image upload (about 93 KB, past 64 KiB) sent each way, the chunked one
+ * in uneven pieces, gives the same results */
+START_TEST(test_body_sizes)
+{
+    NEED_SETUP();
+    char pad[121];
+    memset(pad, 'p', 120);
+    pad[120] = 0;
+    size_t cap0 = 256 * 512 + 64, len = 0;
+    char *body = malloc(cap0);
+    for (int i = 0; i < 256; i++) {   /* a header line of padding in each part */
+        len += (size_t)snprintf(body + len, cap0 - len,
+                                "--szB\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"img%d.png\"\r\n"
+                                "X-Padding: %s\r\nContent-Type: image/png\r\n\r\n", i, i % NIMG, pad);
+        memcpy(body + len, pngs[i % NIMG], png_len[i % NIMG]);
+        len += png_len[i % NIMG];
+        len += (size_t)snprintf(body + len, cap0 - len, "\r\n");
+    }
+    len += (size_t)snprintf(body + len, cap0 - len, "--szB--\r\n");
+    ck_assert_uint_gt(len, 65536);
+    resp a;
+    http(&a, PORT, "POST", "/log_prob", "Content-Type: multipart/form-data; boundary=szB\r\n", body, len);
+    ck_assert_int_eq(a.status, 200);
+
+    int fd = connect_port(PORT);
+    ck_assert_int_ge(fd, 0);
+    const char *hdr = "POST /log_prob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      "Content-Type: multipart/form-data; boundary=szB\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ck_assert_int_eq(write_all(fd, hdr, strlen(hdr)), 0);
+    size_t off = 0, piece = 1;
+    while (off < len) {
+        size_t k = piece < len - off ? piece : len - off;
+        char ch[32];
+        int cn = snprintf(ch, sizeof ch, "%zx\r\n", k);
+        ck_assert_int_eq(write_all(fd, ch, (size_t)cn), 0);
+        ck_assert_int_eq(write_all(fd, body + off, k), 0);
+        ck_assert_int_eq(write_all(fd, "\r\n", 2), 0);
+        off += k;
+        piece = piece * 3 + 7;   /* 1, 10, 37, 118, ... bytes */
+    }
+    ck_assert_int_eq(write_all(fd, "0\r\n\r\n", 5), 0);
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    ssize_t got;
+    while (n < cap - 1 && (got = recv(fd, buf + n, cap - 1 - n, 0)) > 0) n += (size_t)got;
+    buf[n] = 0;
+    close(fd);
+    ck_assert_msg(!strncmp(buf, "HTTP/1.1 200", 12), "%.300s", buf);
+    char *eoh = strstr(buf, "\r\n\r\n");
+    ck_assert_ptr_nonnull(eoh);
+    ck_assert_str_eq(eoh + 4, a.body);
+    free(buf);
+    free(body);
+    resp_free(&a);
+}
+END_TEST
+
 START_TEST(test_api_key)
 {
     NEED_SETUP();
@@ -1561,6 +1619,7 @@ static Suite *server_suite(void)
     tcase_add_test(t, test_sample);
     tcase_add_test(t, test_errors);
     tcase_add_test(t, test_limits_small);
+    tcase_add_test(t, test_body_sizes);
     tcase_add_test(t, test_api_key);
     tcase_add_test(t, test_queue_full_and_timeout);
     tcase_add_test(t, test_batched_equals_single);
