@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # fresh-check.sh: proves the README's two commands and the Docker image on fresh Debian 12 roots
 # (debootstrap, minbase): (1) a newcomer with only git, make and gcc clones the repo, runs
-# `make run` until /healthz answers, stops it with SIGTERM, runs `make test`; (2) deploy/Dockerfile's
-# stages are built in two more fresh roots (deploy/dockerfile-run.py) and the "container" is started
+# `make run` until /healthz answers, stops it with Ctrl-C (SIGINT to its process group), runs
+# `make test`; (2) deploy/Dockerfile's stages are built in two more fresh roots
+# (deploy/dockerfile-run.py) and the "container" is started
 # with the image's ENTRYPOINT/ENV/USER as PID 1 of its own PID and network namespaces, probed,
 # health-checked with the image's HEALTHCHECK and stopped with SIGTERM while a request is in flight.
 # Leaves out a real Docker engine and Kubernetes (deploy/check-manifests.py checks their files).
@@ -196,7 +197,7 @@ newcomer() {
         kill -INT -- -$MPID
         for i in $(seq 1 60); do kill -0 $SPID 2>/dev/null || break; sleep 1; done
         wait $MPID; mrc=$?
-        if [ -n "$SPID" ] && kill -0 $SPID 2>/dev/null; then echo "newcomer: FAIL the server is still running 60 s after SIGTERM"; exit 13; fi
+        if [ -n "$SPID" ] && kill -0 $SPID 2>/dev/null; then echo "newcomer: FAIL the server is still running 60 s after Ctrl-C"; exit 13; fi
         if grep -q "stopped cleanly" /root/make-run.log; then echo "newcomer: PASS the server drained and exited after Ctrl-C (make exit $mrc):"
         else echo "newcomer: FAIL no \"stopped cleanly\" in the server log"; fi
         tail -3 /root/make-run.log | sed "s/^/newcomer:   /"
