@@ -361,6 +361,19 @@ START_TEST(test_loss_falls_and_outputs)
 }
 END_TEST
 
+/* a run started with the default --threads (0: every core) resumes: the saved options are
+ * checked with the same ranges as the command line (0 used to be refused on --resume) */
+START_TEST(test_resume_default_threads)
+{
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.idx", dir);
+    ck_assert_int_eq(run("--data %s --scales 2 --res-blocks 1 --features 4 --batch 8 --seed 3 --eval-images 5 "
+                         "--steps 3 --eval-every 0 --out %s", data, path_in("T0")), 0);
+    ck_assert_int_eq(run("--resume --steps 5 --out %s", path_in("T0")), 0);
+    ck_assert_int_eq(ckpt_step(path_in("T0/checkpoint.safetensors")), 5);
+}
+END_TEST
+
 START_TEST(test_sigterm_saves_and_resumes)
 {
     char data[400];
@@ -612,6 +625,7 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_cifar_and_png_dirs);
     tcase_add_test(tc, test_resume_is_exact);
     tcase_add_test(tc, test_loss_falls_and_outputs);
+    tcase_add_test(tc, test_resume_default_threads);
     tcase_add_test(tc, test_sigterm_saves_and_resumes);
     tcase_add_test(tc, test_full_disk_keeps_checkpoint);
     tcase_add_test(tc, test_bad_options_and_data);
