@@ -137,7 +137,7 @@ Temperature 1.0 and 0.7 (the run's last evaluation):
 Adam (lr 1e-3, betas 0.9/0.999), batch 64, L2 5e-5 on the weight-norm gains and scales,
 gradient clipping at global norm 100; full test-set evaluation every {ee} steps, where the best
 checkpoint is kept. `models/fashion-mnist/train-state/checkpoint.safetensors` (when present) is
-the run's resumable state: copy it to `runs/{outname}/checkpoint.safetensors` and add `--resume`
+the run's resumable state: copy it (and `metrics.jsonl` beside it) to `runs/{outname}/` and add `--resume`
 to continue exactly. `tools/publish_model.py` wrote this card from the run's files.
 
 ## `realnvp info`
