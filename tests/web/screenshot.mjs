@@ -32,7 +32,7 @@ try {
     if (Date.now() - t0 > 30000) throw new Error("server did not become ready");
     await new Promise((r) => setTimeout(r, 100));
   }
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox", "--disable-gpu"] });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(base + "/");
   await page.waitForFunction(() => document.querySelectorAll("#card-dl dd").length > 5);
