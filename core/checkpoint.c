@@ -362,6 +362,8 @@ enum rnvp_status rnvp_model_save(const rnvp_model *m, const char *path, const ch
     for (int i = 0; i < m->nmeta; i++) {
         const char *key = m->meta_keys[i];
         if (!strcmp(key, "format") || !strcmp(key, "version") || !strcmp(key, "config")) continue;
+        /* a trainer's resumable state describes train.* tensors this file does not have */
+        if (!strcmp(key, "train_state") || !strcmp(key, "train_options")) continue;
         meta[k++] = key;
         meta[k++] = m->meta_vals[i];
     }

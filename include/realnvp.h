@@ -114,8 +114,10 @@ enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_
 enum rnvp_status rnvp_model_init(rnvp_model **out, const rnvp_config *cfg, uint64_t seed,
                                  rnvp_error *err);
 /* Write the model as a checkpoint: temporary file, fsync, rename, so an existing file at
- * `path` survives any failure. `extra_meta` is a NULL-terminated list of key, value string
- * pairs added to (or overriding) the metadata; may be NULL. */
+ * `path` survives any failure. The model's metadata is kept, except a trainer's "train_state"
+ * and "train_options" (they describe train.* tensors the written file does not hold).
+ * `extra_meta` is a NULL-terminated list of key, value string pairs added to (or overriding)
+ * the metadata; may be NULL. */
 enum rnvp_status rnvp_model_save(const rnvp_model *m, const char *path,
                                  const char *const *extra_meta, rnvp_error *err);
 void rnvp_model_free(rnvp_model *m);

@@ -371,6 +371,15 @@ START_TEST(test_resume_default_threads)
                          "--steps 3 --eval-every 0 --out %s", data, path_in("T0")), 0);
     ck_assert_int_eq(run("--resume --steps 5 --out %s", path_in("T0")), 0);
     ck_assert_int_eq(ckpt_step(path_in("T0/checkpoint.safetensors")), 5);
+    /* the best model written by the resumed run (its final evaluation) is inference-only: it does
+     * not carry the loaded checkpoint's train_state (which named an older step) */
+    rnvp_model *m;
+    rnvp_error e;
+    ck_assert_int_eq(rnvp_model_load(&m, path_in("T0/best.safetensors"), &e), RNVP_OK);
+    ck_assert_str_eq(rnvp_model_metadata(m, "steps"), "5");
+    ck_assert_ptr_null(rnvp_model_metadata(m, "train_state"));
+    ck_assert_ptr_null(rnvp_model_metadata(m, "train_options"));
+    rnvp_model_free(m);
 }
 END_TEST
 
