@@ -14,6 +14,7 @@ so a later session can continue the same run exactly with `realnvp-train --resum
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import struct
@@ -21,12 +22,27 @@ import subprocess
 import sys
 import tempfile
 
-# defaults of bin/realnvp-train (its --help); only options that differ are shown in the command
-DEFAULTS = {"data": "/usr/share/datasets/fashion-mnist", "test": "", "val-fraction": 0.05, "scales": 3,
-            "res-blocks": 4, "features": "32,64,64", "flow-batchnorm": True, "kernel": 3, "alpha": 0.05,
-            "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "adam-eps": 1e-8, "batch": 64, "l2": 5e-5, "clip": 100.0,
-            "warmup": 0, "flip": "auto", "threads": 0, "seed": "1", "steps": 0, "epochs": 20, "eval-every": 2000,
-            "eval-images": 0, "log-every": 100, "save-every": 600, "out": "runs/train"}
+DEFAULT_RE = re.compile(r"^  --([a-z0-9-]+) .*\[default: ([^]]*)\]$")
+
+
+def train_defaults(exe):
+    """{option: default string} from `realnvp-train --help` (its option table), so they cannot drift."""
+    out = subprocess.run([exe, "--help"], check=True, capture_output=True, text=True).stdout
+    return {m.group(1): m.group(2) for m in map(DEFAULT_RE.match, out.splitlines()) if m}
+
+
+def is_default(value, default):
+    if default == "none":
+        default = ""
+    if isinstance(value, bool):
+        return str(int(value)) == default
+    if isinstance(value, (int, float)):
+        try:
+            d = float(default)
+        except ValueError:
+            return False
+        return abs(value - d) <= 1e-12 * max(abs(d), 1e-300)
+    return str(value) == default
 
 
 def header(path):
@@ -44,14 +60,13 @@ def atomic_copy(src, dst):
     os.replace(tmp, dst)
 
 
-def command(opts):
+def command(opts, defaults):
     parts = ["bin/realnvp-train"]
     for k, v in opts.items():
         if k == "out":
             parts.append("--out runs/%s" % os.path.basename(str(v).rstrip("/")))
             continue
-        d = DEFAULTS.get(k)
-        if d is not None and (v == d or (isinstance(d, float) and isinstance(v, (int, float)) and abs(v - d) <= 1e-12 * abs(d))):
+        if k in defaults and is_default(v, defaults[k]):
             continue
         if isinstance(v, bool):
             parts.append("--%s %d" % (k, int(v)))
@@ -69,6 +84,7 @@ def main():
     ap.add_argument("--state", action="store_true", help="also copy checkpoint.safetensors to OUT/train-state/")
     ap.add_argument("--note", default="", help="a paragraph added to the card (machine, status of the run)")
     ap.add_argument("--exe", default="bin/realnvp")
+    ap.add_argument("--train-exe", default="bin/realnvp-train", help="read for its option defaults (--help)")
     a = ap.parse_args()
 
     best, ckpt = os.path.join(a.run, "best.safetensors"), os.path.join(a.run, "checkpoint.safetensors")
@@ -147,7 +163,7 @@ to continue exactly. `tools/publish_model.py` wrote this card from the run's fil
 """.format(name=os.path.basename(a.out.rstrip("/")), dataset=bm.get("dataset", "?"), tbpd=float(bm["test_bits_per_dim"]),
            bstep=bm.get("steps", "?"), step=state["step"], epoch=state["epoch"], hours=hours,
            cfgj=json.dumps(cfg, separators=(",", ":")), ips=statistics.median(ips) if ips else float("nan"),
-           created=bm.get("created", "?"), note=a.note, rows=rows, cmd=command(opts), ee=opts.get("eval-every"),
+           created=bm.get("created", "?"), note=a.note, rows=rows, cmd=command(opts, train_defaults(a.train_exe)), ee=opts.get("eval-every"),
            outname=os.path.basename(str(opts.get("out", "train")).rstrip("/")), info=info)
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(card)

@@ -5,34 +5,23 @@
 //   node tests/web/screenshot.mjs MODEL OUT.png A.png B.png [MORE.png ...]
 // A.png and B.png are interpolated; all the PNGs are scored.
 import { spawn } from "node:child_process";
-import net from "node:net";
 import path from "node:path";
+import { ROOT, freePort, waitReady, launchChromium } from "./lib.mjs";
 
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const [model, out, ...pngs] = process.argv.slice(2);
 if (!model || !out || pngs.length < 2) {
   console.error("usage: node tests/web/screenshot.mjs MODEL OUT.png A.png B.png [MORE.png ...]");
   process.exit(2);
 }
 
-const port = await new Promise((resolve, reject) => {
-  const s = net.createServer();
-  s.once("error", reject);
-  s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-});
+const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const srv = spawn(path.join(ROOT, "bin/realnvp-server"), ["--model", model, "--port", String(port), "--access-log", "off"],
   { stdio: ["ignore", "ignore", "inherit"] });
-const { chromium } = await import("playwright-core");
 let browser;
 try {
-  for (let t0 = Date.now(); ; ) {
-    try { if ((await fetch(base + "/readyz")).ok) break; } catch (e) { /* not up yet */ }
-    if (Date.now() - t0 > 30000) throw new Error("server did not become ready");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  await waitReady(base, 30000);
+  browser = await launchChromium();
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(base + "/");
   await page.waitForFunction(() => document.querySelectorAll("#card-dl dd").length > 5);

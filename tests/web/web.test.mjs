@@ -9,32 +9,12 @@ import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import net from "node:net";
 import path from "node:path";
+import { ROOT, CHROMIUM, freePort, waitReady, launchChromium } from "./lib.mjs";
 
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const KEY = "web-test-key-123";
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-async function waitReady(base, ms) {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    try { const r = await fetch(base + "/readyz"); if (r.ok) return; } catch (e) { /* not up yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("server did not become ready");
-}
-
 test("browser demo", { timeout: 120000, skip: !existsSync(CHROMIUM) && `Chromium not found at ${CHROMIUM} (apt-get install chromium): browser test skipped` }, async () => {
-  const { chromium } = await import("playwright-core");
   const dir = mkdtempSync(path.join(tmpdir(), "rnvp-web-"));
   const exe = (n) => path.join(ROOT, "bin", n);
   const model = path.join(dir, "m.safetensors");
@@ -51,8 +31,7 @@ test("browser demo", { timeout: 120000, skip: !existsSync(CHROMIUM) && `Chromium
   let browser;
   try {
     await waitReady(base, 20000);
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-      "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"] });
+    browser = await launchChromium();
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(String(e)));
