@@ -145,7 +145,7 @@ enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_
         if (!dt || strcmp(dt, "F32")) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "tensor %s: dtype is %s, expected F32", name, dt ? dt : "missing"); goto out; }
         json_t *sh = json_object_get(e, "shape");
         const rnvp_tensor *t = &m->tensors[i];
-        int ok = json_is_array(sh) && (int)json_array_size(sh) == t->ndim;
+        int ok = json_is_array(sh) && json_array_size(sh) == (size_t)t->ndim;
         for (int d = 0; ok && d < t->ndim; d++) {
             json_t *v = json_array_get(sh, d);
             ok = json_is_integer(v) && json_integer_value(v) == t->shape[d];

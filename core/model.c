@@ -19,14 +19,19 @@ static int get_num(json_t *o, const char *key, double *out)
     return 0;
 }
 
-static int get_int(json_t *o, const char *key, int *out)
+/* An integer from the config, range-checked as json_int_t before it is narrowed to int (a
+ * value like 2^32 + 3 must not wrap into range). On failure err names the key and the range. */
+static enum rnvp_status get_int_value(json_t *v, const char *key, int lo, int hi, int *out,
+                                      rnvp_error *err)
 {
-    json_t *v = json_object_get(o, key);
-    if (!v || !json_is_integer(v)) return -1;
+    if (!v || !json_is_integer(v))
+        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not an integer", key);
     json_int_t x = json_integer_value(v);
-    if (x < -1000000 || x > 1000000) return -1;
+    if (x < lo || x > hi)
+        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: \"%s\" is %lld, expected an integer in %d..%d",
+                         key, (long long)x, lo, hi);
     *out = (int)x;
-    return 0;
+    return RNVP_OK;
 }
 
 enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_error *err)
@@ -38,13 +43,15 @@ enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_erro
     enum rnvp_status st = RNVP_OK;
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(o)) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: not a JSON object"); goto out; }
-    static const char *ints[] = {"height", "width", "channels", "num_scales", "res_blocks"};
+    /* the ranges of rnvp_config_validate, which checks the rest (channels 1 or 3, divisibility) */
+    static const struct { const char *key; int lo, hi; } ints[] = {
+        {"height", 2, RNVP_MAX_SIDE}, {"width", 2, RNVP_MAX_SIDE}, {"channels", 1, 3},
+        {"num_scales", 1, RNVP_MAX_SCALES}, {"res_blocks", 0, RNVP_MAX_RES_BLOCKS}};
     int *iv[] = {&cfg->height, &cfg->width, &cfg->channels, &cfg->num_scales, &cfg->res_blocks};
     for (int i = 0; i < 5; i++)
-        if (get_int(o, ints[i], iv[i])) {
-            st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not an integer", ints[i]);
+        if ((st = get_int_value(json_object_get(o, ints[i].key), ints[i].key, ints[i].lo, ints[i].hi,
+                                iv[i], err)))
             goto out;
-        }
     static const char *nums[] = {"alpha", "bn_eps", "flow_bn_eps"};
     double *nv[] = {&cfg->alpha, &cfg->bn_eps, &cfg->flow_bn_eps};
     for (int i = 0; i < 3; i++)
@@ -59,29 +66,20 @@ enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_erro
     else { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"flow_batchnorm\" missing or not a boolean"); goto out; }
     json_t *f = json_object_get(o, "features");
     if (!f || !json_is_array(f)) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"features\" missing or not an array"); goto out; }
-    if (cfg->num_scales < 1 || cfg->num_scales > RNVP_MAX_SCALES) {
-        st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: num_scales %d out of range 1..%d", cfg->num_scales, RNVP_MAX_SCALES);
-        goto out;
-    }
-    if ((int)json_array_size(f) != cfg->num_scales) {
+    if (json_array_size(f) != (size_t)cfg->num_scales) {
         st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: \"features\" has %zu values, num_scales is %d",
                        json_array_size(f), cfg->num_scales);
         goto out;
     }
     for (int s = 0; s < cfg->num_scales; s++) {
-        json_t *v = json_array_get(f, s);
-        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > RNVP_MAX_FEATURES) {
-            st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: features[%d] is not an integer in 1..%d", s, RNVP_MAX_FEATURES);
+        char key[32];
+        snprintf(key, sizeof key, "features[%d]", s);
+        if ((st = get_int_value(json_array_get(f, s), key, 1, RNVP_MAX_FEATURES, &cfg->features[s], err)))
             goto out;
-        }
-        cfg->features[s] = (int)json_integer_value(v);
     }
     cfg->kernel = 3;
     json_t *k = json_object_get(o, "kernel");   /* project extension, see docs/format.md */
-    if (k) {
-        if (!json_is_integer(k)) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: \"kernel\" is not an integer"); goto out; }
-        cfg->kernel = (int)json_integer_value(k);
-    }
+    if (k && (st = get_int_value(k, "kernel", 1, RNVP_MAX_KERNEL, &cfg->kernel, err))) goto out;
     st = rnvp_config_validate(cfg, err);
 out:
     json_decref(o);

@@ -967,6 +967,77 @@ START_TEST(null_err_and_random_damage)
 }
 END_TEST
 
+/* ---- integers from outside: range-checked before they become ints */
+
+/* 2^32 + 3 is 3 once truncated to 32 bits: a value that used to wrap into range */
+#define WRAPS_TO_3 ((json_int_t)4294967299LL)
+
+START_TEST(config_integers_out_of_range)
+{
+    /* each key with a value whose low 32 bits are in range (so a cast to int would accept it),
+     * or that is simply too large; the message names the key, the value and the allowed range */
+    struct { const char *key; json_t *v; const char *value, *range; } bad[] = {
+        {"kernel", json_integer(WRAPS_TO_3), "4294967299", "1..15"},
+        {"kernel", json_integer(-4294967293LL), "-4294967293", "1..15"},   /* also 3 in 32 bits */
+        {"kernel", json_integer(17), "17", "1..15"},
+        {"height", json_integer(4294967300LL), "4294967300", "2..4096"},   /* 4 in 32 bits */
+        {"width", json_integer(4294967300LL), "4294967300", "2..4096"},
+        {"width", json_integer(8192), "8192", "2..4096"},
+        {"channels", json_integer(4294967297LL), "4294967297", "1..3"},
+        {"num_scales", json_integer(4294967298LL), "4294967298", "1..8"},
+        {"res_blocks", json_integer(4294967297LL), "4294967297", "0..64"},
+        {"res_blocks", json_integer(65), "65", "0..64"},
+        {"features", json_pack("[I, i]", WRAPS_TO_3, 4), "4294967299", "1..4096"},
+        {"features", json_pack("[i, I]", 3, (json_int_t)INT64_MAX), "9223372036854775807", "1..4096"},
+    };
+    size_t len;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char where[64];
+        snprintf(where, sizeof where, "%s = %s", bad[i].key, bad[i].value);
+        ckpt c = ck_open();
+        set_config_key(&c, bad[i].key, bad[i].v);
+        unsigned char *b = ck_bytes(&c, &len);
+        ck_close(&c);
+        rnvp_error e = {.msg = ""};
+        rnvp_model *m = NULL;
+        enum rnvp_status st = rnvp_model_load_memory(&m, b, len, &e);
+        if (st == RNVP_OK) rnvp_model_free(m);
+        ck_assert_msg(st == RNVP_ERR_FORMAT, "%s: status %s (%s)", where, rnvp_status_name(st), e.msg);
+        ck_assert_msg(names(e.msg, "config") && names(e.msg, bad[i].key) && strstr(e.msg, bad[i].value) &&
+                      strstr(e.msg, bad[i].range), "%s: message \"%s\" lacks the key, value or range %s",
+                      where, e.msg, bad[i].range);
+        free(b);
+    }
+    /* flow_batchnorm is 0, 1, true or false: 2^32 + 1 is not 1 */
+    ckpt c = ck_open();
+    set_config_key(&c, "flow_batchnorm", json_integer(4294967297LL));
+    unsigned char *b = ck_bytes(&c, &len);
+    ck_close(&c);
+    expect_fail("flow_batchnorm", b, len, RNVP_ERR_FORMAT, "config", "flow_batchnorm");
+
+    /* the same through rnvp_config_parse; the largest kernel in range still parses */
+    json_t *cfg = json_loads(json_string_value(json_object_get(json_object_get(
+                                 json_loadb((const char *)g_file + 8, hdr_len(g_file), 0, NULL), "__metadata__"), "config")),
+                             0, NULL);
+    ck_assert_ptr_nonnull(cfg);
+    const json_int_t kernels[] = {WRAPS_TO_3, 15};
+    for (int i = 0; i < 2; i++) {
+        json_object_set_new(cfg, "kernel", json_integer(kernels[i]));
+        char *js = json_dumps(cfg, JSON_COMPACT);
+        rnvp_config rc;
+        rnvp_error e = {.msg = ""};
+        enum rnvp_status st = rnvp_config_parse(&rc, js, &e);
+        free(js);
+        if (i == 0)
+            ck_assert_msg(st == RNVP_ERR_FORMAT && e.status == RNVP_ERR_FORMAT &&
+                          strstr(e.msg, "\"kernel\" is 4294967299, expected an integer in 1..15"), "%s", e.msg);
+        else
+            ck_assert_msg(st == RNVP_OK && rc.kernel == 15, "%s", e.msg);
+    }
+    json_decref(cfg);
+}
+END_TEST
+
 static Suite *checkpoint_suite(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -995,6 +1066,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(t, inf_value);
     tcase_add_test(t, negative_running_var);
     tcase_add_test(t, null_err_and_random_damage);
+    tcase_add_test(t, config_integers_out_of_range);
     suite_add_tcase(s, t);
     return s;
 }
