@@ -331,7 +331,7 @@ void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affin
 
 size_t conv_col_floats(const conv_i *cv, int N, int H, int W)
 {
-    size_t blas = (size_t)cv->cin * cv->kh * cv->kw * N * H * W;
-    size_t direct = conv_panel_floats(cv->cin, cv->kh, cv->kw) + 16;
+    size_t blas = sz_mul(sz_mul((size_t)cv->cin * cv->kh * cv->kw, (size_t)N), (size_t)H * W);
+    size_t direct = sz_add(conv_panel_floats(cv->cin, cv->kh, cv->kw), 16);
     return blas > direct ? blas : direct;
 }

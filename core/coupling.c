@@ -117,13 +117,13 @@ void coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
     }
 }
 
-/* Floats of workspace a coupling needs for N images, per buffer. */
+/* Floats of workspace a coupling needs for N images, per buffer (SIZE_MAX: does not fit). */
 void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out, size_t *col)
 {
-    const size_t P = (size_t)N * c->H * c->W;
-    *netin = c->kind == COUPLING_CHECKER ? (size_t)c->Cin * P : 0;
-    *feat = (size_t)c->F * P;
-    *out = (size_t)2 * c->Ct * P;
+    const size_t P = sz_mul((size_t)N, (size_t)c->H * c->W);
+    *netin = c->kind == COUPLING_CHECKER ? sz_mul((size_t)c->Cin, P) : 0;
+    *feat = sz_mul((size_t)c->F, P);
+    *out = sz_mul((size_t)2 * c->Ct, P);
     size_t m = conv_col_floats(&c->i_in, N, c->H, c->W);
     for (int j = 0; j < c->K; j++) {
         size_t a = conv_col_floats(&c->i_a[j], N, c->H, c->W), b = conv_col_floats(&c->i_b[j], N, c->H, c->W);

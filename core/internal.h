@@ -12,6 +12,22 @@
 #define RNVP_MAX_SIDE 4096
 #define RNVP_MAX_FLOW_CHANNELS (3 << (RNVP_MAX_SCALES - 1))   /* channels of h_s at most */
 
+/* The config's limits keep every per-image product in int: D = C*H*W, and channels * H * W of
+ * every tensor the flow sees (C*H*W elements, at most 3 * 4096 * 4096). */
+_Static_assert((long long)3 * RNVP_MAX_SIDE * RNVP_MAX_SIDE <= 0x7fffffff, "C*H*W must fit in int");
+
+/* Saturating size arithmetic for sizes computed from a model's config: SIZE_MAX stands for "does
+ * not fit in size_t" and stays SIZE_MAX through later sums and products. */
+static inline size_t sz_mul(size_t a, size_t b)
+{
+    if (a == SIZE_MAX || b == SIZE_MAX) return SIZE_MAX;
+    return a && b > SIZE_MAX / a ? SIZE_MAX : a * b;
+}
+static inline size_t sz_add(size_t a, size_t b)
+{
+    return b > SIZE_MAX - a ? SIZE_MAX : a + b;
+}
+
 enum coupling_kind { COUPLING_CHECKER = 0, COUPLING_CHANNEL = 1 };
 
 /* A weight-normalised convolution. Pointers into the model's parameter block. */
@@ -164,7 +180,8 @@ void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_
                     const net_ws *ws, int N, int H, int W);
 void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
                       const net_ws *ws, int N, int H, int W, int accumulate);
-/* Floats of ws->col either kernel needs for one thread. */
+/* Floats of ws->col either kernel needs for one thread (SIZE_MAX: does not fit). The panel
+ * and guard sizes are small by the config's limits (kernel <= 15, features <= 4096). */
 size_t conv_col_floats(const conv_i *cv, int N, int H, int W);
 /* Floats of one thread's panel (K, RNVP_CONV_STRIP) for the direct kernel. */
 size_t conv_panel_floats(int cin, int kh, int kw);
@@ -173,6 +190,7 @@ size_t conv_guard_floats(const conv_i *cv, int W);
 /* 1 when this CPU can run the direct kernel (AVX-512F, built for x86-64 with GCC or clang). */
 int conv_direct_available(void);
 
+/* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
 void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,
                       size_t *col);
 /* Inference coupling (plus its flow batch norm) on x (C, N, H, W) in place. forward adds each

@@ -142,7 +142,8 @@ typedef struct builder {
     rnvp_model *m;
     int cap_t;
     size_t cap_names, used_names;
-    int fail;
+    int fail;      /* out of memory, or too_big */
+    int too_big;   /* the parameter count does not fit in size_t bytes */
 } builder;
 
 static float *add_tensor(builder *b, const char *name, int ndim, int d0, int d1, int d2, int d3)
@@ -174,10 +175,15 @@ static float *add_tensor(builder *b, const char *name, int ndim, int d0, int d1,
     t->size = 1;
     for (int i = 0; i < 4; i++) {
         t->shape[i] = i < ndim ? d[i] : 1;
-        t->size *= (size_t)t->shape[i];
+        t->size = sz_mul(t->size, (size_t)t->shape[i]);
     }
     t->data = (float *)(uintptr_t)(m->nparams + 1);          /* offset + 1, resolved later */
-    m->nparams += t->size;
+    m->nparams = sz_add(m->nparams, t->size);
+    /* bytes of the block (and of every tensor) fit in size_t; the inference block is smaller */
+    if (m->nparams > SIZE_MAX / sizeof(float)) {
+        b->fail = b->too_big = 1;
+        return NULL;
+    }
     return t->data;
 }
 
@@ -303,8 +309,13 @@ enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_f
         offset += p->channels * p->height * p->width;
         if (!last) { C *= 2; H /= 2; W /= 2; }
     }
+    if (b.too_big) {
+        rnvp_model_free(m);
+        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: the model's parameters would not fit in memory");
+    }
     if (b.fail) goto nomem;
-    /* inference block: folded conv weights and biases, affine maps, flow-bn inverse std */
+    /* inference block: folded conv weights and biases, affine maps, flow-bn inverse std (no
+     * overflow: each term is at most its parameters' count, and their sum nparams fits) */
     size_t ni = 0;
     for (int kk = 0; kk < m->L; kk++) {
         coupling *c = &m->cp[kk];

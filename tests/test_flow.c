@@ -73,6 +73,21 @@ START_TEST(squeeze_and_split_maps)
 }
 END_TEST
 
+/* Sizes from a config use saturating arithmetic: SIZE_MAX means "does not fit" and sticks. */
+START_TEST(saturating_sizes)
+{
+    ck_assert_uint_eq(sz_mul(3, 5), 15);
+    ck_assert_uint_eq(sz_mul(0, SIZE_MAX / 2), 0);
+    ck_assert_uint_eq(sz_mul(SIZE_MAX / 2 + 1, 2), SIZE_MAX);
+    ck_assert_uint_eq(sz_mul(SIZE_MAX, 0), SIZE_MAX);
+    ck_assert_uint_eq(sz_mul((size_t)1 << (4 * sizeof(size_t)), (size_t)1 << (4 * sizeof(size_t))), SIZE_MAX);
+    ck_assert_uint_eq(sz_add(SIZE_MAX - 1, 1), SIZE_MAX);
+    ck_assert_uint_eq(sz_add(SIZE_MAX - 1, 2), SIZE_MAX);
+    ck_assert_uint_eq(sz_add(SIZE_MAX, 0), SIZE_MAX);
+    ck_assert_uint_eq(sz_add(2, 3), 5);
+}
+END_TEST
+
 /* Workspace for one coupling and N images. */
 static net_ws make_ws(const coupling *c, int N, float **block)
 {
@@ -259,6 +274,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, squeeze_and_split_maps);
+    tcase_add_test(tc, saturating_sizes);
     tcase_add_test(tc, couplings_grey_fbn);
     tcase_add_test(tc, couplings_rgb_nofbn);
     tcase_add_test(tc, couplings_rect_3scales);
