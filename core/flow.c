@@ -36,14 +36,24 @@ static int use_direct(void)
     return conv_direct_available();
 }
 
-enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch, rnvp_error *err)
+/* The sizes of a context's workspace (in floats unless named otherwise), for the kernel and
+ * thread count a context made now would use. Saturating: bytes is SIZE_MAX when they do not fit
+ * in size_t. rnvp_ctx_create lays out its block from these, rnvp_ctx_workspace_bytes reports
+ * them, so the two cannot disagree. */
+typedef struct ws_plan {
+    int direct, threads;
+    size_t nin, feat, outc, col;   /* the largest of each over the couplings (coupling_ws_size) */
+    size_t panel, guard;           /* per thread, per convolution input; multiples of 16 */
+    size_t ND;                     /* max_batch * D: x, tmp, zc and zin each */
+    size_t bytes;                  /* the block: the floats and max_batch doubles, rounded to 64 */
+} ws_plan;
+
+static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
 {
-    *out = NULL;
-    if (max_batch < 1 || max_batch > 65536) return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..65536", max_batch);
-    const int direct = use_direct();
-    int threads = direct ? openblas_get_num_threads() : 1;
-    if (threads < 1) threads = 1;
-    if (threads > 256) threads = 256;
+    p->direct = use_direct();
+    p->threads = p->direct ? openblas_get_num_threads() : 1;
+    if (p->threads < 1) p->threads = 1;
+    if (p->threads > 256) p->threads = 256;
     size_t nin = 0, feat = 0, outc = 0, col = 0, panel = 16, guard = 0;
     for (int k = 0; k < m->L; k++) {
         size_t a, b, c, d;
@@ -62,13 +72,41 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
         }
     }
     panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
-    if (direct) col = 0;                       /* the panels replace the im2col buffer */
+    if (p->direct) col = 0;                    /* the panels replace the im2col buffer */
     else guard = 0;
     guard = (guard + 15) / 16 * 16;
-    size_t ND = (size_t)max_batch * m->D;
-    size_t floats = (direct ? (size_t)threads * panel : 0) + 4 * ND + nin + 2 * feat + outc + col +
-                    7 * guard;
-    size_t bytes = (floats * sizeof(float) + (size_t)max_batch * sizeof(double) + 63) / 64 * 64;
+    p->nin = nin; p->feat = feat; p->outc = outc; p->col = col; p->panel = panel; p->guard = guard;
+    p->ND = sz_mul((size_t)max_batch, (size_t)m->D);
+    /* threads' panels, x, tmp, zc, zin, netin, h, t, out, col, 7 guards */
+    size_t floats = p->direct ? sz_mul((size_t)p->threads, panel) : 0;
+    floats = sz_add(floats, sz_mul(4, p->ND));
+    floats = sz_add(floats, sz_add(nin, sz_add(sz_mul(2, feat), sz_add(outc, col))));
+    floats = sz_add(floats, sz_mul(7, guard));
+    size_t bytes = sz_add(sz_mul(floats, sizeof(float)), (size_t)max_batch * sizeof(double));
+    p->bytes = bytes > SIZE_MAX - 63 ? SIZE_MAX : (bytes + 63) / 64 * 64;
+}
+
+size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch)
+{
+    if (!m || max_batch < 1 || max_batch > RNVP_MAX_BATCH) return SIZE_MAX;
+    ws_plan p;
+    plan_workspace(&p, m, max_batch);
+    return sz_add(p.bytes, sizeof(rnvp_ctx));
+}
+
+enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch, rnvp_error *err)
+{
+    *out = NULL;
+    if (max_batch < 1 || max_batch > RNVP_MAX_BATCH)
+        return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..%d", max_batch, RNVP_MAX_BATCH);
+    ws_plan p;
+    plan_workspace(&p, m, max_batch);
+    if (p.bytes == SIZE_MAX)
+        return rnvp_fail(err, RNVP_ERR_NOMEM, "a context for %d images would need more memory than can be addressed",
+                         max_batch);
+    const int direct = p.direct, threads = p.threads;
+    const size_t nin = p.nin, feat = p.feat, outc = p.outc, panel = p.panel, guard = p.guard, ND = p.ND;
+    const size_t bytes = p.bytes;
     rnvp_ctx *c = calloc(1, sizeof *c);
     void *blk = aligned_alloc(64, bytes);
     tpool *tp = direct && threads > 1 ? tpool_create(threads) : NULL;
@@ -82,7 +120,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
     c->threads = threads;
     c->tp = tp;
     c->block = blk;
-    c->bytes = bytes + sizeof *c;
+    c->bytes = sz_add(bytes, sizeof *c);   /* what rnvp_ctx_workspace_bytes reported */
     float *f = blk;
     if (direct) {
         c->ws.panel = f;

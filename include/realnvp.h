@@ -36,6 +36,7 @@ extern "C" {
 
 #define RNVP_VERSION "0.1.0"
 #define RNVP_MAX_SCALES 8
+#define RNVP_MAX_BATCH 65536   /* largest max_batch of a context */
 
 enum rnvp_status {
     RNVP_OK = 0,
@@ -138,12 +139,23 @@ double rnvp_model_flops(const rnvp_model *m);
 
 /* ---- execution ---- */
 
-/* A workspace for up to max_batch images at once. Owns its memory; free with rnvp_ctx_free.
- * The model must outlive the context. On failure *out is NULL. */
+/* A workspace for up to max_batch images at once (1..RNVP_MAX_BATCH, else RNVP_ERR_ARG). Owns
+ * its memory; free with rnvp_ctx_free. The model must outlive the context. On failure *out is
+ * NULL. Its size is rnvp_ctx_workspace_bytes(m, max_batch); it grows with the image size, so a
+ * program that loads checkpoints it does not trust should check that first. */
 enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_batch,
                                  rnvp_error *err);
 void rnvp_ctx_free(rnvp_ctx *ctx);
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
+/* The bytes rnvp_ctx_create(&ctx, m, max_batch, ...) called now would allocate for the context:
+ * exactly what rnvp_ctx_bytes(ctx) then reports (its one workspace block of activations,
+ * latents and convolution buffers, plus the handle). It depends on the convolution kernel and
+ * thread count a context made now would use (rnvp_set_num_threads, REALNVP_CONV), and is linear
+ * in max_batch up to rounding. Not counted: the pool's threads (their stacks and a few hundred
+ * bytes of bookkeeping, see the memory model above). Allocates nothing and never fails: returns
+ * SIZE_MAX when m is NULL, max_batch is outside 1..RNVP_MAX_BATCH, or the size does not fit in
+ * size_t (every sum and product is checked). The model keeps ownership of everything. */
+size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
 /* The context's convolution kernel ("avx512-direct" or "openblas") and its thread count (the
  * pool's threads with the caller; 1 when OpenBLAS does the threading). */
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx);

@@ -1,6 +1,8 @@
 /* test_checkpoint.c: the checkpoint loader (core/checkpoint.c): a save/load round trip, and one
  * test per malformed-file case of docs/format.md "Validation", each asserting the status and that
- * the message names the tensor or field. Leaves out the flow's numerics (test_flow.c, test_golden.c).
+ * the message names the tensor or field; out-of-range config integers; the context size a loaded
+ * model reports (rnvp_ctx_workspace_bytes) against what rnvp_ctx_create allocates. Leaves out the
+ * flow's numerics (test_flow.c, test_golden.c).
  *
  * Every malformed file is made from one valid checkpoint (rnvp_model_init + rnvp_model_save into
  * a temporary directory) by editing its JSON header with Jansson, its raw header text, or its
@@ -15,7 +17,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* ---- the valid checkpoint every test starts from (made once in main, inherited by the forks) */
@@ -1038,6 +1042,171 @@ START_TEST(config_integers_out_of_range)
 }
 END_TEST
 
+/* ---- the context's size, reported before it is made */
+
+/* bytes the allocator has handed out (all arenas, and its mmap'd blocks) */
+static size_t heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
+
+/* workspace(m, n) is what rnvp_ctx_create allocates: rnvp_ctx_bytes, and the allocator's count */
+static void assert_workspace_exact(const rnvp_model *m, int n, int measure)
+{
+    rnvp_error e;
+    size_t w = rnvp_ctx_workspace_bytes(m, n);
+    ck_assert_uint_lt(w, SIZE_MAX);
+    size_t before = heap_in_use();
+    rnvp_ctx *ctx = NULL;
+    ck_assert_msg(rnvp_ctx_create(&ctx, m, n, &e) == RNVP_OK, "%s", e.msg);
+    size_t delta = heap_in_use() - before;
+    ck_assert_msg(rnvp_ctx_bytes(ctx) == w, "max_batch %d (%s, %d threads): rnvp_ctx_bytes %zu, workspace_bytes %zu",
+                  n, rnvp_ctx_conv_kernel(ctx), rnvp_ctx_threads(ctx), rnvp_ctx_bytes(ctx), w);
+    /* one thread (no pool): what malloc handed out is the workspace plus malloc's own rounding
+     * (chunk headers, alignment, whole pages for a mapped block) */
+    if (measure)
+        ck_assert_msg(delta >= w && delta <= w + 8192, "max_batch %d: allocated %zu bytes, reported %zu", n, delta, w);
+    rnvp_ctx_free(ctx);
+}
+
+START_TEST(ctx_workspace_bytes_exact)
+{
+    /* both convolution kernels, one and two threads */
+    for (int blas = 0; blas < 2; blas++) {
+        if (blas) setenv("REALNVP_CONV", "blas", 1);
+        else unsetenv("REALNVP_CONV");
+        for (int threads = 1; threads <= 2; threads++) {
+            rnvp_set_num_threads(threads);
+            const int ns[] = {1, 2, 7, 64, 200};
+            for (int i = 0; i < 5; i++) assert_workspace_exact(g_model, ns[i], threads == 1);
+            /* strictly growing, and linear up to the 64-byte rounding */
+            for (int n = 1; n < 300; n++)
+                ck_assert_uint_gt(rnvp_ctx_workspace_bytes(g_model, n + 1), rnvp_ctx_workspace_bytes(g_model, n));
+            for (int n = 32; n <= 512; n *= 2) {
+                size_t w1 = rnvp_ctx_workspace_bytes(g_model, n), w2 = rnvp_ctx_workspace_bytes(g_model, 2 * n),
+                       w3 = rnvp_ctx_workspace_bytes(g_model, 3 * n);
+                ck_assert_msg(w3 - w2 + 64 >= w2 - w1 && w2 - w1 + 64 >= w3 - w2, "n %d: %zu %zu %zu", n, w1, w2, w3);
+            }
+        }
+    }
+    unsetenv("REALNVP_CONV");
+    rnvp_set_num_threads(1);
+    /* max_batch out of range, no model: SIZE_MAX, as rnvp_ctx_create refuses them */
+    ck_assert_uint_eq(rnvp_ctx_workspace_bytes(g_model, 0), SIZE_MAX);
+    ck_assert_uint_eq(rnvp_ctx_workspace_bytes(g_model, -1), SIZE_MAX);
+    ck_assert_uint_eq(rnvp_ctx_workspace_bytes(g_model, RNVP_MAX_BATCH + 1), SIZE_MAX);
+    ck_assert_uint_eq(rnvp_ctx_workspace_bytes(NULL, 1), SIZE_MAX);
+    ck_assert_uint_lt(rnvp_ctx_workspace_bytes(g_model, RNVP_MAX_BATCH), SIZE_MAX);
+    rnvp_ctx *ctx = (rnvp_ctx *)&ctx;
+    rnvp_error e;
+    ck_assert_int_eq(rnvp_ctx_create(&ctx, g_model, RNVP_MAX_BATCH + 1, &e), RNVP_ERR_ARG);
+    ck_assert_ptr_null(ctx);
+}
+END_TEST
+
+START_TEST(ctx_workspace_bytes_by_hand)
+{
+    /* 4x4 grey, one scale, no residual blocks, one feature, 3x3 kernels: 4 checkerboard
+     * couplings, each seeing (C, H, W) = (1, 4, 4) with a net input of 2 channels. With the
+     * OpenBLAS kernel, for N images, in floats: x, tmp, zc, zin 16N each; netin 2*16N; h and t
+     * 16N each; out (s and t) 2*16N; im2col of in_conv 2*9*16N (the largest); no guards or
+     * panels: 448N floats, plus N doubles of log-dets = 1800N bytes, a multiple of 64 when 8
+     * divides N; plus the context's handle. For N = 1 the direct kernel's panel (2*9*32 + 16
+     * floats) is larger than the im2col buffer: 752 floats + 1 double = 3016, 3072 rounded. */
+    rnvp_config cfg = {.height = 4, .width = 4, .channels = 1, .num_scales = 1, .res_blocks = 0,
+                       .features = {1}, .alpha = 0.05, .bn_eps = 1e-5, .flow_batchnorm = 0,
+                       .flow_bn_eps = 1e-4, .kernel = 3};
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    ck_assert_msg(rnvp_model_init(&m, &cfg, 3, &e) == RNVP_OK, "%s", e.msg);
+    setenv("REALNVP_CONV", "blas", 1);
+    size_t handle = rnvp_ctx_workspace_bytes(m, 8) - 1800 * 8;
+    ck_assert_msg(handle > 0 && handle < 1024, "handle %zu", handle);
+    for (int n = 8; n <= 4096; n *= 2) ck_assert_uint_eq(rnvp_ctx_workspace_bytes(m, n), 1800 * (size_t)n + handle);
+    ck_assert_uint_eq(rnvp_ctx_workspace_bytes(m, 1), 3072 + handle);
+    assert_workspace_exact(m, 8, 1);
+    assert_workspace_exact(m, 1, 1);
+    unsetenv("REALNVP_CONV");
+    rnvp_model_free(m);
+}
+END_TEST
+
+/* address space the process has mapped (bytes) */
+static size_t vm_size(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (f) {
+        if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+START_TEST(huge_image_small_file)
+{
+    /* a valid model for 4096x4096 RGB images with one feature per scale: a file of about 30 KB
+     * whose context would need gigabytes */
+    rnvp_config cfg = {.height = 4096, .width = 4096, .channels = 3, .num_scales = 3, .res_blocks = 0,
+                       .features = {1, 1, 1}, .alpha = 0.05, .bn_eps = 1e-5, .flow_batchnorm = 1,
+                       .flow_bn_eps = 1e-4, .kernel = 3};
+    rnvp_model *m0 = NULL;
+    rnvp_error e;
+    ck_assert_msg(rnvp_model_init(&m0, &cfg, 5, &e) == RNVP_OK, "%s", e.msg);
+    char p[160];
+    snprintf(p, sizeof p, "%s/big.safetensors", g_dir);
+    ck_assert_msg(rnvp_model_save(m0, p, NULL, &e) == RNVP_OK, "%s", e.msg);
+    rnvp_model_free(m0);
+    FILE *f = fopen(p, "rb");
+    ck_assert_ptr_nonnull(f);
+    unsigned char *buf = malloc(1 << 20);
+    size_t len = fread(buf, 1, 1 << 20, f);
+    fclose(f);
+    unlink(p);
+    ck_assert_msg(len > 0 && len < 64 * 1024, "%zu bytes", len);
+
+    /* it loads, keeping little memory, and under an address-space limit of 256 MB more than
+     * the process has now (not under ASan, whose allocator maps memory its own way) */
+    struct rlimit old;
+    ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+#ifndef UNDER_ASAN
+    struct rlimit lim = old;
+    size_t cap = vm_size() + ((size_t)256 << 20);
+    if (old.rlim_cur == RLIM_INFINITY || old.rlim_cur > cap) lim.rlim_cur = cap;
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
+#endif
+    size_t before = heap_in_use();
+    rnvp_model *m = NULL;
+    enum rnvp_status st = rnvp_model_load_memory(&m, buf, len, &e);
+    size_t kept = heap_in_use() - before;
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+    free(buf);
+    ck_assert_msg(st == RNVP_OK, "%s", e.msg);
+    ck_assert_msg(kept < ((size_t)1 << 20), "the loaded model holds %zu bytes", kept);
+    ck_assert_int_eq(rnvp_model_dim(m), 3 * 4096 * 4096);
+
+    /* its workspace, reported without allocating: at least x, tmp, zc and zin (D floats each
+     * per image), over 1 GB for one image, and linear in max_batch */
+    before = heap_in_use();
+    size_t w1 = rnvp_ctx_workspace_bytes(m, 1), w2 = rnvp_ctx_workspace_bytes(m, 2),
+           w64 = rnvp_ctx_workspace_bytes(m, 64);
+    ck_assert_uint_eq(heap_in_use(), before);
+    ck_assert_msg(w1 > ((size_t)1 << 30) && w1 >= 4 * sizeof(float) * 3 * 4096 * 4096, "%zu", w1);
+    ck_assert_msg(w2 - w1 + 64 >= w1 - 1024 && w2 < 2 * w1, "%zu %zu", w1, w2);
+    ck_assert_msg(w64 > 60 * w1 && w64 < 64 * w1, "%zu %zu", w1, w64);
+    rnvp_model_free(m);
+}
+END_TEST
+
 static Suite *checkpoint_suite(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -1067,6 +1236,9 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(t, negative_running_var);
     tcase_add_test(t, null_err_and_random_damage);
     tcase_add_test(t, config_integers_out_of_range);
+    tcase_add_test(t, ctx_workspace_bytes_exact);
+    tcase_add_test(t, ctx_workspace_bytes_by_hand);
+    tcase_add_test(t, huge_image_small_file);
     suite_add_tcase(s, t);
     return s;
 }
@@ -1074,7 +1246,7 @@ static Suite *checkpoint_suite(void)
 /* rm -r of the temporary directory (flat) */
 static void remove_dir(const char *d)
 {
-    const char *files[] = {"valid.safetensors", "again.safetensors", "bad.safetensors"};
+    const char *files[] = {"valid.safetensors", "again.safetensors", "bad.safetensors", "big.safetensors"};
     char p[200];
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         snprintf(p, sizeof p, "%s/%s", d, files[i]);
