@@ -330,6 +330,34 @@ out:
     return st;
 }
 
+/* the grid's size in pixels and its column count (cols <= 0: about square); checks everything the
+ * encoder checks before it allocates */
+static enum rnvp_status grid_geometry(long long *gw, long long *gh, int *cols, int n, int channels, int height, int width,
+                                      rnvp_error *err)
+{
+    if (n < 1) return rnvp_fail(err, RNVP_ERR_ARG, "number of images is %d, expected at least 1", n);
+    enum rnvp_status st = check_shape(channels, height, width, err);
+    if (st) return st;
+    if (*cols <= 0) {   /* ceil(sqrt(n)) */
+        *cols = 1;
+        while ((long long)*cols * *cols < n) (*cols)++;
+    }
+    if (*cols > n) *cols = n;
+    int rows = (n + *cols - 1) / *cols;
+    *gw = (long long)*cols * width + (long long)(*cols - 1) * GRID_BORDER;
+    *gh = (long long)rows * height + (long long)(rows - 1) * GRID_BORDER;
+    if (*gw > PNG_MAX_SIDE || *gh > PNG_MAX_SIDE)
+        return rnvp_fail(err, RNVP_ERR_ARG, "a grid of %d images in %d columns would be %lldx%lld pixels, more than %d a side",
+                         n, *cols, *gw, *gh, PNG_MAX_SIDE);
+    return RNVP_OK;
+}
+
+enum rnvp_status rnvp_png_grid_check(int n, int channels, int height, int width, int cols, rnvp_error *err)
+{
+    long long gw, gh;
+    return grid_geometry(&gw, &gh, &cols, n, channels, height, width, err);
+}
+
 enum rnvp_status rnvp_png_encode_grid(uint8_t **png, size_t *len, const uint8_t *pixels, int n,
                                       int channels, int height, int width, int cols, int level,
                                       rnvp_error *err)
@@ -338,21 +366,10 @@ enum rnvp_status rnvp_png_encode_grid(uint8_t **png, size_t *len, const uint8_t 
     *png = NULL;
     *len = 0;
     if (!pixels) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_encode_grid: NULL pixels");
-    if (n < 1) return rnvp_fail(err, RNVP_ERR_ARG, "number of images is %d, expected at least 1", n);
     if (level < -1 || level > 9) return rnvp_fail(err, RNVP_ERR_ARG, "zlib level %d out of range -1..9", level);
-    enum rnvp_status st = check_shape(channels, height, width, err);
+    long long gw, gh;
+    enum rnvp_status st = grid_geometry(&gw, &gh, &cols, n, channels, height, width, err);
     if (st) return st;
-    if (cols <= 0) {   /* ceil(sqrt(n)) */
-        cols = 1;
-        while ((long long)cols * cols < n) cols++;
-    }
-    if (cols > n) cols = n;
-    int rows = (n + cols - 1) / cols;
-    long long gw = (long long)cols * width + (long long)(cols - 1) * GRID_BORDER;
-    long long gh = (long long)rows * height + (long long)(rows - 1) * GRID_BORDER;
-    if (gw > PNG_MAX_SIDE || gh > PNG_MAX_SIDE)
-        return rnvp_fail(err, RNVP_ERR_ARG, "a grid of %d images in %d columns would be %lldx%lld pixels, more than %d a side",
-                         n, cols, gw, gh, PNG_MAX_SIDE);
     size_t ibytes = (size_t)gw * (size_t)gh * (size_t)channels;
     uint8_t *img = malloc(ibytes);   /* (gh, gw, C) interleaved */
     if (!img) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a %lldx%lld image", gw, gh);

@@ -217,6 +217,10 @@ enum rnvp_status rnvp_png_info(const void *png, size_t len, int *channels, int *
 enum rnvp_status rnvp_png_encode_grid(uint8_t **png, size_t *len, const uint8_t *pixels, int n,
                                       int channels, int height, int width, int cols, int level,
                                       rnvp_error *err);
+/* Whether rnvp_png_encode_grid would accept n images of this shape in `cols` columns (the grid
+ * at most 16384 pixels a side), without encoding anything: RNVP_OK or RNVP_ERR_ARG with the
+ * encoder's own message. */
+enum rnvp_status rnvp_png_grid_check(int n, int channels, int height, int width, int cols, rnvp_error *err);
 enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, int n,
                                      int channels, int height, int width, int cols,
                                      rnvp_error *err);

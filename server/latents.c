@@ -41,11 +41,50 @@ bad:
     return -1;
 }
 
+size_t srv_json_cost(const char *json, size_t len, size_t *containers, size_t *scalars)
+{
+    size_t c = 0, sep = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = json[i];
+        if (in_str) {
+            if (ch == '\\') i++;
+            else if (ch == '"') in_str = 0;
+        } else if (ch == '"') in_str = 1;
+        else if (ch == '[' || ch == '{') c++;
+        else if (ch == ',' || ch == ':') sep++;
+    }
+    /* every value but the first follows a ',' or a ':'; object keys (after '{' or ',') are not
+     * values, which only makes this an over-count */
+    size_t v = sep + 1, sc = v > c ? v - c : 0;
+    if (containers) *containers = c;
+    if (scalars) *scalars = sc;
+    return c * SRV_JSON_CONTAINER_BYTES + sc * SRV_JSON_SCALAR_BYTES;
+}
+
+int srv_latents_precheck(const char *json, size_t len, int d, int maxn, size_t *cost, char *err, size_t errcap)
+{
+    /* Jansson builds the whole tree before the rows can be counted, at about 50 bytes a number and
+     * over 100 an array: bound the tree by what maxn rows of d numbers (and a layout) need first */
+    size_t nc, ns;
+    size_t c = srv_json_cost(json, len, &nc, &ns);
+    size_t max_c = (size_t)maxn + SRV_JSON_SLACK, max_s = (size_t)maxn * (size_t)d + 16 * SRV_JSON_SLACK;
+    if (nc > max_c || ns > max_s) {
+        snprintf(err, errcap, "the JSON holds more values (%zu arrays or objects, up to %zu numbers) than %d latent "
+                              "vectors of D = %d need; send at most %d rows (--max-samples) and no other large keys",
+                 nc, ns, maxn, d, maxn);
+        return -1;
+    }
+    if (cost) *cost = c;
+    return 0;
+}
+
 int srv_latents_parse(float **z, int *n, const char *json, size_t len, int d, int maxn,
                       const rnvp_latent_part *layout, int nparts, char *err, size_t errcap)
 {
     *z = NULL;
     *n = 0;
+    if (srv_latents_precheck(json, len, d, maxn, NULL, err, errcap)) return -1;
     json_error_t je;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {

@@ -26,9 +26,10 @@ typedef struct opt {
 
 static srv_options o = {
     .host = "127.0.0.1", .port = 8080, .http_threads = 2, .compute_threads = 0, .max_batch = 64,
-    .max_delay_us = 2000, .queue_size = 1024, .request_timeout_ms = 30000, .max_body_bytes = 8L << 20,
+    .max_delay_us = 0, .queue_size = 1024, .request_timeout_ms = 30000, .max_body_bytes = 8L << 20,
     .max_samples = 256, .max_draws = 64, .access_log = "-", .conn_timeout_s = 30, .max_connections = 512,
-    .per_ip_limit = 128, .drain_timeout_s = 30,
+    .per_ip_limit = 128, .drain_timeout_s = 30, .memory_budget = 128L << 20, .read_timeout_s = 60,
+    .max_jobs_per_request = 256, .work_threads = 2, .max_workspace_bytes = 256L << 20,
 };
 
 static const opt opts[] = {
@@ -42,7 +43,7 @@ static const opt opts[] = {
      "BLAS threads of the batch worker (default: number of CPUs)"},
     {"--max-batch", "REALNVP_MAX_BATCH", "N", T_INT, &o.max_batch, 1, 4096, "most images computed as one batch"},
     {"--max-delay-us", "REALNVP_MAX_DELAY_US", "US", T_LONG, &o.max_delay_us, 0, 10000000,
-     "longest wait for a batch to fill, from its oldest image's arrival"},
+     "0: a batch starts as soon as the worker is free; more: wait up to this long after the oldest image for a full batch"},
     {"--queue-size", "REALNVP_QUEUE_SIZE", "N", T_INT, &o.queue_size, 1, 1 << 20,
      "images that may wait; more get 503 + Retry-After"},
     {"--request-timeout-ms", "REALNVP_REQUEST_TIMEOUT_MS", "MS", T_LONG, &o.request_timeout_ms, 1, 86400000L,
@@ -52,6 +53,16 @@ static const opt opts[] = {
     {"--max-samples", "REALNVP_MAX_SAMPLES", "N", T_INT, &o.max_samples, 1, 65536,
      "most images per request (sample n, uploaded PNGs, latent vectors)"},
     {"--max-draws", "REALNVP_MAX_DRAWS", "K", T_INT, &o.max_draws, 1, 4096, "most dequantization draws (log_prob ?samples=K)"},
+    {"--max-jobs-per-request", "REALNVP_MAX_JOBS_PER_REQUEST", "N", T_INT, &o.max_jobs_per_request, 1, 1 << 20,
+     "most computations one request may queue (images x draws); more gets 400"},
+    {"--memory-budget-bytes", "REALNVP_MEMORY_BUDGET_BYTES", "N", T_LONG, &o.memory_budget, 1L << 20, 1L << 40,
+     "request memory in all (bodies, parsed input, pending work, replies); past it 503 + Retry-After"},
+    {"--max-workspace-bytes", "REALNVP_MAX_WORKSPACE_BYTES", "N", T_LONG, &o.max_workspace_bytes, 1L << 20, 1L << 40,
+     "refuse to start when the model's batch workspace for --max-batch is larger"},
+    {"--read-timeout-s", "REALNVP_READ_TIMEOUT_S", "S", T_INT, &o.read_timeout_s, 1, 86400,
+     "a request (line, headers, body) must arrive within this long; later gets 408"},
+    {"--work-threads", "REALNVP_WORK_THREADS", "N", T_INT, &o.work_threads, 1, 64,
+     "threads decoding uploads and encoding replies, off the HTTP threads"},
     {"--api-key-file", "REALNVP_API_KEY_FILE", "PATH", T_STR, &o.api_key_file, 0, 0,
      "require the key on its first line (Authorization: Bearer KEY or X-API-Key); health and metrics stay open"},
     {"--access-log", "REALNVP_ACCESS_LOG", "PATH", T_STR, &o.access_log, 0, 0,
@@ -61,7 +72,7 @@ static const opt opts[] = {
     {"--max-connections", "REALNVP_MAX_CONNECTIONS", "N", T_INT, &o.max_connections, 1, 65536, "open connections in all"},
     {"--per-ip-limit", "REALNVP_PER_IP_LIMIT", "N", T_INT, &o.per_ip_limit, 1, 65536, "open connections per client address"},
     {"--drain-timeout-s", "REALNVP_DRAIN_TIMEOUT_S", "S", T_INT, &o.drain_timeout_s, 0, 86400,
-     "on SIGTERM/SIGINT, wait this long for requests in progress"},
+     "on SIGTERM/SIGINT, stop within this long: compute what can be, answer the rest 503"},
 };
 #define NOPTS ((int)(sizeof opts / sizeof *opts))
 
@@ -72,8 +83,9 @@ static void usage(FILE *f)
                "Serves a Real NVP checkpoint over HTTP (JSON API, docs/api.md): POST /log_prob, /encode, /decode,\n"
                "GET /sample, /info, /healthz, /readyz, /metrics. Concurrent requests are merged into batches.\n"
                "Each option can also be set by the environment variable shown; a flag wins over it.\n"
-               "SIGTERM or SIGINT: /readyz turns 503, no new connections, requests in progress finish, exit 0;\n"
-               "further SIGTERM/SIGINT while draining are logged and ignored.\n"
+               "Each client address gets its turn in the queue (round-robin), however many connections it opens.\n"
+               "SIGTERM or SIGINT: /readyz turns 503, new work gets 503, accepted requests are computed or (near the\n"
+               "--drain-timeout-s deadline) answered 503, exit 0; further SIGTERM/SIGINT while draining are ignored.\n"
                "\n"
                "Options (default in brackets):\n");
     for (int i = 0; i < NOPTS; i++) {
@@ -264,10 +276,11 @@ int main(int argc, char **argv)
         return 1;
     }
     fprintf(stderr,
-            "realnvp-server: listening on http://%s%s%s:%d (max batch %d, max delay %ld us, queue %d, %d HTTP + %d compute "
-            "threads, OpenBLAS %s)\n",
+            "realnvp-server: listening on http://%s%s%s:%d (max batch %d, max delay %ld us, queue %d, memory budget %ld MiB, "
+            "%d HTTP + %d work + %d compute threads, OpenBLAS %s)\n",
             strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", srv_server_port(s), o.max_batch,
-            o.max_delay_us, o.queue_size, o.http_threads, o.compute_threads, rnvp_blas_core());
+            o.max_delay_us, o.queue_size, o.memory_budget >> 20, o.http_threads, o.work_threads, o.compute_threads,
+            rnvp_blas_core());
     int sig;
     while ((sig = next_event(&waitmask)) == 0) {}
     fprintf(stderr, "realnvp-server: %s: draining (readyz 503, no new connections, up to %d s)\n",

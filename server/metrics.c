@@ -158,7 +158,7 @@ void srv_noise(float *out, int d, uint64_t seed, int image, int draw)
 
 /* ---- metrics ---- */
 
-static const int statuses[] = {200, 400, 401, 404, 405, 413, 415, 422, 500, 503, 504};
+static const int statuses[] = {200, 400, 401, 404, 405, 408, 413, 415, 422, 499, 500, 503, 504};
 #define NSTATUS ((int)(sizeof statuses / sizeof *statuses))
 static const double time_buckets[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30};
 #define NTB ((int)(sizeof time_buckets / sizeof *time_buckets))
@@ -177,7 +177,8 @@ struct srv_metrics {
     hist duration[EP_COUNT];
     unsigned long long images[OP_COUNT], batches[OP_COUNT];
     hist batch_size, wait, compute;
-    unsigned long long rejected_full, rejected_timeout;
+    unsigned long long rejected[SRV_NREJECT];
+    unsigned long long cancelled;
 };
 
 static void observe(hist *h, const double *bounds, int nb, double v)
@@ -231,12 +232,29 @@ void srv_metrics_wait(srv_metrics *m, double seconds)
     pthread_mutex_unlock(&m->mu);
 }
 
+const char *const srv_reject_names[SRV_NREJECT] = {"queue_full", "timeout", "memory_budget", "draining"};
+
 void srv_metrics_rejected(srv_metrics *m, const char *reason)
 {
     pthread_mutex_lock(&m->mu);
-    if (!strcmp(reason, "queue_full")) m->rejected_full++;
-    else m->rejected_timeout++;
+    if (!strcmp(reason, "cancelled")) m->cancelled++;
+    else
+        for (int i = 0; i < SRV_NREJECT; i++)
+            if (!strcmp(reason, srv_reject_names[i])) m->rejected[i]++;
     pthread_mutex_unlock(&m->mu);
+}
+
+/* a Prometheus label value: backslash, double quote and newline escaped (exposition format 0.0.4) */
+static void put_label_value(srv_buf *b, const char *v)
+{
+    srv_buf_put(b, "\"", 1);
+    for (; *v; v++) {
+        if (*v == '\\') srv_buf_put(b, "\\\\", 2);
+        else if (*v == '"') srv_buf_put(b, "\\\"", 2);
+        else if (*v == '\n') srv_buf_put(b, "\\n", 2);
+        else srv_buf_put(b, v, 1);
+    }
+    srv_buf_put(b, "\"", 1);
 }
 
 static void render_hist(srv_buf *b, const char *name, const char *labels, const hist *h, const double *bounds, int nb)
@@ -254,21 +272,24 @@ static void render_hist(srv_buf *b, const char *name, const char *labels, const 
     }
 }
 
-void srv_metrics_render(srv_metrics *m, srv_buf *b, int queue_depth, int inflight, int ready, int draining,
-                        const char *model_name)
+void srv_metrics_render(srv_metrics *m, srv_buf *b, const srv_gauges *gv, const char *model_name)
 {
     pthread_mutex_lock(&m->mu);
     srv_buf_printf(b, "# HELP realnvp_info Server version and model name.\n# TYPE realnvp_info gauge\n");
     srv_buf_printf(b, "realnvp_info{version=\"%s\",model=", SRV_VERSION);
-    srv_buf_json_string(b, model_name ? model_name : "");
+    put_label_value(b, model_name ? model_name : "");
     srv_buf_printf(b, "} 1\n");
     srv_buf_printf(b, "# HELP realnvp_requests_total HTTP requests by endpoint and status.\n"
                       "# TYPE realnvp_requests_total counter\n");
     for (int e = 0; e < EP_COUNT; e++)
         for (int k = 0; k <= NSTATUS; k++)
             if (m->requests[e][k] || (k == 0 && e < EP_OTHER))
-                srv_buf_printf(b, "realnvp_requests_total{endpoint=\"%s\",status=\"%s%d\"} %llu\n", srv_endpoint_names[e],
-                               "", k < NSTATUS ? statuses[k] : 0, m->requests[e][k]);
+            {
+                char st[16] = "other";   /* a status outside the list */
+                if (k < NSTATUS) snprintf(st, sizeof st, "%d", statuses[k]);
+                srv_buf_printf(b, "realnvp_requests_total{endpoint=\"%s\",status=\"%s\"} %llu\n", srv_endpoint_names[e], st,
+                               m->requests[e][k]);
+            }
     srv_buf_printf(b, "# HELP realnvp_request_duration_seconds Time from the request line to the response, by endpoint.\n"
                       "# TYPE realnvp_request_duration_seconds histogram\n");
     for (int e = 0; e < EP_COUNT; e++) {
@@ -283,10 +304,12 @@ void srv_metrics_render(srv_metrics *m, srv_buf *b, int queue_depth, int infligh
     srv_buf_printf(b, "# HELP realnvp_batches_total Batches computed, by operation.\n# TYPE realnvp_batches_total counter\n");
     for (int o = 0; o < OP_COUNT; o++)
         srv_buf_printf(b, "realnvp_batches_total{op=\"%s\"} %llu\n", srv_op_names[o], m->batches[o]);
-    srv_buf_printf(b, "# HELP realnvp_rejected_total Images refused: queue full (503) or waited too long (504).\n"
-                      "# TYPE realnvp_rejected_total counter\n"
-                      "realnvp_rejected_total{reason=\"queue_full\"} %llu\nrealnvp_rejected_total{reason=\"timeout\"} %llu\n",
-                   m->rejected_full, m->rejected_timeout);
+    srv_buf_printf(b, "# HELP realnvp_rejected_total Images or requests refused: queue full or memory budget spent (503), "
+                      "waited too long (504), arrived while draining (503).\n# TYPE realnvp_rejected_total counter\n");
+    for (int i = 0; i < SRV_NREJECT; i++)
+        srv_buf_printf(b, "realnvp_rejected_total{reason=\"%s\"} %llu\n", srv_reject_names[i], m->rejected[i]);
+    srv_buf_printf(b, "# HELP realnvp_cancelled_total Queued images dropped uncomputed because their client had disconnected.\n"
+                      "# TYPE realnvp_cancelled_total counter\nrealnvp_cancelled_total %llu\n", m->cancelled);
     srv_buf_printf(b, "# HELP realnvp_batch_size Images per computed batch.\n# TYPE realnvp_batch_size histogram\n");
     render_hist(b, "realnvp_batch_size", "", &m->batch_size, size_buckets, NSB);
     srv_buf_printf(b, "# HELP realnvp_queue_wait_seconds Time each image waited in the queue.\n"
@@ -296,9 +319,13 @@ void srv_metrics_render(srv_metrics *m, srv_buf *b, int queue_depth, int infligh
     render_hist(b, "realnvp_compute_seconds", "", &m->compute, time_buckets, NTB);
     pthread_mutex_unlock(&m->mu);
     srv_buf_printf(b, "# HELP realnvp_queue_depth Images waiting in the batching queue.\n# TYPE realnvp_queue_depth gauge\n"
-                      "realnvp_queue_depth %d\n", queue_depth);
+                      "realnvp_queue_depth %d\n", gv->queue_depth);
     srv_buf_printf(b, "# HELP realnvp_inflight_requests Requests received and not yet answered.\n"
-                      "# TYPE realnvp_inflight_requests gauge\nrealnvp_inflight_requests %d\n", inflight);
+                      "# TYPE realnvp_inflight_requests gauge\nrealnvp_inflight_requests %d\n", gv->inflight);
+    srv_buf_printf(b, "# HELP realnvp_memory_used_bytes Request memory held now (bodies, parsed input, pending work, replies).\n"
+                      "# TYPE realnvp_memory_used_bytes gauge\nrealnvp_memory_used_bytes %lld\n", gv->mem_used);
+    srv_buf_printf(b, "# HELP realnvp_memory_budget_bytes The limit on realnvp_memory_used_bytes (--memory-budget-bytes).\n"
+                      "# TYPE realnvp_memory_budget_bytes gauge\nrealnvp_memory_budget_bytes %lld\n", gv->mem_budget);
     srv_buf_printf(b, "# HELP realnvp_ready 1 when the model is loaded and the server is not draining.\n"
-                      "# TYPE realnvp_ready gauge\nrealnvp_ready %d\n", ready && !draining);
+                      "# TYPE realnvp_ready gauge\nrealnvp_ready %d\n", gv->ready && !gv->draining);
 }

@@ -1,14 +1,18 @@
-/* queue.c: the dynamic batching queue: one bounded FIFO of single-image jobs and one worker
- * thread that merges jobs of the same operation into batches on the core. Leaves out HTTP (the
- * owner of a group is told through its done() callback) and multiple workers (one worker uses
- * every BLAS thread; on a small machine that beats two half-size ones).
+/* queue.c: the dynamic batching queue: waiting requests (groups of single-image jobs) kept per
+ * client, and one worker thread that merges jobs of the same operation into batches on the
+ * core. Leaves out HTTP (the owner of a group is told through its done() callback) and multiple
+ * workers (one worker uses every BLAS thread; on a small machine that beats two half-size ones).
  *
- * Batching rule: the oldest waiting job picks the operation; the worker runs as soon as
- * max_batch jobs of that operation wait, or when the oldest has waited max_delay_us, or at
- * once while shutting down. Jobs that waited longer than timeout_ms are dropped (expired). */
+ * Batching rule: the client whose turn it is picks the operation (its oldest group's); the
+ * worker takes jobs of that operation round-robin between clients, one per client per turn,
+ * up to max_batch, as soon as it is free (or, with max_delay_us > 0, once max_batch jobs of
+ * that operation wait or the oldest has waited max_delay_us). Before a group's first job of a
+ * batch is taken its client's socket is polled; a client that has gone has its waiting jobs
+ * dropped (cancelled). Jobs that waited longer than timeout_ms are dropped (expired). */
 #include "server.h"
 
 #include <errno.h>
+#include <poll.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -22,6 +26,11 @@ typedef struct job {
     int index;   /* job index in the group */
 } job;
 
+typedef struct client {
+    uint64_t key;
+    srv_group *head, *tail;   /* groups with jobs not yet taken, oldest first */
+} client;
+
 struct srv_queue {
     const rnvp_model *m;
     srv_metrics *metrics;
@@ -29,16 +38,18 @@ struct srv_queue {
     double delay, timeout;   /* seconds */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    job *jobs;        /* (cap) waiting jobs, oldest first */
-    int count;
+    client *clients;  /* (cap) clients with waiting jobs, in round-robin order */
+    int nclients;
+    int rr;           /* the client whose turn it is */
+    int count;        /* jobs waiting */
     int count_op[OP_COUNT];
-    int stopping;
+    int stopping, closed, cancel_all;
     pthread_t thread;
     int started;
     /* the worker's own memory, sized for max_batch at creation */
     rnvp_ctx *ctx;
     job *batch;       /* (max_batch) */
-    srv_group **done; /* (cap) groups finished in one step */
+    srv_group **done; /* (cap + max_batch) groups finished in one step */
     uint8_t *px;      /* (B, C, H, W) */
     float *noise;     /* (B, D) */
     float *z;         /* (B, D) */
@@ -81,25 +92,116 @@ static void abs_time(struct timespec *ts, double t_mono)
     if (ts->tv_nsec < 0) ts->tv_nsec = 0;
 }
 
-/* removes jobs that waited too long; finished groups are appended to q->done[*nd] */
-static void expire(srv_queue *q, double now, int *nd)
+/* 1 while the client of g is still connected: no hang-up, error or end of its input. A client
+ * that half-closes (shutdown(SHUT_WR)) after its request counts as gone, as nginx counts it. */
+static int client_alive(const srv_group *g)
 {
-    int w = 0;
-    for (int r = 0; r < q->count; r++) {
-        job j = q->jobs[r];
-        if (now - j.g->t_enqueue > q->timeout) {
-            j.g->expired++;
-            q->count_op[j.g->op]--;
-            srv_metrics_rejected(q->metrics, "timeout");
-            if (--j.g->pending == 0) q->done[(*nd)++] = j.g;
-        } else {
-            q->jobs[w++] = j;
-        }
-    }
-    q->count = w;
+    if (g->fd < 0) return 1;
+    struct pollfd p = {.fd = g->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 1;
+    return !(p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL));
 }
 
-/* fills the batch inputs; returns the number of images */
+/* removes client k (its list is empty) keeping the round-robin order */
+static void drop_client(srv_queue *q, int k)
+{
+    memmove(q->clients + k, q->clients + k + 1, (size_t)(q->nclients - k - 1) * sizeof *q->clients);
+    q->nclients--;
+    if (q->rr > k) q->rr--;
+    if (q->rr >= q->nclients) q->rr = 0;
+}
+
+/* Drops the jobs of g not yet taken, counting them in *counter; unlinks g from client c (prev:
+ * the group before it, or NULL). A group with no job left is appended to q->done[*nd]. */
+static void drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, int *counter, int *nd)
+{
+    int left = g->n - g->taken;
+    *counter += left;
+    g->taken = g->n;
+    q->count -= left;
+    q->count_op[g->op] -= left;
+    if (prev) prev->next = g->next;
+    else c->head = g->next;
+    if (c->tail == g) c->tail = prev;
+    g->next = NULL;
+    if ((g->pending -= left) == 0) q->done[(*nd)++] = g;
+}
+
+/* removes jobs that waited too long (or every job under cancel_all); finished groups are
+ * appended to q->done[*nd] */
+static void expire(srv_queue *q, double now, int *nd)
+{
+    for (int k = 0; k < q->nclients;) {
+        client *c = &q->clients[k];
+        srv_group *prev = NULL;
+        for (srv_group *g = c->head, *nx; g; g = nx) {
+            nx = g->next;
+            int before_e = g->expired;
+            if (q->cancel_all) drop_rest(q, c, prev, g, &g->shutdown, nd);
+            else if (now - g->t_enqueue > q->timeout) drop_rest(q, c, prev, g, &g->expired, nd);
+            else {
+                prev = g;
+                continue;
+            }
+            for (int i = before_e; i < g->expired; i++) srv_metrics_rejected(q->metrics, "timeout");
+        }
+        if (!c->head) drop_client(q, k);
+        else k++;
+    }
+}
+
+/* the oldest group of client c with jobs of op left, and the group before it */
+static srv_group *first_of(client *c, enum srv_op op, srv_group **prev)
+{
+    *prev = NULL;
+    for (srv_group *g = c->head; g; *prev = g, g = g->next)
+        if (g->op == op) return g;
+    return NULL;
+}
+
+/* Takes up to max_batch jobs of op into q->batch, round-robin between clients from q->rr;
+ * groups whose client has gone are dropped (q->done[*nd]). Returns the batch size. */
+static int take_batch(srv_queue *q, enum srv_op op, int *nd)
+{
+    int nb = 0, start = q->rr, progress = 1;
+    while (nb < q->max_batch && progress && q->nclients) {
+        progress = 0;
+        for (int i = 0; i < q->nclients && nb < q->max_batch; i++) {
+            client *c = &q->clients[(start + i) % q->nclients];
+            srv_group *prev, *g = first_of(c, op, &prev);
+            if (!g) continue;
+            if (g->taken == g->n - g->pending && !client_alive(g)) {   /* none of its jobs runs yet */
+                int before = g->cancelled;
+                drop_rest(q, c, prev, g, &g->cancelled, nd);
+                for (int k = before; k < g->cancelled; k++) srv_metrics_rejected(q->metrics, "cancelled");
+                progress = 1;
+                continue;
+            }
+            q->batch[nb++] = (job){g, g->taken++};
+            q->count--;
+            q->count_op[op]--;
+            progress = 1;
+            if (g->taken == g->n) {   /* every job taken: off the client's list */
+                if (prev) prev->next = g->next;
+                else c->head = g->next;
+                if (c->tail == g) c->tail = prev;
+                g->next = NULL;
+            }
+        }
+    }
+    /* the next turn goes to the client after the one that chose; empty clients leave */
+    int next_key_idx = q->nclients ? (start + 1) % q->nclients : 0;
+    uint64_t next_key = q->nclients ? q->clients[next_key_idx].key : 0;
+    for (int k = 0; k < q->nclients;)
+        if (!q->clients[k].head) drop_client(q, k);
+        else k++;
+    q->rr = 0;
+    for (int k = 0; k < q->nclients; k++)
+        if (q->clients[k].key == next_key) q->rr = k;
+    return nb;
+}
+
+/* fills the batch inputs */
 static void prepare(srv_queue *q, enum srv_op op, int nb)
 {
     size_t D = (size_t)rnvp_model_dim(q->m);
@@ -203,22 +305,27 @@ static void *worker(void *arg)
             }
             continue;
         }
-        enum srv_op op = q->jobs[0].g->op;
-        double deadline = q->jobs[0].g->t_enqueue + q->delay;
-        if (q->count_op[op] < q->max_batch && now < deadline && !q->stopping) {
-            struct timespec ts;
-            abs_time(&ts, deadline);
-            pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+        enum srv_op op = q->clients[q->rr].head->op;
+        if (q->delay > 0 && q->count_op[op] < q->max_batch && !q->stopping) {
+            double oldest = now;   /* the oldest waiting group of op */
+            for (int k = 0; k < q->nclients; k++) {
+                srv_group *prev, *g = first_of(&q->clients[k], op, &prev);
+                if (g && g->t_enqueue < oldest) oldest = g->t_enqueue;
+            }
+            if (now < oldest + q->delay) {
+                struct timespec ts;
+                abs_time(&ts, oldest + q->delay);
+                pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+                continue;
+            }
+        }
+        int nb = take_batch(q, op, &nd);
+        if (!nb) {   /* every group of op had lost its client */
+            pthread_mutex_unlock(&q->mu);
+            for (int i = 0; i < nd; i++) q->done[i]->done(q->done[i], q->done[i]->done_arg);
+            pthread_mutex_lock(&q->mu);
             continue;
         }
-        /* take up to max_batch jobs of op, oldest first */
-        int nb = 0, w = 0;
-        for (int r = 0; r < q->count; r++) {
-            if (nb < q->max_batch && q->jobs[r].g->op == op) q->batch[nb++] = q->jobs[r];
-            else q->jobs[w++] = q->jobs[r];
-        }
-        q->count = w;
-        q->count_op[op] -= nb;
         pthread_mutex_unlock(&q->mu);
 
         double t0 = srv_now();
@@ -258,7 +365,7 @@ srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, lo
     q->delay = (double)max_delay_us * 1e-6;
     q->timeout = (double)timeout_ms * 1e-3;
     size_t D = (size_t)rnvp_model_dim(m), B = (size_t)max_batch;
-    q->jobs = malloc((size_t)capacity * sizeof *q->jobs);
+    q->clients = malloc((size_t)capacity * sizeof *q->clients);
     q->done = malloc((size_t)(capacity + max_batch) * sizeof *q->done);
     q->batch = malloc(B * sizeof *q->batch);
     q->px = malloc(B * D);
@@ -267,7 +374,7 @@ srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, lo
     q->z = malloc(B * D * sizeof(float));
     q->lp = malloc(B * sizeof(double));
     q->bpd = malloc(B * sizeof(double));
-    if (!q->jobs || !q->done || !q->batch || !q->px || !q->out || !q->noise || !q->z || !q->lp || !q->bpd) goto nomem_free;
+    if (!q->clients || !q->done || !q->batch || !q->px || !q->out || !q->noise || !q->z || !q->lp || !q->bpd) goto nomem_free;
     if (rnvp_ctx_create(&q->ctx, m, max_batch, err)) goto fail;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -292,7 +399,7 @@ nomem_free:
     }
 fail:
     rnvp_ctx_free(q->ctx);
-    free(q->jobs), free(q->done), free(q->batch), free(q->px), free(q->out);
+    free(q->clients), free(q->done), free(q->batch), free(q->px), free(q->out);
     free(q->noise), free(q->z), free(q->lp), free(q->bpd);
     free(q);
     return NULL;
@@ -307,18 +414,38 @@ nomem:
 int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg)
 {
     pthread_mutex_lock(&q->mu);
-    if (q->count + g->n > q->cap || q->stopping) {
+    if (q->closed || q->stopping) {
+        pthread_mutex_unlock(&q->mu);
+        return -2;
+    }
+    if (q->count + g->n > q->cap) {
         pthread_mutex_unlock(&q->mu);
         return -1;
     }
     if (before) before(arg);
     g->t_enqueue = srv_now();
     g->pending = g->n;
-    g->expired = g->failed = 0;
+    g->taken = 0;
+    g->expired = g->failed = g->cancelled = g->shutdown = 0;
     g->max_batch_seen = 0;
     g->max_wait = g->compute = g->t_first_start = 0;
     g->sampled = 0;
-    for (int i = 0; i < g->n; i++) q->jobs[q->count++] = (job){g, i};
+    g->next = NULL;
+    int k = 0;
+    while (k < q->nclients && q->clients[k].key != g->client) k++;
+    if (k == q->nclients) {   /* a new client joins the round just before the one whose turn it is */
+        memmove(q->clients + q->rr + 1, q->clients + q->rr, (size_t)(q->nclients - q->rr) * sizeof *q->clients);
+        k = q->rr;
+        q->clients[k] = (client){.key = g->client};
+        q->nclients++;
+        if (q->nclients > 1) q->rr++;
+        else q->rr = 0;
+    }
+    client *c = &q->clients[k];
+    if (c->tail) c->tail->next = g;
+    else c->head = g;
+    c->tail = g;
+    q->count += g->n;
     q->count_op[g->op] += g->n;
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
@@ -333,6 +460,24 @@ int srv_queue_depth(srv_queue *q)
     return n;
 }
 
+void srv_queue_close(srv_queue *q)
+{
+    if (!q) return;
+    pthread_mutex_lock(&q->mu);
+    q->closed = 1;
+    pthread_mutex_unlock(&q->mu);
+}
+
+void srv_queue_cancel_all(srv_queue *q)
+{
+    if (!q) return;
+    pthread_mutex_lock(&q->mu);
+    q->closed = 1;
+    q->cancel_all = 1;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
 void srv_queue_free(srv_queue *q)
 {
     if (!q) return;
@@ -344,7 +489,7 @@ void srv_queue_free(srv_queue *q)
     pthread_cond_destroy(&q->cv);
     pthread_mutex_destroy(&q->mu);
     rnvp_ctx_free(q->ctx);
-    free(q->jobs), free(q->done), free(q->batch), free(q->px), free(q->out);
+    free(q->clients), free(q->done), free(q->batch), free(q->px), free(q->out);
     free(q->noise), free(q->z), free(q->lp), free(q->bpd);
     free(q);
 }

@@ -1,6 +1,6 @@
 /* server.h: internals of bin/realnvp-server shared by the server/ sources: the options, the MHD-free
  * parsers (query strings, multipart bodies, latents JSON), the batching queue and the metrics.
- * Leaves out the public library (include/realnvp.h) and everything HTTP-specific (http.c).
+ * Leaves out the public library (include/realnvp.h) and everything HTTP-specific (http.h).
  *
  * Memory model: parsers write into caller-owned structs and point into the caller's input
  * (multipart parts, query values are copied into the query struct). The queue never copies
@@ -28,7 +28,7 @@ typedef struct srv_options {
     int http_threads;           /* REALNVP_HTTP_THREADS, 2 */
     int compute_threads;        /* REALNVP_COMPUTE_THREADS, BLAS threads, number of CPUs */
     int max_batch;              /* REALNVP_MAX_BATCH, 64 */
-    long max_delay_us;          /* REALNVP_MAX_DELAY_US, 2000 */
+    long max_delay_us;          /* REALNVP_MAX_DELAY_US, 0: a batch starts as soon as the worker is free */
     int queue_size;             /* REALNVP_QUEUE_SIZE, images waiting, 1024 */
     long request_timeout_ms;    /* REALNVP_REQUEST_TIMEOUT_MS, longest queue wait, 30000 */
     long max_body_bytes;        /* REALNVP_MAX_BODY_BYTES, 8 MiB */
@@ -40,6 +40,11 @@ typedef struct srv_options {
     int max_connections;        /* REALNVP_MAX_CONNECTIONS, 512 */
     int per_ip_limit;           /* REALNVP_PER_IP_LIMIT, connections per client IP, 128 */
     int drain_timeout_s;        /* REALNVP_DRAIN_TIMEOUT_S, shutdown bound, 30 */
+    long memory_budget;         /* REALNVP_MEMORY_BUDGET_BYTES, request memory in all, 128 MiB */
+    int read_timeout_s;         /* REALNVP_READ_TIMEOUT_S, a request's whole upload, 60 */
+    int max_jobs_per_request;   /* REALNVP_MAX_JOBS_PER_REQUEST, computations one request may queue, 256 */
+    int work_threads;           /* REALNVP_WORK_THREADS, PNG/JSON decoding and reply encoding, 2 */
+    long max_workspace_bytes;   /* REALNVP_MAX_WORKSPACE_BYTES, the batch workspace's limit, 256 MiB */
 } srv_options;
 
 /* ---- query strings (query.c) ---- */
@@ -99,8 +104,19 @@ int srv_multipart_parse(srv_part *parts, int maxparts, const char *body, size_t 
  * number representable as float32. An optional "layout" must equal the model's (given as
  * `layout`, NULL: not checked). Other keys are ignored. Returns 0, or -1 with err filled (and
  * *z NULL). */
+/* (It starts with srv_latents_precheck.) */
 int srv_latents_parse(float **z, int *n, const char *json, size_t len, int d, int maxn,
                       const rnvp_latent_part *layout, int nparts, char *err, size_t errcap);
+/* An upper bound of the memory Jansson needs to parse json, from one scan without parsing;
+ * *containers and *scalars (may be NULL) get the counts it is made of. */
+#define SRV_JSON_CONTAINER_BYTES 160   /* an array or object with its table, allocator overhead included */
+#define SRV_JSON_SCALAR_BYTES 56       /* a number, string or literal and its slot in the parent */
+#define SRV_JSON_SLACK 64
+size_t srv_json_cost(const char *json, size_t len, size_t *containers, size_t *scalars);
+/* Refuses (-1, err filled), before anything is parsed, a body with more arrays or objects than
+ * maxn + SRV_JSON_SLACK or more other values than maxn * d + 16 * SRV_JSON_SLACK: that bounds
+ * the parse tree. Otherwise 0 and *cost (may be NULL) = srv_json_cost. */
+int srv_latents_precheck(const char *json, size_t len, int d, int maxn, size_t *cost, char *err, size_t errcap);
 
 /* ---- small helpers (util in metrics.c) ---- */
 
@@ -140,10 +156,16 @@ void srv_metrics_free(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, int endpoint, int status, double seconds);
 void srv_metrics_batch(srv_metrics *m, int op, int size, double compute_seconds);
 void srv_metrics_wait(srv_metrics *m, double seconds);   /* one job's queue wait */
-void srv_metrics_rejected(srv_metrics *m, const char *reason);   /* "queue_full", "timeout" */
+/* one refusal: a srv_reject_names reason, or "cancelled" (realnvp_cancelled_total) */
+void srv_metrics_rejected(srv_metrics *m, const char *reason);
+#define SRV_NREJECT 4
+extern const char *const srv_reject_names[SRV_NREJECT];   /* queue_full timeout memory_budget draining */
+typedef struct srv_gauges {
+    int queue_depth, inflight, ready, draining;
+    long long mem_used, mem_budget;
+} srv_gauges;
 /* Prometheus text exposition format 0.0.4 into b; gauges are passed in. */
-void srv_metrics_render(srv_metrics *m, srv_buf *b, int queue_depth, int inflight, int ready,
-                        int draining, const char *model_name);
+void srv_metrics_render(srv_metrics *m, srv_buf *b, const srv_gauges *g, const char *model_name);
 
 /* ---- batching queue (queue.c) ---- */
 
@@ -161,8 +183,12 @@ typedef struct srv_group {
     uint8_t *out_pixels;     /* (n, C, H, W): OP_DECODE output */
     double *log_prob;        /* (n): OP_LOG_PROB*, OP_ENCODE output */
     double *bits_per_dim;    /* (n): OP_LOG_PROB* output */
+    uint64_t client;         /* fairness key (a hash of the peer address): round-robin between keys */
+    int fd;                  /* the client's socket, polled before computing (-1: never cancelled) */
     /* set by the queue, read by the owner after done() */
     int expired;             /* jobs dropped because they waited longer than the timeout */
+    int cancelled;           /* jobs dropped because the client had disconnected */
+    int shutdown;            /* jobs dropped because the server stopped (srv_queue_cancel_all) */
     int failed;              /* jobs whose computation failed (message in err) */
     char err[SRV_ERRLEN];
     int max_batch_seen;      /* the largest batch any job ran in */
@@ -171,8 +197,10 @@ typedef struct srv_group {
     /* the queue's bookkeeping */
     double t_enqueue;
     double t_first_start;
-    int pending;
+    int taken;               /* jobs handed to batches so far (jobs 0..taken-1) */
+    int pending;             /* jobs not yet finished or dropped */
     int sampled;
+    struct srv_group *next;  /* the client's next waiting group */
     void (*done)(struct srv_group *g, void *arg);   /* called once, by the worker, no lock held */
     void *done_arg;
 } srv_group;
@@ -181,18 +209,29 @@ typedef struct srv_queue srv_queue;
 
 /* A queue for `capacity` jobs and one worker thread (started here) computing batches of up to
  * max_batch with its own context. The model must outlive the queue. On failure returns NULL
- * and fills err. */
+ * and fills err.
+ *
+ * Batching: when the worker is free, the waiting jobs start at once (max_delay_us 0, the
+ * default); with max_delay_us > 0 it waits for a full batch up to that long after the oldest
+ * job's arrival. Fairness: jobs are taken round-robin between clients (srv_group.client), one
+ * job per client per turn, oldest group first within a client; the client whose turn it is
+ * chooses the operation. */
 srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us,
                             long timeout_ms, srv_metrics *metrics, rnvp_error *err);
 /* Enqueue all of g's jobs or none. `before` (may be NULL) is called with the queue locked
- * once the jobs are sure to fit and before the worker can see them (http.c suspends the
- * connection there). Returns 0, or -1 when the queue lacks room (nothing enqueued). */
+ * once the jobs are sure to fit and before the worker can see them. Returns 0, -1 when the
+ * queue lacks room, -2 when the queue is closed (srv_queue_close); nothing is enqueued then. */
 int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg);
 int srv_queue_depth(srv_queue *q);   /* jobs waiting */
+/* Refuses every later push (-2); jobs already queued are still computed. */
+void srv_queue_close(srv_queue *q);
+/* Drops every waiting job (g->shutdown counts them; their groups finish once no job of theirs
+ * is computing); the batch being computed finishes. Implies srv_queue_close. */
+void srv_queue_cancel_all(srv_queue *q);
 /* Finishes every queued job, stops the worker and frees the queue. */
 void srv_queue_free(srv_queue *q);
 
-/* ---- the server (http.c) ---- */
+/* ---- the server (lifecycle.c; the request path: http.h) ---- */
 
 typedef struct srv_server srv_server;
 

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -165,6 +166,23 @@ static int connect_port(int port)
     return fd;
 }
 
+/* a connection from another loopback address (127.0.0.0/8): another client to the server's queue */
+static int connect_from(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in b = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &b.sin_addr);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&b, sizeof b) || connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    struct timeval tv = {60, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
 static int write_all(int fd, const void *p, size_t n)
 {
     const char *c = p;
@@ -205,7 +223,9 @@ static void http_on(int fd, resp *r, const char *method, const char *path, const
     int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s", method, path,
                       extra_headers ? extra_headers : "", body || !strcmp(method, "POST") ? "" : "\r\n");
     if (body || !strcmp(method, "POST")) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", blen);
-    if (write_all(fd, head, (size_t)hn) || (blen && write_all(fd, body, blen))) return;
+    if (blen != (size_t)-1 &&   /* (size_t)-1: the request was sent already; only read */
+        (write_all(fd, head, (size_t)hn) || (blen && write_all(fd, body, blen))))
+        return;
     size_t cap = 65536, n = 0;
     char *buf = malloc(cap);
     char *eoh = NULL;
@@ -1060,7 +1080,7 @@ START_TEST(test_queue_full_and_timeout)
     resp_free(&a.r);
     /* more than the queue can ever hold is a client error */
     http(&r, s.port, "GET", "/sample?n=13", NULL, NULL, 0);
-    assert_error(&r, 400, "too_many_images", "n over the queue size");
+    assert_error(&r, 400, "too_many_jobs", "n over the queue size");
     resp_free(&r);
     ck_assert_int_eq(stop_server(&s), 0);
 
@@ -1192,7 +1212,7 @@ END_TEST
 
 typedef struct load_arg {
     int port, stop;
-    int ok, refused, bad;
+    int ok, refused, drained, bad;
     char msg[200];
 } load_arg;
 
@@ -1211,6 +1231,7 @@ static void *load_thread(void *arg)
         close(fd);
         if (r.status == 200 && strstr(r.body, "\"log_prob\"")) l->ok++;
         else if (r.status == 0) l->refused++;   /* not accepted: closed without a response */
+        else if (r.status == 503 && strstr(r.body, "\"draining\"") && strstr(r.head, "Retry-After: 1")) l->drained++;
         else if (!l->bad++) snprintf(l->msg, sizeof l->msg, "%d %.150s", r.status, r.body ? r.body : "");
         resp_free(&r);
     }
@@ -1264,9 +1285,9 @@ START_TEST(test_shutdown_under_load)
     /* every accepted request was answered: the access log's lines are all 200 */
     char *log = slurp(s.log, NULL), *err = slurp(s.err, NULL);
     int lines = 0;
-    for (char *p = log; (p = strstr(p, "\"POST /log_prob\" ")); p++) {
+    for (char *p = log; (p = strstr(p, "\"POST /log_prob\" ")); p++) {   /* computed, or refused while draining */
         lines++;
-        ck_assert_msg(!strncmp(p + 17, "200 ", 4), "a request did not finish: %.120s", p);
+        ck_assert_msg(!strncmp(p + 17, "200 ", 4) || !strncmp(p + 17, "503 ", 4), "a request did not finish: %.120s", p);
     }
     ck_assert_int_ge(lines, ok);
     ck_assert_msg(strstr(err, "stopped cleanly"), "%s", err);
@@ -1309,7 +1330,8 @@ START_TEST(test_startup_failures)
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     char *h = slurp(path_in("h.txt"), NULL);
     const char *needles[] = {"--model PATH", "--host ADDR", "[127.0.0.1]", "--port N", "[8080]", "--http-threads",
-                             "--compute-threads", "--max-batch N", "[64]", "--max-delay-us", "[2000]", "--queue-size", "[1024]",
+                             "--compute-threads", "--max-batch N", "[64]", "--max-delay-us", "[0]", "--memory-budget-bytes", "[134217728]",
+                             "--max-jobs-per-request", "[256]", "--read-timeout-s", "[60]", "--max-workspace-bytes", "--work-threads", "--queue-size", "[1024]",
                              "--request-timeout-ms", "--max-body-bytes", "[8388608]", "--max-samples", "[256]",
                              "--api-key-file", "--access-log", "REALNVP_MODEL", "REALNVP_PORT"};
     for (size_t i = 0; i < sizeof needles / sizeof *needles; i++)
@@ -1605,6 +1627,384 @@ START_TEST(test_helpers)
 }
 END_TEST
 
+/* ---- hostile load: budget, deadlines, fairness, cancellation, drain (docs/reliability.md) ---- */
+
+/* sends raw bytes on a new connection from src (NULL: 127.0.0.1); the fd, or -1 */
+static int send_raw(int port, const char *src, const void *data, size_t len)
+{
+    int fd = src ? connect_from(port, src) : connect_port(port);
+    if (fd < 0) return -1;
+    if (len && write_all(fd, data, len)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* reads one response on fd (after its request was sent by hand) */
+static void read_resp(int fd, resp *r)
+{
+    http_on(fd, r, "GET", "", NULL, NULL, (size_t)-1);   /* (size_t)-1: send nothing, only read */
+}
+
+typedef struct timed_call {
+    int port;
+    const char *src, *path;
+    resp r;
+    double t_done;
+} timed_call;
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void *timed_get(void *arg)
+{
+    timed_call *c = arg;
+    memset(&c->r, 0, sizeof c->r);
+    int fd = connect_from(c->port, c->src);
+    if (fd >= 0) {
+        http_on(fd, &c->r, "GET", c->path, NULL, NULL, 0);
+        close(fd);
+    }
+    c->t_done = now_s();
+    return NULL;
+}
+
+START_TEST(test_fair_queue)
+{
+    NEED_SETUP();
+    /* one image per batch, so the order of batches is the order the queue serves clients in */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-batch 1 --max-samples 4096 --max-jobs-per-request 4096 "
+                                            "--queue-size 8192", model_path), 0);
+    /* a heavy client (127.0.0.1: 3000 decodes in one request), then a light one from 127.0.0.2 */
+    timed_call heavy = {s.port, "127.0.0.1", "/sample?n=3000&format=json&seed=1", {0}, 0};
+    timed_call light = {s.port, "127.0.0.2", "/sample?n=2&format=json&seed=2", {0}, 0};
+    pthread_t th, tl;
+    pthread_create(&th, NULL, timed_get, &heavy);
+    usleep(30000);
+    double t_light = now_s();
+    pthread_create(&tl, NULL, timed_get, &light);
+    pthread_join(tl, NULL);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(heavy.r.status, 200);
+    ck_assert_int_eq(light.r.status, 200);
+    /* round-robin: the light client's 2 images ran between the heavy one's, long before its end */
+    ck_assert_msg(light.t_done < heavy.t_done, "light client done %.3f s after the heavy one", light.t_done - heavy.t_done);
+    double heavy_left = heavy.t_done - light.t_done, light_took = light.t_done - t_light;
+    ck_assert_msg(light_took < heavy_left, "the light client waited %.3f s; the heavy one still had %.3f s to go", light_took,
+                  heavy_left);
+    resp_free(&heavy.r);
+    resp_free(&light.r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_jobs_per_request_and_head)
+{
+    NEED_SETUP();
+    resp r;
+    /* 8 images x 64 draws = 512 computations: over the default cap of 256 */
+    int idx[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    size_t len;
+    char *body = multipart(idx, 8, &len, "XyZ");
+    http(&r, PORT, "POST", "/log_prob?samples=64", "Content-Type: multipart/form-data; boundary=XyZ\r\n", body, len);
+    assert_error(&r, 400, "too_many_jobs", "8 images x 64 draws");
+    ck_assert_msg(strstr(r.body, "512") && strstr(r.body, "--max-jobs-per-request"), "%s", r.body);
+    resp_free(&r);
+    /* 8 x 32 = 256 is allowed */
+    http(&r, PORT, "POST", "/log_prob?samples=32", "Content-Type: multipart/form-data; boundary=XyZ\r\n", body, len);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    free(body);
+    /* HEAD on a computing endpoint computes nothing: 405 with Allow */
+    long before = metric(PORT, "realnvp_images_total{op=\"decode\"} ");
+    http(&r, PORT, "HEAD", "/sample?n=16", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 405);
+    char h[32];
+    ck_assert_str_eq(header(&r, "Allow", h, sizeof h), "GET");
+    resp_free(&r);
+    ck_assert_int_eq(metric(PORT, "realnvp_images_total{op=\"decode\"} "), before);
+    /* a smaller cap */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-jobs-per-request 3", model_path), 0);
+    http(&r, s.port, "GET", "/sample?n=4", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "n over the cap");
+    ck_assert_msg(strstr(r.body, "--max-jobs-per-request"), "%s", r.body);
+    resp_free(&r);
+    http(&r, s.port, "GET", "/sample?n=3", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_cancel_disconnected)
+{
+    NEED_SETUP();
+    /* the worker waits 600 ms for a batch to fill; the client leaves after 100 ms */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 600000", model_path), 0);
+    const char req[] = "GET /sample?n=10 HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fd = send_raw(s.port, NULL, req, sizeof req - 1);
+    ck_assert_int_ge(fd, 0);
+    usleep(100000);
+    close(fd);
+    usleep(900000);
+    ck_assert_int_eq(metric(s.port, "\nrealnvp_cancelled_total "), 10);
+    ck_assert_int_eq(metric(s.port, "realnvp_images_total{op=\"decode\"} "), 0);
+    ck_assert_int_eq(metric(s.port, "realnvp_requests_total{endpoint=\"sample\",status=\"499\"} "), 1);
+    /* a client still connected is computed as before */
+    resp r;
+    http(&r, s.port, "GET", "/sample?n=3", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    ck_assert_int_eq(metric(s.port, "realnvp_images_total{op=\"decode\"} "), 3);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_memory_budget)
+{
+    NEED_SETUP();
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --memory-budget-bytes 1048576", model_path), 0);
+    /* a declared body larger than the budget is refused before a byte of it is read */
+    const char head[] = "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 2000000\r\n\r\n";
+    int fd = send_raw(s.port, NULL, head, sizeof head - 1);
+    resp r;
+    read_resp(fd, &r);
+    close(fd);
+    assert_error(&r, 503, "memory_budget", "2 MB declared, 1 MiB budget");
+    char h[32];
+    ck_assert_str_eq(header(&r, "Retry-After", h, sizeof h), "1");
+    resp_free(&r);
+    /* bodies that fit one at a time but not together: the second waits for nothing, it is refused */
+    char *big = malloc(700000);
+    memset(big, 'x', 700000);
+    char hd[200];
+    int hl = snprintf(hd, sizeof hd, "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n",
+                      700000);
+    int a = send_raw(s.port, NULL, hd, (size_t)hl);
+    ck_assert_int_ge(a, 0);
+    write_all(a, big, 1000);   /* holds its 700 kB buffer */
+    usleep(100000);
+    ck_assert_int_ge(metric(s.port, "\nrealnvp_memory_used_bytes "), 700000);
+    int b = send_raw(s.port, NULL, hd, (size_t)hl);
+    read_resp(b, &r);
+    close(b);
+    assert_error(&r, 503, "memory_budget", "second body");
+    resp_free(&r);
+    write_all(a, big + 1000, 700000 - 1000);   /* the first one completes: not a PNG, 400 */
+    read_resp(a, &r);
+    close(a);
+    assert_error(&r, 400, "bad_png", "first body");
+    resp_free(&r);
+    free(big);
+    usleep(50000);
+    ck_assert_int_eq(metric(s.port, "\nrealnvp_memory_used_bytes "), 0);   /* everything given back */
+    ck_assert_int_ge(metric(s.port, "realnvp_rejected_total{reason=\"memory_budget\"} "), 2);
+    /* /decode JSON of empty arrays is refused before Jansson builds its tree */
+    size_t n = 300000;
+    char *js = malloc(n * 3 + 32);
+    size_t k = (size_t)sprintf(js, "{\"latents\":[");
+    for (size_t i = 0; i < n; i++) k += (size_t)sprintf(js + k, "%s[]", i ? "," : "");
+    k += (size_t)sprintf(js + k, "]}");
+    http(&r, s.port, "POST", "/decode", "Content-Type: application/json\r\n", js, k);
+    assert_error(&r, 400, "bad_latents", "300000 empty arrays");
+    ck_assert_msg(strstr(r.body, "more values"), "%s", r.body);
+    resp_free(&r);
+    free(js);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_read_timeout)
+{
+    NEED_SETUP();
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --read-timeout-s 1", model_path), 0);
+    const char head[] = "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\nab";
+    int fd = send_raw(s.port, NULL, head, sizeof head - 1);
+    for (int i = 0; i < 6; i++) {   /* one byte every 300 ms: never idle, but too slow (until answered) */
+        usleep(300000);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 0) == 1 || write_all(fd, "c", 1)) break;
+    }
+    /* libmicrohttpd takes no reply before the body's end: the connection is closed (logged as 408) */
+    resp r;
+    double t0 = now_s();
+    read_resp(fd, &r);
+    close(fd);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(now_s() - t0 < 2.0, "closed after %.2f s", now_s() - t0);
+    resp_free(&r);
+    ck_assert_int_eq(metric(s.port, "realnvp_requests_total{endpoint=\"log_prob\",status=\"408\"} "), 1);
+    ck_assert_int_eq(metric(s.port, "\nrealnvp_memory_used_bytes "), 0);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+typedef struct drain_client {
+    int fd;
+    resp r;
+} drain_client;
+
+static void *drain_reader(void *arg)
+{
+    drain_client *c = arg;
+    read_resp(c->fd, &c->r);
+    return NULL;
+}
+
+START_TEST(test_drain_bounded)
+{
+    NEED_SETUP();
+    /* a full queue at SIGTERM: the batch would wait 10 s to fill, the drain allows 2 s */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 10000000 --drain-timeout-s 2", model_path), 0);
+    enum { N = 6 };
+    drain_client c[N];
+    pthread_t t[N];
+    char src[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(src, sizeof src, "127.0.0.%d", 1 + i);
+        const char req[] = "GET /sample?n=4 HTTP/1.1\r\nHost: x\r\n\r\n";
+        c[i].fd = send_raw(s.port, src, req, sizeof req - 1);
+        ck_assert_int_ge(c[i].fd, 0);
+        pthread_create(&t[i], NULL, drain_reader, &c[i]);
+    }
+    /* a keep-alive client, and a slow upload that finishes during the drain */
+    int ka = connect_port(s.port);
+    resp r;
+    http_on(ka, &r, "GET", "/healthz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    char hd[200];
+    int hl = snprintf(hd, sizeof hd, "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %zu\r\n\r\n",
+                      png_len[0]);
+    int up = send_raw(s.port, NULL, hd, (size_t)hl);
+    write_all(up, pngs[0], 10);
+    usleep(200000);
+    ck_assert_int_eq(metric(s.port, "\nrealnvp_queue_depth "), N * 4);
+    double t0 = now_s();
+    kill(s.pid, SIGTERM);
+    usleep(100000);
+    http_on(ka, &r, "POST", "/log_prob", "Content-Type: image/png\r\n", pngs[1], png_len[1]);   /* new work: refused */
+    assert_error(&r, 503, "draining", "keep-alive request during the drain");
+    resp_free(&r);
+    close(ka);
+    write_all(up, pngs[0] + 10, png_len[0] - 10);
+    read_resp(up, &r);
+    close(up);
+    assert_error(&r, 503, "draining", "upload finished during the drain");
+    resp_free(&r);
+    int st = -2;
+    for (int i = 0; i < 1000 && st == -2; i++) {
+        int w;
+        if (waitpid(s.pid, &w, WNOHANG) == s.pid) st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
+        else usleep(10000);
+    }
+    double took = now_s() - t0;
+    if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
+    s.pid = 0;
+    ck_assert_msg(st == 0, "exit status %d", st);
+    ck_assert_msg(took < 2.0 + 0.5, "the drain took %.2f s for --drain-timeout-s 2", took);
+    /* every queued request was answered: 503 + Retry-After, never a closed connection */
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        close(c[i].fd);
+        assert_error(&c[i].r, 503, "draining", "queued at SIGTERM");
+        char h[32];
+        ck_assert_str_eq(header(&c[i].r, "Retry-After", h, sizeof h), "1");
+        resp_free(&c[i].r);
+    }
+    char *err = slurp(s.err, NULL);
+    ck_assert_msg(strstr(err, "stopped cleanly") && !strstr(err, "PANIC") && !strstr(err, "panic"), "%s", err);
+    free(err);
+}
+END_TEST
+
+START_TEST(test_small_defects)
+{
+    NEED_SETUP();
+    resp r;
+    /* unknown parameters are refused on every endpoint */
+    http(&r, PORT, "GET", "/info?foo=1", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "/info?foo=1");
+    resp_free(&r);
+    http(&r, PORT, "GET", "/healthz?x=1", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "/healthz?x=1");
+    resp_free(&r);
+    /* a client that drops after its request line: counted under its endpoint, as 499 */
+    long before = metric(PORT, "realnvp_requests_total{endpoint=\"info\",status=\"499\"} ");
+    int fd = send_raw(PORT, NULL, "GET /info HTTP/1.1\r\nHo", 22);
+    usleep(50000);
+    close(fd);
+    usleep(100000);
+    ck_assert_int_eq(metric(PORT, "realnvp_requests_total{endpoint=\"info\",status=\"499\"} "), (before < 0 ? 0 : before) + 1);
+    http(&r, PORT, "GET", "/metrics", NULL, NULL, 0);
+    ck_assert_msg(!strstr(r.body, "status=\"0\""), "%s", r.body);
+    resp_free(&r);
+    /* the method is written to the access log without control bytes */
+    fd = send_raw(PORT, NULL, "G\x01T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 35);
+    read_resp(fd, &r);
+    close(fd);
+    resp_free(&r);
+    usleep(50000);
+    char *log = slurp(main_srv.log, NULL);
+    ck_assert_msg(!strchr(log, '\x01'), "a control byte reached the access log");
+    free(log);
+    /* the model name as a Prometheus label value: only \\ \" and \n are escapes there */
+    server s;
+    ck_assert_int_eq(start_server(&s, NULL, "--model %s --model-name 'a\tb\"c\\d' --max-samples 4096 "
+                                            "--max-jobs-per-request 4096", model_path), 0);
+    http(&r, s.port, "GET", "/metrics", NULL, NULL, 0);
+    ck_assert_msg(strstr(r.body, "model=\"a\tb\\\"c\\\\d\"}"), "%.400s", r.body);
+    resp_free(&r);
+    /* a grid over the PNG limit is refused before anything is computed */
+    http(&r, s.port, "GET", "/sample?n=2000&cols=2000", NULL, NULL, 0);
+    assert_error(&r, 400, "bad_parameter", "a 17999-pixel-wide grid");
+    ck_assert_msg(strstr(r.body, "16384"), "%s", r.body);
+    resp_free(&r);
+    ck_assert_int_eq(metric(s.port, "realnvp_images_total{op=\"decode\"} "), 0);
+    ck_assert_int_eq(stop_server(&s), 0);
+    /* an API key longer than the server accepts is refused at start */
+    char *key = malloc(5001);
+    memset(key, 'k', 5000);
+    key[5000] = '\n';
+    FILE *f = fopen(path_in("longkey"), "wb");
+    fwrite(key, 1, 5001, f);
+    fclose(f);
+    free(key);
+    int st = 0;
+    ck_assert_int_eq(start_server(&s, &st, "--model %s --api-key-file %s", model_path, path_in("longkey")), -1);
+    ck_assert_int_eq(st, 1);
+    char *e = slurp(s.err, NULL);
+    ck_assert_msg(strstr(e, "longer than the 4096 bytes"), "%s", e);
+    free(e);
+    /* a checkpoint whose batch workspace would be huge is refused before it is allocated */
+    rnvp_config cfg;
+    rnvp_error er;
+    rnvp_model *big;
+    ck_assert(rnvp_config_parse(&cfg, "{\"height\":4096,\"width\":4096,\"channels\":3,\"num_scales\":1,\"res_blocks\":1,"
+                                      "\"features\":[1],\"alpha\":0.05,\"bn_eps\":1e-5,\"flow_batchnorm\":false,"
+                                      "\"flow_bn_eps\":1e-4}", &er) == RNVP_OK);
+    ck_assert_msg(rnvp_model_init(&big, &cfg, 1, &er) == RNVP_OK, "%s", er.msg);
+    ck_assert(rnvp_model_save(big, path_in("huge.safetensors"), NULL, &er) == RNVP_OK);
+    rnvp_model_free(big);
+    ck_assert_int_eq(start_server(&s, &st, "--model %s", path_in("huge.safetensors")), -1);
+    ck_assert_int_eq(st, 1);
+    e = slurp(s.err, NULL);
+    ck_assert_msg(strstr(e, "--max-workspace-bytes") && strstr(e, "4096 x 4096 x 3"), "%s", e);
+    free(e);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
@@ -1627,6 +2027,13 @@ static Suite *server_suite(void)
     tcase_add_test(t, test_shutdown_under_load);
     tcase_add_test(t, test_startup_failures);
     tcase_add_test(t, test_clients);
+    tcase_add_test(t, test_fair_queue);
+    tcase_add_test(t, test_jobs_per_request_and_head);
+    tcase_add_test(t, test_cancel_disconnected);
+    tcase_add_test(t, test_memory_budget);
+    tcase_add_test(t, test_read_timeout);
+    tcase_add_test(t, test_drain_bounded);
+    tcase_add_test(t, test_small_defects);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("parsers");
     tcase_add_test(p, test_query_parser);

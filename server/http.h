@@ -1,0 +1,178 @@
+/* http.h: what the request path of bin/realnvp-server shares between its stages: the server
+ * and per-request structs, the memory budget, prepared replies and the work pool.
+ * Leaves out the MHD-free parsers, queue and metrics (server.h).
+ *
+ * Request path, one file a stage:
+ *   http.c       libmicrohttpd glue: per-request state, routing and checks, body collection
+ *                under the memory budget, sending prepared replies, the access log;
+ *   endpoints.c  each endpoint's parameters, input decoding and result encoding (no MHD);
+ *   pool.c       the work threads that run endpoints.c's heavy parts off the HTTP threads;
+ *   lifecycle.c  start-up, model loading, /info, drain and shutdown.
+ *
+ * A compute request: the handler collects the body, suspends the connection and hands the req
+ * to the pool (prepare: decode inputs, enqueue the group, or prepare an error reply); the batch
+ * worker's done() hands it to the pool again (finish: encode the results); the pool resumes
+ * the connection, and the handler's next call sends the prepared reply. Each req is owned by
+ * exactly one of these at a time; the completion callback frees it. */
+#ifndef RNVP_HTTP_H
+#define RNVP_HTTP_H
+
+#include "server.h"
+
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+/* server/web/index.html, embedded at build time (tools/embed.sh, build/gen/web_index.c) */
+extern const unsigned char rnvp_web_index[];
+extern const size_t rnvp_web_index_len;
+
+#define SRV_MAX_KEY 4096   /* longest API key accepted (bytes) */
+
+/* ---- the work pool (pool.c) ---- */
+
+typedef struct srv_task {
+    void (*fn)(struct srv_task *t);
+    struct srv_task *next;
+} srv_task;
+typedef struct srv_pool srv_pool;
+/* n threads running submitted tasks in order of submission; NULL with err on failure */
+srv_pool *srv_pool_create(int n, char *err, size_t errcap);
+/* t stays owned by the caller; fn(t) runs once on a pool thread. Never blocks, never fails. */
+void srv_pool_submit(srv_pool *p, srv_task *t);
+int srv_pool_depth(srv_pool *p);   /* tasks waiting */
+/* runs the tasks still waiting, then stops and joins the threads */
+void srv_pool_free(srv_pool *p);
+
+/* ---- the server ---- */
+
+struct srv_server {
+    srv_options o;
+    struct MHD_Daemon *d;
+    int listen_fd;
+    int port;
+    rnvp_model *model;
+    int C, H, W, D;
+    rnvp_latent_part layout[RNVP_MAX_SCALES];
+    int nparts;
+    char model_name[128];
+    char *info_json;
+    srv_queue *q;
+    srv_pool *pool;
+    srv_metrics *metrics;
+    char *api_key;
+    size_t api_key_len;
+    FILE *access;
+    int access_owned;
+    pthread_mutex_t log_mu;
+    atomic_llong mem_used;   /* bytes charged by requests now (the budget: o.memory_budget) */
+    atomic_int inflight, suspended, ready, draining;
+};
+
+enum phase {
+    PH_NEW,     /* the first call: headers in */
+    PH_BODY,    /* collecting the body */
+    PH_WORK,    /* suspended: owned by the pool or the batch queue */
+    PH_REPLY    /* resumed: the prepared reply (req.out) is to be sent */
+};
+enum fmt { FMT_PNG, FMT_JSON };
+
+/* A reply prepared off the HTTP threads and sent by the handler. */
+typedef struct srv_reply {
+    int status;
+    const char *ctype;    /* static string */
+    char *data;           /* malloc'ed (handed to libmicrohttpd) or NULL */
+    size_t len;
+    const char *hname;    /* an extra header, or NULL */
+    char hval[40];
+} srv_reply;
+
+typedef struct req {
+    srv_server *s;
+    struct MHD_Connection *conn;
+    srv_task task;           /* the pool's link (first of the heavy stages to run next) */
+    char *uri;               /* the raw request target (path and query) */
+    const char *query;       /* after '?' in uri, or NULL */
+    int ep;
+    int post;
+    int deferred;            /* a non-POST request waits for its final call */
+    enum phase phase;
+    double t0;
+    char ip[64];
+    uint64_t client;         /* hash of ip: the queue's fairness key */
+    int fd;                  /* the connection's socket (for cancellation) */
+    char method[12];
+    size_t charged;          /* bytes of the memory budget this request holds */
+    size_t body_charged;     /* of which for the body buffer */
+    /* body */
+    char *body;
+    size_t len, cap, discarded;
+    size_t declared;         /* Content-Length (at most --max-body-bytes); 0: none given */
+    int refuse;              /* 413 (over the limit), 503 (budget spent, or draining): answered at the body's end */
+    size_t refuse_want;      /* 503 for the budget: the bytes that did not fit */
+    char ctype[160];
+    /* parameters */
+    srv_query qp;
+    int draws, cols, latents_out;
+    int steps, spherical;    /* /interpolate */
+    int stage;               /* /interpolate: 0 encoding the two ends, 1 decoding the points */
+    enum fmt fmt;
+    uint64_t seed;
+    int seed_given;
+    double temp;
+    /* work */
+    int nimg;
+    char (*names)[128];      /* (nimg) */
+    uint8_t *pixels;         /* (nimg, C, H, W) inputs, or (n, C, H, W) decoded outputs */
+    float *z;                /* (n, D) */
+    double *lp, *bpd;        /* (n) */
+    double *png_bpd;         /* (nimg) /log_prob: each input's own PNG size in bits/dim */
+    srv_group g;
+    srv_reply out;
+    /* for the log */
+    int status;
+    size_t bytes;
+} req;
+
+/* ---- the memory budget and replies (http.c) ---- */
+
+/* Charges n bytes to the server's budget for r: 0, or -1 (nothing charged) when the budget
+ * would be exceeded. Everything r holds is released when r is freed. */
+int req_charge(req *r, size_t n);
+void req_release(req *r, size_t n);   /* gives back n bytes charged earlier */
+/* Prepares r's reply (data: malloc'ed, owned by r from here on; it is charged to the budget
+ * without a limit, since the work is done). A previous prepared reply is freed. */
+void req_reply(req *r, int status, const char *ctype, char *data, size_t len, const char *hname, const char *hval);
+void req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const char *hname, const char *hval);
+/* A JSON error reply {"error": {"code": ..., "message": ...}}, with Retry-After on 503,
+ * WWW-Authenticate on 401 and Allow on 405. */
+__attribute__((format(printf, 4, 5))) void req_error(req *r, int status, const char *code, const char *fmt, ...);
+/* 503 + Retry-After for a spent memory budget (counted in the metrics) */
+void req_error_budget(req *r, size_t want);
+void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* frees r's request body and gives its memory back to the budget */
+void req_free_body(req *r);
+/* the batch queue's done() for every request: hands r to the pool's finish stage */
+void http_group_done(srv_group *g, void *arg);
+/* starts libmicrohttpd on s->listen_fd with the request path's callbacks; 0 or -1 with err */
+int http_start(srv_server *s, char *err, size_t errcap);
+
+/* ---- endpoints (endpoints.c) ---- */
+
+/* the endpoint of a URL path (without the query) */
+int endpoint_route(const char *path);
+/* the Allow header of ep */
+const char *endpoint_allow(int ep);
+/* reads and checks the query parameters of r->ep; -1 with err */
+int endpoint_params(req *r, char *err, size_t errcap);
+/* the cheap GET endpoints (healthz, readyz, metrics, info, the demo page): prepares the reply */
+void endpoint_simple(req *r);
+/* The heavy stages, run on the pool: the prepare stage decodes the inputs and enqueues the
+ * work; the finish stage (after the batch queue's done()) encodes the results. Each returns 1
+ * when the work was enqueued (the queue owns r now) or 0 when r->out holds the reply. */
+int endpoint_prepare(req *r);
+int endpoint_finish(req *r);
+/* "layout": [...] of the model's latent parts */
+void endpoint_put_layout(srv_buf *b, const srv_server *s);
+
+#endif
