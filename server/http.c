@@ -256,6 +256,13 @@ static void free_req(req *r)
     free(r);
 }
 
+/* client text in the access log: spaces, quotes, control and non-ASCII bytes become '?' */
+static void log_safe(char *p)
+{
+    for (; *p; p++)
+        if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e || *p == '"') *p = '?';
+}
+
 static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls, enum MHD_RequestTerminationCode toe)
 {
     srv_server *s = cls;
@@ -278,10 +285,8 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls, en
         snprintf(uri, sizeof uri, "%s", r->uri ? r->uri : "-");
         char meth[sizeof r->method];   /* both come from the client: no spaces, quotes or control bytes */
         snprintf(meth, sizeof meth, "%s", r->method[0] ? r->method : "-");
-        for (char *p = uri; *p; p++)
-            if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e || *p == '"') *p = '?';
-        for (char *p = meth; *p; p++)
-            if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e || *p == '"') *p = '?';
+        log_safe(uri);
+        log_safe(meth);
         char line[512];
         int n = snprintf(line, sizeof line,
                          "%s.%03ldZ %s \"%s %s\" %d %zu images=%d batch=%d wait_ms=%.2f compute_ms=%.2f total_ms=%.2f%s\n",
@@ -412,7 +417,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!open_ep && !key_ok(s, c))   /* health, metrics and the demo page (its API calls send the key) are open */
         return SEND_ERROR(r, 401, "unauthorized",
                           "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
-    if (endpoint_params(r, err, sizeof err)) return SEND_ERROR(r, 400, "bad_parameter", "%s", err);
+    /* every endpoint checks its parameters, but for the demo page (a browser may add any) */
+    if (r->ep != EP_INDEX && endpoint_params(r, err, sizeof err)) return SEND_ERROR(r, 400, "bad_parameter", "%s", err);
     if (open_ep) {
         endpoint_simple(r);
         return send_reply(r);
