@@ -11,7 +11,7 @@ CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
 TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
 SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c))) $(B)/gen/web_index.o
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
-PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak)
+PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak) $(if $(wildcard bench/attack.c),bin/attack)
 
 # build every program
 all: $(PROGS)
@@ -54,6 +54,10 @@ bin/bench_train: $(B)/bench/bench_train.o $(B)/libtrain.a $(B)/librnvp.a
 bin/bench_server: $(B)/bench/bench_server.o
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) -lpthread
+# hostile-load client: one attack against a running server, peak RSS and /healthz latency (bench/run_attack.sh)
+bin/attack: $(B)/bench/attack.o $(B)/librnvp.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 # soak test client: starts the server on 127.0.0.1, 64 clients of mixed traffic (make soak runs it)
 bin/soak: $(B)/bench/soak.o $(B)/librnvp.a
 	@mkdir -p bin

@@ -1,7 +1,8 @@
 /* bench_server.c: a closed-loop HTTP load generator for bin/realnvp-server: C keep-alive
  * connections each POST one PNG to /log_prob, wait for the answer, repeat, for S seconds.
  * Prints requests, images/s (requests completed inside the timed window / its length) and latency
- * percentiles of those requests. Leaves out starting the server
+ * percentiles of those requests, and the non-2xx answers of the whole run, warm-up included
+ * (start it once /readyz is 200 for "non-2xx after ready"). Leaves out starting the server
  * (bench/run_server_bench.sh does that) and checking the answers' values (tests/ does).
  *
  *   bin/bench_server --port P --png IMG.png [--concurrency 16] [--seconds 5] [--warmup 1]
@@ -32,6 +33,7 @@ typedef struct worker {
     double *lat;    /* (cap) latencies in seconds of requests finished inside the window */
     size_t n, cap;
     long errors, non200;
+    long non2xx_all; /* non-2xx answers of the whole run, warm-up included */
 } worker;
 
 static double now(void)
@@ -115,6 +117,7 @@ static void *run(void *arg)
             fd = connect_server();
             continue;
         }
+        if (st < 200 || st > 299) w->non2xx_all++;
         if (strcasestr(buf, "\r\nConnection: close")) {
             close(fd);
             fd = connect_server();
@@ -185,12 +188,13 @@ int main(int argc, char **argv)
     t_end = t_measure + seconds;
     for (int i = 0; i < concurrency; i++) pthread_create(&w[i].th, NULL, run, &w[i]);
     size_t total = 0;
-    long errors = 0, non200 = 0;
+    long errors = 0, non200 = 0, non2xx_all = 0;
     for (int i = 0; i < concurrency; i++) {
         pthread_join(w[i].th, NULL);
         total += w[i].n;
         errors += w[i].errors;
         non200 += w[i].non200;
+        non2xx_all += w[i].non2xx_all;
     }
     double *all = malloc((total + 1) * sizeof *all);
     size_t k = 0;
@@ -204,11 +208,12 @@ int main(int argc, char **argv)
     double p50 = pct(all, total, 0.5) * 1e3, p99 = pct(all, total, 0.99) * 1e3;
     if (json)
         printf("{\"concurrency\": %d, \"requests\": %zu, \"images_per_s\": %.6g, \"p50_ms\": %.6g, \"p99_ms\": %.6g, "
-               "\"errors\": %ld, \"non200\": %ld}\n",
-               concurrency, total, ips, p50, p99, errors, non200);
+               "\"errors\": %ld, \"non200\": %ld, \"non2xx_all\": %ld}\n",
+               concurrency, total, ips, p50, p99, errors, non200, non2xx_all);
     else
-        printf("concurrency %d: %zu requests in %.1f s, %.1f images/s, p50 %.2f ms, p99 %.2f ms, %ld errors, %ld non-200\n",
-               concurrency, total, seconds, ips, p50, p99, errors, non200);
+        printf("concurrency %d: %zu requests in %.1f s, %.1f images/s, p50 %.2f ms, p99 %.2f ms, %ld errors, %ld non-200 "
+               "(%ld non-2xx in the whole run, warm-up included)\n",
+               concurrency, total, seconds, ips, p50, p99, errors, non200, non2xx_all);
     free(all);
     free(w);
     free(body);
