@@ -4,14 +4,14 @@
 # log_prob images/s at batch 1 and 64 (bin/bench_core) as the ceiling, and `bin/realnvp log-prob`
 # (default options) over a folder of NPNGS PNGs timed as a whole command, interleaved over ROUNDS
 # rounds; prints a markdown table of medians, the issue's three target checks, one client's p50
-# with batching (--max-delay-us DELAY; 2000 is the server's default) next to --max-batch 1, and
+# with batching (--max-delay-us DELAY; 0 is the server's default) next to --max-batch 1, and
 # 64 clients' images/s next to the CLI's with the non-2xx answers counted once /readyz is 200.
 # Concurrency 1 and 64 are always measured (added to CONC when missing).
 # Leaves out other endpoints (log_prob is the issue's load) and machines other than loopback.
 #
 #   bench/run_server_bench.sh                      # defaults below, about 4 minutes
 #   ROUNDS=3 SECONDS_PER=5 CONC="1 16 64" THREADS=2 bench/run_server_bench.sh
-#   DELAY=0 bench/run_server_bench.sh              # the batching server with --max-delay-us 0
+#   DELAY=2000 bench/run_server_bench.sh           # the batching server with an opt-in 2 ms delay
 #
 # Writes bench/out/server_*.json and bench/out/server_table.md (bench/out is gitignored).
 set -euo pipefail
@@ -22,7 +22,7 @@ SECONDS_PER=${SECONDS_PER:-5}
 WARMUP=${WARMUP:-1}
 CONC=${CONC:-1 16 64}
 THREADS=${THREADS:-2}                 # compute (BLAS) threads of the server and of bench_core
-DELAY=${DELAY:-0}                     # --max-delay-us of the batching server (the server's default: 2000)
+DELAY=${DELAY:-0}                     # --max-delay-us of the batching server (the server's default: 0)
 NPNGS=${NPNGS:-512}                   # PNGs in the folder that bin/realnvp log-prob scores
 PNG_MODEL=${PNG_MODEL:-models/fashion-mnist/model.safetensors}   # the folder's images are its samples (28x28x1)
 PY=${PY:-python3}
