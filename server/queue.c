@@ -7,8 +7,9 @@
  * worker takes jobs of that operation round-robin between clients, one per client per turn,
  * up to max_batch, as soon as it is free (or, with max_delay_us > 0, once max_batch jobs of
  * that operation wait or the oldest has waited max_delay_us). Before a group's first job of a
- * batch is taken its client's socket is polled; a client that has gone has its waiting jobs
- * dropped (cancelled). Jobs that waited longer than timeout_ms are dropped (expired). */
+ * batch is taken its client's socket is polled, and so are every waiting group's when a push
+ * does not fit; a client that has gone has its waiting jobs dropped (cancelled). Jobs that
+ * waited longer than timeout_ms are dropped (expired). */
 #include "server.h"
 
 #include <errno.h>
@@ -112,8 +113,8 @@ static void drop_client(srv_queue *q, int k)
 }
 
 /* Drops the jobs of g not yet taken, counting them in *counter; unlinks g from client c (prev:
- * the group before it, or NULL). A group with no job left is appended to q->done[*nd]. */
-static void drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, int *counter, int *nd)
+ * the group before it, or NULL). Returns 1 when g has no job left (it is finished). */
+static int drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, int *counter)
 {
     int left = g->n - g->taken;
     *counter += left;
@@ -124,7 +125,7 @@ static void drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, in
     else c->head = g->next;
     if (c->tail == g) c->tail = prev;
     g->next = NULL;
-    if ((g->pending -= left) == 0) q->done[(*nd)++] = g;
+    return (g->pending -= left) == 0;
 }
 
 /* removes jobs that waited too long (or every job under cancel_all); finished groups are
@@ -137,13 +138,40 @@ static void expire(srv_queue *q, double now, int *nd)
         for (srv_group *g = c->head, *nx; g; g = nx) {
             nx = g->next;
             int before_e = g->expired;
-            if (q->cancel_all) drop_rest(q, c, prev, g, &g->shutdown, nd);
-            else if (now - g->t_enqueue > q->timeout) drop_rest(q, c, prev, g, &g->expired, nd);
+            int fin;
+            if (q->cancel_all) fin = drop_rest(q, c, prev, g, &g->shutdown);
+            else if (now - g->t_enqueue > q->timeout) fin = drop_rest(q, c, prev, g, &g->expired);
             else {
                 prev = g;
                 continue;
             }
+            if (fin) q->done[(*nd)++] = g;
             for (int i = before_e; i < g->expired; i++) srv_metrics_rejected(q->metrics, "timeout");
+        }
+        if (!c->head) drop_client(q, k);
+        else k++;
+    }
+}
+
+/* Drops the waiting jobs of every group whose client has gone and none of whose jobs is being
+ * computed; the groups that finish so are linked into *gone through their next pointers. */
+static void sweep_gone(srv_queue *q, srv_group **gone)
+{
+    for (int k = 0; k < q->nclients;) {
+        client *c = &q->clients[k];
+        srv_group *prev = NULL;
+        for (srv_group *g = c->head, *nx; g; g = nx) {
+            nx = g->next;
+            if (g->taken != g->n - g->pending || client_alive(g)) {
+                prev = g;
+                continue;
+            }
+            int before = g->cancelled;
+            if (drop_rest(q, c, prev, g, &g->cancelled)) {
+                g->next = *gone;
+                *gone = g;
+            }
+            for (int i = before; i < g->cancelled; i++) srv_metrics_rejected(q->metrics, "cancelled");
         }
         if (!c->head) drop_client(q, k);
         else k++;
@@ -172,7 +200,7 @@ static int take_batch(srv_queue *q, enum srv_op op, int *nd)
             if (!g) continue;
             if (g->taken == g->n - g->pending && !client_alive(g)) {   /* none of its jobs runs yet */
                 int before = g->cancelled;
-                drop_rest(q, c, prev, g, &g->cancelled, nd);
+                if (drop_rest(q, c, prev, g, &g->cancelled)) q->done[(*nd)++] = g;
                 for (int k = before; k < g->cancelled; k++) srv_metrics_rejected(q->metrics, "cancelled");
                 progress = 1;
                 continue;
@@ -418,8 +446,11 @@ int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg
         pthread_mutex_unlock(&q->mu);
         return -2;
     }
+    srv_group *gone = NULL;
+    if (q->count + g->n > q->cap) sweep_gone(q, &gone);   /* room held by clients that left */
     if (q->count + g->n > q->cap) {
         pthread_mutex_unlock(&q->mu);
+        for (srv_group *d = gone, *nx; d; d = nx) nx = d->next, d->next = NULL, d->done(d, d->done_arg);
         return -1;
     }
     if (before) before(arg);
@@ -449,6 +480,7 @@ int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg
     q->count_op[g->op] += g->n;
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
+    for (srv_group *d = gone, *nx; d; d = nx) nx = d->next, d->next = NULL, d->done(d, d->done_arg);
     return 0;
 }
 

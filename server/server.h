@@ -201,7 +201,8 @@ typedef struct srv_group {
     int pending;             /* jobs not yet finished or dropped */
     int sampled;
     struct srv_group *next;  /* the client's next waiting group */
-    void (*done)(struct srv_group *g, void *arg);   /* called once, by the worker, no lock held */
+    void (*done)(struct srv_group *g, void *arg);   /* called once, no lock held: by the worker, or by a
+                                                       * push that dropped g because its client had gone */
     void *done_arg;
 } srv_group;
 
@@ -215,7 +216,9 @@ typedef struct srv_queue srv_queue;
  * default); with max_delay_us > 0 it waits for a full batch up to that long after the oldest
  * job's arrival. Fairness: jobs are taken round-robin between clients (srv_group.client), one
  * job per client per turn, oldest group first within a client; the client whose turn it is
- * chooses the operation. */
+ * chooses the operation. Cancellation: a group's waiting jobs are dropped (g->cancelled) when its
+ * client's socket (g->fd) shows the client gone, checked before its first job of a batch is taken
+ * and, for every waiting group, when a push does not fit. */
 srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us,
                             long timeout_ms, srv_metrics *metrics, rnvp_error *err);
 /* Enqueue all of g's jobs or none. `before` (may be NULL) is called with the queue locked

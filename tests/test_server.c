@@ -1841,7 +1841,7 @@ START_TEST(test_read_timeout)
     read_resp(fd, &r);
     close(fd);
     ck_assert_int_eq(r.status, 0);
-    ck_assert_msg(now_s() - t0 < 2.0, "closed after %.2f s", now_s() - t0);
+    ck_assert_msg(now_s() - t0 < 3.0, "closed after %.2f s for --read-timeout-s 1", now_s() - t0);
     resp_free(&r);
     ck_assert_int_eq(metric(s.port, "realnvp_requests_total{endpoint=\"log_prob\",status=\"408\"} "), 1);
     ck_assert_int_eq(metric(s.port, "\nrealnvp_memory_used_bytes "), 0);
@@ -1913,7 +1913,7 @@ START_TEST(test_drain_bounded)
     if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
     s.pid = 0;
     ck_assert_msg(st == 0, "exit status %d", st);
-    ck_assert_msg(took < 2.0 + 0.5, "the drain took %.2f s for --drain-timeout-s 2", took);
+    ck_assert_msg(took < 2.0 + 1.0, "the drain took %.2f s for --drain-timeout-s 2", took);   /* + exit, ASan */
     /* every queued request was answered: 503 + Retry-After, never a closed connection */
     for (int i = 0; i < N; i++) {
         pthread_join(t[i], NULL);
