@@ -127,13 +127,13 @@ static int enqueue(req *r)
                     "this request needs %d computations, more than one request may queue (%d, %s)", g->n,
                     s->o.max_jobs_per_request < s->o.queue_size ? s->o.max_jobs_per_request : s->o.queue_size,
                     s->o.max_jobs_per_request < s->o.queue_size ? "--max-jobs-per-request" : "--queue-size");
-    int rc = srv_queue_push(s->q, g, NULL, NULL);
+    int rc = srv_queue_push(s->q, g);
     if (rc == -2) {
-        srv_metrics_rejected(s->metrics, "draining");
+        srv_metrics_rejected(s->metrics, "draining", 1);
         return FAIL(r, 503, "draining", "the server is shutting down; retry on another instance");
     }
     if (rc) {
-        srv_metrics_rejected(s->metrics, "queue_full");
+        srv_metrics_rejected(s->metrics, "queue_full", 1);
         return FAIL(r, 503, "queue_full", "the batching queue is full (%d images waiting at most); retry later",
                     s->o.queue_size);
     }

@@ -108,7 +108,7 @@ void req_error(req *r, int status, const char *code, const char *fmt, ...)
 
 void req_error_budget(req *r, size_t want)
 {
-    srv_metrics_rejected(r->s->metrics, "memory_budget");
+    srv_metrics_rejected(r->s->metrics, "memory_budget", 1);
     req_error(r, 503, "memory_budget",
               "the server's memory for requests is spent (%lld of %ld bytes in use, this request needs %zu more); "
               "retry later", (long long)atomic_load(&r->s->mem_used), r->s->o.memory_budget, want);
@@ -372,7 +372,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         }
         if (atomic_load(&s->draining)) {
             req_free_body(r);
-            srv_metrics_rejected(s->metrics, "draining");
+            srv_metrics_rejected(s->metrics, "draining", 1);
             return SEND_ERROR(r, 503, "draining", "the server is shutting down; retry on another instance");
         }
         if (r->refuse == 503 && r->refuse_want) {
@@ -429,7 +429,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return send_reply(r);
     }
     if (atomic_load(&s->draining)) {
-        srv_metrics_rejected(s->metrics, "draining");
+        srv_metrics_rejected(s->metrics, "draining", 1);
         return SEND_ERROR(r, 503, "draining", "the server is shutting down; retry on another instance");
     }
     if (!r->post) return start_work(r);   /* GET /sample */

@@ -234,13 +234,14 @@ void srv_metrics_wait(srv_metrics *m, double seconds)
 
 const char *const srv_reject_names[SRV_NREJECT] = {"queue_full", "timeout", "memory_budget", "draining"};
 
-void srv_metrics_rejected(srv_metrics *m, const char *reason)
+void srv_metrics_rejected(srv_metrics *m, const char *reason, int n)
 {
+    if (n <= 0) return;
     pthread_mutex_lock(&m->mu);
-    if (!strcmp(reason, "cancelled")) m->cancelled++;
+    if (!strcmp(reason, "cancelled")) m->cancelled += (unsigned long long)n;
     else
         for (int i = 0; i < SRV_NREJECT; i++)
-            if (!strcmp(reason, srv_reject_names[i])) m->rejected[i]++;
+            if (!strcmp(reason, srv_reject_names[i])) m->rejected[i] += (unsigned long long)n;
     pthread_mutex_unlock(&m->mu);
 }
 

@@ -146,7 +146,7 @@ static void expire(srv_queue *q, double now, int *nd)
                 continue;
             }
             if (fin) q->done[(*nd)++] = g;
-            for (int i = before_e; i < g->expired; i++) srv_metrics_rejected(q->metrics, "timeout");
+            srv_metrics_rejected(q->metrics, "timeout", g->expired - before_e);
         }
         if (!c->head) drop_client(q, k);
         else k++;
@@ -171,7 +171,7 @@ static void sweep_gone(srv_queue *q, srv_group **gone)
                 g->next = *gone;
                 *gone = g;
             }
-            for (int i = before; i < g->cancelled; i++) srv_metrics_rejected(q->metrics, "cancelled");
+            srv_metrics_rejected(q->metrics, "cancelled", g->cancelled - before);
         }
         if (!c->head) drop_client(q, k);
         else k++;
@@ -201,7 +201,7 @@ static int take_batch(srv_queue *q, enum srv_op op, int *nd)
             if (g->taken == g->n - g->pending && !client_alive(g)) {   /* none of its jobs runs yet */
                 int before = g->cancelled;
                 if (drop_rest(q, c, prev, g, &g->cancelled)) q->done[(*nd)++] = g;
-                for (int k = before; k < g->cancelled; k++) srv_metrics_rejected(q->metrics, "cancelled");
+                srv_metrics_rejected(q->metrics, "cancelled", g->cancelled - before);
                 progress = 1;
                 continue;
             }
@@ -439,7 +439,7 @@ nomem:
     return NULL;
 }
 
-int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg)
+int srv_queue_push(srv_queue *q, srv_group *g)
 {
     pthread_mutex_lock(&q->mu);
     if (q->closed || q->stopping) {
@@ -453,7 +453,6 @@ int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg
         for (srv_group *d = gone, *nx; d; d = nx) nx = d->next, d->next = NULL, d->done(d, d->done_arg);
         return -1;
     }
-    if (before) before(arg);
     g->t_enqueue = srv_now();
     g->pending = g->n;
     g->taken = 0;

@@ -156,8 +156,8 @@ void srv_metrics_free(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, int endpoint, int status, double seconds);
 void srv_metrics_batch(srv_metrics *m, int op, int size, double compute_seconds);
 void srv_metrics_wait(srv_metrics *m, double seconds);   /* one job's queue wait */
-/* one refusal: a srv_reject_names reason, or "cancelled" (realnvp_cancelled_total) */
-void srv_metrics_rejected(srv_metrics *m, const char *reason);
+/* n refusals of one reason: a srv_reject_names one, or "cancelled" (realnvp_cancelled_total) */
+void srv_metrics_rejected(srv_metrics *m, const char *reason, int n);
 #define SRV_NREJECT 4
 extern const char *const srv_reject_names[SRV_NREJECT];   /* queue_full timeout memory_budget draining */
 typedef struct srv_gauges {
@@ -221,10 +221,10 @@ typedef struct srv_queue srv_queue;
  * and, for every waiting group, when a push does not fit. */
 srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us,
                             long timeout_ms, srv_metrics *metrics, rnvp_error *err);
-/* Enqueue all of g's jobs or none. `before` (may be NULL) is called with the queue locked
- * once the jobs are sure to fit and before the worker can see them. Returns 0, -1 when the
- * queue lacks room, -2 when the queue is closed (srv_queue_close); nothing is enqueued then. */
-int srv_queue_push(srv_queue *q, srv_group *g, void (*before)(void *), void *arg);
+/* Enqueue all of g's jobs or none (g stays owned by the caller; the queue hands it back through
+ * g->done). Returns 0, -1 when the queue lacks room, -2 when the queue is closed
+ * (srv_queue_close); nothing is enqueued then. */
+int srv_queue_push(srv_queue *q, srv_group *g);
 int srv_queue_depth(srv_queue *q);   /* jobs waiting */
 /* Refuses every later push (-2); jobs already queued are still computed. */
 void srv_queue_close(srv_queue *q);
