@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """torch_baseline.py: an independent PyTorch implementation of the Real NVP model of
-shared/spec/realnvp-v1.md, inference only, used as the speed and accuracy reference for the
+docs/model.md, inference only, used as the speed and accuracy reference for the
 C core (bench/run_core_bench.sh runs both side by side).
 
 It shares no code with the C library: its own safetensors reader and writer, modules built
@@ -18,7 +18,7 @@ Run with the Debian python (/usr/bin/python3: python3-torch, python3-numpy).
         check_images); writes JSON (and, with --write-images, the images as images.u8 and
         PNGs) so the C core can be scored on the same pixels
   --init-random PATH --config JSON [--seed N]
-        writes a random checkpoint in the spec's format whose couplings all do real work
+        writes a random checkpoint in the docs/model.md format whose couplings all do real work
   --selftest
         invertibility and log-det-vs-autograd-Jacobian checks on tiny configs
 """
@@ -76,7 +76,7 @@ def openblas_select_core():
 # ---------------------------------------------------------------- safetensors
 
 def st_read(path):
-    """Returns (metadata dict, {name: np.ndarray float32}). Checks what the spec asks for."""
+    """Returns (metadata dict, {name: np.ndarray float32}). Checks what docs/model.md section 5 asks for."""
     with open(path, "rb") as f:
         buf = f.read()
     if len(buf) < 8:
@@ -366,7 +366,7 @@ class RealNVP(nn.Module):
             C *= 2
         self.eval()
 
-    # -- pre-processing (spec section 1)
+    # -- pre-processing (docs/model.md section 1)
     def preprocess(self, pixels, u=0.5):
         """pixels uint8 (N,C,H,W) -> y float (N,C,H,W), L_pre (N,) float64."""
         xt = (pixels.to(torch.float64) + u) / 256.0
@@ -380,7 +380,7 @@ class RealNVP(nn.Module):
     def dtype(self):
         return self.couplings[0].scale.dtype
 
-    # -- the flow (spec section 2)
+    # -- the flow (docs/model.md section 2)
     def flow(self, y):
         """y (N,C,H,W) -> z (N,D), L_flow (N,) float64."""
         N = y.shape[0]
@@ -425,7 +425,7 @@ class RealNVP(nn.Module):
                     k -= 1; h = self.couplings[k].inverse(h)
         return h
 
-    # -- public operations (spec sections 3, 4)
+    # -- public operations (docs/model.md sections 3, 4)
     def encode(self, pixels, u=0.5):
         """-> z (N,D), log_prob (N,) float64 nats."""
         y, lpre = self.preprocess(pixels, u)
@@ -451,7 +451,7 @@ class RealNVP(nn.Module):
 
 
 def expected_shapes(cfg, tensors):
-    """{name: shape} the spec requires; kernel sizes taken from the weights present."""
+    """{name: shape} docs/model.md requires; kernel sizes taken from the weights present."""
     def k_of(name, default):
         a = tensors.get(name)
         return tuple(a.shape[2:]) if a is not None and a.ndim == 4 else default
@@ -496,7 +496,7 @@ def load_model(path):
 # ---------------------------------------------------------------- random checkpoints
 
 def random_tensors(cfg, seed, kernel=3):
-    """Random weights in the spec's layout that make every coupling do real work: unit-gain
+    """Random weights in the docs/model.md layout that make every coupling do real work: unit-gain
     convs, non-trivial batch norm statistics, out_conv big enough that s and t matter."""
     rng = np.random.default_rng(seed)
     t = {}

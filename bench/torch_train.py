@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""torch_train.py: the Real NVP of shared/spec/realnvp-v1.md in PyTorch, training mode, as the
+"""torch_train.py: the Real NVP of docs/model.md in PyTorch, training mode, as the
 speed and correctness reference for the C trainer (bench/run_train_bench.sh runs both).
 
 Leaves out the training loop's data order, checkpoints and evaluation: it times steps only.
@@ -7,7 +7,7 @@ Reuses torch_baseline.py's layout helpers, squeeze/split, safetensors reader and
 kernel choice; the modules here are trainable: weight-normalised convolutions
 (torch.nn.utils.weight_norm: w = g * v / ||v||), BatchNorm2d in training mode (batch
 statistics), the flow batch norm with batch statistics over the transformed elements (mean
-and biased variance across N, H, W) and its log-det, the spec's loss in bits/dim.
+and biased variance across N, H, W) and its log-det, the loss of docs/model.md section 3 in bits/dim.
 
 Run with the Debian python (/usr/bin/python3: python3-torch, python3-numpy).
 
@@ -56,7 +56,7 @@ DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 
 class WNConv(nn.Module):
     """A convolution with weight normalisation over (in, kh, kw) of each output channel; its
-    parameters are named like the spec's tensors: weight_v, weight_g, bias."""
+    parameters are named like the tensors of docs/model.md 5.4: weight_v, weight_g, bias."""
 
     def __init__(self, cin, cout, k, gen, g=None):
         super().__init__()
@@ -118,7 +118,7 @@ class STNet(nn.Module):
 
 
 class Coupling(nn.Module):
-    """One coupling (spec 2.3 / 2.4) and its flow batch norm (2.5) in training mode.
+    """One coupling (docs/model.md 2.3 / 2.4) and its flow batch norm (2.5) in training mode.
     forward: x -> (y, log-det per image)."""
 
     def __init__(self, lay, cfg, gen):
@@ -210,7 +210,7 @@ class TrainRealNVP(nn.Module):
             C *= 2
 
     def named_spec_params(self):
-        """{spec tensor name: parameter} of every trained tensor."""
+        """{tensor name (docs/model.md 5.4): parameter} of every trained tensor."""
         out = {}
         for k, c in enumerate(self.flow):
             p = f"flow.{k}.net"
@@ -229,7 +229,7 @@ class TrainRealNVP(nn.Module):
         return out
 
     def load(self, t):
-        """Parameters and running statistics from a checkpoint's tensors (spec names)."""
+        """Parameters and running statistics from a checkpoint's tensors (docs/model.md names)."""
         for k, c in enumerate(self.flow):
             p = f"flow.{k}.net"
             c.net.in_conv.load(t, p + ".in_conv")
@@ -248,7 +248,7 @@ class TrainRealNVP(nn.Module):
 
     def forward(self, xt):
         """xt (N, C, H, W) float64 dequantized images in (0, 1) -> loss: the batch mean of
-        -log_prob in bits/dim (spec section 3), with batch statistics in training mode."""
+        -log_prob in bits/dim (docs/model.md section 3), with batch statistics in training mode."""
         N = xt.shape[0]
         a = self.alpha
         p = a + (1 - 2 * a) * xt

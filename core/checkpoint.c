@@ -1,4 +1,4 @@
-/* checkpoint.c: reads and validates safetensors checkpoints (spec section 5) and writes them
+/* checkpoint.c: reads and validates safetensors checkpoints (docs/model.md section 5) and writes them
  * atomically. Leaves out the model's math; assumes a little-endian host (checked at build). */
 #include "internal.h"
 

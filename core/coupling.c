@@ -1,4 +1,4 @@
-/* coupling.c: inference passes of the affine couplings (checkerboard and channel, spec 2.3-2.4),
+/* coupling.c: inference passes of the affine couplings (checkerboard and channel, docs/model.md 2.3-2.4),
  * their s/t resnets (2.6) and flow batch norm (2.5). Backward passes live in train/layers.c. */
 #include "internal.h"
 

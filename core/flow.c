@@ -1,4 +1,4 @@
-/* flow.c: the whole flow at inference (spec sections 1-4): contexts, pre-processing, squeeze,
+/* flow.c: the whole flow at inference (docs/model.md sections 1-4): contexts, pre-processing, squeeze,
  * split, log_prob / encode / decode / sample. Leaves out the layers' math (coupling.c, conv.c). */
 #include "internal.h"
 #include "tpool.h"
@@ -361,7 +361,7 @@ enum rnvp_status rnvp_encode(rnvp_ctx *ctx, float *z, double *log_prob, const ui
     return forward_batches(ctx, z, log_prob, NULL, pixels, noise, n, err);
 }
 
-/* pixels (N, C, H, W) from y (C, N, H, W): spec section 4. */
+/* pixels (N, C, H, W) from y (C, N, H, W): docs/model.md section 4. */
 static void postprocess(uint8_t *pix, const float *y, const rnvp_model *m, int N)
 {
     const int C = m->cfg.channels, HW = m->cfg.height * m->cfg.width;

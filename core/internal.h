@@ -144,11 +144,11 @@ enum rnvp_status st_write(const char *path, const char *const *meta, const rnvp_
 
 /* ---- layer kernels (core/layers.c) ---- */
 
-/* Squeeze one tensor: out (4C, H/2, W/2) from in (C, H, W), spec 2.1, per image plane-set.
+/* Squeeze one tensor: out (4C, H/2, W/2) from in (C, H, W), docs/model.md 2.1, per image plane-set.
  * Layout (C, N, H, W): each channel holds N images. */
 void squeeze_forward(float *out, const float *in, int C, int N, int H, int W);
 void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
-/* Channel map of the split (spec 2.2) on 4C channels: keep[i], i < 2C, gives the source
+/* Channel map of the split (docs/model.md 2.2) on 4C channels: keep[i], i < 2C, gives the source
  * channel of h_{s+1}[i]; drop[i] the source channel of z_s[i]. */
 void split_channels(int *keep, int *drop, int C);
 

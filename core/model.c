@@ -123,7 +123,7 @@ int rnvp_config_to_json(const rnvp_config *c, char *buf, size_t cap)
     size_t p = 0;
     for (int s = 0; s < c->num_scales; s++)
         p += (size_t)snprintf(feat + p, sizeof feat - p, "%s%d", s ? "," : "", c->features[s]);
-    /* "kernel" is written only when it differs from the spec's 3x3 */
+    /* "kernel" is written only when it differs from the default 3x3 (docs/model.md 5.3) */
     char kern[32] = "";
     if (c->kernel && c->kernel != 3) snprintf(kern, sizeof kern, ",\"kernel\":%d", c->kernel);
     return snprintf(buf, cap,

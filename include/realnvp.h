@@ -18,11 +18,11 @@
  *   variable REALNVP_CONV=blas, read by rnvp_ctx_create, forces the OpenBLAS kernels.
  * - Every array passed in or out is owned by the caller. Shapes are written next to each
  *   argument: (N, C, H, W) pixels are uint8 0..255 in channel-major order, latents are (N, D)
- *   float32 in the layout of spec section 2 (z_0, z_1, ... each flattened C,H,W).
+ *   float32 in the layout of docs/model.md section 2.7 (z_0, z_1, ... each flattened C,H,W).
  * - Functions that can fail return enum rnvp_status and, when `err` is not NULL, fill it with
  *   a one-line message naming the problem. The library never prints and never exits.
  *
- * The math and the checkpoint format are defined by ../shared/spec/realnvp-v1.md.
+ * The math and the checkpoint format are defined by docs/model.md.
  */
 #ifndef REALNVP_H
 #define REALNVP_H
@@ -55,7 +55,7 @@ typedef struct rnvp_error {
 /* Human-readable name of a status ("ok", "io", "format", ...). Never NULL. */
 const char *rnvp_status_name(enum rnvp_status s);
 
-/* The model's configuration (spec section 5, "Config keys"). */
+/* The model's configuration (docs/model.md section 5.3). */
 typedef struct rnvp_config {
     int height, width, channels;
     int num_scales;                    /* S, 1..RNVP_MAX_SCALES */
@@ -65,9 +65,10 @@ typedef struct rnvp_config {
     double bn_eps;                     /* s/t network batch norm epsilon */
     int flow_batchnorm;                /* 0 or 1 */
     double flow_bn_eps;
-    int kernel;                        /* kernel of in_conv and block convs (3); not in the
-                                          spec's config: read from the weights' shape on load,
-                                          used by rnvp_model_init. out_conv is always 1x1 here. */
+    int kernel;                        /* kernel of in_conv and block convs (3); an optional
+                                          config key (docs/model.md 5.3): read from the weights'
+                                          shape on load, used by rnvp_model_init. out_conv is
+                                          always 1x1 here. */
 } rnvp_config;
 
 /* A small tensor view: `data` points into memory owned by someone else (the model).
@@ -91,7 +92,7 @@ typedef struct rnvp_ctx rnvp_ctx;      /* opaque, one thread at a time */
 
 /* ---- configuration ---- */
 
-/* Parse a config JSON object (spec section 5) into *cfg. Unknown keys are an error.
+/* Parse a config JSON object (docs/model.md section 5.3) into *cfg. Unknown keys are ignored.
  * On failure *cfg is unspecified and err names the key. */
 enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_error *err);
 /* Check ranges and divisibility (H, W divisible by 2^(S-1), ...). */
@@ -110,7 +111,7 @@ enum rnvp_status rnvp_model_load(rnvp_model **out, const char *path, rnvp_error 
 /* The same from memory (the buffer is copied from as needed and not kept). */
 enum rnvp_status rnvp_model_load_memory(rnvp_model **out, const void *buf, size_t len,
                                         rnvp_error *err);
-/* A randomly initialised model that follows the spec, for tests and benchmarks: weights are
+/* A randomly initialised model that follows docs/model.md, for tests and benchmarks: weights are
  * drawn so that every coupling does real work (not the identity). Deterministic in seed. */
 enum rnvp_status rnvp_model_init(rnvp_model **out, const rnvp_config *cfg, uint64_t seed,
                                  rnvp_error *err);
@@ -175,7 +176,7 @@ const char *rnvp_blas_core(void);
  * done. */
 void rnvp_blas_select_core(char **argv);
 
-/* Log-probability of n 8-bit images in nats (spec section 3) and bits/dim.
+/* Log-probability of n 8-bit images in nats (docs/model.md section 3) and bits/dim.
  * pixels: (N, C, H, W). noise: (N, C, H, W) dequantization u in [0, 1), or NULL for u = 0.5.
  * log_prob: (N). bits_per_dim: (N) or NULL. */
 enum rnvp_status rnvp_log_prob(rnvp_ctx *ctx, double *log_prob, double *bits_per_dim,
@@ -185,7 +186,7 @@ enum rnvp_status rnvp_log_prob(rnvp_ctx *ctx, double *log_prob, double *bits_per
  * noise as in rnvp_log_prob. */
 enum rnvp_status rnvp_encode(rnvp_ctx *ctx, float *z, double *log_prob, const uint8_t *pixels,
                              const float *noise, int n, rnvp_error *err);
-/* Pixels from latents (spec section 4). z: (N, D), all finite (else RNVP_ERR_ARG).
+/* Pixels from latents (docs/model.md section 4). z: (N, D), all finite (else RNVP_ERR_ARG).
  * pixels: (N, C, H, W). */
 enum rnvp_status rnvp_decode(rnvp_ctx *ctx, uint8_t *pixels, const float *z, int n,
                              rnvp_error *err);

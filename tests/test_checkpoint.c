@@ -463,7 +463,7 @@ START_TEST(missing_metadata)
     ck_close(&c);
     expect_fail("__metadata__ a string", b, len, RNVP_ERR_FORMAT, "__metadata__");
 
-    /* metadata values are strings (spec section 5) */
+    /* metadata values are strings (docs/model.md section 5.2) */
     c = ck_open();
     json_object_set_new(meta(&c), "steps", json_integer(1000));
     b = ck_bytes(&c, &len);

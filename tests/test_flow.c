@@ -42,7 +42,7 @@ static double logabsdet(double *a, int n)
 static uint64_t rs = 12345;
 static float frand(void) { return (float)(2 * rnvp_uniform(&rs) - 1); }
 
-/* ---- squeeze and split against the spec's formulas */
+/* ---- squeeze and split against docs/model.md's formulas (2.1, 2.2) */
 START_TEST(squeeze_and_split_maps)
 {
     const int C = 3, N = 2, H = 4, W = 6, h2 = 2, w2 = 3;
@@ -195,7 +195,7 @@ END_TEST
 START_TEST(flow_grey_3scales) { rnvp_model *m = tiny(8, 4, 1, 3, 1, 0, 8); check_whole_flow(m); rnvp_model_free(m); }
 END_TEST
 
-/* Latent layout of the spec's example: 28x28x1, S = 3. */
+/* Latent layout of docs/model.md's example (2.7): 28x28x1, S = 3. */
 START_TEST(latent_layout)
 {
     rnvp_config cfg = {.height = 28, .width = 28, .channels = 1, .num_scales = 3, .res_blocks = 0,

@@ -1,9 +1,9 @@
-/* test_golden.c: the library against an independent implementation of the spec: log_prob,
+/* test_golden.c: the library against an independent implementation of docs/model.md: log_prob,
  * bits/dim and latents of the checkpoints and PNGs committed in tests/data, compared with
  * tests/data/golden.json, which tests/reference/gen_golden.py computed with numpy in float64.
  * Leaves out running python (the committed JSON is the oracle) and the loader's errors.
  *
- * Tolerances: log_prob and bits/dim 1e-4 relative (the spec's agreement between two correct
+ * Tolerances: log_prob and bits/dim 1e-4 relative (docs/model.md's agreement between two correct
  * implementations; measured <= 1e-7). Latents |z - z_ref| <= 2e-5 * (1 + |z_ref|) per element
  * (float32 through up to 16 couplings; measured |dz| <= 1.8e-6, |dz| / (1 + |z|) <= 4.6e-7).
  * Decoding the reference latents must give back the image's pixels exactly (u = 0.5 puts every

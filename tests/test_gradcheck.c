@@ -11,7 +11,7 @@
  * - Chunked / threaded convolution: forward and backward against a direct float64 loop on a
  *   size that takes several chunks per thread, 1 and 2 threads. Tolerance 1e-5 (observed 4e-7).
  * - Whole model: the float32 gradient of tr_forward_backward's loss against central
- *   differences (h = 1e-6) of a float64 reference of the loss written from the spec with
+ *   differences (h = 1e-6) of a float64 reference of the loss written from docs/model.md with
  *   naive loops (ref_loss below; it shares no code with the trainer). Float32 differences of
  *   the whole loss are useless here: a step of 1e-3 crosses ReLU kinks somewhere in the flow
  *   and the loss's round-off is ~1e-7. Tiny configs (4x4x1 S=1, 8x8x1 S=2 with and without
@@ -383,7 +383,7 @@ START_TEST(test_squeeze_split_prior)
     c.which = 0;
     sq_backward(dx, c.r, c.C, c.N, c.H, c.W);
     fd_check("squeeze d input", perm_obj, &c, c.x, dx, n, 1e-2, 1e-4);
-    /* squeeze is the spec's index map */
+    /* squeeze is docs/model.md's index map */
     sq_forward(c.y, c.x, c.C, c.N, c.H, c.W);
     ck_assert_float_eq(c.y[(size_t)(2 * 4 + 1 * 2 + 1) * c.N * 6 + 1 * 6 + 1 * 3 + 2],
                        c.x[(size_t)2 * P + 1 * 24 + 3 * 6 + 5]);
@@ -490,7 +490,7 @@ static rnvp_config tiny_config(int H, int W, int C, int S, int K, int f0, int f1
     return c;
 }
 
-/* A float64 reference of the training loss, written from the spec with naive loops in the
+/* A float64 reference of the training loss, written from docs/model.md with naive loops in the
  * (N, C, H, W) layout and sharing no code with the trainer: parameters are read from pr, a
  * double copy of m->params (same offsets). Its central differences with h = 1e-6 have no
  * round-off to speak of and almost never step over a ReLU kink, unlike float32 ones. */
@@ -556,7 +556,7 @@ static rt ref_bn_relu(const rt x, const bn_p *bn, double eps, const double *pr, 
     return o;
 }
 
-/* the s/t network of spec 2.6 */
+/* the s/t network of docs/model.md 2.6 */
 static rt ref_net(const rt in, const coupling *c, const double *pr, const rnvp_model *m)
 {
     const double eps = m->cfg.bn_eps;
@@ -575,7 +575,7 @@ static rt ref_net(const rt in, const coupling *c, const double *pr, const rnvp_m
     return o;
 }
 
-/* coupling k (spec 2.3 / 2.4, then 2.5) on x in place; ld (N) += log-dets */
+/* coupling k (docs/model.md 2.3 / 2.4, then 2.5) on x in place; ld (N) += log-dets */
 static void ref_coupling(rt x, double *ld, const coupling *c, const double *pr, const rnvp_model *m)
 {
     const int N = x.N, C = x.C, H = x.H, W = x.W, Ct = c->Ct, chk = c->kind == COUPLING_CHECKER;
@@ -646,7 +646,7 @@ static double ref_loss(const rnvp_model *m, const double *pr, const float *xt, i
     int C = cf->channels, H = cf->height, W = cf->width, k = 0;
     double *lp = calloc(N, sizeof(double));
     rt x = rt_new(N, C, H, W);
-    for (size_t i = 0; i < (size_t)N * m->D; i++) {   /* spec 1.2, 1.3 */
+    for (size_t i = 0; i < (size_t)N * m->D; i++) {   /* docs/model.md 1.2, 1.3 */
         double p = cf->alpha + (1 - 2 * cf->alpha) * xt[i];
         x.d[i] = log(p) - log(1 - p);
         lp[i / m->D] += log(1 - 2 * cf->alpha) - log(p) - log(1 - p);
@@ -658,7 +658,7 @@ static double ref_loss(const rnvp_model *m, const double *pr, const float *xt, i
             for (int n = 0; n < N; n++) lp[n] += ref_prior(x, 0, C, n);
             break;
         }
-        rt q = rt_new(N, 4 * C, H / 2, W / 2);   /* spec 2.1 */
+        rt q = rt_new(N, 4 * C, H / 2, W / 2);   /* docs/model.md 2.1 */
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++)
                 for (int dh = 0; dh < 2; dh++)
@@ -667,7 +667,7 @@ static double ref_loss(const rnvp_model *m, const double *pr, const float *xt, i
                             for (int j = 0; j < W / 2; j++)
                                 AT(q, n, c * 4 + dh * 2 + dw, i, j) = AT(x, n, c, 2 * i + dh, 2 * j + dw);
         for (int i = 0; i < 3; i++) ref_coupling(q, lp, &m->cp[k++], pr, m);
-        rt nx = rt_new(N, 2 * C, H / 2, W / 2), z = rt_new(N, 2 * C, H / 2, W / 2);   /* spec 2.2 */
+        rt nx = rt_new(N, 2 * C, H / 2, W / 2), z = rt_new(N, 2 * C, H / 2, W / 2);   /* docs/model.md 2.2 */
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++)
                 for (int i = 0; i < H / 2; i++)
@@ -682,7 +682,7 @@ static double ref_loss(const rnvp_model *m, const double *pr, const float *xt, i
         x = nx;
         C *= 2; H /= 2; W /= 2;
     }
-    double loss = 0;   /* spec 3: mean of -log_prob / (D ln 2) */
+    double loss = 0;   /* docs/model.md 3: mean of -log_prob / (D ln 2) */
     for (int n = 0; n < N; n++) loss += -(lp[n] - m->D * log(256.0)) / (m->D * log(2.0)) / N;
     free(x.d); free(lp);
     return loss;

@@ -115,7 +115,7 @@ def main():
                      for m in evals)
     card = """# {name}: Real NVP on Fashion-MNIST
 
-A Real NVP flow ([spec](../../../shared/spec/realnvp-v1.md)) trained by `bin/realnvp-train` on
+A Real NVP flow ([model definition](../../docs/model.md)) trained by `bin/realnvp-train` on
 the 60,000 Fashion-MNIST training images (Debian's `dataset-fashion-mnist`,
 `{dataset}`), 28x28 grey, horizontal flips on. This is the model `make run` serves.
 

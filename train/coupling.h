@@ -1,4 +1,4 @@
-/* coupling.h: training-mode forward and backward of one coupling (s/t network spec 2.6, map 2.3/2.4, flow BN 2.5).
+/* coupling.h: training-mode forward and backward of one coupling (s/t network docs/model.md 2.6, map 2.3/2.4, flow BN 2.5).
  * Leaves out the flow's order of couplings, squeeze/split and the loss (flow_train.c). */
 #ifndef RNVP_TRAIN_COUPLING_H
 #define RNVP_TRAIN_COUPLING_H

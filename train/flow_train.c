@@ -2,7 +2,7 @@
  * Leaves out the optimiser, data sets and checkpoints (main.c and its helpers).
  *
  * Running statistics: update_stats averages the BIASED batch variance (the one the forward
- * normalises with, spec 2.5 / 2.6 "biased variance") into running_var, for the net's batch
+ * normalises with, docs/model.md 2.5 / 2.6 "biased variance") into running_var, for the net's batch
  * norms and the flow batch norms alike; PyTorch's BatchNorm would average the unbiased one.
  *
  * Threads: tr_ws_create makes a pool of openblas_get_num_threads() threads. During

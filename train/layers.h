@@ -84,7 +84,7 @@ void bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int upd
 void bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
                  const bn_saved *sv, int acc, int C, size_t P, tpool *tp);
 
-/* ---- logit pre-processing (spec 1.2, 1.3) ----
+/* ---- logit pre-processing (docs/model.md 1.2, 1.3) ----
  * p = alpha + (1 - 2 alpha) xt, y = ln p - ln(1 - p); ld[n] += sum_i ln(1-2alpha) - ln p - ln(1-p).
  * y: (C, N, H, W); ld: (N) +=; xt: (N, C, H, W) (the layout changes here). */
 void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W);
@@ -92,7 +92,7 @@ void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, i
 void logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
                     int N, int C, int H, int W);
 
-/* ---- squeeze (spec 2.1) and split (spec 2.2) ---- */
+/* ---- squeeze (docs/model.md 2.1) and split (2.2) ---- */
 
 /* out (4C, N, H/2, W/2) from in (C, N, H, W): out[c*4+dh*2+dw][n][i][j] = in[c][n][2i+dh][2j+dw]. */
 void sq_forward(float *out, const float *in, int C, int N, int H, int W);
@@ -115,7 +115,7 @@ void prior_forward(double *lp, const float *z, const int *ch, int nch, int N, in
 void prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
                     int HW);
 
-/* ---- the coupling's affine map (spec 2.3, 2.4) on the transformed elements ----
+/* ---- the coupling's affine map (docs/model.md 2.3, 2.4) on the transformed elements ----
  * On x: (Ct, N, H, W) (the whole tensor for a checkerboard coupling, the transformed half for a
  * channel coupling), with st: (2Ct, N, H, W) the s/t network's output (s_raw then t):
  *   s = scale[c] * tanh(s_raw),  y = x * exp(s) + t  where transformed, else y = x,
@@ -130,7 +130,7 @@ void affine_backward(float *dx, float *dst, float *dscale, const float *dy, cons
                      const float *x, const float *st, const float *scale, int parity, int Ct, int N,
                      int H, int W);
 
-/* ---- flow batch norm (spec 2.5), training mode, in place ----
+/* ---- flow batch norm (docs/model.md 2.5), training mode, in place ----
  * On x: (Ct, N, H, W) as affine_forward, only the transformed elements:
  *   x <- (x - mean_c) / sqrt(var_c + eps), mean and biased var over the transformed elements
  *   of channel c across N, H, W; ld[n] += -0.5 * sum over transformed elements of image n of

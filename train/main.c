@@ -101,7 +101,7 @@ static void say(const char *fmt, ...)
 static void usage(void)
 {
     printf("usage: realnvp-train [OPTIONS]\n\n"
-           "Trains a Real NVP flow (../shared/spec/realnvp-v1.md) with Adam and writes, in --out:\n"
+           "Trains a Real NVP flow (docs/model.md) with Adam and writes, in --out:\n"
            "  " CKPT_NAME "  the latest state (model + train.* optimiser tensors), written atomically\n"
            "  " BEST_NAME "        the model with the best test bits/dim (inference tensors only)\n"
            "  metrics.jsonl, curve.svg, samples_t1.0.png, samples_t0.7.png\n"

@@ -19,7 +19,7 @@ size_t tr_ws_bytes(const tr_ws *w);
  *         is ACCUMULATED into it (+=); entries of running statistics are left untouched.
  *   update_stats: when non-zero, the running averages of every batch norm and flow batch
  *         norm in m->params are updated with momentum 0.1 (r <- 0.9 r + 0.1 batch).
- * Returns the loss: the batch mean of -log_prob in bits/dim (spec section 3, including the
+ * Returns the loss: the batch mean of -log_prob in bits/dim (docs/model.md section 3, including the
  * logit pre-processing and the D ln 256 term), computed with batch statistics. n <= max_batch. */
 double tr_forward_backward(tr_ws *w, rnvp_model *m, float *grad, const float *xt, int n,
                            int update_stats);

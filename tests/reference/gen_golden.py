@@ -2,7 +2,7 @@
 # gen_golden.py: writes tests/data/golden.json (the oracle of tests/test_golden.c) from the
 # committed checkpoints and PNGs, with the numpy reference realnvp_ref.py. Leaves out the C code:
 # nothing here calls or reads it, except `--make-data`, which runs `bin/realnvp init` once to
-# make the random checkpoints (any spec-conforming file would do) and draws the test images.
+# make the random checkpoints (any file that follows docs/model.md would do) and draws the test images.
 #
 # Usage (from the repository root):
 #   /usr/bin/python3 tests/reference/gen_golden.py --make-data   # checkpoints + PNGs (once)
@@ -21,7 +21,7 @@ DATA = "tests/data"
 
 # name -> (config, init seed, images). Non-square sizes catch H/W mix-ups; the three models cover
 # grey and RGB, with and without flow batch norm, 2 and 3 scales, 0 and 1 residual blocks and a
-# 5x5 in_conv (the project's `kernel` config extension; the files follow the spec).
+# 5x5 in_conv (the project's `kernel` config extension; the files follow docs/model.md).
 MODELS = {
     "grey8": ({"height": 8, "width": 8, "channels": 1, "num_scales": 2, "res_blocks": 1,
                "features": [8, 8], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": True,
@@ -93,7 +93,7 @@ def self_check(m, pixels):
 
 def gen_golden():
     out = {"generator": "tests/reference/gen_golden.py with realnvp_ref.py (numpy float64)",
-           "spec": "realnvp-v1", "u": 0.5, "models": []}
+           "spec": "docs/model.md (realnvp version 1)", "u": 0.5, "models": []}
     for name, (_, _, images) in MODELS.items():
         m = ref.Model(os.path.join(DATA, name + ".safetensors"))
         pix = np.stack([ref.read_png(os.path.join(DATA, im + ".png")) for im in images])

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# realnvp_ref.py: an independent float64 numpy implementation of ../shared/spec/realnvp-v1.md
+# realnvp_ref.py: an independent float64 numpy implementation of docs/model.md
 # (forward direction only: log_prob, bits/dim, latents) with its own safetensors and PNG readers.
 # Leaves out decoding, sampling and training. Shares no code with core/ or bench/torch_baseline.py.
 #
@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-# ---------------------------------------------------------------- safetensors (spec section 5)
+# ---------------------------------------------------------------- safetensors (docs/model.md section 5)
 
 def read_safetensors(path):
     """(metadata dict, {name: float64 array}) of a checkpoint; train.* tensors are skipped."""
@@ -104,7 +104,7 @@ def write_png(path, img):
     with open(path, "wb") as f:
         f.write(PNG_SIG + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
-# ---------------------------------------------------------------- the s/t network (spec 2.6)
+# ---------------------------------------------------------------- the s/t network (docs/model.md 2.6)
 
 def conv(x, p, name):
     """Weight-normalised 'same' convolution: x (N, Ci, H, W) -> (N, Co, H, W)."""
@@ -138,7 +138,7 @@ def st_net(x, p, k, cfg):
         h = h + conv(relu(bn(t, p, b + "bn_b", eps)), p, b + "conv_b")
     return conv(relu(bn(h, p, pre + "bn_out", eps)), p, pre + "out_conv")
 
-# ---------------------------------------------------------------- couplings (spec 2.3 - 2.5)
+# ---------------------------------------------------------------- couplings (docs/model.md 2.3 - 2.5)
 
 def flow_bn(x, sel, p, k, cfg):
     """Flow batch norm on the transformed elements: x (N, Ct, H, W), sel (H, W) 1 where
@@ -179,7 +179,7 @@ def channel(x, parity, p, k, cfg):
     return y, ld
 
 def squeeze(x):
-    """out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw] (spec 2.1)."""
+    """out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw] (docs/model.md 2.1)."""
     n, c, h, w = x.shape
     out = np.zeros((n, 4 * c, h // 2, w // 2))
     for ch in range(c):
@@ -188,7 +188,7 @@ def squeeze(x):
                 out[:, ch * 4 + dh * 2 + dw] = x[:, ch, dh::2, dw::2]
     return out
 
-# ---------------------------------------------------------------- the whole model (spec 1 - 3)
+# ---------------------------------------------------------------- the whole model (docs/model.md 1 - 3)
 
 class Model:
     def __init__(self, path):
@@ -199,7 +199,7 @@ class Model:
         self.D = c["channels"] * c["height"] * c["width"]
 
     def flow(self, y):
-        """The flow f (spec 2): y (N, C, H, W) -> (z (N, D), L_flow (N), latent layout)."""
+        """The flow f (docs/model.md 2): y (N, C, H, W) -> (z (N, D), L_flow (N), latent layout)."""
         cfg, p = self.cfg, self.p
         n = y.shape[0]
         h, l_flow, zs, layout, k = y, np.zeros(n), [], [], 0
