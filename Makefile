@@ -21,9 +21,9 @@ $(B)/%.o: %.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # the demo page (GET /) as a C array in the server
-$(B)/gen/web_index.c: server/web/index.html tools/embed.sh
+$(B)/gen/web_index.c: server/web/index.html tools/embed.sh Makefile
 	@mkdir -p $(dir $@)
-	sh tools/embed.sh $< rnvp_web_index > $@.tmp && mv $@.tmp $@
+	sh tools/embed.sh $< srv_web_index > $@.tmp && mv $@.tmp $@
 $(B)/gen/web_index.o: $(B)/gen/web_index.c
 	$(CC) $(CFLAGS) -c $< -o $@
 

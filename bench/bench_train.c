@@ -165,10 +165,10 @@ static void adam_update(rnvp_model *m, float *grad, float *am, float *av, long t
 static void make_batch(float *xt, const uint8_t *px, int count, int n, int D, uint64_t *rng)
 {
     for (int b = 0; b < n; b++) {
-        const uint8_t *img = px ? px + (size_t)(rnvp_splitmix64(rng) % (uint64_t)count) * D : NULL;
+        const uint8_t *img = px ? px + (size_t)(rnvpi_splitmix64(rng) % (uint64_t)count) * D : NULL;
         for (int i = 0; i < D; i++) {
-            const double v = img ? img[i] : (double)(rnvp_splitmix64(rng) >> 56);
-            xt[(size_t)b * D + i] = (float)((v + rnvp_uniform(rng)) / 256.0);
+            const double v = img ? img[i] : (double)(rnvpi_splitmix64(rng) >> 56);
+            xt[(size_t)b * D + i] = (float)((v + rnvpi_uniform(rng)) / 256.0);
         }
     }
 }
@@ -211,7 +211,7 @@ static int do_check(rnvp_model *m, const char *xt_path, int n, const char *grad_
         }
         const char *meta[] = {"format", "realnvp-grad", "description",
                               "d loss (bits/dim, batch statistics) / d parameter, bench_train --check-xt", NULL};
-        if (st_write(grad_out, meta, t, nt, &e) != RNVP_OK) die(grad_out, &e);
+        if (rnvpi_st_write(grad_out, meta, t, nt, &e) != RNVP_OK) die(grad_out, &e);
         for (int i = 0; i < nt; i++) free(names[i]);
         free(names);
         free(t);
@@ -287,7 +287,7 @@ int main(int argc, char **argv)
         cfg.kernel = kernel;
         if (scales < 1 || scales > RNVP_MAX_SCALES || parse_features(cfg.features, scales, features)) usage();
         if (rnvp_config_validate(&cfg, &e) != RNVP_OK) die("config", &e);
-        if (model_build(&m, &cfg, NULL, NULL, &e) != RNVP_OK) die("model", &e);
+        if (rnvpi_model_build(&m, &cfg, NULL, NULL, &e) != RNVP_OK) die("model", &e);
         tr_init_params(m, seed);
     }
     const rnvp_config *cfg = &m->cfg;

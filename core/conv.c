@@ -272,7 +272,7 @@ AVX512 static void direct_job_run(void *arg, int t, int nt)
 }
 #endif
 
-int conv_direct_available(void)
+int rnvpi_conv_direct_available(void)
 {
 #ifdef HAVE_AVX512_KERNEL
     __builtin_cpu_init();
@@ -282,12 +282,12 @@ int conv_direct_available(void)
 #endif
 }
 
-size_t conv_guard_floats(const conv_i *cv, int W)
+size_t rnvpi_conv_guard_floats(const conv_i *cv, int W)
 {
     return (size_t)(cv->kh / 2) * W + cv->kw / 2 + RNVP_CONV_STRIP;
 }
 
-size_t conv_panel_floats(int cin, int kh, int kw)
+size_t rnvpi_conv_panel_floats(int cin, int kh, int kw)
 {
     return (size_t)cin * kh * kw * RNVP_CONV_STRIP;
 }
@@ -295,29 +295,29 @@ size_t conv_panel_floats(int cin, int kh, int kw)
 /* 64-byte aligned start inside a buffer with at least 16 floats of slack. */
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
-void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
+void rnvpi_conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
                     int N, int H, int W)
 {
-    conv_forward_acc(out, in, cv, pre, ws, N, H, W, 0);
+    rnvpi_conv_forward_acc(out, in, cv, pre, ws, N, H, W, 0);
 }
 
-void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
+void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
                       int N, int H, int W, int accumulate)
 {
 #ifdef HAVE_AVX512_KERNEL
     if (ws->direct) {
         struct direct_job j = {.out = out, .in = in, .cv = cv, .pre = pre,
                                .P = (ptrdiff_t)N * H * W, .H = H, .W = W, .accumulate = accumulate,
-                               .guarded = ws->guard >= conv_guard_floats(cv, W)};
+                               .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};
         j.strips = (j.P + NR - 1) / NR;
         atomic_init(&j.next, 0);
         if (ws->panel) {
             /* about 8 claims per thread: balance against the cost of a claim */
-            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)tpool_size(ws->tp));
+            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
             j.grain = g < 1 ? 1 : g;
             j.panel = ws->panel;
             j.panel_floats = ws->panel_floats;
-            tpool_run_shared(ws->tp, direct_job_run, &j);
+            rnvpi_tpool_run_shared(ws->tp, direct_job_run, &j);
         } else {   /* one thread, its panel in col */
             j.grain = j.strips;
             j.panel = align64(ws->col);
@@ -329,9 +329,9 @@ void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affin
     conv_blas(out, in, cv, pre, ws->col, N, H, W, accumulate);
 }
 
-size_t conv_col_floats(const conv_i *cv, int N, int H, int W)
+size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)
 {
     size_t blas = sz_mul(sz_mul((size_t)cv->cin * cv->kh * cv->kw, (size_t)N), (size_t)H * W);
-    size_t direct = sz_add(conv_panel_floats(cv->cin, cv->kh, cv->kw), 16);
+    size_t direct = sz_add(rnvpi_conv_panel_floats(cv->cin, cv->kh, cv->kw), 16);
     return blas > direct ? blas : direct;
 }

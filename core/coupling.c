@@ -14,16 +14,16 @@ static void st_net(float *out, const float *in, const coupling *c, int N, const 
     const int H = c->H, W = c->W;
     const size_t P = (size_t)N * H * W;
     float *h = ws->h, *t = ws->t;   /* (F, N, H, W) each */
-    conv_forward_i(h, in, &c->i_in, NULL, ws, N, H, W);            /* h = in_conv(input) */
+    rnvpi_conv_forward_i(h, in, &c->i_in, NULL, ws, N, H, W);            /* h = in_conv(input) */
     static const affine_i relu_only = {0, NULL, NULL};
     for (int j = 0; j < c->K; j++) {
         /* t = bn_b(conv_a(relu(bn_a(h)))), bn_b folded into conv_a */
-        conv_forward_i(t, h, &c->i_a[j], &c->i_bn_a[j], ws, N, H, W);
+        rnvpi_conv_forward_i(t, h, &c->i_a[j], &c->i_bn_a[j], ws, N, H, W);
         /* h = h + conv_b(relu(t)) */
-        conv_forward_acc(h, t, &c->i_b[j], &relu_only, ws, N, H, W, 1);
+        rnvpi_conv_forward_acc(h, t, &c->i_b[j], &relu_only, ws, N, H, W, 1);
     }
     /* out = out_conv(relu(bn_out(h))) */
-    conv_forward_i(out, h, &c->i_out, &c->i_bn_out, ws, N, H, W);
+    rnvpi_conv_forward_i(out, h, &c->i_out, &c->i_bn_out, ws, N, H, W);
     (void)P;
 }
 
@@ -58,7 +58,7 @@ static float *transformed_part(float *x, const coupling *c, int N, net_ws *ws, c
     return c->parity == 0 ? xb : xa;
 }
 
-void coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws)
+void rnvpi_coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws)
 {
     const int H = c->H, W = c->W, Ct = c->Ct;
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
@@ -90,7 +90,7 @@ void coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws
         for (int n = 0; n < N; n++) ld[n] += c->fbn_logdet;
 }
 
-void coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
+void rnvpi_coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
 {
     const int H = c->H, W = c->W, Ct = c->Ct;
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
@@ -118,18 +118,18 @@ void coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
 }
 
 /* Floats of workspace a coupling needs for N images, per buffer (SIZE_MAX: does not fit). */
-void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out, size_t *col)
+void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out, size_t *col)
 {
     const size_t P = sz_mul((size_t)N, (size_t)c->H * c->W);
     *netin = c->kind == COUPLING_CHECKER ? sz_mul((size_t)c->Cin, P) : 0;
     *feat = sz_mul((size_t)c->F, P);
     *out = sz_mul((size_t)2 * c->Ct, P);
-    size_t m = conv_col_floats(&c->i_in, N, c->H, c->W);
+    size_t m = rnvpi_conv_col_floats(&c->i_in, N, c->H, c->W);
     for (int j = 0; j < c->K; j++) {
-        size_t a = conv_col_floats(&c->i_a[j], N, c->H, c->W), b = conv_col_floats(&c->i_b[j], N, c->H, c->W);
+        size_t a = rnvpi_conv_col_floats(&c->i_a[j], N, c->H, c->W), b = rnvpi_conv_col_floats(&c->i_b[j], N, c->H, c->W);
         if (a > m) m = a;
         if (b > m) m = b;
     }
-    size_t o = conv_col_floats(&c->i_out, N, c->H, c->W);
+    size_t o = rnvpi_conv_col_floats(&c->i_out, N, c->H, c->W);
     *col = m > o ? m : o;
 }

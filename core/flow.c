@@ -33,7 +33,7 @@ static int use_direct(void)
 {
     const char *e = getenv("REALNVP_CONV");
     if (e && !strcmp(e, "blas")) return 0;
-    return conv_direct_available();
+    return rnvpi_conv_direct_available();
 }
 
 /* The sizes of a context's workspace (in floats unless named otherwise), for the kernel and
@@ -42,7 +42,7 @@ static int use_direct(void)
  * them, so the two cannot disagree. */
 typedef struct ws_plan {
     int direct, threads;
-    size_t nin, feat, outc, col;   /* the largest of each over the couplings (coupling_ws_size) */
+    size_t nin, feat, outc, col;   /* the largest of each over the couplings (rnvpi_coupling_ws_size) */
     size_t panel, guard;           /* per thread, per convolution input; multiples of 16 */
     size_t ND;                     /* max_batch * D: x, tmp, zc and zin each */
     size_t bytes;                  /* the block: the floats and max_batch doubles, rounded to 64 */
@@ -58,7 +58,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     for (int k = 0; k < m->L; k++) {
         size_t a, b, c, d;
         const coupling *cp = &m->cp[k];
-        coupling_ws_size(cp, max_batch, &a, &b, &c, &d);
+        rnvpi_coupling_ws_size(cp, max_batch, &a, &b, &c, &d);
         if (a > nin) nin = a;
         if (b > feat) feat = b;
         if (c > outc) outc = c;
@@ -66,7 +66,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
         const conv_i *cv[3] = {&cp->i_in, &cp->i_out, cp->K ? &cp->i_a[0] : &cp->i_in};
         for (int i = 0; i < 3 + 2 * cp->K; i++) {
             const conv_i *v = i < 3 ? cv[i] : i % 2 ? &cp->i_a[(i - 3) / 2] : &cp->i_b[(i - 3) / 2];
-            size_t f = conv_panel_floats(v->cin, v->kh, v->kw), g = conv_guard_floats(v, cp->W);
+            size_t f = rnvpi_conv_panel_floats(v->cin, v->kh, v->kw), g = rnvpi_conv_guard_floats(v, cp->W);
             if (f > panel) panel = f;
             if (g > guard) guard = g;
         }
@@ -98,21 +98,21 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
 {
     *out = NULL;
     if (max_batch < 1 || max_batch > RNVP_MAX_BATCH)
-        return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..%d", max_batch, RNVP_MAX_BATCH);
+        return rnvpi_fail(err, RNVP_ERR_ARG, "max_batch %d out of range 1..%d", max_batch, RNVP_MAX_BATCH);
     ws_plan p;
     plan_workspace(&p, m, max_batch);
     if (p.bytes == SIZE_MAX)
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "a context for %d images would need more memory than can be addressed",
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "a context for %d images would need more memory than can be addressed",
                          max_batch);
     const int direct = p.direct, threads = p.threads;
     const size_t nin = p.nin, feat = p.feat, outc = p.outc, panel = p.panel, guard = p.guard, ND = p.ND;
     const size_t bytes = p.bytes;
     rnvp_ctx *c = calloc(1, sizeof *c);
     void *blk = aligned_alloc(64, bytes);
-    tpool *tp = direct && threads > 1 ? tpool_create(threads) : NULL;
+    tpool *tp = direct && threads > 1 ? rnvpi_tpool_create(threads) : NULL;
     if (!c || !blk || (direct && threads > 1 && !tp)) {
-        free(c); free(blk); tpool_free(tp);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a context of %zu MB and %d threads",
+        free(c); free(blk); rnvpi_tpool_free(tp);
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for a context of %zu MB and %d threads",
                          bytes >> 20, threads);
     }
     c->m = m;
@@ -155,7 +155,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
 void rnvp_ctx_free(rnvp_ctx *ctx)
 {
     if (!ctx) return;
-    tpool_free(ctx->tp);
+    rnvpi_tpool_free(ctx->tp);
     free(ctx->block);
     free(ctx);
 }
@@ -166,7 +166,7 @@ int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
 
 /* ---------------------------------------------------------------- squeeze and split */
 
-void squeeze_forward(float *out, const float *in, int C, int N, int H, int W)
+void rnvpi_squeeze_forward(float *out, const float *in, int C, int N, int H, int W)
 {
     const int h2 = H / 2, w2 = W / 2;
     for (int c = 0; c < C; c++)
@@ -183,7 +183,7 @@ void squeeze_forward(float *out, const float *in, int C, int N, int H, int W)
             }
 }
 
-void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W)
+void rnvpi_squeeze_inverse(float *out, const float *in, int C, int N, int H, int W)
 {
     const int h2 = H / 2, w2 = W / 2;
     for (int c = 0; c < C; c++)
@@ -199,7 +199,7 @@ void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W)
             }
 }
 
-void split_channels(int *keep, int *drop, int C)
+void rnvpi_split_channels(int *keep, int *drop, int C)
 {
     for (int c = 0; c < C; c++) {
         keep[c] = c * 4 + 0;       /* sub-pixel (0,0) */
@@ -243,16 +243,16 @@ static void flow_forward(rnvp_ctx *ctx, int N)
     int keep[2 * RNVP_MAX_FLOW_CHANNELS], drop[2 * RNVP_MAX_FLOW_CHANNELS];
     for (int s = 0; s < m->S; s++) {
         const int last = s == m->S - 1;
-        for (int i = 0; i < (last ? 4 : 3); i++) coupling_forward(ctx->x, ctx->ld, &m->cp[k++], N, &ctx->ws);
+        for (int i = 0; i < (last ? 4 : 3); i++) rnvpi_coupling_forward(ctx->x, ctx->ld, &m->cp[k++], N, &ctx->ws);
         float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
         if (last) {
             memcpy(zs, ctx->x, sizeof(float) * (size_t)N * C * H * W);
             break;
         }
-        squeeze_forward(ctx->tmp, ctx->x, C, N, H, W);
-        for (int i = 0; i < 3; i++) coupling_forward(ctx->tmp, ctx->ld, &m->cp[k++], N, &ctx->ws);
+        rnvpi_squeeze_forward(ctx->tmp, ctx->x, C, N, H, W);
+        for (int i = 0; i < 3; i++) rnvpi_coupling_forward(ctx->tmp, ctx->ld, &m->cp[k++], N, &ctx->ws);
         const size_t plane = (size_t)N * (H / 2) * (W / 2);
-        split_channels(keep, drop, C);
+        rnvpi_split_channels(keep, drop, C);
         for (int c = 0; c < 2 * C; c++) {
             memcpy(ctx->x + c * plane, ctx->tmp + keep[c] * plane, sizeof(float) * plane);
             memcpy(zs + c * plane, ctx->tmp + drop[c] * plane, sizeof(float) * plane);
@@ -269,21 +269,21 @@ static void flow_inverse(rnvp_ctx *ctx, int N)
     const rnvp_latent_part *lp = &m->parts[m->S - 1];
     int C = lp->channels, H = lp->height, W = lp->width, k = m->L - 1;
     memcpy(ctx->x, ctx->zc + (size_t)N * lp->offset, sizeof(float) * (size_t)N * C * H * W);
-    for (int i = 0; i < 4; i++) coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
+    for (int i = 0; i < 4; i++) rnvpi_coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
     for (int s = m->S - 2; s >= 0; s--) {
         /* h_{s+1} is (2Cs, H, W) with Cs = C/2: rebuild the squeezed (4Cs, H, W) */
         const int Cs = C / 2;
         const size_t plane = (size_t)N * H * W;
         const float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
-        split_channels(keep, drop, Cs);
+        rnvpi_split_channels(keep, drop, Cs);
         for (int c = 0; c < 2 * Cs; c++) {
             memcpy(ctx->tmp + keep[c] * plane, ctx->x + c * plane, sizeof(float) * plane);
             memcpy(ctx->tmp + drop[c] * plane, zs + c * plane, sizeof(float) * plane);
         }
-        for (int i = 0; i < 3; i++) coupling_inverse(ctx->tmp, &m->cp[k--], N, &ctx->ws);
+        for (int i = 0; i < 3; i++) rnvpi_coupling_inverse(ctx->tmp, &m->cp[k--], N, &ctx->ws);
         C = Cs; H *= 2; W *= 2;
-        squeeze_inverse(ctx->x, ctx->tmp, C, N, H, W);
-        for (int i = 0; i < 3; i++) coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
+        rnvpi_squeeze_inverse(ctx->x, ctx->tmp, C, N, H, W);
+        for (int i = 0; i < 3; i++) rnvpi_coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
     }
 }
 
@@ -308,7 +308,7 @@ static void z_gather(rnvp_ctx *ctx, float *z, int N, int to_nd)
 static enum rnvp_status check_n(const rnvp_ctx *ctx, int n, rnvp_error *err)
 {
     (void)ctx;
-    if (n < 0) return rnvp_fail(err, RNVP_ERR_ARG, "n = %d images, expected n >= 0", n);
+    if (n < 0) return rnvpi_fail(err, RNVP_ERR_ARG, "n = %d images, expected n >= 0", n);
     return RNVP_OK;
 }
 
@@ -388,7 +388,7 @@ enum rnvp_status rnvp_decode(rnvp_ctx *ctx, uint8_t *pixels, const float *z, int
     const rnvp_model *m = ctx->m;
     for (size_t i = 0; i < (size_t)n * m->D; i++)
         if (!isfinite(z[i]))
-            return rnvp_fail(err, RNVP_ERR_ARG, "latent %zu of image %zu is not finite", i % m->D, i / m->D);
+            return rnvpi_fail(err, RNVP_ERR_ARG, "latent %zu of image %zu is not finite", i % m->D, i / m->D);
     for (int i0 = 0; i0 < n; i0 += ctx->max_batch) {
         int N = n - i0 < ctx->max_batch ? n - i0 : ctx->max_batch;
         z_gather(ctx, (float *)(z + (size_t)i0 * m->D), N, 0);
@@ -403,7 +403,7 @@ enum rnvp_status rnvp_sample(rnvp_ctx *ctx, uint8_t *pixels, float *z, int n, do
 {
     enum rnvp_status st = check_n(ctx, n, err);
     if (st) return st;
-    if (!(temp >= 0) || !isfinite(temp)) return rnvp_fail(err, RNVP_ERR_ARG, "temperature %g, expected a finite value >= 0", temp);
+    if (!(temp >= 0) || !isfinite(temp)) return rnvpi_fail(err, RNVP_ERR_ARG, "temperature %g, expected a finite value >= 0", temp);
     const rnvp_model *m = ctx->m;
     if (z) {
         rnvp_sample_latents(z, n, m->D, temp, seed);
@@ -411,7 +411,7 @@ enum rnvp_status rnvp_sample(rnvp_ctx *ctx, uint8_t *pixels, float *z, int n, do
     }
     for (int i0 = 0; i0 < n; i0 += ctx->max_batch) {
         int N = n - i0 < ctx->max_batch ? n - i0 : ctx->max_batch;
-        sample_latents_from(ctx->zin, i0, N, m->D, temp, seed);
+        rnvpi_sample_latents_from(ctx->zin, i0, N, m->D, temp, seed);
         if ((st = rnvp_decode(ctx, pixels + (size_t)i0 * m->D, ctx->zin, N, err))) return st;
     }
     return RNVP_OK;

@@ -95,15 +95,15 @@ struct rnvp_model {
 };
 
 /* Error helper: fills err (if not NULL) and returns status. */
-enum rnvp_status rnvp_fail(rnvp_error *err, enum rnvp_status st, const char *fmt, ...)
+enum rnvp_status rnvpi_fail(rnvp_error *err, enum rnvp_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Seeded random numbers (core/util.c): splitmix64 stream, uniform in (0,1), two normals. */
-uint64_t rnvp_splitmix64(uint64_t *state);
-double rnvp_uniform(uint64_t *state);
-void rnvp_gauss2(uint64_t *state, double *a, double *b);
+uint64_t rnvpi_splitmix64(uint64_t *state);
+double rnvpi_uniform(uint64_t *state);
+void rnvpi_gauss2(uint64_t *state, double *a, double *b);
 /* rnvp_sample_latents for images first .. first+n-1 of a request (their own streams). */
-void sample_latents_from(float *z, int first, int n, int d, double temp, uint64_t seed);
+void rnvpi_sample_latents_from(float *z, int first, int n, int d, double temp, uint64_t seed);
 
 /* Chooses the kernel (kh, kw) of convolution `conv` of coupling k: conv 0 is in_conv, 1 + 2j
  * conv_a of block j, 2 + 2j conv_b, 1 + 2K out_conv. Returns 0, or -1 to fail the build.
@@ -113,21 +113,21 @@ typedef int (*kernel_fn)(void *user, int k, int conv, int *kh, int *kw);
 /* Build an empty model for cfg: couplings, tensor table, zeroed parameter and inference
  * blocks. kfn (may be NULL) chooses each convolution's kernel. On failure *out is NULL and
  * err says why. */
-enum rnvp_status model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
+enum rnvp_status rnvpi_model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
                              void *user, rnvp_error *err);
-/* The two halves of model_build: model_layout makes the couplings and the tensor table
+/* The two halves of rnvpi_model_build: rnvpi_model_layout makes the couplings and the tensor table
  * (names, shapes, m->nparams) without the blocks, so a loader can check a file against the
- * table before allocating; model_alloc then allocates the blocks and resolves the pointers
+ * table before allocating; rnvpi_model_alloc then allocates the blocks and resolves the pointers
  * (on failure the caller frees the model). */
-enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
+enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn,
                               void *user, rnvp_error *err);
-enum rnvp_status model_alloc(rnvp_model *m, rnvp_error *err);
+enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err);
 /* Recompute the folded inference weights from the parameters (after loading or training). */
-void model_fold(rnvp_model *m);
+void rnvpi_model_fold(rnvp_model *m);
 /* Set metadata key to value (copies), replacing an existing key. */
-enum rnvp_status model_set_meta(rnvp_model *m, const char *key, const char *val);
+enum rnvp_status rnvpi_model_set_meta(rnvp_model *m, const char *key, const char *val);
 /* Index of a tensor by name, or -1. */
-int model_find_tensor(const rnvp_model *m, const char *name);
+int rnvpi_model_find_tensor(const rnvp_model *m, const char *name);
 
 /* ---- safetensors ---- */
 typedef struct st_entry {
@@ -139,21 +139,21 @@ typedef struct st_entry {
 
 /* Write a safetensors file atomically (tmp, fsync, rename). meta: NULL-terminated key/value
  * pairs. Entries with data == NULL are rejected. */
-enum rnvp_status st_write(const char *path, const char *const *meta, const rnvp_tensor *t,
+enum rnvp_status rnvpi_st_write(const char *path, const char *const *meta, const rnvp_tensor *t,
                           int n, rnvp_error *err);
 
 /* ---- layer kernels (core/layers.c) ---- */
 
 /* Squeeze one tensor: out (4C, H/2, W/2) from in (C, H, W), docs/model.md 2.1, per image plane-set.
  * Layout (C, N, H, W): each channel holds N images. */
-void squeeze_forward(float *out, const float *in, int C, int N, int H, int W);
-void squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
+void rnvpi_squeeze_forward(float *out, const float *in, int C, int N, int H, int W);
+void rnvpi_squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
 /* Channel map of the split (docs/model.md 2.2) on 4C channels: keep[i], i < 2C, gives the source
  * channel of h_{s+1}[i]; drop[i] the source channel of z_s[i]. */
-void split_channels(int *keep, int *drop, int C);
+void rnvpi_split_channels(int *keep, int *drop, int C);
 
 /* Workspace of the inference couplings (core/coupling.c): netin, h, t, out and col each sized by
- * coupling_ws_size; tp, panel and direct are set by the context (zero: one thread, OpenBLAS). */
+ * rnvpi_coupling_ws_size; tp, panel and direct are set by the context (zero: one thread, OpenBLAS). */
 typedef struct net_ws {
     float *netin;   /* (Cin, N, H, W) checkerboard net input */
     float *h, *t;   /* (F, N, H, W) resnet features */
@@ -161,10 +161,10 @@ typedef struct net_ws {
     float *col;     /* im2col: (K, N*H*W) for OpenBLAS, or one panel (+16 floats to align) */
     struct tpool *tp;      /* threads of the direct kernel, NULL: the caller's only */
     float *panel;          /* (threads, panel_floats) 64-byte aligned, NULL: one panel in col */
-    size_t panel_floats;   /* per thread, a multiple of 16, >= conv_panel_floats of every conv */
-    int direct;            /* 1: the AVX-512 direct kernel (conv_direct_available()), 0: OpenBLAS */
+    size_t panel_floats;   /* per thread, a multiple of 16, >= rnvpi_conv_panel_floats of every conv */
+    int direct;            /* 1: the AVX-512 direct kernel (rnvpi_conv_direct_available()), 0: OpenBLAS */
     size_t guard;          /* floats readable before and after each convolution input (netin, h,
-                              t, the flow state x and tmp): >= conv_guard_floats lets the direct
+                              t, the flow state x and tmp): >= rnvpi_conv_guard_floats lets the direct
                               kernel use plain loads */
 } net_ws;
 
@@ -174,28 +174,28 @@ typedef struct net_ws {
 /* Convolution, (C, N, H, W) layout: out (cout, N, H, W) = w * pre(in) + b, where pre is
  * relu(a*x + s) per input channel when pre != NULL (relu only when pre->a == NULL), else
  * identity. ws->direct picks the kernel (see net_ws); the OpenBLAS one uses ws->col,
- * conv_col_floats() floats. conv_forward_acc with accumulate != 0 adds the result to out
+ * rnvpi_conv_col_floats() floats. rnvpi_conv_forward_acc with accumulate != 0 adds the result to out
  * instead (residuals). in and out must not overlap. */
-void conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+void rnvpi_conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre,
                     const net_ws *ws, int N, int H, int W);
-void conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
                       const net_ws *ws, int N, int H, int W, int accumulate);
 /* Floats of ws->col either kernel needs for one thread (SIZE_MAX: does not fit). The panel
  * and guard sizes are small by the config's limits (kernel <= 15, features <= 4096). */
-size_t conv_col_floats(const conv_i *cv, int N, int H, int W);
+size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W);
 /* Floats of one thread's panel (K, RNVP_CONV_STRIP) for the direct kernel. */
-size_t conv_panel_floats(int cin, int kh, int kw);
+size_t rnvpi_conv_panel_floats(int cin, int kh, int kw);
 /* Floats the direct kernel may read beyond either end of cv's input planes (width W). */
-size_t conv_guard_floats(const conv_i *cv, int W);
+size_t rnvpi_conv_guard_floats(const conv_i *cv, int W);
 /* 1 when this CPU can run the direct kernel (AVX-512F, built for x86-64 with GCC or clang). */
-int conv_direct_available(void);
+int rnvpi_conv_direct_available(void);
 
 /* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
-void coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,
+void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,
                       size_t *col);
 /* Inference coupling (plus its flow batch norm) on x (C, N, H, W) in place. forward adds each
  * image's log-det to ld (N); inverse undoes forward. */
-void coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws);
-void coupling_inverse(float *y, const coupling *c, int N, net_ws *ws);
+void rnvpi_coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws);
+void rnvpi_coupling_inverse(float *y, const coupling *c, int N, net_ws *ws);
 
 #endif

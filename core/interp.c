@@ -7,8 +7,8 @@
 enum rnvp_status rnvp_interpolate_latents(float *z_out, const float *za, const float *zb, int d,
                                           int steps, int spherical, rnvp_error *err)
 {
-    if (!z_out || !za || !zb || d < 1) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_interpolate_latents: NULL or empty latents");
-    if (steps < 2) return rnvp_fail(err, RNVP_ERR_ARG, "steps is %d, expected at least 2 (the two ends)", steps);
+    if (!z_out || !za || !zb || d < 1) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_interpolate_latents: NULL or empty latents");
+    if (steps < 2) return rnvpi_fail(err, RNVP_ERR_ARG, "steps is %d, expected at least 2 (the two ends)", steps);
     double na = 0, nb = 0, dot = 0;
     for (int j = 0; j < d; j++) {
         na += (double)za[j] * za[j];

@@ -25,10 +25,10 @@ static enum rnvp_status get_int_value(json_t *v, const char *key, int lo, int hi
                                       rnvp_error *err)
 {
     if (!v || !json_is_integer(v))
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not an integer", key);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not an integer", key);
     json_int_t x = json_integer_value(v);
     if (x < lo || x > hi)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: \"%s\" is %lld, expected an integer in %d..%d",
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: \"%s\" is %lld, expected an integer in %d..%d",
                          key, (long long)x, lo, hi);
     *out = (int)x;
     return RNVP_OK;
@@ -38,11 +38,11 @@ enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_erro
 {
     json_error_t je;
     json_t *o = json_loads(json, 0, &je);
-    if (!o) return rnvp_fail(err, RNVP_ERR_FORMAT, "config: invalid JSON: %s (line %d)",
+    if (!o) return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: invalid JSON: %s (line %d)",
                              je.text, je.line);
     enum rnvp_status st = RNVP_OK;
     memset(cfg, 0, sizeof *cfg);
-    if (!json_is_object(o)) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: not a JSON object"); goto out; }
+    if (!json_is_object(o)) { st = rnvpi_fail(err, RNVP_ERR_FORMAT, "config: not a JSON object"); goto out; }
     /* the ranges of rnvp_config_validate, which checks the rest (channels 1 or 3, divisibility) */
     static const struct { const char *key; int lo, hi; } ints[] = {
         {"height", 2, RNVP_MAX_SIDE}, {"width", 2, RNVP_MAX_SIDE}, {"channels", 1, 3},
@@ -56,18 +56,18 @@ enum rnvp_status rnvp_config_parse(rnvp_config *cfg, const char *json, rnvp_erro
     double *nv[] = {&cfg->alpha, &cfg->bn_eps, &cfg->flow_bn_eps};
     for (int i = 0; i < 3; i++)
         if (get_num(o, nums[i], nv[i])) {
-            st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not a number", nums[i]);
+            st = rnvpi_fail(err, RNVP_ERR_FORMAT, "config: key \"%s\" missing or not a number", nums[i]);
             goto out;
         }
     json_t *fb = json_object_get(o, "flow_batchnorm");
     if (fb && json_is_boolean(fb)) cfg->flow_batchnorm = json_is_true(fb);
     else if (fb && json_is_integer(fb) && (json_integer_value(fb) == 0 || json_integer_value(fb) == 1))
         cfg->flow_batchnorm = (int)json_integer_value(fb);
-    else { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"flow_batchnorm\" missing or not a boolean"); goto out; }
+    else { st = rnvpi_fail(err, RNVP_ERR_FORMAT, "config: key \"flow_batchnorm\" missing or not a boolean"); goto out; }
     json_t *f = json_object_get(o, "features");
-    if (!f || !json_is_array(f)) { st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: key \"features\" missing or not an array"); goto out; }
+    if (!f || !json_is_array(f)) { st = rnvpi_fail(err, RNVP_ERR_FORMAT, "config: key \"features\" missing or not an array"); goto out; }
     if (json_array_size(f) != (size_t)cfg->num_scales) {
-        st = rnvp_fail(err, RNVP_ERR_FORMAT, "config: \"features\" has %zu values, num_scales is %d",
+        st = rnvpi_fail(err, RNVP_ERR_FORMAT, "config: \"features\" has %zu values, num_scales is %d",
                        json_array_size(f), cfg->num_scales);
         goto out;
     }
@@ -89,31 +89,31 @@ out:
 enum rnvp_status rnvp_config_validate(const rnvp_config *c, rnvp_error *err)
 {
     if (c->channels != 1 && c->channels != 3)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: channels is %d, expected 1 or 3", c->channels);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: channels is %d, expected 1 or 3", c->channels);
     if (c->num_scales < 1 || c->num_scales > RNVP_MAX_SCALES)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: num_scales %d out of range 1..%d", c->num_scales, RNVP_MAX_SCALES);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: num_scales %d out of range 1..%d", c->num_scales, RNVP_MAX_SCALES);
     if (c->height < 2 || c->width < 2 || c->height > RNVP_MAX_SIDE || c->width > RNVP_MAX_SIDE)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: height x width %d x %d out of range 2..%d",
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: height x width %d x %d out of range 2..%d",
                          c->height, c->width, RNVP_MAX_SIDE);
     int div = 1 << (c->num_scales - 1);
     if (c->height % div || c->width % div)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: height %d and width %d must be divisible by 2^(num_scales-1) = %d",
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: height %d and width %d must be divisible by 2^(num_scales-1) = %d",
                          c->height, c->width, div);
     if (c->res_blocks < 0 || c->res_blocks > RNVP_MAX_RES_BLOCKS)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: res_blocks %d out of range 0..%d", c->res_blocks, RNVP_MAX_RES_BLOCKS);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: res_blocks %d out of range 0..%d", c->res_blocks, RNVP_MAX_RES_BLOCKS);
     for (int s = 0; s < c->num_scales; s++)
         if (c->features[s] < 1 || c->features[s] > RNVP_MAX_FEATURES)
-            return rnvp_fail(err, RNVP_ERR_FORMAT, "config: features[%d] = %d out of range 1..%d", s, c->features[s], RNVP_MAX_FEATURES);
+            return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: features[%d] = %d out of range 1..%d", s, c->features[s], RNVP_MAX_FEATURES);
     if (!(c->alpha >= 0 && c->alpha < 0.5))
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: alpha %g out of range [0, 0.5)", c->alpha);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: alpha %g out of range [0, 0.5)", c->alpha);
     if (!(c->bn_eps > 0 && c->bn_eps < 1))
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: bn_eps %g out of range (0, 1)", c->bn_eps);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: bn_eps %g out of range (0, 1)", c->bn_eps);
     if (!(c->flow_bn_eps > 0 && c->flow_bn_eps < 1))
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: flow_bn_eps %g out of range (0, 1)", c->flow_bn_eps);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: flow_bn_eps %g out of range (0, 1)", c->flow_bn_eps);
     if (c->flow_batchnorm != 0 && c->flow_batchnorm != 1)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: flow_batchnorm must be true or false");
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: flow_batchnorm must be true or false");
     if (c->kernel < 1 || c->kernel > RNVP_MAX_KERNEL || c->kernel % 2 == 0)
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: kernel %d must be odd, 1..%d", c->kernel, RNVP_MAX_KERNEL);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: kernel %d must be odd, 1..%d", c->kernel, RNVP_MAX_KERNEL);
     return RNVP_OK;
 }
 
@@ -222,14 +222,14 @@ static void default_kernel(const rnvp_config *cfg, int K, int conv, int *kh, int
     *kh = *kw = conv == 1 + 2 * K ? 1 : k;
 }
 
-enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn, void *user,
+enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn, void *user,
                               rnvp_error *err)
 {
     *out = NULL;
     enum rnvp_status st = rnvp_config_validate(cfg, err);
     if (st) return st;
     rnvp_model *m = calloc(1, sizeof *m);
-    if (!m) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory");
+    if (!m) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     m->cfg = *cfg;
     int S = cfg->num_scales, K = cfg->res_blocks;
     m->S = S;
@@ -269,7 +269,7 @@ enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_f
         default_kernel(cfg, K, (conv), &kh, &kw);                                           \
         if (kfn && kfn(user, k, (conv), &kh, &kw)) {                                        \
             rnvp_model_free(m);                                                             \
-            return rnvp_fail(err, RNVP_ERR_FORMAT, "flow.%d: bad convolution kernel", k); \
+            return rnvpi_fail(err, RNVP_ERR_FORMAT, "flow.%d: bad convolution kernel", k); \
         }                                                                                   \
     } while (0)
             KERNEL(0);
@@ -311,7 +311,7 @@ enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_f
     }
     if (b.too_big) {
         rnvp_model_free(m);
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "config: the model's parameters would not fit in memory");
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "config: the model's parameters would not fit in memory");
     }
     if (b.fail) goto nomem;
     /* inference block: folded conv weights and biases, affine maps, flow-bn inverse std (no
@@ -329,26 +329,26 @@ enum rnvp_status model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_f
     return RNVP_OK;
 nomem:
     rnvp_model_free(m);
-    return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory building the model");
+    return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory building the model");
 }
 
-enum rnvp_status model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn, void *user,
+enum rnvp_status rnvpi_model_build(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn, void *user,
                              rnvp_error *err)
 {
-    enum rnvp_status st = model_layout(out, cfg, kfn, user, err);
+    enum rnvp_status st = rnvpi_model_layout(out, cfg, kfn, user, err);
     if (st) return st;
-    if ((st = model_alloc(*out, err))) {
+    if ((st = rnvpi_model_alloc(*out, err))) {
         rnvp_model_free(*out);
         *out = NULL;
     }
     return st;
 }
 
-enum rnvp_status model_alloc(rnvp_model *m, rnvp_error *err)
+enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
 {
     m->params = calloc(m->nparams ? m->nparams : 1, sizeof(float));
     m->infer = calloc(m->ninfer ? m->ninfer : 1, sizeof(float));
-    if (!m->params || !m->infer) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for %zu parameters", m->nparams);
+    if (!m->params || !m->infer) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for %zu parameters", m->nparams);
     for (int i = 0; i < m->ntensors; i++) {
         m->tensors[i].name = m->names + (size_t)(uintptr_t)m->tensors[i].name;
         m->tensors[i].data = resolve(m->tensors[i].data, m->params);
@@ -444,7 +444,7 @@ static void fold_bn(float *a, float *s, const bn_p *bn, double eps)
     }
 }
 
-void model_fold(rnvp_model *m)
+void rnvpi_model_fold(rnvp_model *m)
 {
     double eps = m->cfg.bn_eps;
     for (int k = 0; k < m->L; k++) {
@@ -484,19 +484,19 @@ enum rnvp_status rnvp_model_init(rnvp_model **out, const rnvp_config *cfg, uint6
 {
     rnvp_config c = *cfg;
     if (!c.kernel) c.kernel = 3;
-    enum rnvp_status st = model_build(out, &c, NULL, NULL, err);
+    enum rnvp_status st = rnvpi_model_build(out, &c, NULL, NULL, err);
     if (st) return st;
     rnvp_model *m = *out;
     uint64_t rs = seed;
-    rnvp_splitmix64(&rs);
+    rnvpi_splitmix64(&rs);
     for (int i = 0; i < m->ntensors; i++) {
         rnvp_tensor *t = &m->tensors[i];
         const char *n = t->name;
         size_t ln = strlen(n);
 #define ENDS(sfx) (ln >= strlen(sfx) && !strcmp(n + ln - strlen(sfx), sfx))
         for (size_t j = 0; j < t->size; j++) {
-            double a, b, u = rnvp_uniform(&rs);
-            rnvp_gauss2(&rs, &a, &b);
+            double a, b, u = rnvpi_uniform(&rs);
+            rnvpi_gauss2(&rs, &a, &b);
             double v;
             if (ENDS("weight_v")) v = a;
             else if (ENDS("weight_g")) v = 0.3 + 0.7 * u;
@@ -510,18 +510,18 @@ enum rnvp_status rnvp_model_init(rnvp_model **out, const rnvp_config *cfg, uint6
         }
 #undef ENDS
     }
-    model_fold(m);
+    rnvpi_model_fold(m);
     char created[32];
     snprintf(created, sizeof created, "random init, seed %llu", (unsigned long long)seed);
-    if (model_set_meta(m, "description", created)) {
+    if (rnvpi_model_set_meta(m, "description", created)) {
         rnvp_model_free(m);
         *out = NULL;
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory");
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     }
     return RNVP_OK;
 }
 
-enum rnvp_status model_set_meta(rnvp_model *m, const char *key, const char *val)
+enum rnvp_status rnvpi_model_set_meta(rnvp_model *m, const char *key, const char *val)
 {
     for (int i = 0; i < m->nmeta; i++)
         if (!strcmp(m->meta_keys[i], key)) {
@@ -564,7 +564,7 @@ void rnvp_model_free(rnvp_model *m)
     free(m);
 }
 
-int model_find_tensor(const rnvp_model *m, const char *name)
+int rnvpi_model_find_tensor(const rnvp_model *m, const char *name)
 {
     for (int i = 0; i < m->ntensors; i++)
         if (!strcmp(m->tensors[i].name, name)) return i;

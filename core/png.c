@@ -103,25 +103,25 @@ static enum rnvp_status png_load(png_src *s, uint8_t *pixels, int channels, int 
     uint8_t sig[8];
     size_t got = src_read(s, sig, 8);
     if (s->io_errno)
-        return rnvp_fail(err, RNVP_ERR_IO, "%s%sread error: %s", prefix(s), colon(s), strerror(s->io_errno));
+        return rnvpi_fail(err, RNVP_ERR_IO, "%s%sread error: %s", prefix(s), colon(s), strerror(s->io_errno));
     if (got < 8 || png_sig_cmp(sig, 0, 8))
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "%s%snot a PNG file (no PNG signature)", prefix(s), colon(s));
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "%s%snot a PNG file (no PNG signature)", prefix(s), colon(s));
 
     png_structp png = png_create_read_struct_2(PNG_LIBPNG_VER_STRING, s, on_error, on_warning,
                                                s, on_malloc, on_free);
-    if (!png) return rnvp_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for the PNG decoder", prefix(s), colon(s));
+    if (!png) return rnvpi_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for the PNG decoder", prefix(s), colon(s));
     png_infop info = png_create_info_struct(png);
     if (!info) {
         png_destroy_read_struct(&png, NULL, NULL);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for the PNG decoder", prefix(s), colon(s));
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for the PNG decoder", prefix(s), colon(s));
     }
     uint8_t *volatile img = NULL;      /* (H, rowbytes) as libpng delivers it */
     png_bytep *volatile rows = NULL;   /* (H) */
     enum rnvp_status st = RNVP_OK;
     if (setjmp(png_jmpbuf(png))) {
-        if (s->nomem) st = rnvp_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory while decoding the PNG", prefix(s), colon(s));
-        else if (s->io_errno) st = rnvp_fail(err, RNVP_ERR_IO, "%s%sread error: %s", prefix(s), colon(s), strerror(s->io_errno));
-        else st = rnvp_fail(err, RNVP_ERR_FORMAT, "%s%sbad PNG: %s", prefix(s), colon(s), s->msg);
+        if (s->nomem) st = rnvpi_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory while decoding the PNG", prefix(s), colon(s));
+        else if (s->io_errno) st = rnvpi_fail(err, RNVP_ERR_IO, "%s%sread error: %s", prefix(s), colon(s), strerror(s->io_errno));
+        else st = rnvpi_fail(err, RNVP_ERR_FORMAT, "%s%sbad PNG: %s", prefix(s), colon(s), s->msg);
         goto out;
     }
     png_set_read_fn(png, s, on_read);
@@ -138,7 +138,7 @@ static enum rnvp_status png_load(png_src *s, uint8_t *pixels, int channels, int 
     png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, NULL, NULL);
     int c_img = (color & PNG_COLOR_MASK_COLOR) ? 3 : 1;   /* palette counts as colour */
     if (w > PNG_MAX_SIDE || h > PNG_MAX_SIDE) {
-        st = rnvp_fail(err, RNVP_ERR_FORMAT, "%s%sthe PNG is %lux%lu, more than the %d pixels a side this library reads",
+        st = rnvpi_fail(err, RNVP_ERR_FORMAT, "%s%sthe PNG is %lux%lu, more than the %d pixels a side this library reads",
                        prefix(s), colon(s), (unsigned long)w, (unsigned long)h, PNG_MAX_SIDE);
         goto out;
     }
@@ -149,7 +149,7 @@ static enum rnvp_status png_load(png_src *s, uint8_t *pixels, int channels, int 
         goto out;
     }
     if ((int)w != width || (int)h != height) {
-        st = rnvp_fail(err, RNVP_ERR_SIZE, "%s%simage is %lux%lux%d, the model expects %dx%dx%d (W x H x C)",
+        st = rnvpi_fail(err, RNVP_ERR_SIZE, "%s%simage is %lux%lux%d, the model expects %dx%dx%d (W x H x C)",
                        prefix(s), colon(s), (unsigned long)w, (unsigned long)h, c_img, width, height, channels);
         goto out;
     }
@@ -161,14 +161,14 @@ static enum rnvp_status png_load(png_src *s, uint8_t *pixels, int channels, int 
     int bps = png_get_bit_depth(png, info) / 8;   /* 1 or 2 bytes per sample */
     size_t rb = png_get_rowbytes(png, info);
     if (oc < 1 || oc > 4 || bps < 1 || bps > 2 || rb != (size_t)w * oc * bps) {
-        st = rnvp_fail(err, RNVP_ERR_FORMAT, "%s%sbad PNG: unexpected row layout (%d channels, %d bits)",
+        st = rnvpi_fail(err, RNVP_ERR_FORMAT, "%s%sbad PNG: unexpected row layout (%d channels, %d bits)",
                        prefix(s), colon(s), oc, 8 * bps);
         goto out;
     }
     img = malloc(rb * h);
     rows = malloc(h * sizeof *rows);
     if (!img || !rows) {
-        st = rnvp_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for a %lux%lu image", prefix(s), colon(s),
+        st = rnvpi_fail(err, RNVP_ERR_NOMEM, "%s%sout of memory for a %lux%lu image", prefix(s), colon(s),
                        (unsigned long)w, (unsigned long)h);
         goto out;
     }
@@ -206,16 +206,16 @@ out:
 static enum rnvp_status check_shape(int channels, int height, int width, rnvp_error *err)
 {
     if (channels != 1 && channels != 3)
-        return rnvp_fail(err, RNVP_ERR_ARG, "channels is %d, expected 1 or 3", channels);
+        return rnvpi_fail(err, RNVP_ERR_ARG, "channels is %d, expected 1 or 3", channels);
     if (height < 1 || width < 1 || height > PNG_MAX_SIDE || width > PNG_MAX_SIDE)
-        return rnvp_fail(err, RNVP_ERR_ARG, "image size %dx%d (W x H) out of range 1..%d", width, height, PNG_MAX_SIDE);
+        return rnvpi_fail(err, RNVP_ERR_ARG, "image size %dx%d (W x H) out of range 1..%d", width, height, PNG_MAX_SIDE);
     return RNVP_OK;
 }
 
 enum rnvp_status rnvp_png_decode(uint8_t *pixels, const void *png, size_t len, int channels,
                                  int height, int width, rnvp_error *err)
 {
-    if (!pixels || (!png && len)) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_decode: NULL buffer");
+    if (!pixels || (!png && len)) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_decode: NULL buffer");
     enum rnvp_status st = check_shape(channels, height, width, err);
     if (st) return st;
     png_src s = {.buf = png, .len = png ? len : 0};
@@ -225,11 +225,11 @@ enum rnvp_status rnvp_png_decode(uint8_t *pixels, const void *png, size_t len, i
 enum rnvp_status rnvp_png_read(uint8_t *pixels, const char *path, int channels, int height,
                                int width, rnvp_error *err)
 {
-    if (!pixels || !path) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_read: NULL argument");
+    if (!pixels || !path) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_read: NULL argument");
     enum rnvp_status st = check_shape(channels, height, width, err);
     if (st) return st;
     FILE *f = fopen(path, "rb");
-    if (!f) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
     png_src s = {.f = f, .name = path};
     st = png_load(&s, pixels, channels, height, width, NULL, NULL, NULL, err);
     fclose(f);
@@ -240,7 +240,7 @@ enum rnvp_status rnvp_png_info(const void *png, size_t len, int *channels, int *
                                int *width, rnvp_error *err)
 {
     if (!channels || !height || !width || (!png && len))
-        return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_info: NULL argument");
+        return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_info: NULL argument");
     png_src s = {.buf = png, .len = png ? len : 0};
     return png_load(&s, NULL, 0, 0, 0, channels, height, width, err);
 }
@@ -300,7 +300,7 @@ static enum rnvp_status png_store(png_dst *d, const uint8_t *img, int channels, 
                                   int level, rnvp_error *err)
 {
     png_bytep *rows = malloc((size_t)gh * sizeof *rows);   /* (gh) */
-    if (!rows) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for PNG rows");
+    if (!rows) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for PNG rows");
     for (int y = 0; y < gh; y++) rows[y] = (png_bytep)(img + (size_t)y * gw * channels);
     png_structp png = png_create_write_struct_2(PNG_LIBPNG_VER_STRING, d, on_write_error, on_warning,
                                                 d, on_write_malloc, on_free);
@@ -308,12 +308,12 @@ static enum rnvp_status png_store(png_dst *d, const uint8_t *img, int channels, 
     if (!info) {
         png_destroy_write_struct(&png, NULL);
         free(rows);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for the PNG encoder");
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for the PNG encoder");
     }
     enum rnvp_status st = RNVP_OK;
     if (setjmp(png_jmpbuf(png))) {
-        st = d->nomem ? rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory while encoding the PNG")
-                      : rnvp_fail(err, RNVP_ERR_FORMAT, "PNG encoder: %s", d->msg);
+        st = d->nomem ? rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory while encoding the PNG")
+                      : rnvpi_fail(err, RNVP_ERR_FORMAT, "PNG encoder: %s", d->msg);
         goto out;
     }
     png_set_write_fn(png, d, on_write, on_flush);
@@ -335,7 +335,7 @@ out:
 static enum rnvp_status grid_geometry(long long *gw, long long *gh, int *cols, int n, int channels, int height, int width,
                                       rnvp_error *err)
 {
-    if (n < 1) return rnvp_fail(err, RNVP_ERR_ARG, "number of images is %d, expected at least 1", n);
+    if (n < 1) return rnvpi_fail(err, RNVP_ERR_ARG, "number of images is %d, expected at least 1", n);
     enum rnvp_status st = check_shape(channels, height, width, err);
     if (st) return st;
     if (*cols <= 0) {   /* ceil(sqrt(n)) */
@@ -347,7 +347,7 @@ static enum rnvp_status grid_geometry(long long *gw, long long *gh, int *cols, i
     *gw = (long long)*cols * width + (long long)(*cols - 1) * GRID_BORDER;
     *gh = (long long)rows * height + (long long)(rows - 1) * GRID_BORDER;
     if (*gw > PNG_MAX_SIDE || *gh > PNG_MAX_SIDE)
-        return rnvp_fail(err, RNVP_ERR_ARG, "a grid of %d images in %d columns would be %lldx%lld pixels, more than %d a side",
+        return rnvpi_fail(err, RNVP_ERR_ARG, "a grid of %d images in %d columns would be %lldx%lld pixels, more than %d a side",
                          n, *cols, *gw, *gh, PNG_MAX_SIDE);
     return RNVP_OK;
 }
@@ -362,17 +362,17 @@ enum rnvp_status rnvp_png_encode_grid(uint8_t **png, size_t *len, const uint8_t 
                                       int channels, int height, int width, int cols, int level,
                                       rnvp_error *err)
 {
-    if (!png || !len) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_encode_grid: NULL output");
+    if (!png || !len) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_encode_grid: NULL output");
     *png = NULL;
     *len = 0;
-    if (!pixels) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_encode_grid: NULL pixels");
-    if (level < -1 || level > 9) return rnvp_fail(err, RNVP_ERR_ARG, "zlib level %d out of range -1..9", level);
+    if (!pixels) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_encode_grid: NULL pixels");
+    if (level < -1 || level > 9) return rnvpi_fail(err, RNVP_ERR_ARG, "zlib level %d out of range -1..9", level);
     long long gw, gh;
     enum rnvp_status st = grid_geometry(&gw, &gh, &cols, n, channels, height, width, err);
     if (st) return st;
     size_t ibytes = (size_t)gw * (size_t)gh * (size_t)channels;
     uint8_t *img = malloc(ibytes);   /* (gh, gw, C) interleaved */
-    if (!img) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a %lldx%lld image", gw, gh);
+    if (!img) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for a %lldx%lld image", gw, gh);
     memset(img, GRID_FILL, ibytes);
     size_t plane = (size_t)height * width, dim = plane * channels;
     for (int i = 0; i < n; i++) {
@@ -401,14 +401,14 @@ enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, in
                                      int channels, int height, int width, int cols,
                                      rnvp_error *err)
 {
-    if (!path) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_write_grid: NULL path");
+    if (!path) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_write_grid: NULL path");
     uint8_t *buf;
     size_t len;
     enum rnvp_status st = rnvp_png_encode_grid(&buf, &len, pixels, n, channels, height, width, cols, -1, err);
     if (st) return st;
     FILE *f = fopen(path, "wb");
     if (!f) {
-        st = rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
+        st = rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
         free(buf);
         return st;
     }
@@ -418,7 +418,7 @@ enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, in
     free(buf);
     if (e) {
         unlink(path);   /* do not leave a truncated PNG behind */
-        return rnvp_fail(err, RNVP_ERR_IO, "%s: writing failed: %s", path, strerror(e));
+        return rnvpi_fail(err, RNVP_ERR_IO, "%s: writing failed: %s", path, strerror(e));
     }
     return RNVP_OK;
 }
@@ -426,7 +426,7 @@ enum rnvp_status rnvp_png_write_grid(const char *path, const uint8_t *pixels, in
 enum rnvp_status rnvp_png_bits_per_dim(double *bpd, const uint8_t *pixels, int channels, int height,
                                        int width, rnvp_error *err)
 {
-    if (!bpd) return rnvp_fail(err, RNVP_ERR_ARG, "rnvp_png_bits_per_dim: NULL output");
+    if (!bpd) return rnvpi_fail(err, RNVP_ERR_ARG, "rnvp_png_bits_per_dim: NULL output");
     uint8_t *buf;
     size_t len;
     enum rnvp_status st = rnvp_png_encode_grid(&buf, &len, pixels, 1, channels, height, width, 1, 9, err);

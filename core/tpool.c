@@ -20,9 +20,9 @@ struct tpool {
     pthread_cond_t go, done;
     tpool_fn fn;             /* the current job; stable while workers may run it */
     void *arg;
-    int shared;              /* 1: tpool_run_shared (late workers skip), 0: every worker runs */
+    int shared;              /* 1: rnvpi_tpool_run_shared (late workers skip), 0: every worker runs */
     _Atomic uint64_t state;
-    atomic_int finished;     /* workers done with the current job (tpool_run) */
+    atomic_int finished;     /* workers done with the current job (rnvpi_tpool_run) */
     atomic_int sleepers;     /* workers waiting on go (or about to) */
     atomic_int waiting;      /* 1 while the caller waits on done (or is about to) */
     atomic_int quit;
@@ -89,7 +89,7 @@ static void *worker(void *v)
     }
 }
 
-tpool *tpool_create(int n)
+tpool *rnvpi_tpool_create(int n)
 {
     if (n < 2) return NULL;
     if (n > 4096) n = 4096;
@@ -116,13 +116,13 @@ tpool *tpool_create(int n)
         p->n++;
     }
     if (p->n < 2) {
-        tpool_free(p);
+        rnvpi_tpool_free(p);
         return NULL;
     }
     return p;
 }
 
-void tpool_free(tpool *p)
+void rnvpi_tpool_free(tpool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
@@ -137,7 +137,7 @@ void tpool_free(tpool *p)
     free(p);
 }
 
-int tpool_size(const tpool *p) { return p ? p->n : 1; }
+int rnvpi_tpool_size(const tpool *p) { return p ? p->n : 1; }
 
 /* Spin, then sleep, until done(p) holds. */
 static void wait_until(tpool *p, int (*done)(tpool *))
@@ -183,5 +183,5 @@ static void run(tpool *p, tpool_fn fn, void *arg, int shared)
     }
 }
 
-void tpool_run(tpool *p, tpool_fn fn, void *arg) { run(p, fn, arg, 0); }
-void tpool_run_shared(tpool *p, tpool_fn fn, void *arg) { run(p, fn, arg, 1); }
+void rnvpi_tpool_run(tpool *p, tpool_fn fn, void *arg) { run(p, fn, arg, 0); }
+void rnvpi_tpool_run_shared(tpool *p, tpool_fn fn, void *arg) { run(p, fn, arg, 1); }

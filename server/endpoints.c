@@ -13,11 +13,11 @@
 #include <time.h>
 
 /* an error reply is prepared; the stage ends (returns 0) */
-#define FAIL(...) (req_error(__VA_ARGS__), 0)
-#define DONE(...) (req_reply(__VA_ARGS__), 0)
-#define DONE_BUF(...) (req_reply_buf(__VA_ARGS__), 0)
+#define FAIL(...) (srv_req_error(__VA_ARGS__), 0)
+#define DONE(...) (srv_req_reply(__VA_ARGS__), 0)
+#define DONE_BUF(...) (srv_req_reply_buf(__VA_ARGS__), 0)
 
-int endpoint_route(const char *url)
+int srv_endpoint_route(const char *url)
 {
     static const char *paths[] = {"/log_prob", "/encode", "/decode", "/interpolate", "/sample",
                                   "/healthz",  "/readyz", "/metrics", "/info",       "/"};
@@ -26,7 +26,7 @@ int endpoint_route(const char *url)
     return EP_OTHER;
 }
 
-const char *endpoint_allow(int ep)
+const char *srv_endpoint_allow(int ep)
 {
     if (ep <= EP_INTERPOLATE) return "POST";
     return ep == EP_SAMPLE ? "GET" : "GET, HEAD";   /* HEAD would compute a whole sample */
@@ -47,7 +47,7 @@ static uint64_t random_seed(void)
     return v & ((1ULL << 53) - 1);   /* exact in every JSON reader */
 }
 
-int endpoint_params(req *r, char *err, size_t cap)
+int srv_endpoint_params(req *r, char *err, size_t cap)
 {
     srv_server *s = r->s;
     if (srv_query_parse(&r->qp, r->query, err, cap)) return -1;
@@ -118,7 +118,7 @@ static int enqueue(req *r)
 {
     srv_server *s = r->s;
     srv_group *g = &r->g;
-    g->done = http_group_done;
+    g->done = srv_http_group_done;
     g->done_arg = r;
     g->client = r->client;
     g->fd = r->fd;
@@ -143,8 +143,8 @@ static int enqueue(req *r)
 /* Charges n bytes to the budget: 0, or -1 with the 503 prepared. */
 static int charge(req *r, size_t n)
 {
-    if (!req_charge(r, n)) return 0;
-    req_error_budget(r, n);
+    if (!srv_req_charge(r, n)) return 0;
+    srv_req_error_budget(r, n);
     return -1;
 }
 
@@ -159,7 +159,7 @@ static int alloc_work(req *r, int nimg, int njobs)
     r->lp = malloc((size_t)njobs * sizeof *r->lp);
     r->bpd = malloc((size_t)njobs * sizeof *r->bpd);
     if (r->names && r->pixels && r->lp && r->bpd) return 0;
-    req_error(r, 500, "internal", "out of memory");
+    srv_req_error(r, 500, "internal", "out of memory");
     return -1;
 }
 
@@ -173,11 +173,11 @@ static int decode_png(req *r, int i, const char *data, size_t len)
     if (st == RNVP_OK) return 0;
     const char *who = r->names[i];
     if (st == RNVP_ERR_SIZE)
-        req_error(r, 422, "wrong_image_size", "%s: %s", who, e.msg);
+        srv_req_error(r, 422, "wrong_image_size", "%s: %s", who, e.msg);
     else if (st == RNVP_ERR_NOMEM)
-        req_error(r, 500, "internal", "%s: %s", who, e.msg);
+        srv_req_error(r, 500, "internal", "%s: %s", who, e.msg);
     else
-        req_error(r, 400, "bad_png", "%s: %s", who, e.msg);
+        srv_req_error(r, 400, "bad_png", "%s: %s", who, e.msg);
     return 1;
 }
 
@@ -200,10 +200,10 @@ static int start_images(req *r)
         if (!parts) return FAIL(r, 500, "internal", "out of memory");
         int np = srv_multipart_parse(parts, s->o.max_samples, r->body, r->len, boundary, err, sizeof err);
         int ok = np >= 0;
-        if (!ok) req_error(r, 400, "bad_multipart", "%s", err);
+        if (!ok) srv_req_error(r, 400, "bad_multipart", "%s", err);
         else if ((long)np * draws > s->o.max_jobs_per_request) {   /* before any decoding */
             ok = 0;
-            req_error(r, 400, "too_many_jobs",
+            srv_req_error(r, 400, "too_many_jobs",
                       "%d images x %d draws = %ld computations, more than one request may queue (%d, "
                       "--max-jobs-per-request)", np, draws, (long)np * draws, s->o.max_jobs_per_request);
         } else if (alloc_work(r, np, np * draws)) ok = 0;
@@ -212,10 +212,10 @@ static int start_images(req *r)
             if (decode_png(r, i, parts[i].data, parts[i].len)) ok = 0;
         }
         free(parts);
-        req_release(r, pbytes);
+        srv_req_release(r, pbytes);
         if (!ok) return 0;
     }
-    req_free_body(r);   /* the pixels are all we keep */
+    srv_req_free_body(r);   /* the pixels are all we keep */
     if (r->ep == EP_INTERPOLATE && r->nimg != 2)
         return FAIL(r, 400, "bad_multipart",
                     "/interpolate takes exactly two PNG images (the ends A and B) as multipart/form-data parts; "
@@ -264,9 +264,9 @@ static int start_decode(req *r)
         return FAIL(r, 400, "bad_latents", "%s", err);
     if (charge(r, tree)) return 0;
     int rc = srv_latents_parse(&r->z, &n, r->body, r->len, s->D, s->o.max_samples, s->layout, s->nparts, err, sizeof err);
-    req_release(r, tree);
+    srv_req_release(r, tree);
     if (rc) return FAIL(r, 400, "bad_latents", "%s", err);
-    req_free_body(r);
+    srv_req_free_body(r);
     r->nimg = n;
     if (charge(r, (size_t)n * (size_t)s->D * (sizeof *r->z + 1))) return 0;
     if (r->fmt == FMT_PNG) {   /* refuse before computing */
@@ -336,7 +336,7 @@ static int start_interp_decode(req *r)
 
 /* ---- results ---- */
 
-void endpoint_put_layout(srv_buf *b, const srv_server *s)
+void srv_endpoint_put_layout(srv_buf *b, const srv_server *s)
 {
     srv_buf_printf(b, "[");
     for (int i = 0; i < s->nparts; i++)
@@ -414,7 +414,7 @@ static int finish_request(req *r)
         srv_buf_printf(&b, "]");
         if (r->ep == EP_ENCODE) {
             srv_buf_printf(&b, ", \"dim\": %d, \"layout\": ", s->D);
-            endpoint_put_layout(&b, s);
+            srv_endpoint_put_layout(&b, s);
             srv_buf_printf(&b, ", \"latents\": ");
             put_latents(&b, r->z, r->nimg, s->D);
         }
@@ -461,7 +461,7 @@ static int finish_request(req *r)
     srv_buf_printf(&b, "]");
     if (r->latents_out) {
         srv_buf_printf(&b, ", \"layout\": ");
-        endpoint_put_layout(&b, s);
+        srv_endpoint_put_layout(&b, s);
         srv_buf_printf(&b, ", \"latents\": ");
         put_latents(&b, r->z, r->nimg, s->D);
     }
@@ -469,7 +469,7 @@ static int finish_request(req *r)
     return DONE_BUF(r, 200, "application/json", &b, hn, seedhdr);
 }
 
-void endpoint_simple(req *r)
+void srv_endpoint_simple(req *r)
 {
     srv_server *s = r->s;
     srv_buf b = {0};
@@ -477,51 +477,51 @@ void endpoint_simple(req *r)
     switch (r->ep) {
     case EP_HEALTHZ:
         srv_buf_printf(&b, "{\"status\": \"ok\"}\n");
-        req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+        srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
         return;
     case EP_READYZ:
         if (ready && !draining) {
             srv_buf_printf(&b, "{\"status\": \"ready\"}\n");
-            req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+            srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
             return;
         }
         srv_buf_printf(&b, "{\"status\": \"%s\"}\n", draining ? "draining" : "loading");
-        req_reply_buf(r, 503, "application/json", &b, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        srv_req_reply_buf(r, 503, "application/json", &b, MHD_HTTP_HEADER_RETRY_AFTER, "1");
         return;
     case EP_METRICS: {
         srv_gauges gv = {.queue_depth = ready ? srv_queue_depth(s->q) : 0, .inflight = atomic_load(&s->inflight),
                          .ready = ready, .draining = draining, .mem_used = atomic_load(&s->mem_used),
                          .mem_budget = s->o.memory_budget};
         srv_metrics_render(s->metrics, &b, &gv, s->model_name);
-        req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL, NULL);
+        srv_req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL, NULL);
         return;
     }
     case EP_INFO:
         srv_buf_put(&b, s->info_json, strlen(s->info_json));
-        req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+        srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
         return;
     case EP_INDEX: {   /* the demo page is static: open without the key (its API calls send it) */
-        char *page = malloc(rnvp_web_index_len);
+        char *page = malloc(srv_web_index_len);
         if (!page) {
-            req_error(r, 500, "internal", "out of memory");
+            srv_req_error(r, 500, "internal", "out of memory");
             return;
         }
-        memcpy(page, rnvp_web_index, rnvp_web_index_len);
-        req_reply(r, 200, "text/html; charset=utf-8", page, rnvp_web_index_len, NULL, NULL);
+        memcpy(page, srv_web_index, srv_web_index_len);
+        srv_req_reply(r, 200, "text/html; charset=utf-8", page, srv_web_index_len, NULL, NULL);
         return;
     }
     default:
-        req_error(r, 500, "internal", "no handler");
+        srv_req_error(r, 500, "internal", "no handler");
     }
 }
 
 /* ---- the heavy stages (on the work pool) ---- */
 
-int endpoint_prepare(req *r)
+int srv_endpoint_prepare(req *r)
 {
     if (r->ep == EP_DECODE) return start_decode(r);
     if (r->ep == EP_SAMPLE) return start_sample(r);
     return start_images(r);
 }
 
-int endpoint_finish(req *r) { return finish_request(r); }
+int srv_endpoint_finish(req *r) { return finish_request(r); }

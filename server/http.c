@@ -34,7 +34,7 @@ void srv_log(const char *fmt, ...)
 
 /* ---- the memory budget ---- */
 
-int req_charge(req *r, size_t n)
+int srv_req_charge(req *r, size_t n)
 {
     srv_server *s = r->s;
     long long now = atomic_fetch_add(&s->mem_used, (long long)n) + (long long)n;
@@ -46,25 +46,25 @@ int req_charge(req *r, size_t n)
     return 0;
 }
 
-void req_release(req *r, size_t n)
+void srv_req_release(req *r, size_t n)
 {
     if (n > r->charged) n = r->charged;
     atomic_fetch_sub(&r->s->mem_used, (long long)n);
     r->charged -= n;
 }
 
-void req_free_body(req *r)
+void srv_req_free_body(req *r)
 {
     free(r->body);
     r->body = NULL;
     r->len = r->cap = 0;
-    req_release(r, r->body_charged);
+    srv_req_release(r, r->body_charged);
     r->body_charged = 0;
 }
 
 /* ---- prepared replies ---- */
 
-void req_reply(req *r, int status, const char *ctype, char *data, size_t len, const char *hname, const char *hval)
+void srv_req_reply(req *r, int status, const char *ctype, char *data, size_t len, const char *hname, const char *hval)
 {
     free(r->out.data);
     atomic_fetch_add(&r->s->mem_used, (long long)len);   /* the work is done: no refusal now */
@@ -77,18 +77,18 @@ void req_reply(req *r, int status, const char *ctype, char *data, size_t len, co
     }
 }
 
-void req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const char *hname, const char *hval)
+void srv_req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const char *hname, const char *hval)
 {
     if (b->oom) {
         free(b->p);
         static const char oom[] = "{\"error\": {\"code\": \"internal\", \"message\": \"out of memory\"}}\n";
-        req_reply(r, 500, "application/json", strdup(oom), sizeof oom - 1, NULL, NULL);
+        srv_req_reply(r, 500, "application/json", strdup(oom), sizeof oom - 1, NULL, NULL);
         return;
     }
-    req_reply(r, status, ctype, b->p, b->len, hname, hval);
+    srv_req_reply(r, status, ctype, b->p, b->len, hname, hval);
 }
 
-void req_error(req *r, int status, const char *code, const char *fmt, ...)
+void srv_req_error(req *r, int status, const char *code, const char *fmt, ...)
 {
     char msg[SRV_ERRLEN + 128];
     va_list ap;
@@ -102,14 +102,14 @@ void req_error(req *r, int status, const char *code, const char *fmt, ...)
     const char *hn = NULL, *hv = NULL;
     if (status == 503) hn = MHD_HTTP_HEADER_RETRY_AFTER, hv = "1";
     if (status == 401) hn = MHD_HTTP_HEADER_WWW_AUTHENTICATE, hv = "Bearer";
-    if (status == 405) hn = MHD_HTTP_HEADER_ALLOW, hv = endpoint_allow(r->ep);
-    req_reply_buf(r, status, "application/json", &b, hn, hv);
+    if (status == 405) hn = MHD_HTTP_HEADER_ALLOW, hv = srv_endpoint_allow(r->ep);
+    srv_req_reply_buf(r, status, "application/json", &b, hn, hv);
 }
 
-void req_error_budget(req *r, size_t want)
+void srv_req_error_budget(req *r, size_t want)
 {
     srv_metrics_rejected(r->s->metrics, "memory_budget", 1);
-    req_error(r, 503, "memory_budget",
+    srv_req_error(r, 503, "memory_budget",
               "the server's memory for requests is spent (%lld of %ld bytes in use, this request needs %zu more); "
               "retry later", (long long)atomic_load(&r->s->mem_used), r->s->o.memory_budget, want);
 }
@@ -133,7 +133,7 @@ static enum MHD_Result send_reply(req *r)
 }
 
 /* an error reply, sent now (HTTP threads only) */
-#define SEND_ERROR(r, ...) (req_error((r), __VA_ARGS__), send_reply(r))
+#define SEND_ERROR(r, ...) (srv_req_error((r), __VA_ARGS__), send_reply(r))
 
 /* ---- handing work to the pool ---- */
 
@@ -150,16 +150,16 @@ static void resume(req *r)
 static void task_prepare(srv_task *t)
 {
     req *r = (req *)((char *)t - offsetof(req, task));
-    if (!endpoint_prepare(r)) resume(r);
+    if (!srv_endpoint_prepare(r)) resume(r);
 }
 
 static void task_finish(srv_task *t)
 {
     req *r = (req *)((char *)t - offsetof(req, task));
-    if (!endpoint_finish(r)) resume(r);
+    if (!srv_endpoint_finish(r)) resume(r);
 }
 
-void http_group_done(srv_group *g, void *arg)
+void srv_http_group_done(srv_group *g, void *arg)
 {
     req *r = arg;
     (void)g;
@@ -222,10 +222,10 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
         char *qm = strchr(r->uri, '?');
         if (qm) {
             *qm = 0;
-            r->ep = endpoint_route(r->uri);   /* known before the handler runs (a client may drop first) */
+            r->ep = srv_endpoint_route(r->uri);   /* known before the handler runs (a client may drop first) */
             *qm = '?';
             r->query = qm + 1;
-        } else r->ep = endpoint_route(r->uri);
+        } else r->ep = srv_endpoint_route(r->uri);
     }
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -311,7 +311,7 @@ static enum MHD_Result body_piece(req *r, const char *upload, size_t n)
         /* libmicrohttpd 0.9.75 takes a reply only once the whole request is in: discard the rest
          * (bounded) and answer at its end */
         r->discarded += n;
-        req_free_body(r);
+        srv_req_free_body(r);
         return r->discarded > 4 * (size_t)s->o.max_body_bytes ? MHD_NO : MHD_YES;
     }
     if (r->len + n > r->cap) {
@@ -329,7 +329,7 @@ static enum MHD_Result body_piece(req *r, const char *upload, size_t n)
         }
         if (cap + 1 > r->body_charged) {
             size_t more = cap + 1 - r->body_charged;
-            if (req_charge(r, more)) {
+            if (srv_req_charge(r, more)) {
                 r->refuse = 503;
                 r->refuse_want = more;
                 return body_piece(r, upload, n);
@@ -360,7 +360,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (srv_now() - r->t0 > s->o.read_timeout_s) {
             /* no reply can be queued before the body's end (libmicrohttpd 0.9.75): the connection is
              * closed, and the log and metrics say 408 */
-            req_free_body(r);
+            srv_req_free_body(r);
             r->status = 408;
             return MHD_NO;
         }
@@ -371,12 +371,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
             return body_piece(r, upload, n);
         }
         if (atomic_load(&s->draining)) {
-            req_free_body(r);
+            srv_req_free_body(r);
             srv_metrics_rejected(s->metrics, "draining", 1);
             return SEND_ERROR(r, 503, "draining", "the server is shutting down; retry on another instance");
         }
         if (r->refuse == 503 && r->refuse_want) {
-            req_error_budget(r, r->refuse_want);
+            srv_req_error_budget(r, r->refuse_want);
             return send_reply(r);
         }
         if (r->refuse == 413)
@@ -402,7 +402,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         }
     }
     snprintf(r->method, sizeof r->method, "%s", method);
-    r->ep = endpoint_route(url);
+    r->ep = srv_endpoint_route(url);
     r->post = !strcmp(method, "POST");
     int get = !strcmp(method, "GET") || (!strcmp(method, "HEAD") && r->ep != EP_SAMPLE);
     if (r->ep == EP_OTHER)
@@ -411,21 +411,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                           "/info, /healthz, /readyz, /metrics, / (the demo page))", url);
     int wants_post = r->ep <= EP_INTERPOLATE;
     if ((wants_post && !r->post) || (!wants_post && !get))
-        return SEND_ERROR(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url, endpoint_allow(r->ep));
+        return SEND_ERROR(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url, srv_endpoint_allow(r->ep));
     char err[SRV_ERRLEN];
     int open_ep = r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS || r->ep == EP_INDEX;
     if (!open_ep && !key_ok(s, c))   /* health, metrics and the demo page (its API calls send the key) are open */
         return SEND_ERROR(r, 401, "unauthorized",
                           "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
     /* every endpoint checks its parameters, but for the demo page (a browser may add any) */
-    if (r->ep != EP_INDEX && endpoint_params(r, err, sizeof err)) return SEND_ERROR(r, 400, "bad_parameter", "%s", err);
+    if (r->ep != EP_INDEX && srv_endpoint_params(r, err, sizeof err)) return SEND_ERROR(r, 400, "bad_parameter", "%s", err);
     if (open_ep) {
-        endpoint_simple(r);
+        srv_endpoint_simple(r);
         return send_reply(r);
     }
     if (!atomic_load(&s->ready)) return SEND_ERROR(r, 503, "not_ready", "the model is still loading; retry shortly");
     if (r->ep == EP_INFO) {
-        endpoint_simple(r);
+        srv_endpoint_simple(r);
         return send_reply(r);
     }
     if (atomic_load(&s->draining)) {
@@ -458,8 +458,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                           ct ? ct : "(none)",
                           r->ep == EP_DECODE ? "application/json" : "image/png (one image) or multipart/form-data (PNG parts)");
     if (r->declared) {   /* the whole body's buffer is charged before a byte of it is read */
-        if (req_charge(r, r->declared + 1)) {
-            req_error_budget(r, r->declared + 1);
+        if (srv_req_charge(r, r->declared + 1)) {
+            srv_req_error_budget(r, r->declared + 1);
             return send_reply(r);
         }
         r->body_charged = r->declared + 1;
@@ -478,7 +478,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     fprintf(stderr, "realnvp-server: libmicrohttpd: %s\n", msg);
 }
 
-int http_start(srv_server *s, char *err, size_t cap)
+int srv_http_start(srv_server *s, char *err, size_t cap)
 {
     const srv_options *o = &s->o;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;

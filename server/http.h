@@ -24,8 +24,8 @@
 #include <stdio.h>
 
 /* server/web/index.html, embedded at build time (tools/embed.sh, build/gen/web_index.c) */
-extern const unsigned char rnvp_web_index[];
-extern const size_t rnvp_web_index_len;
+extern const unsigned char srv_web_index[];
+extern const size_t srv_web_index_len;
 
 #define SRV_MAX_KEY 4096   /* longest API key accepted (bytes) */
 
@@ -138,41 +138,41 @@ typedef struct req {
 
 /* Charges n bytes to the server's budget for r: 0, or -1 (nothing charged) when the budget
  * would be exceeded. Everything r holds is released when r is freed. */
-int req_charge(req *r, size_t n);
-void req_release(req *r, size_t n);   /* gives back n bytes charged earlier */
+int srv_req_charge(req *r, size_t n);
+void srv_req_release(req *r, size_t n);   /* gives back n bytes charged earlier */
 /* Prepares r's reply (data: malloc'ed, owned by r from here on; it is charged to the budget
  * without a limit, since the work is done). A previous prepared reply is freed. */
-void req_reply(req *r, int status, const char *ctype, char *data, size_t len, const char *hname, const char *hval);
-void req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const char *hname, const char *hval);
+void srv_req_reply(req *r, int status, const char *ctype, char *data, size_t len, const char *hname, const char *hval);
+void srv_req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const char *hname, const char *hval);
 /* A JSON error reply {"error": {"code": ..., "message": ...}}, with Retry-After on 503,
  * WWW-Authenticate on 401 and Allow on 405. */
-__attribute__((format(printf, 4, 5))) void req_error(req *r, int status, const char *code, const char *fmt, ...);
+__attribute__((format(printf, 4, 5))) void srv_req_error(req *r, int status, const char *code, const char *fmt, ...);
 /* 503 + Retry-After for a spent memory budget (counted in the metrics) */
-void req_error_budget(req *r, size_t want);
+void srv_req_error_budget(req *r, size_t want);
 void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* frees r's request body and gives its memory back to the budget */
-void req_free_body(req *r);
+void srv_req_free_body(req *r);
 /* the batch queue's done() for every request: hands r to the pool's finish stage */
-void http_group_done(srv_group *g, void *arg);
+void srv_http_group_done(srv_group *g, void *arg);
 /* starts libmicrohttpd on s->listen_fd with the request path's callbacks; 0 or -1 with err */
-int http_start(srv_server *s, char *err, size_t errcap);
+int srv_http_start(srv_server *s, char *err, size_t errcap);
 
 /* ---- endpoints (endpoints.c) ---- */
 
 /* the endpoint of a URL path (without the query) */
-int endpoint_route(const char *path);
+int srv_endpoint_route(const char *path);
 /* the Allow header of ep */
-const char *endpoint_allow(int ep);
+const char *srv_endpoint_allow(int ep);
 /* reads and checks the query parameters of r->ep; -1 with err */
-int endpoint_params(req *r, char *err, size_t errcap);
+int srv_endpoint_params(req *r, char *err, size_t errcap);
 /* the cheap GET endpoints (healthz, readyz, metrics, info, the demo page): prepares the reply */
-void endpoint_simple(req *r);
+void srv_endpoint_simple(req *r);
 /* The heavy stages, run on the pool: the prepare stage decodes the inputs and enqueues the
  * work; the finish stage (after the batch queue's done()) encodes the results. Each returns 1
  * when the work was enqueued (the queue owns r now) or 0 when r->out holds the reply. */
-int endpoint_prepare(req *r);
-int endpoint_finish(req *r);
+int srv_endpoint_prepare(req *r);
+int srv_endpoint_finish(req *r);
 /* "layout": [...] of the model's latent parts */
-void endpoint_put_layout(srv_buf *b, const srv_server *s);
+void srv_endpoint_put_layout(srv_buf *b, const srv_server *s);
 
 #endif

@@ -117,7 +117,7 @@ srv_server *srv_server_start(const srv_options *o, char *err, size_t cap)
     s->pool = srv_pool_create(o->work_threads, err, cap);
     if (!s->pool) goto fail;
     if (bind_socket(s, err, cap)) goto fail;
-    if (http_start(s, err, cap)) goto fail;
+    if (srv_http_start(s, err, cap)) goto fail;
     return s;
 fail:
     srv_server_free(s);
@@ -157,7 +157,7 @@ static void build_info(srv_server *s)
     srv_buf_printf(&b, ", \"server_version\": \"%s\", \"config\": %s, \"width\": %d, \"height\": %d, \"channels\": %d, "
                        "\"dim\": %d, \"layout\": ",
                    SRV_VERSION, cj, s->W, s->H, s->C, s->D);
-    endpoint_put_layout(&b, s);
+    srv_endpoint_put_layout(&b, s);
     srv_buf_printf(&b, ", \"parameters\": %zu, \"flops_per_image\": %.6g, \"blas_core\": ", rnvp_model_num_params(s->model),
                    rnvp_model_flops(s->model));
     srv_buf_json_string(&b, rnvp_blas_core());

@@ -11,7 +11,7 @@
 #include <string.h>
 
 static uint64_t rs = 777;
-static float frand(void) { return (float)(2 * rnvp_uniform(&rs) - 1); }
+static float frand(void) { return (float)(2 * rnvpi_uniform(&rs) - 1); }
 
 struct shape {
     int cout, cin, kh, kw, N, H, W, pre, acc;   /* pre: 0 none, 1 relu only, 2 affine + relu */
@@ -62,7 +62,7 @@ static const char *mode_name[MODES] = {"blas", "direct 1 thread", "direct 2 thre
 static void check_shape(const struct shape *sh, enum mode mode)
 {
     const int K = sh->cin * sh->kh * sh->kw, P = sh->N * sh->H * sh->W;
-    const size_t G = conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL}, sh->W);
+    const size_t G = rnvpi_conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL}, sh->W);
     float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
     float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
     float *inb = malloc(sizeof(float) * ((size_t)sh->cin * P + 2 * G));
@@ -81,21 +81,21 @@ static void check_shape(const struct shape *sh, enum mode mode)
     const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
     conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
 
-    size_t colf = conv_col_floats(&cv, sh->N, sh->H, sh->W), pf = conv_panel_floats(sh->cin, sh->kh, sh->kw);
+    size_t colf = rnvpi_conv_col_floats(&cv, sh->N, sh->H, sh->W), pf = rnvpi_conv_panel_floats(sh->cin, sh->kh, sh->kw);
     float *col = malloc(sizeof(float) * colf);
     float *panel = aligned_alloc(64, sizeof(float) * 2 * pf);
     net_ws ws = {.col = col};
     tpool *tp = NULL;
     if (mode != BLAS) ws.direct = 1;
     if (mode == DIRECT_POOL_MASKED || mode == DIRECT_POOL_GUARDED) {
-        tp = tpool_create(2);
+        tp = rnvpi_tpool_create(2);
         ck_assert_ptr_nonnull(tp);
         ws.tp = tp;
         ws.panel = panel;
         ws.panel_floats = pf;
         if (mode == DIRECT_POOL_GUARDED) ws.guard = G;
     }
-    conv_forward_acc(out, in, &cv, pre, &ws, sh->N, sh->H, sh->W, sh->acc);
+    rnvpi_conv_forward_acc(out, in, &cv, pre, &ws, sh->N, sh->H, sh->W, sh->acc);
     /* error against sum |terms| per output: float rounding bound, not cancellation */
     double worst = 0;
     for (int o = 0; o < sh->cout; o++) {
@@ -108,13 +108,13 @@ static void check_shape(const struct shape *sh, enum mode mode)
     ck_assert_msg(worst < 1e-6, "%s: conv %dx%d %d->%d N=%d %dx%d pre=%d acc=%d: error %.3g",
                   mode_name[mode], sh->kh, sh->kw, sh->cin, sh->cout, sh->N, sh->H, sh->W, sh->pre,
                   sh->acc, worst);
-    tpool_free(tp);
+    rnvpi_tpool_free(tp);
     free(panel); free(col); free(w); free(b); free(a); free(s); free(inb); free(out); free(out0); free(ref);
 }
 
 START_TEST(conv_kernels_match_reference)
 {
-    const int direct = conv_direct_available();
+    const int direct = rnvpi_conv_direct_available();
     if (!direct) fprintf(stderr, "test_conv: no AVX-512 on this CPU: only the OpenBLAS kernel is checked\n");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         for (int m = 0; m < (direct ? MODES : 1); m++) check_shape(&shapes[i], (enum mode)m);
@@ -135,7 +135,7 @@ START_TEST(flow_kernels_agree)
     uint8_t *px = malloc((size_t)n * D), *back = malloc((size_t)n * D);
     float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
     double lp1[5], lp2[5];
-    for (int i = 0; i < n * D; i++) px[i] = (uint8_t)(rnvp_splitmix64(&rs) & 255);
+    for (int i = 0; i < n * D; i++) px[i] = (uint8_t)(rnvpi_splitmix64(&rs) & 255);
     rnvp_ctx *cb = NULL, *cd = NULL;
     setenv("REALNVP_CONV", "blas", 1);
     ck_assert(rnvp_ctx_create(&cb, m, 2, &e) == RNVP_OK);

@@ -40,7 +40,7 @@ static double logabsdet(double *a, int n)
 }
 
 static uint64_t rs = 12345;
-static float frand(void) { return (float)(2 * rnvp_uniform(&rs) - 1); }
+static float frand(void) { return (float)(2 * rnvpi_uniform(&rs) - 1); }
 
 /* ---- squeeze and split against docs/model.md's formulas (2.1, 2.2) */
 START_TEST(squeeze_and_split_maps)
@@ -48,7 +48,7 @@ START_TEST(squeeze_and_split_maps)
     const int C = 3, N = 2, H = 4, W = 6, h2 = 2, w2 = 3;
     float in[3 * 2 * 4 * 6], out[3 * 2 * 4 * 6], back[3 * 2 * 4 * 6];
     for (int i = 0; i < C * N * H * W; i++) in[i] = (float)i;
-    squeeze_forward(out, in, C, N, H, W);
+    rnvpi_squeeze_forward(out, in, C, N, H, W);
     for (int c = 0; c < C; c++)
         for (int n = 0; n < N; n++)
             for (int dh = 0; dh < 2; dh++)
@@ -60,10 +60,10 @@ START_TEST(squeeze_and_split_maps)
                             float x = in[((c * N + n) * H + 2 * i + dh) * W + 2 * j + dw];
                             ck_assert_float_eq(o, x);
                         }
-    squeeze_inverse(back, out, C, N, H, W);
+    rnvpi_squeeze_inverse(back, out, C, N, H, W);
     ck_assert_mem_eq(back, in, sizeof in);
     int keep[6], drop[6];
-    split_channels(keep, drop, C);
+    rnvpi_split_channels(keep, drop, C);
     for (int c = 0; c < C; c++) {
         ck_assert_int_eq(keep[c], c * 4 + 0);
         ck_assert_int_eq(keep[C + c], c * 4 + 3);
@@ -92,7 +92,7 @@ END_TEST
 static net_ws make_ws(const coupling *c, int N, float **block)
 {
     size_t a, b, o, col;
-    coupling_ws_size(c, N, &a, &b, &o, &col);
+    rnvpi_coupling_ws_size(c, N, &a, &b, &o, &col);
     float *f = calloc(a + 2 * b + o + col + 1, sizeof(float));
     *block = f;
     net_ws ws = {.netin = f, .h = f + a, .t = f + a + b, .out = f + a + 2 * b, .col = f + a + 2 * b + o};
@@ -113,10 +113,10 @@ static void check_couplings(rnvp_model *m)
         for (int i = 0; i < n; i++) x[i] = frand();
         memcpy(y, x, sizeof(float) * n);
         double ld = 0;
-        coupling_forward(y, &ld, c, 1, &ws);
+        rnvpi_coupling_forward(y, &ld, c, 1, &ws);
         float *back = malloc(sizeof(float) * n);
         memcpy(back, y, sizeof(float) * n);
-        coupling_inverse(back, c, 1, &ws);
+        rnvpi_coupling_inverse(back, c, 1, &ws);
         for (int i = 0; i < n; i++)
             ck_assert_msg(fabsf(back[i] - x[i]) <= 1e-5f * fmaxf(1.0f, fabsf(x[i])),
                           "coupling %d: inverse(forward(x))[%d] = %g, x = %g", k, i, back[i], x[i]);
@@ -127,8 +127,8 @@ static void check_couplings(rnvp_model *m)
             double dummy = 0;
             memcpy(yp, x, sizeof(float) * n); yp[j] += h;
             memcpy(ym, x, sizeof(float) * n); ym[j] -= h;
-            coupling_forward(yp, &dummy, c, 1, &ws);
-            coupling_forward(ym, &dummy, c, 1, &ws);
+            rnvpi_coupling_forward(yp, &dummy, c, 1, &ws);
+            rnvpi_coupling_forward(ym, &dummy, c, 1, &ws);
             for (int i = 0; i < n; i++) J[i * n + j] = ((double)yp[i] - ym[i]) / (2.0 * h);
         }
         double num = logabsdet(J, n);
@@ -159,8 +159,8 @@ static void check_whole_flow(rnvp_model *m)
           *zp = malloc(sizeof(float) * D), *zm = malloc(sizeof(float) * D);
     double *J = malloc(sizeof(double) * D * D);
     for (int i = 0; i < D; i++) {
-        v[i] = (uint8_t)(rnvp_splitmix64(&rs) % 256);
-        u[i] = 0.3f + 0.4f * (float)rnvp_uniform(&rs);
+        v[i] = (uint8_t)(rnvpi_splitmix64(&rs) % 256);
+        u[i] = 0.3f + 0.4f * (float)rnvpi_uniform(&rs);
     }
     double lp;
     ck_assert(rnvp_encode(ctx, z, &lp, v, u, 1, &e) == RNVP_OK);
@@ -202,7 +202,7 @@ START_TEST(latent_layout)
                        .features = {2, 2, 2}, .alpha = 0.05, .bn_eps = 1e-5, .flow_batchnorm = 0,
                        .flow_bn_eps = 1e-4, .kernel = 3};
     rnvp_model *m;
-    ck_assert(model_build(&m, &cfg, NULL, NULL, NULL) == RNVP_OK);
+    ck_assert(rnvpi_model_build(&m, &cfg, NULL, NULL, NULL) == RNVP_OK);
     rnvp_latent_part p0 = rnvp_model_latent_part(m, 0), p1 = rnvp_model_latent_part(m, 1), p2 = rnvp_model_latent_part(m, 2);
     ck_assert_int_eq(p0.offset, 0); ck_assert_int_eq(p0.channels, 2); ck_assert_int_eq(p0.height, 14);
     ck_assert_int_eq(p1.offset, 392); ck_assert_int_eq(p1.channels, 4); ck_assert_int_eq(p1.height, 7);
@@ -224,7 +224,7 @@ START_TEST(batched_equals_single)
     ck_assert(rnvp_ctx_create(&one, m, 1, &e) == RNVP_OK);
     uint8_t *v = malloc((size_t)n * D), *px = malloc((size_t)n * D), *p1 = malloc(D);
     float *z = malloc(sizeof(float) * n * D), *z1 = malloc(sizeof(float) * D);
-    for (int i = 0; i < n * D; i++) v[i] = (uint8_t)(rnvp_splitmix64(&rs) % 256);
+    for (int i = 0; i < n * D; i++) v[i] = (uint8_t)(rnvpi_splitmix64(&rs) % 256);
     double lp[7], bpd[7], l1, b1;
     ck_assert(rnvp_log_prob(big, lp, bpd, v, NULL, n, &e) == RNVP_OK);
     ck_assert(rnvp_encode(big, z, NULL, v, NULL, n, &e) == RNVP_OK);

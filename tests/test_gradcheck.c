@@ -22,7 +22,7 @@
  *   front of a batch norm, where the float32 gradient is round-off). Tolerance 1e-3
  *   (observed <= 3.3e-4). The float32 and float64 losses agree to 1e-5 relative (observed 1e-8).
  * - Consistency with the core: with running statistics equal to one batch's statistics, the
- *   inference core's bits/dim (rnvp_log_prob, model_fold) on the same pixels and noise equals
+ *   inference core's bits/dim (rnvp_log_prob, rnvpi_model_fold) on the same pixels and noise equals
  *   the training loss to 1e-4 (observed 1e-6). */
 #include "../train/coupling.h"
 #include "../train/train.h"
@@ -37,7 +37,7 @@
 
 static uint64_t rng = 12345;
 
-static float urand(float lo, float hi) { return lo + (hi - lo) * (float)rnvp_uniform(&rng); }
+static float urand(float lo, float hi) { return lo + (hi - lo) * (float)rnvpi_uniform(&rng); }
 
 static void fill(float *x, size_t n, float lo, float hi)
 {
@@ -94,8 +94,8 @@ struct conv_ctx {
 static double conv_obj(void *v)
 {
     struct conv_ctx *c = v;
-    wn_forward(&c->wn, &c->p);
-    conv_forward(c->out, c->in, c->use_pre ? &c->pre : NULL, c->wn.w, c->p.b, NULL, &c->cs, c->p.cout,
+    tr_wn_forward(&c->wn, &c->p);
+    tr_conv_forward(c->out, c->in, c->use_pre ? &c->pre : NULL, c->wn.w, c->p.b, NULL, &c->cs, c->p.cout,
                  c->p.cin, c->p.kh, c->p.kw, c->N, c->H, c->W);
     return dot(c->out, c->r, (size_t)c->p.cout * c->N * c->H * c->W);
 }
@@ -124,7 +124,7 @@ static void conv_case(int cin, int cout, int kh, int kw, int use_pre, const char
     c.out = falloc(cout * P);
     c.r = falloc(cout * P);
     fill(c.r, cout * P, -1, 1);
-    c.cs.col_floats = conv_ws_floats(cin, kh, kw, c.N, c.H, c.W, 1);
+    c.cs.col_floats = tr_conv_ws_floats(cin, kh, kw, c.N, c.H, c.W, 1);
     c.cs.dw_floats = cout * K;
     c.cs.col = falloc(c.cs.col_floats);
     c.cs.dcol = falloc(c.cs.col_floats);
@@ -132,9 +132,9 @@ static void conv_case(int cin, int cout, int kh, int kw, int use_pre, const char
     float *dw = falloc(cout * K), *dv = falloc(cout * K), *dg = falloc(cout), *db = falloc(cout);
     float *din = falloc(cin * P), *dx = falloc(cin * P);
     conv_obj(&c);
-    conv_backward(din, dw, db, c.r, c.in, use_pre ? &c.pre : NULL, c.wn.w, &c.cs, 1, cout, cin, kh, kw,
+    tr_conv_backward(din, dw, db, c.r, c.in, use_pre ? &c.pre : NULL, c.wn.w, &c.cs, 1, cout, cin, kh, kw,
                   c.N, c.H, c.W);
-    wn_backward(dv, dg, dw, &c.p, &c.wn);
+    tr_wn_backward(dv, dg, dw, &c.p, &c.wn);
     /* din is the gradient of pre(in): chain relu(a x + s) for the input check */
     for (int ci = 0; ci < cin; ci++)
         for (size_t p = 0; p < P; p++) {
@@ -173,10 +173,10 @@ static void conv_chunks_case(int nt)
 {
     const int cin = 70, cout = 5, kh = 3, kw = 3, N = 5, H = 30, W = 31;
     const size_t K = (size_t)cin * kh * kw, HW = (size_t)H * W, P = N * HW;
-    ck_assert_int_lt(conv_chunk(cin, kh, kw, N, H, W, nt), N / nt);
-    conv_scratch cs = {.tp = tpool_create(nt), .col_floats = conv_ws_floats(cin, kh, kw, N, H, W, nt),
+    ck_assert_int_lt(tr_conv_chunk(cin, kh, kw, N, H, W, nt), N / nt);
+    conv_scratch cs = {.tp = rnvpi_tpool_create(nt), .col_floats = tr_conv_ws_floats(cin, kh, kw, N, H, W, nt),
                        .dw_floats = cout * K};
-    ck_assert_int_eq(tpool_size(cs.tp), nt);
+    ck_assert_int_eq(rnvpi_tpool_size(cs.tp), nt);
     cs.col = falloc(nt * cs.col_floats);
     cs.dcol = falloc(nt * cs.col_floats);
     cs.dwp = falloc(nt * cs.dw_floats);
@@ -195,8 +195,8 @@ static void conv_chunks_case(int nt)
     memcpy(din0, din, sizeof(float) * cin * P);
     memcpy(dw0, dw, sizeof(float) * cout * K);
     memcpy(db0, db, sizeof(float) * cout);
-    conv_forward(out, in, &pre, w, b, res, &cs, cout, cin, kh, kw, N, H, W);
-    conv_backward(din, dw, db, dout, in, &pre, w, &cs, 1, cout, cin, kh, kw, N, H, W);
+    tr_conv_forward(out, in, &pre, w, b, res, &cs, cout, cin, kh, kw, N, H, W);
+    tr_conv_backward(din, dw, db, dout, in, &pre, w, &cs, 1, cout, cin, kh, kw, N, H, W);
     double *rdin = calloc(cin * P, sizeof(double)), *rdw = calloc(cout * K, sizeof(double));
     double e_out = 0, e_din = 0, e_dw = 0, e_db = 0, m_out = 0, m_din = 0, m_dw = 0, m_db = 0;
     for (int o = 0; o < cout; o++) {
@@ -238,9 +238,9 @@ static void conv_chunks_case(int nt)
     }
     printf("  chunked conv vs direct, %d thread(s): rel err out %.1e, din %.1e, dw %.1e, db %.1e "
            "(%d images per chunk)\n", nt, e_out / m_out, e_din / m_din, e_dw / m_dw, e_db / m_db,
-           conv_chunk(cin, kh, kw, N, H, W, nt));
+           tr_conv_chunk(cin, kh, kw, N, H, W, nt));
     ck_assert(e_out / m_out < 1e-5 && e_din / m_din < 1e-5 && e_dw / m_dw < 1e-5 && e_db / m_db < 1e-5);
-    tpool_free(cs.tp);
+    rnvpi_tpool_free(cs.tp);
     free(w); free(b); free(in); free(out); free(res); free(dout); free(din); free(dw); free(db);
     free(cs.col); free(cs.dcol); free(cs.dwp); free(cs.mask); free(pre.a); free(pre.s); free(rdin); free(rdw);
     free(din0); free(dw0); free(db0);
@@ -266,7 +266,7 @@ struct bn_ctx {
 static double bn_obj(void *v)
 {
     struct bn_ctx *c = v;
-    bn_forward(&c->sv, c->x, &c->p, 1e-5, 0, c->C, c->P, NULL);
+    tr_bn_forward(&c->sv, c->x, &c->p, 1e-5, 0, c->C, c->P, NULL);
     double J = 0;
     for (int ch = 0; ch < c->C; ch++)
         for (size_t i = 0; i < c->P; i++) {
@@ -292,7 +292,7 @@ START_TEST(test_bn)
     float *dx = falloc(C * P), *dw = falloc(C), *db = falloc(C), *dr = falloc(C * P);
     bn_obj(&c);
     memcpy(dr, c.r, sizeof(float) * C * P);
-    bn_backward(dx, dw, db, dr, c.x, &c.sv, 1, C, P, NULL);
+    tr_bn_backward(dx, dw, db, dr, c.x, &c.sv, 1, C, P, NULL);
     fd_check("batch norm (batch stats) + relu d input", bn_obj, &c, c.x, dx, C * P, 3e-3, 2e-3);
     fd_check("batch norm (batch stats) + relu d weight", bn_obj, &c, c.p.w, dw, C, 3e-3, 2e-3);
     fd_check("batch norm (batch stats) + relu d bias", bn_obj, &c, c.p.b, db, C, 3e-3, 2e-3);
@@ -300,7 +300,7 @@ START_TEST(test_bn)
     fill(c.p.rm, C, 0, 1);
     fill(c.p.rv, C, 1, 2);
     float rm0 = c.p.rm[1], rv0 = c.p.rv[1];
-    bn_forward(&c.sv, c.x, &c.p, 1e-5, 1, C, P, NULL);
+    tr_bn_forward(&c.sv, c.x, &c.p, 1e-5, 1, C, P, NULL);
     double m = 0, q = 0;
     for (size_t i = 0; i < P; i++) m += c.x[P + i];
     m /= P;
@@ -326,7 +326,7 @@ static double logit_obj(void *v)
 {
     struct logit_ctx *c = v;
     memset(c->ld, 0, sizeof c->ld);
-    logit_forward(c->y, c->ld, c->xt, c->alpha, c->N, c->C, c->H, c->W);
+    tr_logit_forward(c->y, c->ld, c->xt, c->alpha, c->N, c->C, c->H, c->W);
     double J = dot(c->y, c->r, (size_t)c->N * c->C * c->H * c->W);
     for (int n = 0; n < c->N; n++) J += c->rl[n] * c->ld[n];
     return J;
@@ -341,7 +341,7 @@ START_TEST(test_logit)
     fill(c.r, n, -1, 1);
     float *dxt = falloc(n);
     logit_obj(&c);
-    logit_backward(dxt, c.r, c.rl, c.xt, c.alpha, c.N, c.C, c.H, c.W);
+    tr_logit_backward(dxt, c.r, c.rl, c.xt, c.alpha, c.N, c.C, c.H, c.W);
     fd_check("logit pre-processing incl. log-det d xt", logit_obj, &c, c.xt, dxt, n, 1e-3, 2e-3);
     free(c.xt); free(c.y); free(c.r); free(dxt);
 }
@@ -360,11 +360,11 @@ static double perm_obj(void *v)
 {
     struct perm_ctx *c = v;
     const size_t P = (size_t)c->N * c->H * c->W, n = (size_t)c->C * P;
-    if (c->which == 0) sq_forward(c->y, c->x, c->C, c->N, c->H, c->W);
-    if (c->which == 1) split_forward(c->y, c->x, c->C / 4, P);
+    if (c->which == 0) tr_sq_forward(c->y, c->x, c->C, c->N, c->H, c->W);
+    if (c->which == 1) tr_split_forward(c->y, c->x, c->C / 4, P);
     if (c->which == 2) {
         memset(c->lp, 0, sizeof c->lp);
-        prior_forward(c->lp, c->x, c->ch, 2, c->N, c->H * c->W);
+        tr_prior_forward(c->lp, c->x, c->ch, 2, c->N, c->H * c->W);
         double J = 0;
         for (int i = 0; i < c->N; i++) J += c->rl[i] * c->lp[i];
         return J;
@@ -381,23 +381,23 @@ START_TEST(test_squeeze_split_prior)
     fill(c.r, n, -1, 1);
     float *dx = falloc(n);
     c.which = 0;
-    sq_backward(dx, c.r, c.C, c.N, c.H, c.W);
+    tr_sq_backward(dx, c.r, c.C, c.N, c.H, c.W);
     fd_check("squeeze d input", perm_obj, &c, c.x, dx, n, 1e-2, 1e-4);
     /* squeeze is docs/model.md's index map */
-    sq_forward(c.y, c.x, c.C, c.N, c.H, c.W);
+    tr_sq_forward(c.y, c.x, c.C, c.N, c.H, c.W);
     ck_assert_float_eq(c.y[(size_t)(2 * 4 + 1 * 2 + 1) * c.N * 6 + 1 * 6 + 1 * 3 + 2],
                        c.x[(size_t)2 * P + 1 * 24 + 3 * 6 + 5]);
     memset(dx, 0, sizeof(float) * n);
     c.which = 1;
-    split_backward(dx, c.r, c.C / 4, P);
+    tr_split_backward(dx, c.r, c.C / 4, P);
     fd_check("split d input", perm_obj, &c, c.x, dx, n, 1e-2, 1e-4);
-    ck_assert_int_eq(split_keep(0, 1), 0);
-    ck_assert_int_eq(split_keep(1, 1), 3);
-    ck_assert_int_eq(split_drop(0, 1), 1);
-    ck_assert_int_eq(split_drop(1, 1), 2);
+    ck_assert_int_eq(tr_split_keep(0, 1), 0);
+    ck_assert_int_eq(tr_split_keep(1, 1), 3);
+    ck_assert_int_eq(tr_split_drop(0, 1), 1);
+    ck_assert_int_eq(tr_split_drop(1, 1), 2);
     memset(dx, 0, sizeof(float) * n);
     c.which = 2;
-    prior_backward(dx, c.rl, c.x, c.ch, 2, c.N, c.H * c.W);
+    tr_prior_backward(dx, c.rl, c.x, c.ch, 2, c.N, c.H * c.W);
     fd_check("standard normal prior d z", perm_obj, &c, c.x, dx, n, 1e-2, 2e-3);
     free(c.x); free(c.y); free(c.r); free(dx);
 }
@@ -419,9 +419,9 @@ static double aff_obj(void *v)
     memset(c->ld, 0, sizeof c->ld);
     if (c->fbn) {
         memcpy(c->y, c->x, sizeof(float) * n);
-        fbn_forward(&c->sv, c->y, c->ld, NULL, NULL, 1e-4, 0, c->parity, c->Ct, c->N, c->H, c->W);
+        tr_fbn_forward(&c->sv, c->y, c->ld, NULL, NULL, 1e-4, 0, c->parity, c->Ct, c->N, c->H, c->W);
     } else {
-        affine_forward(c->y, c->ld, c->x, c->st, c->scale, c->parity, c->Ct, c->N, c->H, c->W);
+        tr_affine_forward(c->y, c->ld, c->x, c->st, c->scale, c->parity, c->Ct, c->N, c->H, c->W);
     }
     double J = dot(c->y, c->r, n);
     for (int i = 0; i < c->N; i++) J += c->rl[i] * c->ld[i];
@@ -446,11 +446,11 @@ static void aff_case(int parity, int fbn)
     const char *kind = parity < 0 ? "channel" : parity ? "checkerboard parity 1" : "checkerboard parity 0";
     if (fbn) {
         memcpy(d, c.r, sizeof(float) * n);
-        fbn_backward(d, c.y, c.rl, &c.sv, parity, c.Ct, c.N, c.H, c.W);
+        tr_fbn_backward(d, c.y, c.rl, &c.sv, parity, c.Ct, c.N, c.H, c.W);
         snprintf(buf, sizeof buf, "flow batch norm incl. log-det, %s", kind);
         fd_check(buf, aff_obj, &c, c.x, d, n, 1e-2, 2e-3);
     } else {
-        affine_backward(dx, dst, dscale, c.r, c.rl, c.x, c.st, c.scale, parity, c.Ct, c.N, c.H, c.W);
+        tr_affine_backward(dx, dst, dscale, c.r, c.rl, c.x, c.st, c.scale, parity, c.Ct, c.N, c.H, c.W);
         snprintf(buf, sizeof buf, "coupling map incl. log-det, %s d x", kind);
         fd_check(buf, aff_obj, &c, c.x, dx, n, 1e-2, 2e-3);
         snprintf(buf, sizeof buf, "coupling map incl. log-det, %s d s,t", kind);
@@ -729,7 +729,7 @@ static void model_case(const rnvp_config *cfg, int threads, const char *name)
         }
         size_t im = 0;
         for (size_t i = 0; i < T->size; i++) if (fabs(g[i]) > fabs(g[im])) im = i;
-        size_t idx[3] = {im, rnvp_splitmix64(&rng) % T->size, rnvp_splitmix64(&rng) % T->size};
+        size_t idx[3] = {im, rnvpi_splitmix64(&rng) % T->size, rnvpi_splitmix64(&rng) % T->size};
         for (int e = 0; e < 4; e++) {
             double an = 0, fd;
             if (e < 3) {
@@ -820,7 +820,7 @@ START_TEST(test_matches_inference)
         uint8_t *pix = malloc((size_t)N * D);
         float *noise = falloc((size_t)N * D), *xt = falloc((size_t)N * D);
         for (int i = 0; i < N * D; i++) {
-            pix[i] = (uint8_t)(rnvp_splitmix64(&rng) & 255);
+            pix[i] = (uint8_t)(rnvpi_splitmix64(&rng) & 255);
             noise[i] = urand(0, 1);
             xt[i] = (pix[i] + noise[i]) / 256.0f;
         }
@@ -829,7 +829,7 @@ START_TEST(test_matches_inference)
         /* running statistics <- this batch's statistics: r <- 0.9 r + 0.1 b, 400 times */
         double loss = 0;
         for (int it = 0; it < 400; it++) loss = tr_forward_backward(ws, m, NULL, xt, N, 1);
-        model_fold(m);
+        rnvpi_model_fold(m);
         rnvp_ctx *ctx;
         ck_assert(rnvp_ctx_create(&ctx, m, N, &err) == RNVP_OK);
         double lp[3], bpd[3], mean = 0;
@@ -856,7 +856,7 @@ START_TEST(test_init_trainable)
     rnvp_config cfg = tiny_config(8, 8, 1, 2, 1, 4, 4, 1);
     rnvp_model *m;
     rnvp_error err;
-    ck_assert(model_build(&m, &cfg, NULL, NULL, &err) == RNVP_OK);
+    ck_assert(rnvpi_model_build(&m, &cfg, NULL, NULL, &err) == RNVP_OK);
     tr_init_params(m, 1);
     int stats = 0;
     for (int t = 0; t < m->ntensors; t++) {

@@ -4,14 +4,14 @@
 
 #include <string.h>
 
-void *arena_take(arena *a, size_t bytes)
+void *tr_arena_take(arena *a, size_t bytes)
 {
     size_t off = (a->used + 63) & ~(size_t)63;
     a->used = off + bytes;
     return a->base ? a->base + off : NULL;
 }
 
-#define TAKE_F(a, n) ((float *)arena_take((a), sizeof(float) * (size_t)(n)))
+#define TAKE_F(a, n) ((float *)tr_arena_take((a), sizeof(float) * (size_t)(n)))
 
 static void carve_wn(wn_saved *w, arena *a, const conv_p *p)
 {
@@ -29,18 +29,18 @@ static void carve_bn(bn_saved *b, arena *a, int C)
     b->aff.s = TAKE_F(a, C);
 }
 
-void coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
+void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
 {
     const size_t P = (size_t)N * c->H * c->W;
     const int K = c->K, F = c->F;
     net_saved *n = &sv->net;
     memset(sv, 0, sizeof *sv);
-    n->a = arena_take(a, sizeof(wn_saved) * (size_t)(K + 1));
-    n->b = arena_take(a, sizeof(wn_saved) * (size_t)(K + 1));
-    n->bn_a = arena_take(a, sizeof(bn_saved) * (size_t)(K + 1));
-    n->bn_b = arena_take(a, sizeof(bn_saved) * (size_t)(K + 1));
-    n->h = arena_take(a, sizeof(float *) * (size_t)(K + 1));
-    n->u = arena_take(a, sizeof(float *) * (size_t)(K + 1));
+    n->a = tr_arena_take(a, sizeof(wn_saved) * (size_t)(K + 1));
+    n->b = tr_arena_take(a, sizeof(wn_saved) * (size_t)(K + 1));
+    n->bn_a = tr_arena_take(a, sizeof(bn_saved) * (size_t)(K + 1));
+    n->bn_b = tr_arena_take(a, sizeof(bn_saved) * (size_t)(K + 1));
+    n->h = tr_arena_take(a, sizeof(float *) * (size_t)(K + 1));
+    n->u = tr_arena_take(a, sizeof(float *) * (size_t)(K + 1));
     const int counting = a->base == NULL;
     wn_saved dummy_wn;
     bn_saved dummy_bn;
@@ -77,26 +77,26 @@ static void net_forward(net_saved *sv, const coupling *c, double eps, const conv
     const int F = c->F, K = c->K, H = c->H, W = c->W;
     const size_t P = (size_t)N * H * W;
     const conv_p *ci = &c->in_conv, *co = &c->out_conv;
-    wn_forward(&sv->in, ci);
+    tr_wn_forward(&sv->in, ci);
     /* h = in_conv(input) */
-    conv_forward(sv->h[0], sv->inp, NULL, sv->in.w, ci->b, NULL, cs, F, ci->cin, ci->kh, ci->kw,
+    tr_conv_forward(sv->h[0], sv->inp, NULL, sv->in.w, ci->b, NULL, cs, F, ci->cin, ci->kh, ci->kw,
                  N, H, W);
     for (int j = 0; j < K; j++) {
         const conv_p *ca = &c->conv_a[j], *cb = &c->conv_b[j];
-        wn_forward(&sv->a[j], ca);
-        wn_forward(&sv->b[j], cb);
+        tr_wn_forward(&sv->a[j], ca);
+        tr_wn_forward(&sv->b[j], cb);
         /* h = h + conv_b(relu(bn_b(conv_a(relu(bn_a(h)))))) */
-        bn_forward(&sv->bn_a[j], sv->h[j], &c->bn_a[j], eps, upd, F, P, cs->tp);
-        conv_forward(sv->u[j], sv->h[j], &sv->bn_a[j].aff, sv->a[j].w, ca->b, NULL, cs, F, F,
+        tr_bn_forward(&sv->bn_a[j], sv->h[j], &c->bn_a[j], eps, upd, F, P, cs->tp);
+        tr_conv_forward(sv->u[j], sv->h[j], &sv->bn_a[j].aff, sv->a[j].w, ca->b, NULL, cs, F, F,
                      ca->kh, ca->kw, N, H, W);
-        bn_forward(&sv->bn_b[j], sv->u[j], &c->bn_b[j], eps, upd, F, P, cs->tp);
-        conv_forward(sv->h[j + 1], sv->u[j], &sv->bn_b[j].aff, sv->b[j].w, cb->b, sv->h[j], cs, F,
+        tr_bn_forward(&sv->bn_b[j], sv->u[j], &c->bn_b[j], eps, upd, F, P, cs->tp);
+        tr_conv_forward(sv->h[j + 1], sv->u[j], &sv->bn_b[j].aff, sv->b[j].w, cb->b, sv->h[j], cs, F,
                      F, cb->kh, cb->kw, N, H, W);
     }
-    wn_forward(&sv->out, co);
+    tr_wn_forward(&sv->out, co);
     /* out = out_conv(relu(bn_out(h))) */
-    bn_forward(&sv->bn_out, sv->h[K], &c->bn_out, eps, upd, F, P, cs->tp);
-    conv_forward(sv->st, sv->h[K], &sv->bn_out.aff, sv->out.w, co->b, NULL, cs, co->cout, F,
+    tr_bn_forward(&sv->bn_out, sv->h[K], &c->bn_out, eps, upd, F, P, cs->tp);
+    tr_conv_forward(sv->st, sv->h[K], &sv->bn_out.aff, sv->out.w, co->b, NULL, cs, co->cout, F,
                  co->kh, co->kw, N, H, W);
 }
 
@@ -109,9 +109,9 @@ static void wconv_backward(float *din, float *grad, const float *base, const flo
                            const wn_saved *wn, int acc, coupling_scratch *ws, int N, int H, int W)
 {
     memset(ws->dw, 0, sizeof(float) * (size_t)p->cout * p->cin * p->kh * p->kw);
-    conv_backward(din, ws->dw, GRAD(p->b), dout, in, pre, wn->w, &ws->cs, acc, p->cout, p->cin,
+    tr_conv_backward(din, ws->dw, GRAD(p->b), dout, in, pre, wn->w, &ws->cs, acc, p->cout, p->cin,
                   p->kh, p->kw, N, H, W);
-    wn_backward(GRAD(p->v), GRAD(p->g), ws->dw, p, wn);
+    tr_wn_backward(GRAD(p->v), GRAD(p->g), ws->dw, p, wn);
 }
 
 /* dinp (Cin, N, H, W) += (acc) or = (acc == 0) the gradient of the net's input, from dst
@@ -126,7 +126,7 @@ static void net_backward(float *dinp, float *grad, const float *base, const floa
     /* out = out_conv(relu(bn_out(h))) */
     wconv_backward(ws->dr, grad, base, dst, sv->h[K], &sv->bn_out.aff, &c->out_conv, &sv->out, 0, ws,
                    N, H, W);
-    bn_backward(ws->dh, GRAD(c->bn_out.w), GRAD(c->bn_out.b), ws->dr, sv->h[K], &sv->bn_out, 0, F, P,
+    tr_bn_backward(ws->dh, GRAD(c->bn_out.w), GRAD(c->bn_out.b), ws->dr, sv->h[K], &sv->bn_out, 0, F, P,
                 tp);
     for (int j = K - 1; j >= 0; j--) {
         /* h = h + conv_b(relu(bn_b(conv_a(relu(bn_a(h))))))
@@ -134,11 +134,11 @@ static void net_backward(float *dinp, float *grad, const float *base, const floa
          * gradient of its input: the branch's share is added into dh in place at the end. */
         wconv_backward(ws->dr, grad, base, ws->dh, sv->u[j], &sv->bn_b[j].aff, &c->conv_b[j],
                        &sv->b[j], 0, ws, N, H, W);
-        bn_backward(ws->du, GRAD(c->bn_b[j].w), GRAD(c->bn_b[j].b), ws->dr, sv->u[j], &sv->bn_b[j], 0,
+        tr_bn_backward(ws->du, GRAD(c->bn_b[j].w), GRAD(c->bn_b[j].b), ws->dr, sv->u[j], &sv->bn_b[j], 0,
                     F, P, tp);
         wconv_backward(ws->dr, grad, base, ws->du, sv->h[j], &sv->bn_a[j].aff, &c->conv_a[j],
                        &sv->a[j], 0, ws, N, H, W);
-        bn_backward(ws->dh, GRAD(c->bn_a[j].w), GRAD(c->bn_a[j].b), ws->dr, sv->h[j], &sv->bn_a[j], 1,
+        tr_bn_backward(ws->dh, GRAD(c->bn_a[j].w), GRAD(c->bn_a[j].b), ws->dr, sv->h[j], &sv->bn_a[j], 1,
                     F, P, tp);
     }
     /* h = in_conv(input) */
@@ -152,7 +152,7 @@ static int t_off(const coupling *c) { return c->kind == COUPLING_CHANNEL && c->p
 static int c_off(const coupling *c) { return c->kind == COUPLING_CHANNEL && c->parity == 1 ? c->Ct : 0; }
 static int mask_parity(const coupling *c) { return c->kind == COUPLING_CHECKER ? c->parity : -1; }
 
-void coupling_train_forward(coupling_saved *sv, float *y, double *ld, const float *x,
+void tr_coupling_train_forward(coupling_saved *sv, float *y, double *ld, const float *x,
                             const coupling *c, const rnvp_config *cfg, const conv_scratch *cs,
                             int update_stats, int N)
 {
@@ -177,13 +177,13 @@ void coupling_train_forward(coupling_saved *sv, float *y, double *ld, const floa
     }
     net_forward(n, c, cfg->bn_eps, cs, update_stats, N);
     const size_t to = t_off(c) * P;
-    affine_forward(y + to, ld, x + to, n->st, c->scale, mask_parity(c), Ct, N, H, W);
+    tr_affine_forward(y + to, ld, x + to, n->st, c->scale, mask_parity(c), Ct, N, H, W);
     if (c->fbn_mean)
-        fbn_forward(&sv->fbn, y + to, ld, c->fbn_mean, c->fbn_var, cfg->flow_bn_eps, update_stats,
+        tr_fbn_forward(&sv->fbn, y + to, ld, c->fbn_mean, c->fbn_var, cfg->flow_bn_eps, update_stats,
                     mask_parity(c), Ct, N, H, W);
 }
 
-void coupling_train_backward(float *dx, float *grad, float *dy, const double *dld,
+void tr_coupling_train_backward(float *dx, float *grad, float *dy, const double *dld,
                              const coupling_saved *sv, const float *x, const float *y,
                              const coupling *c, const float *base, coupling_scratch *ws, int N)
 {
@@ -191,8 +191,8 @@ void coupling_train_backward(float *dx, float *grad, float *dy, const double *dl
     const size_t HW = (size_t)H * W, P = (size_t)N * HW, to = t_off(c) * P, co = c_off(c) * P;
     const net_saved *n = &sv->net;
     if (c->fbn_mean)
-        fbn_backward(dy + to, y + to, dld, &sv->fbn, mask_parity(c), Ct, N, H, W);
-    affine_backward(dx + to, ws->dst, GRAD(c->scale), dy + to, dld, x + to, n->st, c->scale,
+        tr_fbn_backward(dy + to, y + to, dld, &sv->fbn, mask_parity(c), Ct, N, H, W);
+    tr_affine_backward(dx + to, ws->dst, GRAD(c->scale), dy + to, dld, x + to, n->st, c->scale,
                     mask_parity(c), Ct, N, H, W);
     if (c->kind == COUPLING_CHECKER) {
         net_backward(ws->dinp, grad, base, ws->dst, n, c, 0, ws, N);

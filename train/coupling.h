@@ -38,22 +38,22 @@ typedef struct arena {
     char *base;
     size_t used;
 } arena;
-void *arena_take(arena *a, size_t bytes);
+void *tr_arena_take(arena *a, size_t bytes);
 
 /* Lays out sv's buffers and K-long arrays for coupling c and batch N in a. */
-void coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N);
+void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N);
 
 /* y (C, N, H, W) = the coupling (and its flow batch norm when c->fbn_mean) applied to
  * x (C, N, H, W); ld (N) += the log-dets. cs: the convolutions' scratch and thread pool.
  * update_stats: update the running statistics of the net's and the flow batch norm. */
-void coupling_train_forward(coupling_saved *sv, float *y, double *ld, const float *x,
+void tr_coupling_train_forward(coupling_saved *sv, float *y, double *ld, const float *x,
                             const coupling *c, const rnvp_config *cfg, const conv_scratch *cs,
                             int update_stats, int N);
 /* Accumulates dx (C, N, H, W) += and the parameter gradients into grad (the same offsets as
  * base = m->params). dy (C, N, H, W): the gradient of y on entry, CLOBBERED (the flow batch
  * norm's backward runs in place). dld (N): the gradient of ld[n]. x, y: the forward's input
  * and output. */
-void coupling_train_backward(float *dx, float *grad, float *dy, const double *dld,
+void tr_coupling_train_backward(float *dx, float *grad, float *dy, const double *dld,
                              const coupling_saved *sv, const float *x, const float *y,
                              const coupling *c, const float *base, coupling_scratch *ws, int N);
 

@@ -66,32 +66,32 @@ enum rnvp_status tr_idx_read(tr_data *d, const char *path, rnvp_error *err)
 {
     memset(d, 0, sizeof *d);
     gzFile f = gzopen(path, "rb");
-    if (!f) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, errno ? strerror(errno) : "cannot open");
+    if (!f) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, errno ? strerror(errno) : "cannot open");
     unsigned char h[16];
     int r = gz_full(f, h, 16);
     if (r) {
         gzclose(f);
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "%s: %s in the 16-byte IDX header", path,
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "%s: %s in the 16-byte IDX header", path,
                          r == -1 ? "file ends" : "read or gzip error");
     }
     uint32_t v[4];
     for (int i = 0; i < 4; i++) v[i] = (uint32_t)h[4 * i] << 24 | (uint32_t)h[4 * i + 1] << 16 | (uint32_t)h[4 * i + 2] << 8 | h[4 * i + 3];
     if (v[0] != 0x00000803) {
         gzclose(f);
-        return rnvp_fail(err, RNVP_ERR_FORMAT,
+        return rnvpi_fail(err, RNVP_ERR_FORMAT,
                          "%s: IDX magic is 0x%08x, expected 0x00000803 (unsigned bytes, 3 dimensions: an image file, not labels)",
                          path, v[0]);
     }
     if (v[1] == 0 || v[1] > MAX_IMAGES || v[2] < 2 || v[2] > RNVP_MAX_SIDE || v[3] < 2 || v[3] > RNVP_MAX_SIDE ||
         (uint64_t)v[1] * v[2] * v[3] > (uint64_t)1 << 36) {
         gzclose(f);
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "%s: implausible IDX sizes %u x %u x %u", path, v[1], v[2], v[3]);
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "%s: implausible IDX sizes %u x %u x %u", path, v[1], v[2], v[3]);
     }
     size_t bytes = (size_t)v[1] * v[2] * v[3];
     d->px = malloc(bytes);
     if (!d->px) {
         gzclose(f);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "%s: out of memory for %zu bytes", path, bytes);
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "%s: out of memory for %zu bytes", path, bytes);
     }
     r = gz_full(f, d->px, bytes);
     unsigned char extra;
@@ -99,7 +99,7 @@ enum rnvp_status tr_idx_read(tr_data *d, const char *path, rnvp_error *err)
     gzclose(f);
     if (r || more != 0) {
         tr_data_free(d);
-        return rnvp_fail(err, RNVP_ERR_FORMAT, "%s: %s (header says %u images of %u x %u = %zu bytes)", path,
+        return rnvpi_fail(err, RNVP_ERR_FORMAT, "%s: %s (header says %u images of %u x %u = %zu bytes)", path,
                          r == -1 ? "truncated" : r == -2 ? "read or gzip error" : "longer than its header says", v[1],
                          v[2], v[3], bytes);
     }
@@ -115,23 +115,23 @@ enum rnvp_status tr_idx_read(tr_data *d, const char *path, rnvp_error *err)
 static enum rnvp_status cifar_append(tr_data *d, const char *path, rnvp_error *err)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
     const size_t rec = 1 + 3072;
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return rnvp_fail(err, RNVP_ERR_IO, "%s: cannot seek", path); }
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return rnvpi_fail(err, RNVP_ERR_IO, "%s: cannot seek", path); }
     long len = ftell(f);
     rewind(f);
     if (len <= 0 || (size_t)len % rec) {
         fclose(f);
-        return rnvp_fail(err, RNVP_ERR_FORMAT,
+        return rnvpi_fail(err, RNVP_ERR_FORMAT,
                          "%s: %ld bytes is not a whole number of CIFAR-10 records (1 label + 3072 pixel bytes each)", path, len);
     }
     size_t k = (size_t)len / rec;
     uint8_t *px = realloc(d->px, ((size_t)d->n + k) * 3072);
-    if (!px) { fclose(f); return rnvp_fail(err, RNVP_ERR_NOMEM, "%s: out of memory", path); }
+    if (!px) { fclose(f); return rnvpi_fail(err, RNVP_ERR_NOMEM, "%s: out of memory", path); }
     d->px = px;
     uint8_t buf[1 + 3072];
     for (size_t i = 0; i < k; i++) {
-        if (fread(buf, 1, rec, f) != rec) { fclose(f); return rnvp_fail(err, RNVP_ERR_IO, "%s: read failed at record %zu", path, i); }
+        if (fread(buf, 1, rec, f) != rec) { fclose(f); return rnvpi_fail(err, RNVP_ERR_IO, "%s: read failed at record %zu", path, i); }
         memcpy(d->px + ((size_t)d->n + i) * 3072, buf + 1, 3072);   /* already (3, 32, 32) */
     }
     fclose(f);
@@ -177,13 +177,13 @@ static int list_png(const char *dir, char ***names)
 static enum rnvp_status read_file(const char *path, unsigned char **buf, size_t *len, rnvp_error *err)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(errno));
     fseek(f, 0, SEEK_END);
     long l = ftell(f);
     rewind(f);
-    if (l < 0 || l > MAX_PNG_BYTES) { fclose(f); return rnvp_fail(err, RNVP_ERR_FORMAT, "%s: %ld bytes is not a plausible PNG", path, l); }
+    if (l < 0 || l > MAX_PNG_BYTES) { fclose(f); return rnvpi_fail(err, RNVP_ERR_FORMAT, "%s: %ld bytes is not a plausible PNG", path, l); }
     *buf = malloc(l ? (size_t)l : 1);
-    if (!*buf) { fclose(f); return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory"); }
+    if (!*buf) { fclose(f); return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory"); }
     *len = fread(*buf, 1, (size_t)l, f);
     fclose(f);
     return RNVP_OK;
@@ -196,7 +196,7 @@ static enum rnvp_status png_dir(tr_data *d, const char *dir, rnvp_error *err)
     int n = list_png(dir, &names);
     if (n <= 0) {
         free(names);
-        return rnvp_fail(err, n < 0 ? RNVP_ERR_IO : RNVP_ERR_FORMAT, "%s: %s", dir,
+        return rnvpi_fail(err, n < 0 ? RNVP_ERR_IO : RNVP_ERR_FORMAT, "%s: %s", dir,
                          n < 0 ? strerror(errno) : "no .png files in this folder");
     }
     enum rnvp_status st = RNVP_OK;
@@ -216,14 +216,14 @@ static enum rnvp_status png_dir(tr_data *d, const char *dir, rnvp_error *err)
             d->h = h;
             d->w = w;
             d->px = malloc((size_t)n * c * h * w);
-            if (!d->px) { free(buf); st = rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for %d images", n); break; }
+            if (!d->px) { free(buf); st = rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for %d images", n); break; }
         }
         const size_t per = (size_t)d->c * d->h * d->w;
         st = rnvp_png_decode(d->px + (size_t)i * per, buf, len, d->c, d->h, d->w, err);
         free(buf);
         if (st) {
             rnvp_error e2 = *err;
-            rnvp_fail(err, st, "%s: %s (every PNG of a folder must match the first, %s)", path, e2.msg, names[0]);
+            rnvpi_fail(err, st, "%s: %s (every PNG of a folder must match the first, %s)", path, e2.msg, names[0]);
         }
     }
     for (int i = 0; i < n; i++) free(names[i]);
@@ -241,7 +241,7 @@ enum rnvp_status tr_data_load(tr_data *d, const char *path, rnvp_error *err)
 {
     memset(d, 0, sizeof *d);
     if (is_dir(path)) return png_dir(d, path, err);
-    if (!exists(path)) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(ENOENT));
+    if (!exists(path)) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(ENOENT));
     if (has_suffix(path, ".bin")) {
         enum rnvp_status st = cifar_append(d, path, err);
         if (st) tr_data_free(d);
@@ -258,7 +258,7 @@ enum rnvp_status tr_data_open(tr_data *train, tr_data *test, int *kind, const ch
     memset(test, 0, sizeof *test);
     char p[4096];
     enum rnvp_status st;
-    if (!exists(path)) return rnvp_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(ENOENT));
+    if (!exists(path)) return rnvpi_fail(err, RNVP_ERR_IO, "%s: %s", path, strerror(ENOENT));
     if (!is_dir(path)) {
         *kind = has_suffix(path, ".bin") ? DATA_CIFAR10 : DATA_IDX_FILE;
         return tr_data_load(train, path, err);
@@ -276,7 +276,7 @@ enum rnvp_status tr_data_open(tr_data *train, tr_data *test, int *kind, const ch
             if (!exists(p)) continue;
             if ((st = tr_idx_read(test, p, err))) { tr_data_free(train); return st; }
             if (test->h != train->h || test->w != train->w) {
-                rnvp_fail(err, RNVP_ERR_FORMAT, "%s: images are %d x %d, the training images %d x %d", p, test->w, test->h,
+                rnvpi_fail(err, RNVP_ERR_FORMAT, "%s: images are %d x %d, the training images %d x %d", p, test->w, test->h,
                           train->w, train->h);
                 tr_data_free(train);
                 tr_data_free(test);
@@ -310,10 +310,10 @@ enum rnvp_status tr_data_open(tr_data *train, tr_data *test, int *kind, const ch
 enum rnvp_status tr_data_split(tr_data *d, tr_data *out, int k, rnvp_error *err)
 {
     memset(out, 0, sizeof *out);
-    if (k <= 0 || k >= d->n) return rnvp_fail(err, RNVP_ERR_ARG, "%s: cannot hold out %d of %d images", d->name, k, d->n);
+    if (k <= 0 || k >= d->n) return rnvpi_fail(err, RNVP_ERR_ARG, "%s: cannot hold out %d of %d images", d->name, k, d->n);
     const size_t per = (size_t)d->c * d->h * d->w;
     out->px = malloc((size_t)k * per);
-    if (!out->px) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory");
+    if (!out->px) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     memcpy(out->px, d->px + (size_t)(d->n - k) * per, (size_t)k * per);
     out->n = k;
     out->c = d->c;

@@ -52,31 +52,31 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
 {
     const int L = m->L;
     const int counting = a->base == NULL;
-    w->cs = arena_take(a, sizeof(coupling_saved) * (size_t)L);
-    w->x = arena_take(a, sizeof(float *) * (size_t)L);
-    w->y = arena_take(a, sizeof(float *) * (size_t)L);
-    w->drop = arena_take(a, sizeof(int *) * (size_t)L);
-    w->ld = arena_take(a, sizeof(double) * (size_t)N);
-    w->lp = arena_take(a, sizeof(double) * (size_t)N);
-    w->dld = arena_take(a, sizeof(double) * (size_t)N);
+    w->cs = tr_arena_take(a, sizeof(coupling_saved) * (size_t)L);
+    w->x = tr_arena_take(a, sizeof(float *) * (size_t)L);
+    w->y = tr_arena_take(a, sizeof(float *) * (size_t)L);
+    w->drop = tr_arena_take(a, sizeof(int *) * (size_t)L);
+    w->ld = tr_arena_take(a, sizeof(double) * (size_t)N);
+    w->lp = tr_arena_take(a, sizeof(double) * (size_t)N);
+    w->dld = tr_arena_take(a, sizeof(double) * (size_t)N);
     size_t fp = 0, ctp = 0, cinp = 0, dw = 0, col = 0, mask = 0;
     coupling_saved dummy;
     for (int k = 0; k < L; k++) {
         const coupling *c = &m->cp[k];
         const size_t P = (size_t)N * c->H * c->W;
-        float *x = k == 0 || handover(m, k - 1) != HAND_SAME ? arena_take(a, sizeof(float) * c->C * P)
+        float *x = k == 0 || handover(m, k - 1) != HAND_SAME ? tr_arena_take(a, sizeof(float) * c->C * P)
                                                              : counting ? NULL : w->y[k - 1];
-        float *y = arena_take(a, sizeof(float) * c->C * P);   /* (C, N, H, W) */
+        float *y = tr_arena_take(a, sizeof(float) * c->C * P);   /* (C, N, H, W) */
         int *drop = NULL;
-        if (k + 1 < L && handover(m, k) == HAND_SPLIT) drop = arena_take(a, sizeof(int) * c->C / 2);
+        if (k + 1 < L && handover(m, k) == HAND_SPLIT) drop = tr_arena_take(a, sizeof(int) * c->C / 2);
         if (!counting) {
             w->x[k] = x;
             w->y[k] = y;
             w->drop[k] = drop;
             if (drop)
-                for (int i = 0; i < c->C / 2; i++) drop[i] = split_drop(i, c->C / 4);
+                for (int i = 0; i < c->C / 2; i++) drop[i] = tr_split_drop(i, c->C / 4);
         }
-        coupling_carve(counting ? &dummy : &w->cs[k], a, c, N);
+        tr_coupling_carve(counting ? &dummy : &w->cs[k], a, c, N);
         fp = max_sz(fp, (size_t)c->F * P);
         ctp = max_sz(ctp, 2 * (size_t)c->Ct * P);
         cinp = max_sz(cinp, (size_t)c->Cin * P);
@@ -85,45 +85,45 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
             const conv_p *p = i < 2 ? cv[i] : (i & 1) ? &c->conv_b[(i - 2) / 2] : &c->conv_a[(i - 2) / 2];
             dw = max_sz(dw, (size_t)p->cout * p->cin * p->kh * p->kw);
             mask = max_sz(mask, (size_t)p->kh * p->kw * c->H * c->W);
-            col = max_sz(col, conv_ws_floats(p->cin, p->kh, p->kw, N, c->H, c->W, w->threads));
+            col = max_sz(col, tr_conv_ws_floats(p->cin, p->kh, p->kw, N, c->H, c->W, w->threads));
         }
     }
-    w->da = arena_take(a, sizeof(float) * (size_t)m->D * N);
-    w->db = arena_take(a, sizeof(float) * (size_t)m->D * N);
+    w->da = tr_arena_take(a, sizeof(float) * (size_t)m->D * N);
+    w->db = tr_arena_take(a, sizeof(float) * (size_t)m->D * N);
     col = (col + 15) & ~(size_t)15;   /* keep each thread's buffer 64-byte aligned */
     dw = (dw + 15) & ~(size_t)15;
-    w->scr.cs.col = arena_take(a, sizeof(float) * col * w->threads);
-    w->scr.cs.dcol = arena_take(a, sizeof(float) * col * w->threads);
-    w->scr.cs.dwp = arena_take(a, sizeof(float) * dw * (w->threads - 1));
-    w->scr.cs.mask = arena_take(a, sizeof(float) * mask);
+    w->scr.cs.col = tr_arena_take(a, sizeof(float) * col * w->threads);
+    w->scr.cs.dcol = tr_arena_take(a, sizeof(float) * col * w->threads);
+    w->scr.cs.dwp = tr_arena_take(a, sizeof(float) * dw * (w->threads - 1));
+    w->scr.cs.mask = tr_arena_take(a, sizeof(float) * mask);
     w->scr.cs.col_floats = col;
     w->scr.cs.dw_floats = dw;
-    w->scr.dw = arena_take(a, sizeof(float) * dw);
-    w->scr.dh = arena_take(a, sizeof(float) * fp);
-    w->scr.du = arena_take(a, sizeof(float) * fp);
-    w->scr.dr = arena_take(a, sizeof(float) * fp);
-    w->scr.dst = arena_take(a, sizeof(float) * ctp);
-    w->scr.dinp = arena_take(a, sizeof(float) * cinp);
+    w->scr.dw = tr_arena_take(a, sizeof(float) * dw);
+    w->scr.dh = tr_arena_take(a, sizeof(float) * fp);
+    w->scr.du = tr_arena_take(a, sizeof(float) * fp);
+    w->scr.dr = tr_arena_take(a, sizeof(float) * fp);
+    w->scr.dst = tr_arena_take(a, sizeof(float) * ctp);
+    w->scr.dinp = tr_arena_take(a, sizeof(float) * cinp);
 }
 
 enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, rnvp_error *err)
 {
     *out = NULL;
-    if (max_batch < 1) return rnvp_fail(err, RNVP_ERR_ARG, "max_batch %d < 1", max_batch);
+    if (max_batch < 1) return rnvpi_fail(err, RNVP_ERR_ARG, "max_batch %d < 1", max_batch);
     tr_ws *w = calloc(1, sizeof *w);
-    if (!w) return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory");
+    if (!w) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     /* as many threads as OpenBLAS was told to use (OPENBLAS_NUM_THREADS, rnvp_set_num_threads);
      * during the passes each thread runs its own single-threaded gemms */
     w->threads = openblas_get_num_threads();
-    if (w->threads > 1) w->tp = tpool_create(w->threads);
-    w->threads = tpool_size(w->tp);
+    if (w->threads > 1) w->tp = rnvpi_tpool_create(w->threads);
+    w->threads = rnvpi_tpool_size(w->tp);
     arena a = {NULL, 0};
     ws_carve(w, &a, m, max_batch);
     w->block = aligned_alloc(64, (a.used + 63) & ~(size_t)63);
     if (!w->block) {
-        tpool_free(w->tp);
+        rnvpi_tpool_free(w->tp);
         free(w);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory for a %zu MB training workspace",
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory for a %zu MB training workspace",
                          a.used >> 20);
     }
     w->bytes = a.used;
@@ -139,7 +139,7 @@ enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, r
 void tr_ws_free(tr_ws *w)
 {
     if (!w) return;
-    tpool_free(w->tp);
+    rnvpi_tpool_free(w->tp);
     free(w->block);
     free(w);
 }
@@ -168,23 +168,23 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
     const rnvp_config *cfg = &m->cfg;
     for (int i = 0; i < N; i++) w->ld[i] = w->lp[i] = 0;
     /* ---- forward ---- */
-    logit_forward(w->x[0], w->ld, xt, cfg->alpha, N, cfg->channels, cfg->height, cfg->width);
+    tr_logit_forward(w->x[0], w->ld, xt, cfg->alpha, N, cfg->channels, cfg->height, cfg->width);
     for (int k = 0; k < L; k++) {
         const coupling *c = &m->cp[k];
         const size_t HW = (size_t)c->H * c->W, P = (size_t)N * HW;
-        coupling_train_forward(&w->cs[k], w->y[k], w->ld, w->x[k], c, cfg, &w->scr.cs, update_stats,
+        tr_coupling_train_forward(&w->cs[k], w->y[k], w->ld, w->x[k], c, cfg, &w->scr.cs, update_stats,
                                N);
         if (k + 1 == L) {
-            prior_forward(w->lp, w->y[k], NULL, c->C, N, (int)HW);   /* z_{S-1} */
+            tr_prior_forward(w->lp, w->y[k], NULL, c->C, N, (int)HW);   /* z_{S-1} */
             break;
         }
         switch (handover(m, k)) {
         case HAND_SQUEEZE:
-            sq_forward(w->x[k + 1], w->y[k], c->C, N, c->H, c->W);
+            tr_sq_forward(w->x[k + 1], w->y[k], c->C, N, c->H, c->W);
             break;
         case HAND_SPLIT:   /* C = 4 C_s channels: 2 C_s go on, 2 C_s are z_s */
-            split_forward(w->x[k + 1], w->y[k], c->C / 4, P);
-            prior_forward(w->lp, w->y[k], w->drop[k], c->C / 2, N, (int)HW);
+            tr_split_forward(w->x[k + 1], w->y[k], c->C / 4, P);
+            tr_prior_forward(w->lp, w->y[k], w->drop[k], c->C / 2, N, (int)HW);
             break;
         default:
             break;   /* x[k+1] is y[k] */
@@ -203,28 +203,28 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
         const coupling *c = &m->cp[L - 1];
         const size_t HW = (size_t)c->H * c->W;
         memset(dy, 0, sizeof(float) * c->C * N * HW);
-        /* forward: prior_forward(lp, y[L-1], ...)  (z_{S-1}) */
-        prior_backward(dy, w->dld, w->y[L - 1], NULL, c->C, N, (int)HW);
+        /* forward: tr_prior_forward(lp, y[L-1], ...)  (z_{S-1}) */
+        tr_prior_backward(dy, w->dld, w->y[L - 1], NULL, c->C, N, (int)HW);
     }
     for (int k = L - 1; k >= 0; k--) {
         const coupling *c = &m->cp[k];
         const size_t P = (size_t)N * c->H * c->W;
         memset(dx, 0, sizeof(float) * c->C * P);
-        /* forward: coupling_train_forward(y[k], ld, x[k]) */
-        coupling_train_backward(dx, grad, dy, w->dld, &w->cs[k], w->x[k], w->y[k], c, m->params,
+        /* forward: tr_coupling_train_forward(y[k], ld, x[k]) */
+        tr_coupling_train_backward(dx, grad, dy, w->dld, &w->cs[k], w->x[k], w->y[k], c, m->params,
                                 &w->scr, N);
         if (k == 0) break;   /* the logit pre-processing has no parameters */
         const coupling *pc = &m->cp[k - 1];
         const size_t pP = (size_t)N * pc->H * pc->W;
         switch (handover(m, k - 1)) {
-        case HAND_SQUEEZE:   /* forward: sq_forward(x[k], y[k-1]) */
+        case HAND_SQUEEZE:   /* forward: tr_sq_forward(x[k], y[k-1]) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
-            sq_backward(dy, dx, pc->C, N, pc->H, pc->W);
+            tr_sq_backward(dy, dx, pc->C, N, pc->H, pc->W);
             break;
-        case HAND_SPLIT:     /* forward: split_forward(x[k], y[k-1]); prior_forward(lp, y[k-1] dropped) */
+        case HAND_SPLIT:     /* forward: tr_split_forward(x[k], y[k-1]); tr_prior_forward(lp, y[k-1] dropped) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
-            split_backward(dy, dx, pc->C / 4, pP);
-            prior_backward(dy, w->dld, w->y[k - 1], w->drop[k - 1], pc->C / 2, N,
+            tr_split_backward(dy, dx, pc->C / 4, pP);
+            tr_prior_backward(dy, w->dld, w->y[k - 1], w->drop[k - 1], pc->C / 2, N,
                            pc->H * pc->W);
             break;
         default: {   /* x[k] is y[k-1] */
@@ -247,7 +247,7 @@ static void init_conv(const conv_p *p, uint64_t *rs, double g)
         double nrm = 0;
         for (size_t i = 0; i < K; i += 2) {
             double a, b;
-            rnvp_gauss2(rs, &a, &b);
+            rnvpi_gauss2(rs, &a, &b);
             p->v[o * K + i] = (float)(sd * a);
             nrm += (double)p->v[o * K + i] * p->v[o * K + i];
             if (i + 1 < K) {
@@ -281,7 +281,7 @@ static void init_bn(const bn_p *p)
 void tr_init_params(rnvp_model *m, uint64_t seed)
 {
     uint64_t rs = seed;
-    rnvp_splitmix64(&rs);
+    rnvpi_splitmix64(&rs);
     memset(m->params, 0, sizeof(float) * m->nparams);
     for (int k = 0; k < m->L; k++) {
         const coupling *c = &m->cp[k];

@@ -9,7 +9,7 @@
 
 /* ================================================================ weight normalisation */
 
-void wn_forward(wn_saved *sv, const conv_p *p)
+void tr_wn_forward(wn_saved *sv, const conv_p *p)
 {
     const size_t K = (size_t)p->cin * p->kh * p->kw;
     for (int o = 0; o < p->cout; o++) {
@@ -24,7 +24,7 @@ void wn_forward(wn_saved *sv, const conv_p *p)
     }
 }
 
-void wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv)
+void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv)
 {
     const size_t K = (size_t)p->cin * p->kh * p->kw;
     for (int o = 0; o < p->cout; o++) {
@@ -176,7 +176,7 @@ VEC static void relu_bn_dx(float *restrict dx, const float *restrict g, const fl
  * then stay in the core's 2 MB L2 while the gemm reads them. */
 #define CONV_CHUNK_FLOATS (1u << 18)
 
-int conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt)
+int tr_conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt)
 {
     if (nt < 1) nt = 1;
     const size_t per = (size_t)cin * kh * kw * H * W;   /* col floats of one image */
@@ -189,9 +189,9 @@ int conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt)
     return (int)(nb < 1 ? 1 : nb);
 }
 
-size_t conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt)
+size_t tr_conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt)
 {
-    return (size_t)cin * kh * kw * H * W * conv_chunk(cin, kh, kw, N, H, W, nt);
+    return (size_t)cin * kh * kw * H * W * tr_conv_chunk(cin, kh, kw, N, H, W, nt);
 }
 
 /* mask (kh*kw, H*W): 1 where tap (di, dj) of output position (i, j) reads inside the image,
@@ -346,16 +346,16 @@ static void conv_forward_job(void *v, int t, int nt)
     }
 }
 
-void conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
+void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
                   const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
                   int N, int H, int W)
 {
-    const int nt = tpool_size(cs->tp);
+    const int nt = rnvpi_tpool_size(cs->tp);
     struct conv_job j = {.out = out, .in = in, .w = w, .b = b, .res = res, .pre = pre, .cs = cs,
                          .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H, .W = W,
-                         .nb = conv_chunk(cin, kh, kw, N, H, W, nt)};
+                         .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
     tap_masks(cs->mask, kh, kw, H, W);
-    tpool_run(cs->tp, conv_forward_job, &j);
+    rnvpi_tpool_run(cs->tp, conv_forward_job, &j);
 }
 
 static void conv_backward_job(void *v, int t, int nt)
@@ -400,16 +400,16 @@ static void conv_backward_job(void *v, int t, int nt)
     }
 }
 
-void conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                    const affine_i *pre, const float *w, const conv_scratch *cs, int acc, int cout,
                    int cin, int kh, int kw, int N, int H, int W)
 {
-    const int nt = tpool_size(cs->tp);
+    const int nt = rnvpi_tpool_size(cs->tp);
     struct conv_job j = {.din = din, .dw = dw, .db = db, .in = in, .dout = dout, .w = w, .pre = pre,
                          .cs = cs, .acc = acc, .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H,
-                         .W = W, .nb = conv_chunk(cin, kh, kw, N, H, W, nt)};
+                         .W = W, .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
     tap_masks(cs->mask, kh, kw, H, W);
-    tpool_run(cs->tp, conv_backward_job, &j);
+    rnvpi_tpool_run(cs->tp, conv_backward_job, &j);
     const size_t nw = (size_t)cout * cin * kh * kw;
     for (int t = 1; t < nt; t++) add_to(dw, cs->dwp + (size_t)(t - 1) * cs->dw_floats, nw);
 }
@@ -450,12 +450,12 @@ static void bn_forward_job(void *v, int t, int nt)
     }
 }
 
-void bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
+void tr_bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
                 size_t P, tpool *tp)
 {
     struct bn_job j = {.sv = sv, .x = x, .p = p, .eps = eps, .update = update_stats, .C = C, .P = P};
     sv->aff.c = C;
-    tpool_run(tp, bn_forward_job, &j);
+    rnvpi_tpool_run(tp, bn_forward_job, &j);
 }
 
 static void bn_backward_job(void *v, int t, int nt)
@@ -478,17 +478,17 @@ static void bn_backward_job(void *v, int t, int nt)
     }
 }
 
-void bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
+void tr_bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
                  const bn_saved *sv, int acc, int C, size_t P, tpool *tp)
 {
     struct bn_job j = {.csv = sv, .x = x, .dr = dr, .dx = dx, .dweight = dweight, .dbias = dbias,
                        .acc = acc, .C = C, .P = P};
-    tpool_run(tp, bn_backward_job, &j);
+    rnvpi_tpool_run(tp, bn_backward_job, &j);
 }
 
 /* ================================================================ logit pre-processing */
 
-void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W)
+void tr_logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
     const double k = 1.0 - 2.0 * alpha, lk = log(k);
@@ -508,7 +508,7 @@ void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, i
     }
 }
 
-void logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
+void tr_logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
                     int N, int C, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
@@ -529,7 +529,7 @@ void logit_backward(float *dxt, const float *dy, const double *dld, const float 
 
 /* ================================================================ squeeze and split */
 
-void sq_forward(float *out, const float *in, int C, int N, int H, int W)
+void tr_sq_forward(float *out, const float *in, int C, int N, int H, int W)
 {
     const int h = H / 2, w = W / 2;
     const size_t HW = (size_t)H * W, hw = (size_t)h * w;
@@ -546,7 +546,7 @@ void sq_forward(float *out, const float *in, int C, int N, int H, int W)
             }
 }
 
-void sq_backward(float *din, const float *dout, int C, int N, int H, int W)
+void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W)
 {
     const int h = H / 2, w = W / 2;
     const size_t HW = (size_t)H * W, hw = (size_t)h * w;
@@ -564,19 +564,19 @@ void sq_backward(float *din, const float *dout, int C, int N, int H, int W)
             }
 }
 
-int split_keep(int i, int C) { return i < C ? i * 4 : (i - C) * 4 + 3; }
-int split_drop(int i, int C) { return i < C ? i * 4 + 1 : (i - C) * 4 + 2; }
+int tr_split_keep(int i, int C) { return i < C ? i * 4 : (i - C) * 4 + 3; }
+int tr_split_drop(int i, int C) { return i < C ? i * 4 + 1 : (i - C) * 4 + 2; }
 
-void split_forward(float *next, const float *x, int C, size_t P)
+void tr_split_forward(float *next, const float *x, int C, size_t P)
 {
-    for (int i = 0; i < 2 * C; i++) memcpy(next + i * P, x + split_keep(i, C) * P, sizeof(float) * P);
+    for (int i = 0; i < 2 * C; i++) memcpy(next + i * P, x + tr_split_keep(i, C) * P, sizeof(float) * P);
 }
 
-void split_backward(float *dx, const float *dnext, int C, size_t P)
+void tr_split_backward(float *dx, const float *dnext, int C, size_t P)
 {
     for (int i = 0; i < 2 * C; i++) {
         /* forward: next[i] = x[keep(i)] */
-        float *d = dx + split_keep(i, C) * P;
+        float *d = dx + tr_split_keep(i, C) * P;
         const float *g = dnext + i * P;
         for (size_t p = 0; p < P; p++) d[p] += g[p];
     }
@@ -584,7 +584,7 @@ void split_backward(float *dx, const float *dnext, int C, size_t P)
 
 /* ================================================================ prior */
 
-void prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW)
+void tr_prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW)
 {
     const size_t P = (size_t)N * HW;
     const double half_log_2pi = 0.5 * log(2.0 * M_PI);
@@ -598,7 +598,7 @@ void prior_forward(double *lp, const float *z, const int *ch, int nch, int N, in
     }
 }
 
-void prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
+void tr_prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
                     int HW)
 {
     const size_t P = (size_t)N * HW;
@@ -614,7 +614,7 @@ void prior_backward(float *dz, const double *dlp, const float *z, const int *ch,
 
 /* ================================================================ coupling map */
 
-int transformed_count(int parity, int H, int W)
+int tr_transformed_count(int parity, int H, int W)
 {
     if (parity < 0) return H * W;
     int cnt = 0;
@@ -627,7 +627,7 @@ int transformed_count(int parity, int H, int W)
 #define ROW_START(parity, i) ((parity) < 0 ? 0 : (((i) + (parity) + 1) & 1))
 #define ROW_STEP(parity) ((parity) < 0 ? 1 : 2)
 
-void affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
+void tr_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
                     int parity, int Ct, int N, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
@@ -652,7 +652,7 @@ void affine_forward(float *y, double *ld, const float *x, const float *st, const
     }
 }
 
-void affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
+void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
                      const float *x, const float *st, const float *scale, int parity, int Ct, int N,
                      int H, int W)
 {
@@ -689,11 +689,11 @@ void affine_backward(float *dx, float *dst, float *dscale, const float *dy, cons
 
 /* ================================================================ flow batch norm */
 
-void fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
+void tr_fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
                  int update_stats, int parity, int Ct, int N, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    const int cnt = transformed_count(parity, H, W);
+    const int cnt = tr_transformed_count(parity, H, W);
     const double M = (double)N * cnt;
     double ldsum = 0;
     for (int c = 0; c < Ct; c++) {
@@ -733,11 +733,11 @@ void fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar,
     for (int n = 0; n < N; n++) ld[n] += ldsum;
 }
 
-void fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
+void tr_fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
                   int Ct, int N, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    const double M = (double)N * transformed_count(parity, H, W);
+    const double M = (double)N * tr_transformed_count(parity, H, W);
     double G = 0;   /* every image's ld holds the same term: its gradient is sum_n dld[n] */
     for (int n = 0; n < N; n++) G += dld[n];
     for (int c = 0; c < Ct; c++) {

@@ -21,14 +21,14 @@ typedef struct wn_saved {
     float *inv_norm;   /* (cout) 1 / ||v[o]|| */
 } wn_saved;
 
-void wn_forward(wn_saved *sv, const conv_p *p);
+void tr_wn_forward(wn_saved *sv, const conv_p *p);
 /* dv (cout, cin*kh*kw) +=, dg (cout) += from dw (cout, cin*kh*kw), the gradient of w. */
-void wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv);
+void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv);
 
 /* ---- convolution, stride 1, zero padding (kh/2, kw/2), bias ----
  * out = w * pre(in) + b, where pre(x) = relu(a[c]*x + s[c]) per input channel when pre != NULL
  * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The batch is cut into chunks
- * of images (conv_chunk) small enough for the im2col buffer to stay in a core's cache; the
+ * of images (tr_conv_chunk) small enough for the im2col buffer to stay in a core's cache; the
  * pool's threads take the chunks in turn, each with its own buffers and a single-threaded
  * cblas_sgemm: out[:, chunk] (cout, Q) = w (cout, K) x col (K, Q), K = cin*kh*kw. */
 
@@ -39,26 +39,26 @@ typedef struct conv_scratch {
     float *col, *dcol;  /* (threads, col_floats) each */
     float *dwp;         /* (threads - 1, dw_floats) */
     float *mask;        /* (kh*kw, H*W) of the largest convolution: which taps read padding */
-    size_t col_floats;  /* >= conv_ws_floats(..., threads) of every convolution run */
+    size_t col_floats;  /* >= tr_conv_ws_floats(..., threads) of every convolution run */
     size_t dw_floats;   /* >= cout*cin*kh*kw of every convolution run */
 } conv_scratch;
 
 /* Images per chunk for a (cin*kh*kw)-row im2col of H*W columns per image, nt threads. */
-int conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt);
+int tr_conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt);
 /* Floats of one thread's col (and dcol) buffer. */
-size_t conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt);
+size_t tr_conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt);
 
 /* out: (cout, N, H, W) (overwritten) = conv + b (+ res); in: (cin, N, H, W); w: (cout,
  * cin*kh*kw); b: (cout); res: (cout, N, H, W) a residual added to the output, or NULL.
  * Nothing needs saving but in and pre. */
-void conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
+void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
                   const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
                   int N, int H, int W);
 /* Accumulates dw (cout, cin*kh*kw) += and db (cout) +=. din (cin, N, H, W) gets d pre(in) (the
  * gradient with respect to the convolution's actual input pre(in), NOT in: the caller chains the
  * ReLU / batch norm): din += when acc, din = (overwritten) when acc == 0, skipped when
  * din == NULL. dout: (cout, N, H, W). The im2col is recomputed. */
-void conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                    const affine_i *pre, const float *w, const conv_scratch *cs, int acc, int cout,
                    int cin, int kh, int kw, int N, int H, int W);
 
@@ -76,43 +76,43 @@ typedef struct bn_saved {
 
 /* x: (C, N, H, W). When update_stats, rm/rv (C) <- 0.9 r + 0.1 batch (biased variance).
  * The pool's threads (tp may be NULL) share the channels. */
-void bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
+void tr_bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
                 size_t P, tpool *tp);
 /* Accumulates dweight (C) += and dbias (C) +=; dx (C, N, H, W) += when acc, dx = (overwritten)
  * when acc == 0; from dr (C, N, H, W), the gradient of r = relu(bn(x)); x: (C, N, H, W) the
  * forward's input. */
-void bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
+void tr_bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
                  const bn_saved *sv, int acc, int C, size_t P, tpool *tp);
 
 /* ---- logit pre-processing (docs/model.md 1.2, 1.3) ----
  * p = alpha + (1 - 2 alpha) xt, y = ln p - ln(1 - p); ld[n] += sum_i ln(1-2alpha) - ln p - ln(1-p).
  * y: (C, N, H, W); ld: (N) +=; xt: (N, C, H, W) (the layout changes here). */
-void logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W);
+void tr_logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W);
 /* Accumulates dxt (N, C, H, W) += from dy (C, N, H, W) and dld (N), the gradient of ld[n]. */
-void logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
+void tr_logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
                     int N, int C, int H, int W);
 
 /* ---- squeeze (docs/model.md 2.1) and split (2.2) ---- */
 
 /* out (4C, N, H/2, W/2) from in (C, N, H, W): out[c*4+dh*2+dw][n][i][j] = in[c][n][2i+dh][2j+dw]. */
-void sq_forward(float *out, const float *in, int C, int N, int H, int W);
+void tr_sq_forward(float *out, const float *in, int C, int N, int H, int W);
 /* Accumulates din (C, N, H, W) += from dout (4C, N, H/2, W/2). */
-void sq_backward(float *din, const float *dout, int C, int N, int H, int W);
+void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W);
 /* next (2C, N, H, W) = the kept channels of x (4C, N, H, W): c*4+0 then c*4+3 (c < C). The
  * factored-out channels c*4+1, c*4+2 stay in x and go to the prior. */
-void split_forward(float *next, const float *x, int C, size_t P);
+void tr_split_forward(float *next, const float *x, int C, size_t P);
 /* Accumulates dx (4C, N, H, W) += dnext (2C, N, H, W) on the kept channels. */
-void split_backward(float *dx, const float *dnext, int C, size_t P);
+void tr_split_backward(float *dx, const float *dnext, int C, size_t P);
 /* Channel index in the 4C squeezed channels of kept channel i (i < 2C) and dropped channel i. */
-int split_keep(int i, int C);
-int split_drop(int i, int C);
+int tr_split_keep(int i, int C);
+int tr_split_drop(int i, int C);
 
 /* ---- standard normal prior: lp[n] += sum_i -z_i^2/2 - ln(2 pi)/2 ----
  * z: `nch` channels of (C, N, H, W) data given by their indices ch (NULL: channels 0..nch-1)
  * of a tensor whose channels are P floats apart. */
-void prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW);
+void tr_prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW);
 /* Accumulates dz +=  -z * dlp[n] on the same channels. */
-void prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
+void tr_prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
                     int HW);
 
 /* ---- the coupling's affine map (docs/model.md 2.3, 2.4) on the transformed elements ----
@@ -122,16 +122,16 @@ void prior_backward(float *dz, const double *dlp, const float *z, const int *ch,
  *   ld[n] += sum of s over the transformed elements of image n.
  * Transformed elements: every element when parity < 0 (channel coupling), else the positions
  * with (i + j + parity) odd (checkerboard mask b = 0). */
-void affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
+void tr_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
                     int parity, int Ct, int N, int H, int W);
 /* Accumulates dx (Ct, N, H, W) += and dscale (Ct) +=; OVERWRITES dst (2Ct, N, H, W) with the
  * gradient of st (0 where not transformed). dy: (Ct, N, H, W); dld: (N) gradient of ld[n]. */
-void affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
+void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
                      const float *x, const float *st, const float *scale, int parity, int Ct, int N,
                      int H, int W);
 
 /* ---- flow batch norm (docs/model.md 2.5), training mode, in place ----
- * On x: (Ct, N, H, W) as affine_forward, only the transformed elements:
+ * On x: (Ct, N, H, W) as tr_affine_forward, only the transformed elements:
  *   x <- (x - mean_c) / sqrt(var_c + eps), mean and biased var over the transformed elements
  *   of channel c across N, H, W; ld[n] += -0.5 * sum over transformed elements of image n of
  *   ln(var_c + eps) (the same for every image). */
@@ -139,15 +139,15 @@ typedef struct fbn_saved {
     float *mean, *var, *inv_std;   /* (Ct) each */
 } fbn_saved;
 
-void fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
+void tr_fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
                  int update_stats, int parity, int Ct, int N, int H, int W);
 /* In place: d (Ct, N, H, W) holds the gradient of the output on entry and of the input on
  * return (untransformed elements pass through). y: (Ct, N, H, W) the forward's output (the
  * normalised values); dld (N) the gradient of ld[n]. */
-void fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
+void tr_fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
                   int Ct, int N, int H, int W);
 
 /* Number of transformed positions (i, j) of one H x W plane (parity < 0: all of them). */
-int transformed_count(int parity, int H, int W);
+int tr_transformed_count(int parity, int H, int W);
 
 #endif

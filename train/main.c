@@ -350,8 +350,8 @@ static char *read_text(const char *path, size_t max)
 static uint64_t mix(uint64_t a, uint64_t b)
 {
     uint64_t s = a ^ (b * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull);
-    rnvp_splitmix64(&s);
-    return rnvp_splitmix64(&s);
+    rnvpi_splitmix64(&s);
+    return rnvpi_splitmix64(&s);
 }
 
 /* Permutation of 0..n-1 for epoch e: Fisher-Yates from stream (seed, e). */
@@ -360,7 +360,7 @@ static void epoch_perm(int *perm, int n, uint64_t seed, long e)
     uint64_t s = mix(seed ^ 0xA5A5A5A5ull, (uint64_t)e);
     for (int i = 0; i < n; i++) perm[i] = i;
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(rnvp_splitmix64(&s) % (uint64_t)(i + 1));
+        int j = (int)(rnvpi_splitmix64(&s) % (uint64_t)(i + 1));
         int t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
@@ -408,13 +408,13 @@ static double train_step(run *r)
     uint64_t ns = mix(r->o.seed ^ 0x5DEECE66Dull, (uint64_t)r->step);
     for (int b = 0; b < B; b++) {
         const uint8_t *img = r->train.px + (size_t)r->perm[pos * B + b] * D;
-        const int fl = r->flip && (rnvp_splitmix64(&ns) >> 63);
+        const int fl = r->flip && (rnvpi_splitmix64(&ns) >> 63);
         float *x = r->xt + (size_t)b * D;
         for (int c = 0; c < C; c++)
             for (int i = 0; i < H; i++)
                 for (int j = 0; j < W; j++) {
                     const int sj = fl ? W - 1 - j : j;
-                    x[(c * H + i) * W + j] = (float)((img[(c * H + i) * W + sj] + rnvp_uniform(&ns)) / 256.0);
+                    x[(c * H + i) * W + j] = (float)((img[(c * H + i) * W + sj] + rnvpi_uniform(&ns)) / 256.0);
                 }
     }
     memset(r->grad, 0, sizeof(float) * m->nparams);
@@ -462,7 +462,7 @@ static double train_step(run *r)
 static double evaluate(run *r, int limit, int show)
 {
     rnvp_model *m = r->m;
-    model_fold(m);
+    rnvpi_model_fold(m);
     const int D = m->D, EB = 100;
     const int n = limit > 0 && limit < r->test.n ? limit : r->test.n;
     float *noise = malloc(sizeof(float) * (size_t)EB * D);
@@ -478,7 +478,7 @@ static double evaluate(run *r, int limit, int show)
         const int b = n - i < EB ? n - i : EB;
         for (int k = 0; k < b; k++) {
             uint64_t s = mix(0xE7A1u, (uint64_t)(i + k));   /* the same noise at every evaluation */
-            for (int j = 0; j < D; j++) noise[(size_t)k * D + j] = (float)rnvp_uniform(&s);
+            for (int j = 0; j < D; j++) noise[(size_t)k * D + j] = (float)rnvpi_uniform(&s);
         }
         if (rnvp_log_prob(r->ectx, lp, NULL, r->test.px + (size_t)i * D, noise, b, &err)) {
             say("evaluation failed: %s", err.msg);
@@ -517,12 +517,12 @@ static enum rnvp_status save_checkpoint(run *r, rnvp_error *err)
     rnvp_tensor *t = malloc(sizeof(rnvp_tensor) * (size_t)(nt + 2));
     if (!t) {
         free(ojs);
-        return rnvp_fail(err, RNVP_ERR_NOMEM, "out of memory");
+        return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     }
     memcpy(t, m->tensors, sizeof(rnvp_tensor) * (size_t)nt);
     t[nt] = (rnvp_tensor){.name = "train.adam_m", .ndim = 1, .shape = {(int)m->nparams, 1, 1, 1}, .size = m->nparams, .data = r->am};
     t[nt + 1] = (rnvp_tensor){.name = "train.adam_v", .ndim = 1, .shape = {(int)m->nparams, 1, 1, 1}, .size = m->nparams, .data = r->av};
-    enum rnvp_status st = st_write(r->ckpt, meta, t, nt + 2, err);
+    enum rnvp_status st = rnvpi_st_write(r->ckpt, meta, t, nt + 2, err);
     free(t);
     free(ojs);
     return st;
@@ -989,7 +989,7 @@ int main(int argc, char **argv)
             free_run(r);
             return EXIT_USAGE;
         }
-        if (rnvp_config_validate(&cfg, &err) || model_build(&r->m, &cfg, NULL, NULL, &err)) {
+        if (rnvp_config_validate(&cfg, &err) || rnvpi_model_build(&r->m, &cfg, NULL, NULL, &err)) {
             say("model: %s", err.msg);
             free_run(r);
             return EXIT_USAGE;
