@@ -27,6 +27,7 @@
  */
 #include "realnvp.h"
 #include "internal.h"
+#include "../train/optim.h"
 #include "../train/train.h"
 #include "../train/data.h"
 
@@ -119,45 +120,11 @@ static int parse_features(int *f, int S, const char *s)
     return 0;
 }
 
-static int decayed(const char *name)
-{
-    size_t l = strlen(name);
-    return (l >= 9 && !strcmp(name + l - 9, ".weight_g")) || (l >= 6 && !strcmp(name + l - 6, ".scale"));
-}
-
-/* The optimiser part of train/main.c's train_step (same constants as its defaults): L2 on
- * weight_g and scale, global-norm clipping, Adam with bias correction at step t (1-based).
- * grad: (nparams) the loss's gradient, modified; am, av: (nparams) Adam's moments. */
+/* The optimiser step of bin/realnvp-train with its default constants (train/optim.c). */
 static void adam_update(rnvp_model *m, float *grad, float *am, float *av, long t)
 {
-    const double l2 = 5e-5, clip = 100, lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!decayed(m->tensors[i].name)) continue;
-        const size_t off = (size_t)(m->tensors[i].data - m->params);
-        for (size_t j = 0; j < m->tensors[i].size; j++) grad[off + j] += (float)(2 * l2 * m->params[off + j]);
-    }
-    double nrm2 = 0;
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!tr_tensor_trainable(m, i)) continue;
-        const size_t off = (size_t)(m->tensors[i].data - m->params);
-        for (size_t j = 0; j < m->tensors[i].size; j++) nrm2 += (double)grad[off + j] * grad[off + j];
-    }
-    const double gn = sqrt(nrm2);
-    const double cs = gn > clip ? clip / gn : 1.0;
-    const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
-    const double a = lr * sqrt(c2) / c1;
-    const float eps_hat = (float)(eps * sqrt(c2));
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!tr_tensor_trainable(m, i)) continue;
-        const size_t off = (size_t)(m->tensors[i].data - m->params);
-        float *p = m->params + off, *g = grad + off, *mm = am + off, *vv = av + off;
-        for (size_t j = 0; j < m->tensors[i].size; j++) {
-            const float gj = isfinite(g[j]) ? (float)(g[j] * cs) : 0.f;
-            mm[j] = (float)(b1 * mm[j] + (1 - b1) * gj);
-            vv[j] = (float)(b2 * vv[j] + (1 - b2) * (double)gj * gj);
-            p[j] -= (float)(a * mm[j] / (sqrtf(vv[j]) + eps_hat));
-        }
-    }
+    static const tr_adam o = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .l2 = 5e-5, .clip = 100};
+    tr_adam_step(m, grad, am, av, t, &o);
 }
 
 /* xt (n, D): images drawn from px (count images of D pixels; NULL: uniform random pixels)

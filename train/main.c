@@ -6,6 +6,7 @@
  * (seed, t). A checkpoint therefore needs only the parameters, Adam's moments and the step to
  * resume exactly; with --threads 1 the result is bit-identical to an uninterrupted run. */
 #include "data.h"
+#include "optim.h"
 #include "train.h"
 
 #include <cblas.h>
@@ -387,14 +388,6 @@ typedef struct run {
     char ckpt[1100], best_path[1100], metrics[1100], curve[1100];
 } run;
 
-static const float *tensor_base(const rnvp_model *m, int i) { return m->tensors[i].data; }
-
-static int decayed(const char *name)
-{
-    size_t l = strlen(name);
-    return (l >= 9 && !strcmp(name + l - 9, ".weight_g")) || (l >= 6 && !strcmp(name + l - 6, ".scale"));
-}
-
 /* One optimisation step on the batch of step r->step. Returns the batch's loss (bits/dim). */
 static double train_step(run *r)
 {
@@ -419,40 +412,9 @@ static double train_step(run *r)
     }
     memset(r->grad, 0, sizeof(float) * m->nparams);
     double loss = tr_forward_backward(r->ws, r->m, r->grad, r->xt, B, 1);
-    /* L2 penalty: loss += l2 * sum p^2 over weight_g and scale tensors -> grad += 2 l2 p */
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!decayed(m->tensors[i].name)) continue;
-        const size_t off = (size_t)(tensor_base(m, i) - m->params);
-        for (size_t j = 0; j < m->tensors[i].size; j++) r->grad[off + j] += (float)(2 * r->o.l2 * m->params[off + j]);
-    }
-    /* global-norm clipping over the trainable tensors */
-    double nrm2 = 0;
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!tr_tensor_trainable(m, i)) continue;
-        const size_t off = (size_t)(tensor_base(m, i) - m->params);
-        for (size_t j = 0; j < m->tensors[i].size; j++) nrm2 += (double)r->grad[off + j] * r->grad[off + j];
-    }
-    const double gn = sqrt(nrm2);
-    const double cs = r->o.clip > 0 && gn > r->o.clip ? r->o.clip / gn : 1.0;
-    /* Adam with bias correction */
-    const long t = r->step + 1;
-    double lr = r->o.lr;
-    if (r->o.warmup > 0 && t < r->o.warmup) lr *= (double)t / r->o.warmup;
-    const double b1 = r->o.beta1, b2 = r->o.beta2;
-    const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
-    const double a = lr * sqrt(c2) / c1;
-    const float eps_hat = (float)(r->o.eps * sqrt(c2));
-    for (int i = 0; i < m->ntensors; i++) {
-        if (!tr_tensor_trainable(m, i)) continue;
-        const size_t off = (size_t)(tensor_base(m, i) - m->params);
-        float *p = m->params + off, *g = r->grad + off, *mm = r->am + off, *vv = r->av + off;
-        for (size_t j = 0; j < m->tensors[i].size; j++) {
-            const float gj = isfinite(g[j]) ? (float)(g[j] * cs) : 0.f;
-            mm[j] = (float)(b1 * mm[j] + (1 - b1) * gj);
-            vv[j] = (float)(b2 * vv[j] + (1 - b2) * (double)gj * gj);
-            p[j] -= (float)(a * mm[j] / (sqrtf(vv[j]) + eps_hat));
-        }
-    }
+    const tr_adam ao = {.lr = r->o.lr, .beta1 = r->o.beta1, .beta2 = r->o.beta2, .eps = r->o.eps, .l2 = r->o.l2,
+                        .clip = r->o.clip, .warmup = r->o.warmup};
+    const double gn = tr_adam_step(r->m, r->grad, r->am, r->av, r->step + 1, &ao);
     r->step++;
     return isfinite(gn) ? loss : NAN;
 }
