@@ -1,5 +1,5 @@
 /* flow_train.c: the trainer's workspace, the whole flow's training forward/backward and loss (train.h), initialisation.
- * Leaves out the optimiser, data sets and checkpoints (main.c and its helpers).
+ * Leaves out the optimiser (optim.c), data sets (data.c) and checkpoints (run.c).
  *
  * Running statistics: update_stats averages the BIASED batch variance (the one the forward
  * normalises with, docs/model.md 2.5 / 2.6 "biased variance") into running_var, for the net's batch

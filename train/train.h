@@ -1,5 +1,5 @@
 /* train.h: training-mode forward and backward of the whole Real NVP flow (batch statistics,
- * hand-written backward passes). Leaves out the optimiser, data sets and checkpoints (main.c). */
+ * hand-written backward passes). Leaves out the optimiser (optim.c), data sets (data.c), options and checkpoints (options.c, run.c). */
 #ifndef RNVP_TRAIN_H
 #define RNVP_TRAIN_H
 
