@@ -2,7 +2,7 @@
 # Leaves out packaging (deploy/) and long benchmarks (bench/, run by hand).
 CC      ?= cc
 OPT     ?= -O2 -g -ftree-vectorize
-CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude -Icore -MMD -MP
+CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -Iinclude -Icore -MMD -MP
 LDLIBS  := -lopenblas -lpng -lz -ljansson -lm -lpthread
 SRVLIBS := -lmicrohttpd
 TESTLIBS:= $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -lpthread)
@@ -13,8 +13,15 @@ SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard serve
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
 PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak) $(if $(wildcard bench/attack.c),bin/attack)
 
-# build every program
-all: $(PROGS)
+VERSION := $(shell sed -n 's/^\#define RNVP_VERSION "\(.*\)"/\1/p' include/realnvp.h)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SOLIB   := $(B)/librealnvp.so.$(VERSION)
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+MAN1    := $(B)/man/realnvp.1 $(B)/man/realnvp-server.1 $(B)/man/realnvp-train.1
+
+# build every program and the shared library
+all: $(PROGS) $(SOLIB)
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -34,6 +41,11 @@ $(B)/libtrain.a: $(TRAIN_OBJ)
 	rm -f $@; ar rcs $@ $^
 $(B)/libserver.a: $(SRV_OBJ)
 	rm -f $@; ar rcs $@ $^
+
+# the shared library: the core's objects; only the rnvp_ API is exported (core/exports.map)
+$(SOLIB): $(CORE_OBJ) core/exports.map
+	$(CC) -shared -Wl,-soname,librealnvp.so.$(SOMAJOR) -Wl,--version-script=core/exports.map -Wl,--no-undefined \
+	  $(CORE_OBJ) -o $@ $(LDFLAGS) $(LDLIBS)
 
 bin/realnvp: $(B)/cli/realnvp.o $(B)/librnvp.a
 	@mkdir -p bin
@@ -105,6 +117,38 @@ fuzz: $(FUZZ_OBJ)
 SOAK_SECONDS ?= 45
 soak: bin/realnvp-server bin/soak
 	bin/soak --seconds $(SOAK_SECONDS)
+
+# man pages from each program's --help and --version (help2man)
+$(B)/man/realnvp.1: H2M_NAME = exact likelihoods, latent codes and samples of Real NVP models
+$(B)/man/realnvp-server.1: H2M_NAME = serve a Real NVP model over HTTP
+$(B)/man/realnvp-train.1: H2M_NAME = train a Real NVP model
+$(B)/man/%.1: bin/%
+	@mkdir -p $(dir $@)
+	@command -v help2man >/dev/null || { echo "help2man is missing: apt-get install help2man (make deps installs it)"; exit 1; }
+	help2man --no-info --no-discard-stderr --version-string=$(VERSION) --name="$(H2M_NAME)" --output=$@.tmp ./$< && mv $@.tmp $@
+
+# install the library (shared and static), header, pkg-config file, programs and man pages under
+# $(DESTDIR)$(PREFIX) (default /usr/local); uninstall removes exactly those files
+install: $(PROGS) $(SOLIB) $(MAN1)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 bin/realnvp bin/realnvp-server bin/realnvp-train $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(B)/librnvp.a $(DESTDIR)$(LIBDIR)/librealnvp.a
+	install -m 755 $(SOLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf librealnvp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librealnvp.so.$(SOMAJOR)
+	ln -sf librealnvp.so.$(SOMAJOR) $(DESTDIR)$(LIBDIR)/librealnvp.so
+	install -m 644 include/realnvp.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' tools/realnvp.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/realnvp.pc
+	install -m 644 $(MAN1) $(DESTDIR)$(PREFIX)/share/man/man1/
+	@echo "installed under $(DESTDIR)$(PREFIX); outside the loader's paths, run ldconfig or set LD_LIBRARY_PATH=$(LIBDIR)"
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,realnvp realnvp-server realnvp-train) $(DESTDIR)$(PREFIX)/include/realnvp.h
+	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,librealnvp.a librealnvp.so librealnvp.so.$(SOMAJOR) librealnvp.so.$(VERSION) pkgconfig/realnvp.pc)
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/share/man/man1/,realnvp.1 realnvp-server.1 realnvp-train.1)
+
+# install into a temporary prefix and use it as a user would: pkg-config builds examples/, which
+# runs on the bundled model; only rnvp_ symbols exported; the man pages render (CI runs this)
+install-check: all
+	tools/install-check.sh
 
 # install the Debian packages the build and tests need (uses sudo when not root)
 deps:

@@ -23,6 +23,23 @@
  *   a one-line message naming the problem. The library never prints and never exits.
  *
  * The math and the checkpoint format are defined by docs/model.md.
+ *
+ * Example (examples/score_and_sample.c; build with
+ * `cc prog.c $(pkg-config --cflags --libs realnvp)` after `make install`):
+ *
+ *     rnvp_model *m;  rnvp_ctx *ctx;  rnvp_error e;
+ *     if (rnvp_model_load(&m, "model.safetensors", &e)) { puts(e.msg); return 1; }
+ *     rnvp_ctx_create(&ctx, m, 16, &e);                 // workspace for 16 images at a time
+ *     const rnvp_config *c = rnvp_model_config(m);
+ *     uint8_t *px = malloc(16 * (size_t)rnvp_model_dim(m));   // (16, C, H, W)
+ *     double lp, bpd;
+ *     rnvp_png_read(px, "shirt.png", c->channels, c->height, c->width, &e);
+ *     rnvp_log_prob(ctx, &lp, &bpd, px, NULL, 1, &e);   // exact log p(x) in nats, bits/dim
+ *     rnvp_sample(ctx, px, NULL, 16, 0.7, 42, &e);      // 16 samples at temperature 0.7
+ *     rnvp_png_write_grid("samples.png", px, 16, c->channels, c->height, c->width, 4, &e);
+ *     free(px);  rnvp_ctx_free(ctx);  rnvp_model_free(m);
+ *
+ * (Every call returns enum rnvp_status; check each one in real code, as the example does.)
  */
 #ifndef REALNVP_H
 #define REALNVP_H
