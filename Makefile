@@ -84,9 +84,9 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS) $(TESTLIBS)
 
-# build and run the whole Check suite (the README's test command; .ci/run calls it)
+# build and run the whole Check suite and the Python client's tests (the README's test command; .ci/run calls it)
 test: $(PROGS) $(TESTS)
-	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS)
+	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS) clients/python/tests/test_client.py
 
 # the browser demo's end-to-end test in headless Chromium (skips with a message when Chromium or node is missing)
 test-web: all
