@@ -30,30 +30,28 @@ static void affine_relu(float *restrict dst, const float *restrict src, float a,
     }
 }
 
-/* col (cin*kh*kw, N*H*W) from in (cin, N, H, W), zero padding (kh/2, kw/2), each value
- * passed through pre = relu(a*x + s) (a == NULL: relu only) when pre != NULL.
- * Each row is the whole batch's plane shifted by one offset: one long contiguous pass
- * (vectorised), then the positions whose source falls outside the image are zeroed. */
-static void im2col_pre(float *col, const float *in, const affine_i *pre, int cin, int kh, int kw,
-                       int N, int H, int W)
+void rnvpi_im2col(float *col, const float *in, const affine_i *pre, int cin, int kh, int kw, int n0,
+                  int nb, int N, int H, int W)
 {
     const int ph = kh / 2, pw = kw / 2;
-    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW;
+    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
     for (int ci = 0; ci < cin; ci++) {
         const float a = pre && pre->a ? pre->a[ci] : 1.0f, s = pre && pre->a ? pre->s[ci] : 0.0f;
-        const float *src = in + ci * P;   /* (N, H, W) */
+        const float *src = in + ci * P + n0 * HW;   /* (nb, H, W) */
         for (int di = 0; di < kh; di++)
             for (int dj = 0; dj < kw; dj++) {
-                float *row = col + ((ptrdiff_t)(ci * kh + di) * kw + dj) * P;   /* (N, H, W) */
+                float *row = col + ((ptrdiff_t)(ci * kh + di) * kw + dj) * Q;   /* (nb, H, W) */
                 const int oi = di - ph, oj = dj - pw;
                 if (oi <= -H || oi >= H || oj <= -W || oj >= W) {   /* tap entirely in the padding */
-                    memset(row, 0, sizeof(float) * (size_t)P);
+                    memset(row, 0, sizeof(float) * (size_t)Q);
                     continue;
                 }
+                /* positions whose source lies before the chunk's first or after its last value
+                 * read padding (their row or column is outside the image) */
                 const ptrdiff_t shift = (ptrdiff_t)oi * W + oj;
-                const ptrdiff_t p0 = shift < 0 ? -shift : 0, p1 = shift > 0 ? P - shift : P;
+                const ptrdiff_t p0 = shift < 0 ? -shift : 0, p1 = shift > 0 ? Q - shift : Q;
                 if (p0 > 0) memset(row, 0, sizeof(float) * (size_t)p0);
-                if (p1 < P) memset(row + p1, 0, sizeof(float) * (size_t)(P - p1));
+                if (p1 < Q) memset(row + p1, 0, sizeof(float) * (size_t)(Q - p1));
                 const float *sp = src + shift;
                 if (!pre)
                     memcpy(row + p0, sp + p0, sizeof(float) * (size_t)(p1 - p0));
@@ -61,7 +59,7 @@ static void im2col_pre(float *col, const float *in, const affine_i *pre, int cin
                     affine_relu(row + p0, sp + p0, a, s, p1 - p0);
                 /* zero what came from another row or image: rows i with i + oi outside
                  * [0, H), columns j with j + oj outside [0, W) */
-                for (int n = 0; n < N; n++) {
+                for (int n = 0; n < nb; n++) {
                     float *img = row + n * HW;
                     if (oi < 0) memset(img, 0, sizeof(float) * (size_t)(-oi * W));
                     if (oi > 0) memset(img + (H - oi) * W, 0, sizeof(float) * (size_t)(oi * W));
@@ -76,26 +74,31 @@ static void im2col_pre(float *col, const float *in, const affine_i *pre, int cin
     }
 }
 
-/* out (cout, N*H*W) (+)= w * pre(in) + b with OpenBLAS (threaded by OpenBLAS itself). */
-static void conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, float *col,
-                      int N, int H, int W, int accumulate)
+void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                     float *col, int n0, int nb, int N, int H, int W)
 {
-    const int P = N * H * W, K = cv->cin * cv->kh * cv->kw;
-    const float *B = in;
+    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
+    const int K = cv->cin * cv->kh * cv->kw;
+    const float *B = in + n0 * HW;
+    ptrdiff_t ldb = P;
     if (cv->kh != 1 || cv->kw != 1 || pre) {
-        im2col_pre(col, in, pre, cv->cin, cv->kh, cv->kw, N, H, W);
+        rnvpi_im2col(col, in, pre, cv->cin, cv->kh, cv->kw, n0, nb, N, H, W);
         B = col;
+        ldb = Q;
     }
-    /* out (cout, P) (+)= bias; then += w (cout, K) x B (K, P) */
+    /* out (cout, chunk) = (res or 0) + bias; then += w (cout, K) x B (K, chunk) */
     for (int o = 0; o < cv->cout; o++) {
-        float *r = out + (size_t)o * P, bo = cv->b[o];
-        if (accumulate)
-            for (int p = 0; p < P; p++) r[p] += bo;
-        else
-            for (int p = 0; p < P; p++) r[p] = bo;
+        float *r = out + o * P + n0 * HW;
+        const float bo = cv->b[o];
+        if (res) {
+            const float *rr = res + o * P + n0 * HW;
+            for (ptrdiff_t p = 0; p < Q; p++) r[p] = rr[p] + bo;
+        } else {
+            for (ptrdiff_t p = 0; p < Q; p++) r[p] = bo;
+        }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->cout, P, K, 1.0f, cv->w, K, B, P, 1.0f,
-                out, P);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->cout, (int)Q, K, 1.0f, cv->w, K, B, (int)ldb,
+                1.0f, out + n0 * HW, (int)P);
 }
 
 /* ================================================================ AVX-512: direct, in strips */
@@ -326,7 +329,7 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
         return;
     }
 #endif
-    conv_blas(out, in, cv, pre, ws->col, N, H, W, accumulate);
+    rnvpi_conv_blas(out, in, cv, pre, accumulate ? out : NULL, ws->col, 0, N, N, H, W);
 }
 
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)

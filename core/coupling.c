@@ -2,11 +2,7 @@
  * their s/t resnets (2.6) and flow batch norm (2.5). Backward passes live in train/layers.c. */
 #include "internal.h"
 
-#include <math.h>
 #include <string.h>
-
-/* Checkerboard mask value at (i, j): 1 marks the conditioning (unchanged) elements. */
-static inline int mask_b(int i, int j, int parity) { return ((i + j + parity) & 1) == 0; }
 
 /* out (2Ct, N, H, W) = resnet(in (Cin, N, H, W)), inference mode, folded weights. */
 static void st_net(float *out, const float *in, const coupling *c, int N, const net_ws *ws)
@@ -27,29 +23,12 @@ static void st_net(float *out, const float *in, const coupling *c, int N, const 
     (void)P;
 }
 
-/* Net input of a checkerboard coupling: netin (C+1, N, H, W) = concat(x * b, b). */
-static void checker_input(float *netin, const float *x, const coupling *c, int N)
-{
-    const int H = c->H, W = c->W;
-    const size_t HW = (size_t)H * W;
-    for (int ch = 0; ch <= c->C; ch++)
-        for (int n = 0; n < N; n++) {
-            const float *src = x + ((size_t)ch * N + n) * HW;
-            float *dst = netin + ((size_t)ch * N + n) * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = 0; j < W; j++) {
-                    int b = mask_b(i, j, c->parity);
-                    dst[i * W + j] = ch == c->C ? (float)b : b ? src[i * W + j] : 0.0f;
-                }
-        }
-}
-
 /* Pointers to the transformed channels of x and to the net input (Cin, N, H, W). */
 static float *transformed_part(float *x, const coupling *c, int N, net_ws *ws, const float **netin)
 {
     const size_t P = (size_t)N * c->H * c->W;
     if (c->kind == COUPLING_CHECKER) {
-        checker_input(ws->netin, x, c, N);
+        rnvpi_checker_input(ws->netin, x, c->C, c->parity, N, c->H, c->W);
         *netin = ws->netin;
         return x;
     }
@@ -60,61 +39,25 @@ static float *transformed_part(float *x, const coupling *c, int N, net_ws *ws, c
 
 void rnvpi_coupling_forward(float *x, double *ld, const coupling *c, int N, net_ws *ws)
 {
-    const int H = c->H, W = c->W, Ct = c->Ct;
-    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const int q = rnvpi_mask_parity(c);
     const float *netin;
     float *xt = transformed_part(x, c, N, ws, &netin);   /* (Ct, N, H, W) */
     st_net(ws->out, netin, c, N, ws);
-    const float *sraw = ws->out, *tt = ws->out + (size_t)Ct * P;
-    const int chk = c->kind == COUPLING_CHECKER;
-    for (int ch = 0; ch < Ct; ch++) {
-        const float sc = c->scale[ch];
-        const float mean = c->fbn_mean ? c->fbn_mean[ch] : 0.0f;
-        const float inv = c->fbn_mean ? c->fbn_inv_std[ch] : 1.0f;
-        for (int n = 0; n < N; n++) {
-            const size_t base = ((size_t)ch * N + n) * HW;
-            double lsum = 0;
-            for (int i = 0; i < H; i++)
-                for (int j = 0; j < W; j++) {
-                    if (chk && mask_b(i, j, c->parity)) continue;
-                    size_t q = base + (size_t)i * W + j;
-                    float s = sc * tanhf(sraw[q]);                /* s = scale[c] * tanh(s_raw) */
-                    float y = xt[q] * expf(s) + tt[q];            /* x * exp(s) + t */
-                    xt[q] = (y - mean) * inv;                     /* flow batch norm */
-                    lsum += s;
-                }
-            ld[n] += lsum;
-        }
-    }
-    if (c->fbn_mean)
+    rnvpi_affine_forward(xt, ld, xt, ws->out, c->scale, q, c->Ct, N, c->H, c->W);
+    if (c->fbn_mean) {
+        rnvpi_fbn_normalize(xt, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
         for (int n = 0; n < N; n++) ld[n] += c->fbn_logdet;
+    }
 }
 
 void rnvpi_coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
 {
-    const int H = c->H, W = c->W, Ct = c->Ct;
-    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
+    const int q = rnvpi_mask_parity(c);
     const float *netin;
-    float *yt = transformed_part(y, c, N, ws, &netin);   /* conditioning part is unchanged */
+    float *yt = transformed_part(y, c, N, ws, &netin);   /* the conditioning part is unchanged */
     st_net(ws->out, netin, c, N, ws);
-    const float *sraw = ws->out, *tt = ws->out + (size_t)Ct * P;
-    const int chk = c->kind == COUPLING_CHECKER;
-    for (int ch = 0; ch < Ct; ch++) {
-        const float sc = c->scale[ch];
-        const float mean = c->fbn_mean ? c->fbn_mean[ch] : 0.0f;
-        const double std = c->fbn_mean ? 1.0 / c->fbn_inv_std[ch] : 1.0;
-        for (int n = 0; n < N; n++) {
-            const size_t base = ((size_t)ch * N + n) * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = 0; j < W; j++) {
-                    if (chk && mask_b(i, j, c->parity)) continue;
-                    size_t q = base + (size_t)i * W + j;
-                    float v = (float)(yt[q] * std + mean);        /* x * sqrt(var + eps) + mean */
-                    float s = sc * tanhf(sraw[q]);
-                    yt[q] = (v - tt[q]) * expf(-s);               /* (y - t) * exp(-s) */
-                }
-        }
-    }
+    if (c->fbn_mean) rnvpi_fbn_denormalize(yt, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
+    rnvpi_affine_inverse(yt, yt, ws->out, c->scale, q, c->Ct, N, c->H, c->W);
 }
 
 /* Floats of workspace a coupling needs for N images, per buffer (SIZE_MAX: does not fit). */

@@ -164,51 +164,6 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx) { return ctx->ws.direct ? "avx512-direct" : "openblas"; }
 int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
 
-/* ---------------------------------------------------------------- squeeze and split */
-
-void rnvpi_squeeze_forward(float *out, const float *in, int C, int N, int H, int W)
-{
-    const int h2 = H / 2, w2 = W / 2;
-    for (int c = 0; c < C; c++)
-        for (int dh = 0; dh < 2; dh++)
-            for (int dw = 0; dw < 2; dw++) {
-                /* out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw] */
-                float *o = out + (size_t)(c * 4 + dh * 2 + dw) * N * h2 * w2;
-                for (int n = 0; n < N; n++) {
-                    const float *src = in + ((size_t)c * N + n) * H * W;
-                    for (int i = 0; i < h2; i++)
-                        for (int j = 0; j < w2; j++)
-                            *o++ = src[(size_t)(2 * i + dh) * W + 2 * j + dw];
-                }
-            }
-}
-
-void rnvpi_squeeze_inverse(float *out, const float *in, int C, int N, int H, int W)
-{
-    const int h2 = H / 2, w2 = W / 2;
-    for (int c = 0; c < C; c++)
-        for (int dh = 0; dh < 2; dh++)
-            for (int dw = 0; dw < 2; dw++) {
-                const float *o = in + (size_t)(c * 4 + dh * 2 + dw) * N * h2 * w2;
-                for (int n = 0; n < N; n++) {
-                    float *dst = out + ((size_t)c * N + n) * H * W;
-                    for (int i = 0; i < h2; i++)
-                        for (int j = 0; j < w2; j++)
-                            dst[(size_t)(2 * i + dh) * W + 2 * j + dw] = *o++;
-                }
-            }
-}
-
-void rnvpi_split_channels(int *keep, int *drop, int C)
-{
-    for (int c = 0; c < C; c++) {
-        keep[c] = c * 4 + 0;       /* sub-pixel (0,0) */
-        keep[C + c] = c * 4 + 3;   /* (1,1) */
-        drop[c] = c * 4 + 1;       /* (0,1) */
-        drop[C + c] = c * 4 + 2;   /* (1,0) */
-    }
-}
-
 /* ---------------------------------------------------------------- the flow */
 
 /* y (C, N, H, W) = logit(alpha + (1 - 2 alpha) xt) with xt = (v + u) / 256; ld (N) = L_pre. */
@@ -222,42 +177,44 @@ static void preprocess(float *y, double *ld, const rnvp_model *m, const uint8_t 
             const uint8_t *pv = pix + ((size_t)n * C + c) * HW;
             const float *u = noise ? noise + ((size_t)n * C + c) * HW : NULL;
             float *dst = y + ((size_t)c * N + n) * HW;
-            for (int i = 0; i < HW; i++) {
-                double xt = (pv[i] + (u ? (double)u[i] : 0.5)) / 256.0;
-                double p = a + (1 - 2 * a) * xt;
-                double lp = log(p), l1p = log1p(-p);
-                dst[i] = (float)(lp - l1p);
-                l += l12a - lp - l1p;
-            }
+            for (int i = 0; i < HW; i++)
+                dst[i] = rnvpi_logit1((pv[i] + (u ? (double)u[i] : 0.5)) / 256.0, a, l12a, &l);
         }
         ld[n] = l;
     }
 }
 
-/* Forward flow on ctx->x (already pre-processed) for N images; z parts land in ctx->zc, log-dets
- * are added to ctx->ld. */
+/* Forward flow on ctx->x (already pre-processed) for N images, coupling after coupling with
+ * what follows each (rnvpi_flow_next); z parts land in ctx->zc, log-dets are added to ctx->ld.
+ * The state moves between ctx->x and ctx->tmp at each squeeze and split. */
 static void flow_forward(rnvp_ctx *ctx, int N)
 {
     const rnvp_model *m = ctx->m;
-    int C = m->cfg.channels, H = m->cfg.height, W = m->cfg.width, k = 0;
-    int keep[2 * RNVP_MAX_FLOW_CHANNELS], drop[2 * RNVP_MAX_FLOW_CHANNELS];
-    for (int s = 0; s < m->S; s++) {
-        const int last = s == m->S - 1;
-        for (int i = 0; i < (last ? 4 : 3); i++) rnvpi_coupling_forward(ctx->x, ctx->ld, &m->cp[k++], N, &ctx->ws);
-        float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
-        if (last) {
-            memcpy(zs, ctx->x, sizeof(float) * (size_t)N * C * H * W);
+    float *x = ctx->x;
+    for (int k = 0; k < m->L; k++) {
+        const coupling *c = &m->cp[k];
+        rnvpi_coupling_forward(x, ctx->ld, c, N, &ctx->ws);
+        float *o = x == ctx->x ? ctx->tmp : ctx->x;
+        const size_t plane = (size_t)N * c->H * c->W;
+        float *zs = ctx->zc + (size_t)N * m->parts[c->level].offset;
+        switch (rnvpi_flow_next(m, k)) {
+        case RNVPI_NEXT_SQUEEZE:
+            rnvpi_squeeze_forward(o, x, c->C, N, c->H, c->W);
+            x = o;
+            break;
+        case RNVPI_NEXT_SPLIT:   /* c->C = 4 C_s: 2 C_s channels go on, 2 C_s are z_s */
+            for (int i = 0; i < c->C / 2; i++) {
+                memcpy(o + i * plane, x + rnvpi_split_keep(i, c->C / 4) * plane, sizeof(float) * plane);
+                memcpy(zs + i * plane, x + rnvpi_split_drop(i, c->C / 4) * plane, sizeof(float) * plane);
+            }
+            x = o;
+            break;
+        case RNVPI_NEXT_END:
+            memcpy(zs, x, sizeof(float) * c->C * plane);
+            break;
+        default:
             break;
         }
-        rnvpi_squeeze_forward(ctx->tmp, ctx->x, C, N, H, W);
-        for (int i = 0; i < 3; i++) rnvpi_coupling_forward(ctx->tmp, ctx->ld, &m->cp[k++], N, &ctx->ws);
-        const size_t plane = (size_t)N * (H / 2) * (W / 2);
-        rnvpi_split_channels(keep, drop, C);
-        for (int c = 0; c < 2 * C; c++) {
-            memcpy(ctx->x + c * plane, ctx->tmp + keep[c] * plane, sizeof(float) * plane);
-            memcpy(zs + c * plane, ctx->tmp + drop[c] * plane, sizeof(float) * plane);
-        }
-        C *= 2; H /= 2; W /= 2;
     }
 }
 
@@ -265,26 +222,34 @@ static void flow_forward(rnvp_ctx *ctx, int N)
 static void flow_inverse(rnvp_ctx *ctx, int N)
 {
     const rnvp_model *m = ctx->m;
-    int keep[2 * RNVP_MAX_FLOW_CHANNELS], drop[2 * RNVP_MAX_FLOW_CHANNELS];
-    const rnvp_latent_part *lp = &m->parts[m->S - 1];
-    int C = lp->channels, H = lp->height, W = lp->width, k = m->L - 1;
-    memcpy(ctx->x, ctx->zc + (size_t)N * lp->offset, sizeof(float) * (size_t)N * C * H * W);
-    for (int i = 0; i < 4; i++) rnvpi_coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
-    for (int s = m->S - 2; s >= 0; s--) {
-        /* h_{s+1} is (2Cs, H, W) with Cs = C/2: rebuild the squeezed (4Cs, H, W) */
-        const int Cs = C / 2;
-        const size_t plane = (size_t)N * H * W;
-        const float *zs = ctx->zc + (size_t)N * m->parts[s].offset;
-        rnvpi_split_channels(keep, drop, Cs);
-        for (int c = 0; c < 2 * Cs; c++) {
-            memcpy(ctx->tmp + keep[c] * plane, ctx->x + c * plane, sizeof(float) * plane);
-            memcpy(ctx->tmp + drop[c] * plane, zs + c * plane, sizeof(float) * plane);
+    float *x = ctx->x;
+    for (int k = m->L - 1; k >= 0; k--) {
+        const coupling *c = &m->cp[k];
+        float *o = x == ctx->x ? ctx->tmp : ctx->x;
+        const size_t plane = (size_t)N * c->H * c->W;
+        const float *zs = ctx->zc + (size_t)N * m->parts[c->level].offset;
+        /* undo what followed coupling k, then the coupling */
+        switch (rnvpi_flow_next(m, k)) {
+        case RNVPI_NEXT_SQUEEZE:
+            rnvpi_squeeze_inverse(o, x, c->C, N, c->H, c->W);
+            x = o;
+            break;
+        case RNVPI_NEXT_SPLIT:
+            for (int i = 0; i < c->C / 2; i++) {
+                memcpy(o + rnvpi_split_keep(i, c->C / 4) * plane, x + i * plane, sizeof(float) * plane);
+                memcpy(o + rnvpi_split_drop(i, c->C / 4) * plane, zs + i * plane, sizeof(float) * plane);
+            }
+            x = o;
+            break;
+        case RNVPI_NEXT_END:
+            memcpy(x, zs, sizeof(float) * c->C * plane);
+            break;
+        default:
+            break;
         }
-        for (int i = 0; i < 3; i++) rnvpi_coupling_inverse(ctx->tmp, &m->cp[k--], N, &ctx->ws);
-        C = Cs; H *= 2; W *= 2;
-        rnvpi_squeeze_inverse(ctx->x, ctx->tmp, C, N, H, W);
-        for (int i = 0; i < 3; i++) rnvpi_coupling_inverse(ctx->x, &m->cp[k--], N, &ctx->ws);
+        rnvpi_coupling_inverse(x, c, N, &ctx->ws);
     }
+    if (x != ctx->x) memcpy(ctx->x, x, sizeof(float) * (size_t)N * m->D);
 }
 
 /* Convert between z (N, D) and the parts' (C_s, N, H_s, W_s) blocks in ctx->zc. */
@@ -316,7 +281,6 @@ static enum rnvp_status check_n(const rnvp_ctx *ctx, int n, rnvp_error *err)
 static void chunk_log_prob(rnvp_ctx *ctx, double *lp, double *bpd, int N)
 {
     const rnvp_model *m = ctx->m;
-    const double D = m->D, half_log_2pi = 0.91893853320467274178;
     for (int n = 0; n < N; n++) {
         double q = 0;
         for (int s = 0; s < m->S; s++) {
@@ -327,9 +291,9 @@ static void chunk_log_prob(rnvp_ctx *ctx, double *lp, double *bpd, int N)
                 for (size_t i = 0; i < hw; i++) q += (double)b[i] * b[i];
             }
         }
-        double l = -0.5 * q - D * half_log_2pi + ctx->ld[n] - D * log(256.0);
+        const double l = rnvpi_log_likelihood(rnvpi_log_normal(q, m->D), ctx->ld[n], m->D);
         if (lp) lp[n] = l;
-        if (bpd) bpd[n] = -l / (D * log(2.0));
+        if (bpd) bpd[n] = rnvpi_bits_per_dim(l, m->D);
     }
 }
 

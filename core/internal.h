@@ -4,6 +4,7 @@
 #define RNVP_INTERNAL_H
 
 #include "realnvp.h"
+#include <math.h>
 #include <stdarg.h>
 
 #define RNVP_MAX_KERNEL 15         /* largest kh or kw accepted from a checkpoint */
@@ -142,15 +143,110 @@ typedef struct st_entry {
 enum rnvp_status rnvpi_st_write(const char *path, const char *const *meta, const rnvp_tensor *t,
                           int n, rnvp_error *err);
 
-/* ---- layer kernels (core/layers.c) ---- */
+/* ---- the flow's operations, written once for inference (core/) and training (train/) ----
+ * core/ops.c and the inline functions here hold every formula of docs/model.md that both use;
+ * the trainer adds batch statistics and the backward passes (train/layers.c), and the
+ * equivalence tests (tests/test_equiv.c) check that both paths compute the same flow. */
+
+#define RNVP_HALF_LOG_2PI 0.91893853320467274178   /* ln(2 pi) / 2 */
+#define RNVP_LN_256 5.5451774444795624753           /* ln 256 */
+
+/* docs/model.md 1.2-1.3 for one value: p = alpha + (1 - 2 alpha) xt, returns y = ln p - ln(1-p)
+ * and adds the log-det term ln(1 - 2 alpha) - ln p - ln(1 - p) to *ld; lk = ln(1 - 2 alpha). */
+static inline float rnvpi_logit1(double xt, double alpha, double lk, double *ld)
+{
+    const double p = alpha + (1.0 - 2.0 * alpha) * xt, lp = log(p), lq = log1p(-p);
+    *ld += lk - lp - lq;
+    return (float)(lp - lq);
+}
+
+/* The standard normal prior of `count` values whose squares sum to sumsq (docs/model.md 3). */
+static inline double rnvpi_log_normal(double sumsq, double count)
+{
+    return -0.5 * sumsq - count * RNVP_HALF_LOG_2PI;
+}
+/* log p(v) of the discrete image from log p(z) and the flow's log-dets (pre-processing
+ * included), D values: the ln 256 per value of the dequantisation (docs/model.md 3). */
+static inline double rnvpi_log_likelihood(double log_pz, double logdet, int D)
+{
+    return log_pz + logdet - D * RNVP_LN_256;
+}
+static inline double rnvpi_bits_per_dim(double log_likelihood, int D)
+{
+    return -log_likelihood / (D * 0.69314718055994530942);
+}
+
+/* A batch norm as the affine map a x + s: bn(x) = w (x - mean) / sqrt(var + eps) + b
+ * (docs/model.md 2.6); mean and var are the batch's (training) or the running ones (inference). */
+static inline void rnvpi_bn_affine1(float *a, float *s, double w, double b, double mean, double var,
+                                    double eps)
+{
+    const double ac = w * (1.0 / sqrt(var + eps));
+    *a = (float)ac;
+    *s = (float)(b - mean * ac);
+}
+
+/* Split (docs/model.md 2.2) of 4C squeezed channels: kept channel i (i < 2C) of h_{s+1} and
+ * factored-out channel i of z_s are these squeezed channels (sub-pixels (0,0), (1,1) and (0,1),
+ * (1,0) of channel c). */
+static inline int rnvpi_split_keep(int i, int C) { return i < C ? i * 4 : (i - C) * 4 + 3; }
+static inline int rnvpi_split_drop(int i, int C) { return i < C ? i * 4 + 1 : (i - C) * 4 + 2; }
+
+/* What follows coupling k of m (docs/model.md 2.7): the next coupling on the same tensor, a
+ * squeeze, a split (half the channels go to the prior), or the end (all of them do). */
+enum { RNVPI_NEXT_SAME, RNVPI_NEXT_SQUEEZE, RNVPI_NEXT_SPLIT, RNVPI_NEXT_END };
+static inline int rnvpi_flow_next(const rnvp_model *m, int k)
+{
+    if (k + 1 >= m->L) return RNVPI_NEXT_END;
+    const coupling *a = &m->cp[k], *b = &m->cp[k + 1];
+    if (a->level != b->level) return RNVPI_NEXT_SPLIT;
+    return a->kind != b->kind ? RNVPI_NEXT_SQUEEZE : RNVPI_NEXT_SAME;
+}
 
 /* Squeeze one tensor: out (4C, H/2, W/2) from in (C, H, W), docs/model.md 2.1, per image plane-set.
  * Layout (C, N, H, W): each channel holds N images. */
 void rnvpi_squeeze_forward(float *out, const float *in, int C, int N, int H, int W);
 void rnvpi_squeeze_inverse(float *out, const float *in, int C, int N, int H, int W);
-/* Channel map of the split (docs/model.md 2.2) on 4C channels: keep[i], i < 2C, gives the source
- * channel of h_{s+1}[i]; drop[i] the source channel of z_s[i]. */
-void rnvpi_split_channels(int *keep, int *drop, int C);
+
+/* The transformed elements of a coupling (docs/model.md 2.3-2.4): parity < 0 (channel
+ * coupling) every element, else the positions (i, j) with (i + j + parity) odd (mask b = 0).
+ * Row i's start column and stride, and the count in one H x W plane. */
+#define RNVPI_ROW_START(parity, i) ((parity) < 0 ? 0 : (((i) + (parity) + 1) & 1))
+#define RNVPI_ROW_STEP(parity) ((parity) < 0 ? 1 : 2)
+int rnvpi_transformed_count(int parity, int H, int W);
+/* The mask parity of coupling c as the functions below take it (-1: channel coupling). */
+static inline int rnvpi_mask_parity(const coupling *c) { return c->kind == COUPLING_CHECKER ? c->parity : -1; }
+
+/* Net input of a checkerboard coupling (docs/model.md 2.3): netin (C+1, N, H, W) =
+ * concat(x * b, b) with b = 1 where (i + j + parity) is even; x: (C, N, H, W). */
+void rnvpi_checker_input(float *netin, const float *x, int C, int parity, int N, int H, int W);
+
+/* The coupling's affine map on x: (Ct, N, H, W) with st: (2Ct, N, H, W) the s/t network's output
+ * (s_raw then t): s = scale[c] tanh(s_raw), y = x exp(s) + t on the transformed elements, y = x
+ * elsewhere; ld (N) += the sum of s over image n's transformed elements. y may be x. */
+void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
+                          int parity, int Ct, int N, int H, int W);
+/* Its inverse, x = (y - t) exp(-s) on the transformed elements; x may be y. */
+void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float *scale, int parity,
+                          int Ct, int N, int H, int W);
+
+/* Flow batch norm (docs/model.md 2.5) on the transformed elements of x (Ct, N, H, W), in place:
+ * x <- (x - mean[c]) inv_std[c]; the inverse x <- x / inv_std[c] + mean[c] (in double). Its
+ * log-det per image, -0.5 cnt sum_c ln(var[c] + eps) with cnt transformed elements per channel,
+ * is rnvpi_fbn_logdet (var: the batch's in training, the running one at inference). */
+void rnvpi_fbn_normalize(float *x, const float *mean, const float *inv_std, int parity, int Ct, int N,
+                         int H, int W);
+void rnvpi_fbn_denormalize(float *x, const float *mean, const float *inv_std, int parity, int Ct, int N,
+                           int H, int W);
+static inline double rnvpi_fbn_logdet1(double var, double eps, int cnt)
+{
+    return -0.5 * log(var + eps) * cnt;
+}
+
+/* Weight normalisation (docs/model.md 2.6): w[o] = g[o] v[o] / ||v[o]||, times mul[o] when mul
+ * != NULL (a following batch norm folded in at inference); inv_norm (cout, may be NULL) gets
+ * 1 / ||v[o]|| (0 for a zero row, whose w is 0). w: (cout, cin*kh*kw). */
+void rnvpi_wn_weights(float *w, float *inv_norm, const conv_p *p, const float *mul);
 
 /* Workspace of the inference couplings (core/coupling.c): netin, h, t, out and col each sized by
  * rnvpi_coupling_ws_size; tp, panel and direct are set by the context (zero: one thread, OpenBLAS). */
@@ -180,6 +276,16 @@ void rnvpi_conv_forward_i(float *out, const float *in, const conv_i *cv, const a
                     const net_ws *ws, int N, int H, int W);
 void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const affine_i *pre,
                       const net_ws *ws, int N, int H, int W, int accumulate);
+/* The portable kernel on images n0 .. n0+nb-1 of N (one chunk; the caller may run chunks on
+ * several threads, each with its own col): out[:, chunk] = res[:, chunk] (0 when res == NULL;
+ * res may be out) + b + w x im2col(pre(in)) with one cblas_sgemm; col: (cin*kh*kw, nb*H*W)
+ * unless the convolution is 1x1 without pre. out, res, in: (C, N, H, W). */
+void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                     float *col, int n0, int nb, int N, int H, int W);
+/* col (cin*kh*kw, nb*H*W) = im2col of images n0 .. n0+nb-1 of in (cin, N, H, W), zero padding
+ * (kh/2, kw/2), each value passed through pre as above (the training backward recomputes it). */
+void rnvpi_im2col(float *col, const float *in, const affine_i *pre, int cin, int kh, int kw, int n0,
+                  int nb, int N, int H, int W);
 /* Floats of ws->col either kernel needs for one thread (SIZE_MAX: does not fit). The panel
  * and guard sizes are small by the config's limits (kernel <= 15, features <= 4096). */
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W);

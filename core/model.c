@@ -421,27 +421,14 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
 /* w = g * v / ||v|| per output channel, times mul[o] when mul != NULL; bias b*mul + add. */
 static void fold_conv(conv_i *dst, const conv_p *src, const float *mul, const float *add)
 {
-    size_t per = (size_t)src->cin * src->kh * src->kw;
-    for (int o = 0; o < src->cout; o++) {
-        const float *v = src->v + o * per;
-        double nrm = 0;
-        for (size_t i = 0; i < per; i++) nrm += (double)v[i] * v[i];
-        nrm = sqrt(nrm);
-        double f = nrm > 0 ? src->g[o] / nrm : 0.0;
-        double mo = mul ? mul[o] : 1.0;
-        for (size_t i = 0; i < per; i++) dst->w[o * per + i] = (float)(f * mo * v[i]);
-        dst->b[o] = (float)(mo * src->b[o] + (add ? add[o] : 0.0));
-    }
+    rnvpi_wn_weights(dst->w, NULL, src, mul);
+    for (int o = 0; o < src->cout; o++) dst->b[o] = (float)((mul ? mul[o] : 1.0) * src->b[o] + (add ? add[o] : 0.0));
 }
 
-/* bn(x) = w (x - rm) / sqrt(rv + eps) + b  =  a x + s */
+/* bn(x) with the running statistics as a x + s */
 static void fold_bn(float *a, float *s, const bn_p *bn, double eps)
 {
-    for (int c = 0; c < bn->c; c++) {
-        double ac = bn->w[c] / sqrt((double)bn->rv[c] + eps);
-        a[c] = (float)ac;
-        s[c] = (float)(bn->b[c] - bn->rm[c] * ac);
-    }
+    for (int c = 0; c < bn->c; c++) rnvpi_bn_affine1(&a[c], &s[c], bn->w[c], bn->b[c], bn->rm[c], bn->rv[c], eps);
 }
 
 void rnvpi_model_fold(rnvp_model *m)
@@ -462,16 +449,11 @@ void rnvpi_model_fold(rnvp_model *m)
         fold_conv(&c->i_out, &c->out_conv, NULL, NULL);
         c->fbn_logdet = 0;
         if (c->fbn_var) {
-            int per = c->H * c->W;    /* transformed elements per channel, one image */
-            if (c->kind == COUPLING_CHECKER) {
-                per = 0;
-                for (int i = 0; i < c->H; i++)
-                    for (int j = 0; j < c->W; j++) per += (i + j + c->parity) % 2;
-            }
+            const int per = rnvpi_transformed_count(rnvpi_mask_parity(c), c->H, c->W);   /* one image */
             for (int ch = 0; ch < c->Ct; ch++) {
                 double v = (double)c->fbn_var[ch] + m->cfg.flow_bn_eps;
                 c->fbn_inv_std[ch] = (float)(1.0 / sqrt(v));
-                c->fbn_logdet += -0.5 * log(v) * per;
+                c->fbn_logdet += rnvpi_fbn_logdet1(c->fbn_var[ch], m->cfg.flow_bn_eps, per);
             }
         }
     }

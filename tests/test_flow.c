@@ -62,13 +62,11 @@ START_TEST(squeeze_and_split_maps)
                         }
     rnvpi_squeeze_inverse(back, out, C, N, H, W);
     ck_assert_mem_eq(back, in, sizeof in);
-    int keep[6], drop[6];
-    rnvpi_split_channels(keep, drop, C);
     for (int c = 0; c < C; c++) {
-        ck_assert_int_eq(keep[c], c * 4 + 0);
-        ck_assert_int_eq(keep[C + c], c * 4 + 3);
-        ck_assert_int_eq(drop[c], c * 4 + 1);
-        ck_assert_int_eq(drop[C + c], c * 4 + 2);
+        ck_assert_int_eq(rnvpi_split_keep(c, C), c * 4 + 0);
+        ck_assert_int_eq(rnvpi_split_keep(C + c, C), c * 4 + 3);
+        ck_assert_int_eq(rnvpi_split_drop(c, C), c * 4 + 1);
+        ck_assert_int_eq(rnvpi_split_drop(C + c, C), c * 4 + 2);
     }
 }
 END_TEST

@@ -266,7 +266,7 @@ struct bn_ctx {
 static double bn_obj(void *v)
 {
     struct bn_ctx *c = v;
-    tr_bn_forward(&c->sv, c->x, &c->p, 1e-5, 0, c->C, c->P, NULL);
+    tr_bn_forward(&c->sv, c->x, &c->p, 1e-5, 0, c->C, c->P, NULL, NULL);
     double J = 0;
     for (int ch = 0; ch < c->C; ch++)
         for (size_t i = 0; i < c->P; i++) {
@@ -284,7 +284,7 @@ START_TEST(test_bn)
     c.p = (bn_p){C, falloc(C), falloc(C), falloc(C), falloc(C)};
     fill(c.p.w, C, 0.5f, 1.5f);
     fill(c.p.b, C, -0.5f, 0.5f);
-    c.sv = (bn_saved){falloc(C), falloc(C), falloc(C), {C, falloc(C), falloc(C)}};
+    c.sv = (bn_saved){falloc(C), falloc(C), falloc(C), {C, falloc(C), falloc(C)}, calloc(2 * C + 1, sizeof(double))};
     c.x = falloc(C * P);
     c.r = falloc(C * P);
     for (int ch = 0; ch < C; ch++) fill(c.x + ch * P, P, -1.0f + ch, 1.0f + 2 * ch);
@@ -292,7 +292,7 @@ START_TEST(test_bn)
     float *dx = falloc(C * P), *dw = falloc(C), *db = falloc(C), *dr = falloc(C * P);
     bn_obj(&c);
     memcpy(dr, c.r, sizeof(float) * C * P);
-    tr_bn_backward(dx, dw, db, dr, c.x, &c.sv, 1, C, P, NULL);
+    tr_bn_backward(dx, dw, db, dr, c.x, &c.sv, 1, C, P, NULL, NULL);
     fd_check("batch norm (batch stats) + relu d input", bn_obj, &c, c.x, dx, C * P, 3e-3, 2e-3);
     fd_check("batch norm (batch stats) + relu d weight", bn_obj, &c, c.p.w, dw, C, 3e-3, 2e-3);
     fd_check("batch norm (batch stats) + relu d bias", bn_obj, &c, c.p.b, db, C, 3e-3, 2e-3);
@@ -300,7 +300,7 @@ START_TEST(test_bn)
     fill(c.p.rm, C, 0, 1);
     fill(c.p.rv, C, 1, 2);
     float rm0 = c.p.rm[1], rv0 = c.p.rv[1];
-    tr_bn_forward(&c.sv, c.x, &c.p, 1e-5, 1, C, P, NULL);
+    tr_bn_forward(&c.sv, c.x, &c.p, 1e-5, 1, C, P, NULL, NULL);
     double m = 0, q = 0;
     for (size_t i = 0; i < P; i++) m += c.x[P + i];
     m /= P;
@@ -308,7 +308,7 @@ START_TEST(test_bn)
     ck_assert_float_eq_tol(c.p.rm[1], 0.9 * rm0 + 0.1 * m, 1e-6);
     ck_assert_float_eq_tol(c.p.rv[1], 0.9 * rv0 + 0.1 * q / P, 1e-6);
     free(c.p.w); free(c.p.b); free(c.p.rm); free(c.p.rv); free(c.sv.mean); free(c.sv.inv_std);
-    free(c.sv.var); free(c.sv.aff.a); free(c.sv.aff.s); free(c.x); free(c.r); free(dx); free(dw);
+    free(c.sv.var); free(c.sv.red); free(c.sv.aff.a); free(c.sv.aff.s); free(c.x); free(c.r); free(dx); free(dw);
     free(db); free(dr);
 }
 END_TEST
@@ -360,7 +360,7 @@ static double perm_obj(void *v)
 {
     struct perm_ctx *c = v;
     const size_t P = (size_t)c->N * c->H * c->W, n = (size_t)c->C * P;
-    if (c->which == 0) tr_sq_forward(c->y, c->x, c->C, c->N, c->H, c->W);
+    if (c->which == 0) rnvpi_squeeze_forward(c->y, c->x, c->C, c->N, c->H, c->W);
     if (c->which == 1) tr_split_forward(c->y, c->x, c->C / 4, P);
     if (c->which == 2) {
         memset(c->lp, 0, sizeof c->lp);
@@ -384,17 +384,17 @@ START_TEST(test_squeeze_split_prior)
     tr_sq_backward(dx, c.r, c.C, c.N, c.H, c.W);
     fd_check("squeeze d input", perm_obj, &c, c.x, dx, n, 1e-2, 1e-4);
     /* squeeze is docs/model.md's index map */
-    tr_sq_forward(c.y, c.x, c.C, c.N, c.H, c.W);
+    rnvpi_squeeze_forward(c.y, c.x, c.C, c.N, c.H, c.W);
     ck_assert_float_eq(c.y[(size_t)(2 * 4 + 1 * 2 + 1) * c.N * 6 + 1 * 6 + 1 * 3 + 2],
                        c.x[(size_t)2 * P + 1 * 24 + 3 * 6 + 5]);
     memset(dx, 0, sizeof(float) * n);
     c.which = 1;
     tr_split_backward(dx, c.r, c.C / 4, P);
     fd_check("split d input", perm_obj, &c, c.x, dx, n, 1e-2, 1e-4);
-    ck_assert_int_eq(tr_split_keep(0, 1), 0);
-    ck_assert_int_eq(tr_split_keep(1, 1), 3);
-    ck_assert_int_eq(tr_split_drop(0, 1), 1);
-    ck_assert_int_eq(tr_split_drop(1, 1), 2);
+    ck_assert_int_eq(rnvpi_split_keep(0, 1), 0);
+    ck_assert_int_eq(rnvpi_split_keep(1, 1), 3);
+    ck_assert_int_eq(rnvpi_split_drop(0, 1), 1);
+    ck_assert_int_eq(rnvpi_split_drop(1, 1), 2);
     memset(dx, 0, sizeof(float) * n);
     c.which = 2;
     tr_prior_backward(dx, c.rl, c.x, c.ch, 2, c.N, c.H * c.W);
@@ -419,9 +419,9 @@ static double aff_obj(void *v)
     memset(c->ld, 0, sizeof c->ld);
     if (c->fbn) {
         memcpy(c->y, c->x, sizeof(float) * n);
-        tr_fbn_forward(&c->sv, c->y, c->ld, NULL, NULL, 1e-4, 0, c->parity, c->Ct, c->N, c->H, c->W);
+        tr_fbn_forward(&c->sv, c->y, c->ld, NULL, NULL, 1e-4, 0, c->parity, c->Ct, c->N, c->H, c->W, NULL);
     } else {
-        tr_affine_forward(c->y, c->ld, c->x, c->st, c->scale, c->parity, c->Ct, c->N, c->H, c->W);
+        rnvpi_affine_forward(c->y, c->ld, c->x, c->st, c->scale, c->parity, c->Ct, c->N, c->H, c->W);
     }
     double J = dot(c->y, c->r, n);
     for (int i = 0; i < c->N; i++) J += c->rl[i] * c->ld[i];
@@ -434,7 +434,7 @@ static void aff_case(int parity, int fbn)
                         .rl = {0.8, -0.4, 1.1}};
     const size_t n = (size_t)c.Ct * c.N * c.H * c.W;
     c.x = falloc(n); c.st = falloc(2 * n); c.scale = falloc(c.Ct); c.y = falloc(n); c.r = falloc(n);
-    c.sv = (fbn_saved){falloc(c.Ct), falloc(c.Ct), falloc(c.Ct)};
+    c.sv = (fbn_saved){falloc(c.Ct), falloc(c.Ct), falloc(c.Ct), calloc(2 * c.Ct + 3, sizeof(double))};
     fill(c.x, n, -2, 2);
     for (size_t i = 0; i < n; i++) c.x[i] += (float)(i / (n / 2));   /* channel means differ */
     fill(c.st, 2 * n, -1.5f, 1.5f);
@@ -446,7 +446,7 @@ static void aff_case(int parity, int fbn)
     const char *kind = parity < 0 ? "channel" : parity ? "checkerboard parity 1" : "checkerboard parity 0";
     if (fbn) {
         memcpy(d, c.r, sizeof(float) * n);
-        tr_fbn_backward(d, c.y, c.rl, &c.sv, parity, c.Ct, c.N, c.H, c.W);
+        tr_fbn_backward(d, c.y, c.rl, &c.sv, parity, c.Ct, c.N, c.H, c.W, NULL);
         snprintf(buf, sizeof buf, "flow batch norm incl. log-det, %s", kind);
         fd_check(buf, aff_obj, &c, c.x, d, n, 1e-2, 2e-3);
     } else {
@@ -459,7 +459,7 @@ static void aff_case(int parity, int fbn)
         fd_check(buf, aff_obj, &c, c.scale, dscale, c.Ct, 1e-2, 2e-3);
     }
     free(c.x); free(c.st); free(c.scale); free(c.y); free(c.r); free(c.sv.mean); free(c.sv.var);
-    free(c.sv.inv_std); free(dx); free(dst); free(dscale); free(d);
+    free(c.sv.inv_std); free(c.sv.red); free(dx); free(dst); free(dscale); free(d);
 }
 
 START_TEST(test_affine)

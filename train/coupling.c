@@ -27,6 +27,7 @@ static void carve_bn(bn_saved *b, arena *a, int C)
     b->aff.c = C;
     b->aff.a = TAKE_F(a, C);
     b->aff.s = TAKE_F(a, C);
+    b->red = tr_arena_take(a, sizeof(double) * (size_t)(2 * C + 1));
 }
 
 void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
@@ -66,6 +67,7 @@ void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
     sv->fbn.mean = TAKE_F(a, c->Ct);
     sv->fbn.var = TAKE_F(a, c->Ct);
     sv->fbn.inv_std = TAKE_F(a, c->Ct);
+    sv->fbn.red = tr_arena_take(a, sizeof(double) * (size_t)(2 * c->Ct + 3));
 }
 
 /* ================================================================ s/t network */
@@ -86,16 +88,16 @@ static void net_forward(net_saved *sv, const coupling *c, double eps, const conv
         tr_wn_forward(&sv->a[j], ca);
         tr_wn_forward(&sv->b[j], cb);
         /* h = h + conv_b(relu(bn_b(conv_a(relu(bn_a(h)))))) */
-        tr_bn_forward(&sv->bn_a[j], sv->h[j], &c->bn_a[j], eps, upd, F, P, cs->tp);
+        tr_bn_forward(&sv->bn_a[j], sv->h[j], &c->bn_a[j], eps, upd, F, P, cs->tp, cs->comm);
         tr_conv_forward(sv->u[j], sv->h[j], &sv->bn_a[j].aff, sv->a[j].w, ca->b, NULL, cs, F, F,
                      ca->kh, ca->kw, N, H, W);
-        tr_bn_forward(&sv->bn_b[j], sv->u[j], &c->bn_b[j], eps, upd, F, P, cs->tp);
+        tr_bn_forward(&sv->bn_b[j], sv->u[j], &c->bn_b[j], eps, upd, F, P, cs->tp, cs->comm);
         tr_conv_forward(sv->h[j + 1], sv->u[j], &sv->bn_b[j].aff, sv->b[j].w, cb->b, sv->h[j], cs, F,
                      F, cb->kh, cb->kw, N, H, W);
     }
     tr_wn_forward(&sv->out, co);
     /* out = out_conv(relu(bn_out(h))) */
-    tr_bn_forward(&sv->bn_out, sv->h[K], &c->bn_out, eps, upd, F, P, cs->tp);
+    tr_bn_forward(&sv->bn_out, sv->h[K], &c->bn_out, eps, upd, F, P, cs->tp, cs->comm);
     tr_conv_forward(sv->st, sv->h[K], &sv->bn_out.aff, sv->out.w, co->b, NULL, cs, co->cout, F,
                  co->kh, co->kw, N, H, W);
 }
@@ -127,7 +129,7 @@ static void net_backward(float *dinp, float *grad, const float *base, const floa
     wconv_backward(ws->dr, grad, base, dst, sv->h[K], &sv->bn_out.aff, &c->out_conv, &sv->out, 0, ws,
                    N, H, W);
     tr_bn_backward(ws->dh, GRAD(c->bn_out.w), GRAD(c->bn_out.b), ws->dr, sv->h[K], &sv->bn_out, 0, F, P,
-                tp);
+                tp, ws->cs.comm);
     for (int j = K - 1; j >= 0; j--) {
         /* h = h + conv_b(relu(bn_b(conv_a(relu(bn_a(h))))))
          * dh (the gradient of the block's output) is also the residual path's share of the
@@ -135,11 +137,11 @@ static void net_backward(float *dinp, float *grad, const float *base, const floa
         wconv_backward(ws->dr, grad, base, ws->dh, sv->u[j], &sv->bn_b[j].aff, &c->conv_b[j],
                        &sv->b[j], 0, ws, N, H, W);
         tr_bn_backward(ws->du, GRAD(c->bn_b[j].w), GRAD(c->bn_b[j].b), ws->dr, sv->u[j], &sv->bn_b[j], 0,
-                    F, P, tp);
+                    F, P, tp, ws->cs.comm);
         wconv_backward(ws->dr, grad, base, ws->du, sv->h[j], &sv->bn_a[j].aff, &c->conv_a[j],
                        &sv->a[j], 0, ws, N, H, W);
         tr_bn_backward(ws->dh, GRAD(c->bn_a[j].w), GRAD(c->bn_a[j].b), ws->dr, sv->h[j], &sv->bn_a[j], 1,
-                    F, P, tp);
+                    F, P, tp, ws->cs.comm);
     }
     /* h = in_conv(input) */
     wconv_backward(dinp, grad, base, ws->dh, sv->inp, NULL, &c->in_conv, &sv->in, acc, ws, N, H, W);
@@ -150,7 +152,6 @@ static void net_backward(float *dinp, float *grad, const float *base, const floa
 /* Channel offsets (in channels) of the transformed and of the conditioning part of x. */
 static int t_off(const coupling *c) { return c->kind == COUPLING_CHANNEL && c->parity == 0 ? c->Ct : 0; }
 static int c_off(const coupling *c) { return c->kind == COUPLING_CHANNEL && c->parity == 1 ? c->Ct : 0; }
-static int mask_parity(const coupling *c) { return c->kind == COUPLING_CHECKER ? c->parity : -1; }
 
 void tr_coupling_train_forward(coupling_saved *sv, float *y, double *ld, const float *x,
                             const coupling *c, const rnvp_config *cfg, const conv_scratch *cs,
@@ -160,27 +161,18 @@ void tr_coupling_train_forward(coupling_saved *sv, float *y, double *ld, const f
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
     net_saved *n = &sv->net;
     if (c->kind == COUPLING_CHECKER) {
-        /* net input: concat(x * b, b), b[i][j] = 1 where (i + j + q) is even */
-        for (int ch = 0; ch <= C; ch++)
-            for (int k = 0; k < N; k++) {
-                const float *src = x + ch * P + k * HW;
-                float *dst = n->inp + ch * P + k * HW;
-                for (int i = 0; i < H; i++)
-                    for (int j = 0; j < W; j++) {
-                        const int b = !((i + j + q) & 1);
-                        dst[i * W + j] = ch < C ? (b ? src[i * W + j] : 0.0f) : (float)b;
-                    }
-            }
+        rnvpi_checker_input(n->inp, x, C, q, N, H, W);   /* concat(x * b, b) */
     } else {
         n->inp = (float *)x + c_off(c) * P;   /* the conditioning half, as it is */
         memcpy(y + c_off(c) * P, x + c_off(c) * P, sizeof(float) * Ct * P);
     }
     net_forward(n, c, cfg->bn_eps, cs, update_stats, N);
     const size_t to = t_off(c) * P;
-    tr_affine_forward(y + to, ld, x + to, n->st, c->scale, mask_parity(c), Ct, N, H, W);
+    const int mq = rnvpi_mask_parity(c);
+    rnvpi_affine_forward(y + to, ld, x + to, n->st, c->scale, mq, Ct, N, H, W);
     if (c->fbn_mean)
-        tr_fbn_forward(&sv->fbn, y + to, ld, c->fbn_mean, c->fbn_var, cfg->flow_bn_eps, update_stats,
-                    mask_parity(c), Ct, N, H, W);
+        tr_fbn_forward(&sv->fbn, y + to, ld, c->fbn_mean, c->fbn_var, cfg->flow_bn_eps, update_stats, mq, Ct, N,
+                       H, W, cs->comm);
 }
 
 void tr_coupling_train_backward(float *dx, float *grad, float *dy, const double *dld,
@@ -191,9 +183,9 @@ void tr_coupling_train_backward(float *dx, float *grad, float *dy, const double 
     const size_t HW = (size_t)H * W, P = (size_t)N * HW, to = t_off(c) * P, co = c_off(c) * P;
     const net_saved *n = &sv->net;
     if (c->fbn_mean)
-        tr_fbn_backward(dy + to, y + to, dld, &sv->fbn, mask_parity(c), Ct, N, H, W);
+        tr_fbn_backward(dy + to, y + to, dld, &sv->fbn, rnvpi_mask_parity(c), Ct, N, H, W, ws->cs.comm);
     tr_affine_backward(dx + to, ws->dst, GRAD(c->scale), dy + to, dld, x + to, n->st, c->scale,
-                    mask_parity(c), Ct, N, H, W);
+                    rnvpi_mask_parity(c), Ct, N, H, W);
     if (c->kind == COUPLING_CHECKER) {
         net_backward(ws->dinp, grad, base, ws->dst, n, c, 0, ws, N);
         /* net input: x * b (the mask channel has no gradient to pass on) */

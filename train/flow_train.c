@@ -33,16 +33,18 @@ struct tr_ws {
     coupling_scratch scr;  /* backward scratch; scr.cs the convolutions' buffers and threads */
     tpool *tp;             /* NULL when single-threaded */
     int threads;
+    const tr_comm *comm;   /* the processes of a data-parallel run, NULL: one */
 };
 
-/* How coupling k hands on to coupling k+1 (k+1 < L). */
-enum { HAND_SAME, HAND_SQUEEZE, HAND_SPLIT };
-static int handover(const rnvp_model *m, int k)
+void tr_ws_set_comm(tr_ws *w, const tr_comm *comm)
 {
-    const coupling *a = &m->cp[k], *b = &m->cp[k + 1];
-    if (a->level != b->level) return HAND_SPLIT;
-    if (a->kind != b->kind) return HAND_SQUEEZE;
-    return HAND_SAME;
+    w->comm = comm;
+    w->scr.cs.comm = comm;
+}
+
+void tr_ws_log_prob(const tr_ws *w, double *log_prob, int n)
+{
+    for (int i = 0; i < n; i++) log_prob[i] = rnvpi_log_likelihood(w->lp[i], w->ld[i], w->m->D);
 }
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
@@ -64,17 +66,17 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     for (int k = 0; k < L; k++) {
         const coupling *c = &m->cp[k];
         const size_t P = (size_t)N * c->H * c->W;
-        float *x = k == 0 || handover(m, k - 1) != HAND_SAME ? tr_arena_take(a, sizeof(float) * c->C * P)
+        float *x = k == 0 || rnvpi_flow_next(m, k - 1) != RNVPI_NEXT_SAME ? tr_arena_take(a, sizeof(float) * c->C * P)
                                                              : counting ? NULL : w->y[k - 1];
         float *y = tr_arena_take(a, sizeof(float) * c->C * P);   /* (C, N, H, W) */
         int *drop = NULL;
-        if (k + 1 < L && handover(m, k) == HAND_SPLIT) drop = tr_arena_take(a, sizeof(int) * c->C / 2);
+        if (rnvpi_flow_next(m, k) == RNVPI_NEXT_SPLIT) drop = tr_arena_take(a, sizeof(int) * c->C / 2);
         if (!counting) {
             w->x[k] = x;
             w->y[k] = y;
             w->drop[k] = drop;
             if (drop)
-                for (int i = 0; i < c->C / 2; i++) drop[i] = tr_split_drop(i, c->C / 4);
+                for (int i = 0; i < c->C / 2; i++) drop[i] = rnvpi_split_drop(i, c->C / 4);
         }
         tr_coupling_carve(counting ? &dummy : &w->cs[k], a, c, N);
         fp = max_sz(fp, (size_t)c->F * P);
@@ -174,30 +176,30 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
         const size_t HW = (size_t)c->H * c->W, P = (size_t)N * HW;
         tr_coupling_train_forward(&w->cs[k], w->y[k], w->ld, w->x[k], c, cfg, &w->scr.cs, update_stats,
                                N);
-        if (k + 1 == L) {
-            tr_prior_forward(w->lp, w->y[k], NULL, c->C, N, (int)HW);   /* z_{S-1} */
+        switch (rnvpi_flow_next(m, k)) {
+        case RNVPI_NEXT_SQUEEZE:
+            rnvpi_squeeze_forward(w->x[k + 1], w->y[k], c->C, N, c->H, c->W);
             break;
-        }
-        switch (handover(m, k)) {
-        case HAND_SQUEEZE:
-            tr_sq_forward(w->x[k + 1], w->y[k], c->C, N, c->H, c->W);
-            break;
-        case HAND_SPLIT:   /* C = 4 C_s channels: 2 C_s go on, 2 C_s are z_s */
+        case RNVPI_NEXT_SPLIT:   /* C = 4 C_s channels: 2 C_s go on, 2 C_s are z_s */
             tr_split_forward(w->x[k + 1], w->y[k], c->C / 4, P);
             tr_prior_forward(w->lp, w->y[k], w->drop[k], c->C / 2, N, (int)HW);
+            break;
+        case RNVPI_NEXT_END:
+            tr_prior_forward(w->lp, w->y[k], NULL, c->C, N, (int)HW);   /* z_{S-1} */
             break;
         default:
             break;   /* x[k+1] is y[k] */
         }
     }
-    /* loss = mean_n -log_prob_n / (D ln 2), log_prob = log p(z) + log-dets - D ln 256 */
-    const double dln2 = D * log(2.0);
-    double loss = 0;
-    for (int i = 0; i < N; i++) loss += -(w->lp[i] + w->ld[i] - D * log(256.0)) / dln2;
-    loss /= N;
+    /* loss = mean over the global batch of -log_prob_n / (D ln 2) (bits/dim) */
+    double red[2] = {0, N};   /* the loss's sum and the images, over every process */
+    for (int i = 0; i < N; i++) red[0] += rnvpi_bits_per_dim(rnvpi_log_likelihood(w->lp[i], w->ld[i], D), D);
+    if (w->comm && w->comm->sum) w->comm->sum(red, 2, w->comm->user);
+    const double loss = red[0] / red[1], dln2 = D * log(2.0);
     if (!grad) return loss;
-    /* ---- backward: every log p(z) and log-det term of image i has gradient -1/(N D ln 2) ---- */
-    for (int i = 0; i < N; i++) w->dld[i] = -1.0 / (N * dln2);
+    /* ---- backward: every log p(z) and log-det term of image i has gradient -1/(N D ln 2),
+     * N the global batch ---- */
+    for (int i = 0; i < N; i++) w->dld[i] = -1.0 / (red[1] * dln2);
     float *dy = w->da, *dx = w->db;   /* gradients of y[k] and of x[k] */
     {
         const coupling *c = &m->cp[L - 1];
@@ -216,12 +218,12 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
         if (k == 0) break;   /* the logit pre-processing has no parameters */
         const coupling *pc = &m->cp[k - 1];
         const size_t pP = (size_t)N * pc->H * pc->W;
-        switch (handover(m, k - 1)) {
-        case HAND_SQUEEZE:   /* forward: tr_sq_forward(x[k], y[k-1]) */
+        switch (rnvpi_flow_next(m, k - 1)) {
+        case RNVPI_NEXT_SQUEEZE:   /* forward: rnvpi_squeeze_forward(x[k], y[k-1]) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
             tr_sq_backward(dy, dx, pc->C, N, pc->H, pc->W);
             break;
-        case HAND_SPLIT:     /* forward: tr_split_forward(x[k], y[k-1]); tr_prior_forward(lp, y[k-1] dropped) */
+        case RNVPI_NEXT_SPLIT:     /* forward: tr_split_forward(x[k], y[k-1]); tr_prior_forward(lp, y[k-1] dropped) */
             memset(dy, 0, sizeof(float) * pc->C * pP);
             tr_split_backward(dy, dx, pc->C / 4, pP);
             tr_prior_backward(dy, w->dld, w->y[k - 1], w->drop[k - 1], pc->C / 2, N,

@@ -11,17 +11,7 @@
 
 void tr_wn_forward(wn_saved *sv, const conv_p *p)
 {
-    const size_t K = (size_t)p->cin * p->kh * p->kw;
-    for (int o = 0; o < p->cout; o++) {
-        const float *v = p->v + o * K;
-        double nrm = 0;
-        for (size_t i = 0; i < K; i++) nrm += (double)v[i] * v[i];
-        double inv = nrm > 0 ? 1.0 / sqrt(nrm) : 0.0;
-        sv->inv_norm[o] = (float)inv;
-        double f = p->g[o] * inv;
-        /* w[o] = g[o] * v[o] / ||v[o]|| */
-        for (size_t i = 0; i < K; i++) sv->w[o * K + i] = (float)(f * v[i]);
-    }
+    rnvpi_wn_weights(sv->w, sv->inv_norm, p, NULL);
 }
 
 void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv)
@@ -53,12 +43,6 @@ void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, cons
 #define LANES 8
 #define BLOCKS 64
 
-static inline float relu_affine(float x, float a, float s)
-{
-    float v = a * x + s;
-    return v > 0.0f ? v : 0.0f;
-}
-
 /* dst[p] += src[p] */
 VEC static void add_to(float *restrict dst, const float *restrict src, size_t n)
 {
@@ -66,19 +50,6 @@ VEC static void add_to(float *restrict dst, const float *restrict src, size_t n)
     for (; p + LANES <= n; p += LANES)
         for (int k = 0; k < LANES; k++) dst[p + k] += src[p + k];
     for (; p < n; p++) dst[p] += src[p];
-}
-
-/* dst[p] = (src ? src[p] : 0) + b */
-VEC static void set_bias(float *restrict dst, const float *restrict src, float b, size_t n)
-{
-    size_t p = 0;
-    if (src) {
-        for (; p + LANES <= n; p += LANES)
-            for (int k = 0; k < LANES; k++) dst[p + k] = src[p + k] + b;
-        for (; p < n; p++) dst[p] = src[p] + b;
-    } else {
-        for (; p < n; p++) dst[p] = b;
-    }
 }
 
 /* sum_p x[p] */
@@ -212,28 +183,6 @@ static void tap_masks(float *mask, int kh, int kw, int H, int W)
 /* mask[q] ? v : 0, with v loaded unconditionally (so that the select vectorises) */
 static inline float keep_if(float mask, float v) { return mask != 0.0f ? v : 0.0f; }
 
-/* dst[q] = mask[q] ? pre(src[q]) : 0, pre = relu(a x + s) when relu, else identity */
-VEC static void masked_copy(float *restrict dst, const float *restrict src, const float *restrict mask,
-                            int relu, float a, float s, size_t n)
-{
-    size_t q = 0;
-    if (relu) {
-        for (; q + LANES <= n; q += LANES)
-            for (int k = 0; k < LANES; k++) {
-                const float v = relu_affine(src[q + k], a, s);
-                dst[q + k] = keep_if(mask[q + k], v);
-            }
-        for (; q < n; q++) dst[q] = keep_if(mask[q], relu_affine(src[q], a, s));
-    } else {
-        for (; q + LANES <= n; q += LANES)
-            for (int k = 0; k < LANES; k++) {
-                const float v = src[q + k];
-                dst[q + k] = keep_if(mask[q + k], v);
-            }
-        for (; q < n; q++) dst[q] = keep_if(mask[q], src[q]);
-    }
-}
-
 /* dst[q] += mask[q] ? src[q] : 0 */
 VEC static void masked_add(float *restrict dst, const float *restrict src, const float *restrict mask,
                            size_t n)
@@ -253,36 +202,7 @@ VEC static void masked_add(float *restrict dst, const float *restrict src, const
     const ptrdiff_t q0 = (shift) < 0 ? -(shift) : 0;             \
     const ptrdiff_t q1 = (shift) > 0 ? (HW) - (shift) : (HW)
 
-/* col (cin*kh*kw, Q) from images n0..n0+nb-1 (Q = nb*H*W values) of every channel plane of
- * in (cin, N, H, W), each passed through relu(a x + s) when pre != NULL; mask from tap_masks. */
-static void im2col(float *col, const float *in, const affine_i *pre, const float *mask, int cin, int kh,
-                   int kw, int n0, int nb, int N, int H, int W)
-{
-    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
-    for (int ci = 0; ci < cin; ci++) {
-        const float a = pre ? pre->a[ci] : 1.0f, s = pre ? pre->s[ci] : 0.0f;
-        for (int di = 0; di < kh; di++)
-            for (int dj = 0; dj < kw; dj++) {
-                float *row = col + ((ptrdiff_t)(ci * kh + di) * kw + dj) * Q;   /* (nb, H, W) */
-                const float *m = mask + (ptrdiff_t)(di * kw + dj) * HW;
-                const ptrdiff_t shift = (ptrdiff_t)(di - kh / 2) * W + (dj - kw / 2);
-                if (shift <= -HW || shift >= HW) {   /* the tap reads padding only */
-                    memset(row, 0, sizeof(float) * (size_t)Q);
-                    continue;
-                }
-                TAP_RANGE(shift, HW, q0, q1);
-                for (int n = 0; n < nb; n++) {
-                    float *d = row + n * HW;
-                    const float *src = in + ci * P + (n0 + n) * HW + shift;
-                    for (ptrdiff_t q = 0; q < q0; q++) d[q] = 0;
-                    masked_copy(d + q0, src + q0, m + q0, pre != NULL, a, s, (size_t)(q1 - q0));
-                    for (ptrdiff_t q = q1; q < HW; q++) d[q] = 0;
-                }
-            }
-    }
-}
-
-/* The adjoint of im2col (without pre): din (cin, N, H, W) += dcol scattered back to images
+/* The adjoint of rnvpi_im2col (without pre): din (cin, N, H, W) += dcol scattered back to images
  * n0.. (acc == 0: din = instead). */
 static void col2im(float *din, const float *dcol, const float *mask, int acc, int cin, int kh, int kw,
                    int n0, int nb, int N, int H, int W)
@@ -321,28 +241,15 @@ struct conv_job {
     int acc, cout, cin, kh, kw, N, H, W, nb;
 };
 
+/* Thread t's chunks of the forward: the core's portable kernel (rnvpi_conv_blas), one chunk at a time. */
 static void conv_forward_job(void *v, int t, int nt)
 {
     const struct conv_job *j = v;
-    const size_t HW = (size_t)j->H * j->W, P = (size_t)j->N * HW;
-    const int K = j->cin * j->kh * j->kw;
-    const int direct = j->kh == 1 && j->kw == 1 && !j->pre;   /* the input is its own col */
+    const conv_i cv = {j->cout, j->cin, j->kh, j->kw, (float *)j->w, (float *)j->b};
     float *col = j->cs->col + (size_t)t * j->cs->col_floats;
     for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
         const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;
-        const size_t Q = (size_t)m * HW;
-        for (int o = 0; o < j->cout; o++)
-            set_bias(j->out + o * P + n0 * HW, j->res ? j->res + o * P + n0 * HW : NULL, j->b[o], Q);
-        const float *B = j->in + n0 * HW;
-        size_t ldb = P;
-        if (!direct) {
-            im2col(col, j->in, j->pre, j->cs->mask, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
-            B = col;
-            ldb = Q;
-        }
-        /* out[:, chunk] (cout, Q) += w (cout, K) x col (K, Q) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, (int)Q, K, 1.0f, j->w, K, B,
-                    (int)ldb, 1.0f, j->out + n0 * HW, (int)P);
+        rnvpi_conv_blas(j->out, j->in, &cv, j->pre, j->res, col, n0, m, j->N, j->H, j->W);
     }
 }
 
@@ -354,7 +261,6 @@ void tr_conv_forward(float *out, const float *in, const affine_i *pre, const flo
     struct conv_job j = {.out = out, .in = in, .w = w, .b = b, .res = res, .pre = pre, .cs = cs,
                          .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H, .W = W,
                          .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
-    tap_masks(cs->mask, kh, kw, H, W);
     rnvpi_tpool_run(cs->tp, conv_forward_job, &j);
 }
 
@@ -379,7 +285,7 @@ static void conv_backward_job(void *v, int t, int nt)
         const float *B = j->in + n0 * HW, *dout = j->dout + n0 * HW;
         size_t ldb = P;
         if (!direct) {
-            im2col(col, j->in, j->pre, j->cs->mask, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
+            rnvpi_im2col(col, j->in, j->pre, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
             B = col;
             ldb = Q;
         }
@@ -416,6 +322,26 @@ void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const
 
 /* ================================================================ batch norm + ReLU */
 
+/* The running averages: r <- 0.9 r + 0.1 batch (update 1), r <- batch (update 2), unchanged (0). */
+static void running_update(float *rm, float *rv, double mean, double var, int update)
+{
+    if (update == 1) {
+        *rm = (float)(0.9 * *rm + 0.1 * mean);
+        *rv = (float)(0.9 * *rv + 0.1 * var);
+    } else if (update == 2) {
+        *rm = (float)mean;
+        *rv = (float)var;
+    }
+}
+
+/* v[0..n-1] <- the sum over the processes (nothing to do for one). */
+static void comm_sum(const tr_comm *comm, double *v, int n)
+{
+    if (comm && comm->sum) comm->sum(v, n, comm->user);
+}
+
+/* The passes run in stages between which the per-channel sums are added over the processes:
+ * the pool's threads share the channels within a stage, the caller does the sums. */
 struct bn_job {
     bn_saved *sv;
     const bn_saved *csv;
@@ -423,66 +349,89 @@ struct bn_job {
     float *dx, *dweight, *dbias;
     const bn_p *p;
     double eps;
-    int update, acc, C;
+    int update, acc, C, stage;
     size_t P;
 };
 
+/* red: [0, C) sums then means, C the count, [C+1, 2C+1) squared deviations */
 static void bn_forward_job(void *v, int t, int nt)
 {
     const struct bn_job *j = v;
     bn_saved *sv = j->sv;
+    double *red = sv->red;
     for (int c = t; c < j->C; c += nt) {
         const float *xc = j->x + c * j->P;
-        const double mean = sum_f(xc, j->P) / (double)j->P;
-        const double var = sum_sq_dev(xc, (float)mean, j->P) / (double)j->P;   /* biased */
-        const double istd = 1.0 / sqrt(var + j->eps);
-        sv->mean[c] = (float)mean;
-        sv->var[c] = (float)var;
-        sv->inv_std[c] = (float)istd;
-        /* bn(x) = weight (x - mean) istd + bias = a x + s */
-        const double a = j->p->w[c] * istd;
-        sv->aff.a[c] = (float)a;
-        sv->aff.s[c] = (float)(j->p->b[c] - mean * a);
-        if (j->update) {
-            j->p->rm[c] = (float)(0.9 * j->p->rm[c] + 0.1 * mean);
-            j->p->rv[c] = (float)(0.9 * j->p->rv[c] + 0.1 * var);
+        if (j->stage == 0) {
+            red[c] = sum_f(xc, j->P);
+        } else if (j->stage == 1) {
+            red[c] /= red[j->C];   /* the batch mean */
+            red[j->C + 1 + c] = sum_sq_dev(xc, (float)red[c], j->P);
+        } else {
+            const double mean = red[c], var = red[j->C + 1 + c] / red[j->C];   /* biased */
+            sv->mean[c] = (float)mean;
+            sv->var[c] = (float)var;
+            sv->inv_std[c] = (float)(1.0 / sqrt(var + j->eps));
+            /* bn(x) = weight (x - mean) istd + bias = a x + s */
+            rnvpi_bn_affine1(&sv->aff.a[c], &sv->aff.s[c], j->p->w[c], j->p->b[c], mean, var, j->eps);
+            running_update(&j->p->rm[c], &j->p->rv[c], mean, var, j->update);
         }
     }
 }
 
 void tr_bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
-                size_t P, tpool *tp)
+                size_t P, tpool *tp, const tr_comm *comm)
 {
     struct bn_job j = {.sv = sv, .x = x, .p = p, .eps = eps, .update = update_stats, .C = C, .P = P};
     sv->aff.c = C;
     rnvpi_tpool_run(tp, bn_forward_job, &j);
+    sv->red[C] = (double)P;
+    comm_sum(comm, sv->red, C + 1);
+    j.stage = 1;
+    rnvpi_tpool_run(tp, bn_forward_job, &j);
+    comm_sum(comm, sv->red + C + 1, C);
+    j.stage = 2;
+    rnvpi_tpool_run(tp, bn_forward_job, &j);
 }
 
+/* red: [0, 2C) the sums s1, s2 of each channel, 2C the count */
 static void bn_backward_job(void *v, int t, int nt)
 {
     const struct bn_job *j = v;
     const bn_saved *sv = j->csv;
+    double *red = sv->red;
     for (int c = t; c < j->C; c += nt) {
         const float *xc = j->x + c * j->P, *g = j->dr + c * j->P;
         const float a = sv->aff.a[c], s = sv->aff.s[c], mean = sv->mean[c], istd = sv->inv_std[c];
-        /* forward: r = relu(z), z = a x + s = weight * xhat + bias, xhat = (x - mean) istd
-         * =>  dz = dr [z > 0];  dbias += sum dz;  dweight += sum dz xhat */
-        double s1, s2;
-        relu_grad_sums(&s1, &s2, g, xc, a, s, mean, j->P);
-        s2 *= istd;
-        j->dbias[c] += (float)s1;
-        j->dweight[c] += (float)s2;
-        /* through the batch statistics: dx = weight istd (dz - mean(dz) - xhat mean(dz xhat)) */
-        const float m1 = (float)(s1 / (double)j->P), k2 = (float)(s2 / (double)j->P * istd);
-        relu_bn_dx(j->dx + c * j->P, g, xc, a, s, mean, m1, k2, j->acc, j->P);
+        if (j->stage == 0) {
+            /* forward: r = relu(z), z = a x + s = weight * xhat + bias, xhat = (x - mean) istd
+             * =>  dz = dr [z > 0];  dbias += sum dz;  dweight += sum dz xhat (this process's
+             * images: the gradients are summed over the processes afterwards) */
+            double s1, s2;
+            relu_grad_sums(&s1, &s2, g, xc, a, s, mean, j->P);
+            s2 *= istd;
+            j->dbias[c] += (float)s1;
+            j->dweight[c] += (float)s2;
+            red[2 * c] = s1;
+            red[2 * c + 1] = s2;
+        } else {
+            /* through the batch statistics (every process's images):
+             * dx = weight istd (dz - mean(dz) - xhat mean(dz xhat)) */
+            const double M = red[2 * j->C];
+            const float m1 = (float)(red[2 * c] / M), k2 = (float)(red[2 * c + 1] / M * istd);
+            relu_bn_dx(j->dx + c * j->P, g, xc, a, s, mean, m1, k2, j->acc, j->P);
+        }
     }
 }
 
 void tr_bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
-                 const bn_saved *sv, int acc, int C, size_t P, tpool *tp)
+                 const bn_saved *sv, int acc, int C, size_t P, tpool *tp, const tr_comm *comm)
 {
     struct bn_job j = {.csv = sv, .x = x, .dr = dr, .dx = dx, .dweight = dweight, .dbias = dbias,
                        .acc = acc, .C = C, .P = P};
+    rnvpi_tpool_run(tp, bn_backward_job, &j);
+    sv->red[2 * C] = (double)P;
+    comm_sum(comm, sv->red, 2 * C + 1);
+    j.stage = 1;
     rnvpi_tpool_run(tp, bn_backward_job, &j);
 }
 
@@ -491,18 +440,13 @@ void tr_bn_backward(float *dx, float *dweight, float *dbias, const float *dr, co
 void tr_logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    const double k = 1.0 - 2.0 * alpha, lk = log(k);
+    const double lk = log(1.0 - 2.0 * alpha);
     for (int n = 0; n < N; n++) {
         double sum = 0;
         for (int c = 0; c < C; c++) {
             const float *src = xt + ((size_t)n * C + c) * HW;
             float *dst = y + c * P + n * HW;
-            for (size_t i = 0; i < HW; i++) {
-                /* p = alpha + (1 - 2 alpha) xt, y = ln p - ln(1 - p) */
-                double p = alpha + k * src[i], lp = log(p), lq = log1p(-p);
-                dst[i] = (float)(lp - lq);
-                sum += lk - lp - lq;
-            }
+            for (size_t i = 0; i < HW; i++) dst[i] = rnvpi_logit1(src[i], alpha, lk, &sum);
         }
         ld[n] += sum;
     }
@@ -529,23 +473,6 @@ void tr_logit_backward(float *dxt, const float *dy, const double *dld, const flo
 
 /* ================================================================ squeeze and split */
 
-void tr_sq_forward(float *out, const float *in, int C, int N, int H, int W)
-{
-    const int h = H / 2, w = W / 2;
-    const size_t HW = (size_t)H * W, hw = (size_t)h * w;
-    for (int c = 0; c < C; c++)
-        for (int dh = 0; dh < 2; dh++)
-            for (int dw = 0; dw < 2; dw++) {
-                float *o = out + (size_t)(c * 4 + dh * 2 + dw) * N * hw;
-                for (int n = 0; n < N; n++) {
-                    const float *s = in + ((size_t)c * N + n) * HW;
-                    for (int i = 0; i < h; i++)
-                        for (int j = 0; j < w; j++)
-                            o[n * hw + i * w + j] = s[(2 * i + dh) * W + 2 * j + dw];
-                }
-            }
-}
-
 void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W)
 {
     const int h = H / 2, w = W / 2;
@@ -556,7 +483,7 @@ void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W)
                 const float *o = dout + (size_t)(c * 4 + dh * 2 + dw) * N * hw;
                 for (int n = 0; n < N; n++) {
                     float *s = din + ((size_t)c * N + n) * HW;
-                    /* forward: o[n][i][j] = s[2i + dh][2j + dw] */
+                    /* forward (rnvpi_squeeze_forward): o[n][i][j] = s[2i + dh][2j + dw] */
                     for (int i = 0; i < h; i++)
                         for (int j = 0; j < w; j++)
                             s[(2 * i + dh) * W + 2 * j + dw] += o[n * hw + i * w + j];
@@ -564,19 +491,16 @@ void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W)
             }
 }
 
-int tr_split_keep(int i, int C) { return i < C ? i * 4 : (i - C) * 4 + 3; }
-int tr_split_drop(int i, int C) { return i < C ? i * 4 + 1 : (i - C) * 4 + 2; }
-
 void tr_split_forward(float *next, const float *x, int C, size_t P)
 {
-    for (int i = 0; i < 2 * C; i++) memcpy(next + i * P, x + tr_split_keep(i, C) * P, sizeof(float) * P);
+    for (int i = 0; i < 2 * C; i++) memcpy(next + i * P, x + rnvpi_split_keep(i, C) * P, sizeof(float) * P);
 }
 
 void tr_split_backward(float *dx, const float *dnext, int C, size_t P)
 {
     for (int i = 0; i < 2 * C; i++) {
         /* forward: next[i] = x[keep(i)] */
-        float *d = dx + tr_split_keep(i, C) * P;
+        float *d = dx + rnvpi_split_keep(i, C) * P;
         const float *g = dnext + i * P;
         for (size_t p = 0; p < P; p++) d[p] += g[p];
     }
@@ -587,13 +511,12 @@ void tr_split_backward(float *dx, const float *dnext, int C, size_t P)
 void tr_prior_forward(double *lp, const float *z, const int *ch, int nch, int N, int HW)
 {
     const size_t P = (size_t)N * HW;
-    const double half_log_2pi = 0.5 * log(2.0 * M_PI);
     for (int k = 0; k < nch; k++) {
         const float *zc = z + (size_t)(ch ? ch[k] : k) * P;
         for (int n = 0; n < N; n++) {
             double sum = 0;
             for (int i = 0; i < HW; i++) sum += (double)zc[(size_t)n * HW + i] * zc[(size_t)n * HW + i];
-            lp[n] += -0.5 * sum - half_log_2pi * HW;
+            lp[n] += rnvpi_log_normal(sum, HW);
         }
     }
 }
@@ -613,44 +536,6 @@ void tr_prior_backward(float *dz, const double *dlp, const float *z, const int *
 }
 
 /* ================================================================ coupling map */
-
-int tr_transformed_count(int parity, int H, int W)
-{
-    if (parity < 0) return H * W;
-    int cnt = 0;
-    for (int i = 0; i < H; i++)
-        for (int j = 0; j < W; j++) cnt += (i + j + parity) & 1;
-    return cnt;
-}
-
-/* Column where the transformed positions of row i start and their stride (1: all). */
-#define ROW_START(parity, i) ((parity) < 0 ? 0 : (((i) + (parity) + 1) & 1))
-#define ROW_STEP(parity) ((parity) < 0 ? 1 : 2)
-
-void tr_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
-                    int parity, int Ct, int N, int H, int W)
-{
-    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    if (x != y) memcpy(y, x, sizeof(float) * Ct * P);   /* y = x where not transformed */
-    for (int n = 0; n < N; n++) {
-        double sum = 0;
-        for (int c = 0; c < Ct; c++) {
-            const size_t off = c * P + n * HW;
-            const float *sr = st + off, *t = st + Ct * P + off, *xc = x + off;
-            float *yc = y + off;
-            const float sc = scale[c];
-            for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
-                    const int q = i * W + j;
-                    /* s = scale tanh(s_raw); y = x exp(s) + t; ld += s */
-                    float s = sc * tanhf(sr[q]);
-                    yc[q] = xc[q] * expf(s) + t[q];
-                    sum += s;
-                }
-        }
-        ld[n] += sum;
-    }
-}
 
 void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
                      const float *x, const float *st, const float *scale, int parity, int Ct, int N,
@@ -689,76 +574,97 @@ void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, c
 
 /* ================================================================ flow batch norm */
 
+/* Sum of f(x) over the transformed elements of channel c of x (Ct, N, H, W). */
+#define FBN_SUM(acc, x, c, EXPR)                                                             \
+    for (int n_ = 0; n_ < N; n_++) {                                                         \
+        const float *xc_ = (x) + (c) * P + n_ * HW;                                          \
+        for (int i_ = 0; i_ < H; i_++)                                                       \
+            for (int j_ = RNVPI_ROW_START(parity, i_); j_ < W; j_ += RNVPI_ROW_STEP(parity)) { \
+                const float v_ = xc_[i_ * W + j_];                                           \
+                (acc) += (EXPR);                                                             \
+            }                                                                                \
+    }
+
 void tr_fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
-                 int update_stats, int parity, int Ct, int N, int H, int W)
+                 int update_stats, int parity, int Ct, int N, int H, int W, const tr_comm *comm)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    const int cnt = tr_transformed_count(parity, H, W);
-    const double M = (double)N * cnt;
+    const int cnt = rnvpi_transformed_count(parity, H, W);
+    double *red = sv->red;   /* [0, Ct) sums then means, Ct the count, [Ct+1, 2Ct+1) squared deviations */
+    for (int c = 0; c < Ct; c++) {
+        red[c] = 0;
+        FBN_SUM(red[c], x, c, v_);
+    }
+    red[Ct] = (double)N * cnt;
+    comm_sum(comm, red, Ct + 1);
+    const double M = red[Ct];
+    if (M == 0) {   /* no transformed element (parity 0 on a 1 x 1 level): nothing to normalise */
+        for (int c = 0; c < Ct; c++) {
+            sv->mean[c] = 0;
+            sv->var[c] = 1;
+            sv->inv_std[c] = 1;
+        }
+        return;
+    }
+    for (int c = 0; c < Ct; c++) {
+        const double mean = red[c] /= M;
+        double sq = 0;
+        FBN_SUM(sq, x, c, ((double)v_ - mean) * ((double)v_ - mean));
+        red[Ct + 1 + c] = sq;
+    }
+    comm_sum(comm, red + Ct + 1, Ct);
     double ldsum = 0;
     for (int c = 0; c < Ct; c++) {
-        double sum = 0, sq = 0;
-        for (int n = 0; n < N; n++) {
-            const float *xc = x + c * P + n * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) sum += xc[i * W + j];
-        }
-        const double mean = sum / M;
-        for (int n = 0; n < N; n++) {
-            const float *xc = x + c * P + n * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
-                    double d = xc[i * W + j] - mean;
-                    sq += d * d;
-                }
-        }
-        const double var = sq / M, istd = 1.0 / sqrt(var + eps);
+        const double mean = red[c], var = red[Ct + 1 + c] / M;
         sv->mean[c] = (float)mean;
         sv->var[c] = (float)var;
-        sv->inv_std[c] = (float)istd;
-        const float fm = (float)mean, fi = (float)istd;
-        for (int n = 0; n < N; n++) {
-            float *xc = x + c * P + n * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity))
-                    xc[i * W + j] = (xc[i * W + j] - fm) * fi;   /* x <- (x - mean) istd */
-        }
+        sv->inv_std[c] = (float)(1.0 / sqrt(var + eps));
         /* ld += -0.5 ln(var + eps) per transformed element */
-        ldsum += -0.5 * log(var + eps) * cnt;
-        if (update_stats) {
-            rmean[c] = (float)(0.9 * rmean[c] + 0.1 * mean);
-            rvar[c] = (float)(0.9 * rvar[c] + 0.1 * var);
-        }
+        ldsum += rnvpi_fbn_logdet1(var, eps, cnt);
+        if (rmean) running_update(&rmean[c], &rvar[c], mean, var, update_stats);
     }
+    /* x <- (x - mean) istd */
+    rnvpi_fbn_normalize(x, sv->mean, sv->inv_std, parity, Ct, N, H, W);
     for (int n = 0; n < N; n++) ld[n] += ldsum;
 }
 
 void tr_fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
-                  int Ct, int N, int H, int W)
+                  int Ct, int N, int H, int W, const tr_comm *comm)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    const double M = (double)N * tr_transformed_count(parity, H, W);
-    double G = 0;   /* every image's ld holds the same term: its gradient is sum_n dld[n] */
-    for (int n = 0; n < N; n++) G += dld[n];
+    double *red = sv->red;   /* [0, 2Ct) s1, s2 of each channel; then M, G, N */
     for (int c = 0; c < Ct; c++) {
         double s1 = 0, s2 = 0;
         for (int n = 0; n < N; n++) {
             const float *g = d + c * P + n * HW, *yc = y + c * P + n * HW;
             for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity)) {
+                for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
                     s1 += g[i * W + j];
                     s2 += (double)g[i * W + j] * yc[i * W + j];
                 }
         }
+        red[2 * c] = s1;
+        red[2 * c + 1] = s2;
+    }
+    double G = 0;   /* every image's ld holds the same term: its gradient is sum_n dld[n] */
+    for (int n = 0; n < N; n++) G += dld[n];
+    red[2 * Ct] = (double)N * rnvpi_transformed_count(parity, H, W);
+    red[2 * Ct + 1] = G;
+    red[2 * Ct + 2] = N;
+    comm_sum(comm, red, 2 * Ct + 3);
+    const double M = red[2 * Ct], Gs = red[2 * Ct + 1], Ns = red[2 * Ct + 2];
+    if (M == 0) return;   /* nothing was normalised */
+    for (int c = 0; c < Ct; c++) {
         /* y = (x - mean) istd:  dx = istd (dy - mean(dy) - y mean(dy y))
          * ld += -0.5 cnt ln(var + eps) (each image), var = mean((x - mean)^2):
-         *   dx += G (-0.5 cnt istd^2) 2 (x - mean) / M = -(G / N) istd y */
-        const float istd = sv->inv_std[c], m1 = (float)(s1 / M), m2 = (float)(s2 / M + G / N);
+         *   dx += G (-0.5 cnt istd^2) 2 (x - mean) / M = -(G / N) istd y
+         * (means, G and N over every process's images) */
+        const float istd = sv->inv_std[c], m1 = (float)(red[2 * c] / M), m2 = (float)(red[2 * c + 1] / M + Gs / Ns);
         for (int n = 0; n < N; n++) {
             float *g = d + c * P + n * HW;
             const float *yc = y + c * P + n * HW;
             for (int i = 0; i < H; i++)
-                for (int j = ROW_START(parity, i); j < W; j += ROW_STEP(parity))
+                for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity))
                     g[i * W + j] = istd * (g[i * W + j] - m1 - yc[i * W + j] * m2);
         }
     }

@@ -14,7 +14,17 @@
 #include "internal.h"
 #include "tpool.h"
 
-/* ---- weight normalisation: w[o] = g[o] * v[o] / ||v[o]|| ---- */
+/* ---- data parallelism ----
+ * With several processes (train/dist.c: MPI), each runs the passes on its share of the global
+ * batch; the batch norms' and flow batch norms' statistics and their backward sums are added
+ * over the processes through `sum`, so that every process normalises with the global batch's
+ * statistics. NULL (or sum == NULL): one process. The sums are made by the calling thread. */
+typedef struct tr_comm {
+    void (*sum)(double *v, int n, void *user);   /* v[0..n-1] <- the sum over the processes */
+    void *user;
+} tr_comm;
+
+/* ---- weight normalisation: w[o] = g[o] * v[o] / ||v[o]|| (rnvpi_wn_weights) ---- */
 
 typedef struct wn_saved {
     float *w;          /* (cout, cin*kh*kw) the effective weight */
@@ -27,7 +37,8 @@ void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, cons
 
 /* ---- convolution, stride 1, zero padding (kh/2, kw/2), bias ----
  * out = w * pre(in) + b, where pre(x) = relu(a[c]*x + s[c]) per input channel when pre != NULL
- * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The batch is cut into chunks
+ * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The forward is the core's
+ * portable kernel (rnvpi_conv_blas) run on chunks; the backward recomputes its rnvpi_im2col. The batch is cut into chunks
  * of images (tr_conv_chunk) small enough for the im2col buffer to stay in a core's cache; the
  * pool's threads take the chunks in turn, each with its own buffers and a single-threaded
  * cblas_sgemm: out[:, chunk] (cout, Q) = w (cout, K) x col (K, Q), K = cin*kh*kw. */
@@ -41,6 +52,7 @@ typedef struct conv_scratch {
     float *mask;        /* (kh*kw, H*W) of the largest convolution: which taps read padding */
     size_t col_floats;  /* >= tr_conv_ws_floats(..., threads) of every convolution run */
     size_t dw_floats;   /* >= cout*cin*kh*kw of every convolution run */
+    const tr_comm *comm;  /* the processes of a data-parallel run, NULL: one */
 } conv_scratch;
 
 /* Images per chunk for a (cin*kh*kw)-row im2col of H*W columns per image, nt threads. */
@@ -72,19 +84,21 @@ typedef struct bn_saved {
     float *mean, *inv_std;   /* (C) batch mean, 1/sqrt(biased var + eps) */
     float *var;              /* (C) biased batch variance (for the running average) */
     affine_i aff;            /* .a, .s (C): the map the next im2col applies */
+    double *red;             /* (2C + 1) scratch: the sums added over the processes */
 } bn_saved;
 
-/* x: (C, N, H, W). When update_stats, rm/rv (C) <- 0.9 r + 0.1 batch (biased variance).
- * The pool's threads (tp may be NULL) share the channels. */
+/* x: (C, N, H, W). update_stats 1: rm/rv (C) <- 0.9 r + 0.1 batch (biased variance); 2: r <-
+ * batch; 0: unchanged. The pool's threads (tp may be NULL) share the channels; comm (may be
+ * NULL) makes the statistics those of every process's images. */
 void tr_bn_forward(bn_saved *sv, const float *x, const bn_p *p, double eps, int update_stats, int C,
-                size_t P, tpool *tp);
+                size_t P, tpool *tp, const tr_comm *comm);
 /* Accumulates dweight (C) += and dbias (C) +=; dx (C, N, H, W) += when acc, dx = (overwritten)
  * when acc == 0; from dr (C, N, H, W), the gradient of r = relu(bn(x)); x: (C, N, H, W) the
  * forward's input. */
 void tr_bn_backward(float *dx, float *dweight, float *dbias, const float *dr, const float *x,
-                 const bn_saved *sv, int acc, int C, size_t P, tpool *tp);
+                 const bn_saved *sv, int acc, int C, size_t P, tpool *tp, const tr_comm *comm);
 
-/* ---- logit pre-processing (docs/model.md 1.2, 1.3) ----
+/* ---- logit pre-processing (docs/model.md 1.2, 1.3; rnvpi_logit1) ----
  * p = alpha + (1 - 2 alpha) xt, y = ln p - ln(1 - p); ld[n] += sum_i ln(1-2alpha) - ln p - ln(1-p).
  * y: (C, N, H, W); ld: (N) +=; xt: (N, C, H, W) (the layout changes here). */
 void tr_logit_forward(float *y, double *ld, const float *xt, double alpha, int N, int C, int H, int W);
@@ -92,10 +106,8 @@ void tr_logit_forward(float *y, double *ld, const float *xt, double alpha, int N
 void tr_logit_backward(float *dxt, const float *dy, const double *dld, const float *xt, double alpha,
                     int N, int C, int H, int W);
 
-/* ---- squeeze (docs/model.md 2.1) and split (2.2) ---- */
+/* ---- squeeze (docs/model.md 2.1, rnvpi_squeeze_forward) and split (2.2, rnvpi_split_keep) ---- */
 
-/* out (4C, N, H/2, W/2) from in (C, N, H, W): out[c*4+dh*2+dw][n][i][j] = in[c][n][2i+dh][2j+dw]. */
-void tr_sq_forward(float *out, const float *in, int C, int N, int H, int W);
 /* Accumulates din (C, N, H, W) += from dout (4C, N, H/2, W/2). */
 void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W);
 /* next (2C, N, H, W) = the kept channels of x (4C, N, H, W): c*4+0 then c*4+3 (c < C). The
@@ -103,9 +115,6 @@ void tr_sq_backward(float *din, const float *dout, int C, int N, int H, int W);
 void tr_split_forward(float *next, const float *x, int C, size_t P);
 /* Accumulates dx (4C, N, H, W) += dnext (2C, N, H, W) on the kept channels. */
 void tr_split_backward(float *dx, const float *dnext, int C, size_t P);
-/* Channel index in the 4C squeezed channels of kept channel i (i < 2C) and dropped channel i. */
-int tr_split_keep(int i, int C);
-int tr_split_drop(int i, int C);
 
 /* ---- standard normal prior: lp[n] += sum_i -z_i^2/2 - ln(2 pi)/2 ----
  * z: `nch` channels of (C, N, H, W) data given by their indices ch (NULL: channels 0..nch-1)
@@ -115,15 +124,8 @@ void tr_prior_forward(double *lp, const float *z, const int *ch, int nch, int N,
 void tr_prior_backward(float *dz, const double *dlp, const float *z, const int *ch, int nch, int N,
                     int HW);
 
-/* ---- the coupling's affine map (docs/model.md 2.3, 2.4) on the transformed elements ----
- * On x: (Ct, N, H, W) (the whole tensor for a checkerboard coupling, the transformed half for a
- * channel coupling), with st: (2Ct, N, H, W) the s/t network's output (s_raw then t):
- *   s = scale[c] * tanh(s_raw),  y = x * exp(s) + t  where transformed, else y = x,
- *   ld[n] += sum of s over the transformed elements of image n.
- * Transformed elements: every element when parity < 0 (channel coupling), else the positions
- * with (i + j + parity) odd (checkerboard mask b = 0). */
-void tr_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
-                    int parity, int Ct, int N, int H, int W);
+/* ---- the coupling's affine map (docs/model.md 2.3, 2.4): forward rnvpi_affine_forward ----
+ * On x: (Ct, N, H, W), st: (2Ct, N, H, W), parity < 0 for a channel coupling. */
 /* Accumulates dx (Ct, N, H, W) += and dscale (Ct) +=; OVERWRITES dst (2Ct, N, H, W) with the
  * gradient of st (0 where not transformed). dy: (Ct, N, H, W); dld: (N) gradient of ld[n]. */
 void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, const double *dld,
@@ -131,23 +133,23 @@ void tr_affine_backward(float *dx, float *dst, float *dscale, const float *dy, c
                      int H, int W);
 
 /* ---- flow batch norm (docs/model.md 2.5), training mode, in place ----
- * On x: (Ct, N, H, W) as tr_affine_forward, only the transformed elements:
+ * On x: (Ct, N, H, W) as rnvpi_affine_forward, only the transformed elements:
  *   x <- (x - mean_c) / sqrt(var_c + eps), mean and biased var over the transformed elements
  *   of channel c across N, H, W; ld[n] += -0.5 * sum over transformed elements of image n of
  *   ln(var_c + eps) (the same for every image). */
 typedef struct fbn_saved {
     float *mean, *var, *inv_std;   /* (Ct) each */
+    double *red;                   /* (2Ct + 3) scratch: the sums added over the processes */
 } fbn_saved;
 
+/* update_stats as tr_bn_forward (rmean, rvar may be NULL: no running statistics); the
+ * normalisation itself is rnvpi_fbn_normalize. comm as tr_bn_forward. */
 void tr_fbn_forward(fbn_saved *sv, float *x, double *ld, float *rmean, float *rvar, double eps,
-                 int update_stats, int parity, int Ct, int N, int H, int W);
+                 int update_stats, int parity, int Ct, int N, int H, int W, const tr_comm *comm);
 /* In place: d (Ct, N, H, W) holds the gradient of the output on entry and of the input on
  * return (untransformed elements pass through). y: (Ct, N, H, W) the forward's output (the
  * normalised values); dld (N) the gradient of ld[n]. */
 void tr_fbn_backward(float *d, const float *y, const double *dld, const fbn_saved *sv, int parity,
-                  int Ct, int N, int H, int W);
-
-/* Number of transformed positions (i, j) of one H x W plane (parity < 0: all of them). */
-int tr_transformed_count(int parity, int H, int W);
+                  int Ct, int N, int H, int W, const tr_comm *comm);
 
 #endif

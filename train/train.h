@@ -17,12 +17,23 @@ size_t tr_ws_bytes(const tr_ws *w);
  *   xt:   (N, C, H, W) dequantized inputs (v + u) / 256, each in (0, 1).
  *   grad: (m->nparams) or NULL. The gradient of the returned loss with respect to m->params
  *         is ACCUMULATED into it (+=); entries of running statistics are left untouched.
- *   update_stats: when non-zero, the running averages of every batch norm and flow batch
- *         norm in m->params are updated with momentum 0.1 (r <- 0.9 r + 0.1 batch).
+ *   update_stats: 1: the running averages of every batch norm and flow batch norm in
+ *         m->params are updated with momentum 0.1 (r <- 0.9 r + 0.1 batch); 2: set to this
+ *         batch's statistics (r <- batch); 0: left alone.
  * Returns the loss: the batch mean of -log_prob in bits/dim (docs/model.md section 3, including the
  * logit pre-processing and the D ln 256 term), computed with batch statistics. n <= max_batch. */
 double tr_forward_backward(tr_ws *w, rnvp_model *m, float *grad, const float *xt, int n,
                            int update_stats);
+
+/* Data-parallel runs: comm (layers.h; NULL: one process, the default) makes every pass of w
+ * use the statistics, the loss and its gradient scale of the global batch, the images of every
+ * process. comm must outlive w's passes. The gradient tr_forward_backward accumulates is then
+ * this process's share: the caller sums it over the processes. */
+struct tr_comm;
+void tr_ws_set_comm(tr_ws *w, const struct tr_comm *comm);
+/* log p(v) of each of the n images of w's last pass (n <= the pass's batch), in nats, as
+ * rnvp_log_prob defines it; the pass's statistics were its batch's. */
+void tr_ws_log_prob(const tr_ws *w, double *log_prob, int n);
 
 /* Initialise m->params for training from seed: weight_v random (He-style), weight_g = ||v||,
  * biases 0, batch norm weight 1 / bias 0 / running mean 0 / running var 1, out_conv weight_g
