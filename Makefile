@@ -8,7 +8,18 @@ SRVLIBS := -lmicrohttpd
 TESTLIBS:= $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -lpthread)
 B       := build
 CORE_OBJ  := $(patsubst %.c,$(B)/%.o,$(wildcard core/*.c))
-TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c,$(wildcard train/*.c)))
+TRAIN_OBJ := $(patsubst %.c,$(B)/%.o,$(filter-out train/main.c train/dist.c,$(wildcard train/*.c)))
+# data-parallel training (train/dist.c) with MPI when mpicc is found (Debian: libopenmpi-dev), else
+# one process; USE_MPI=0 forces the latter. Only bin/realnvp-train links MPI.
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+USE_MPI ?= $(if $(MPICC),1,0)
+ifeq ($(USE_MPI),1)
+DIST_CC := $(MPICC) -DUSE_MPI
+TRAIN_LD := $(MPICC)
+else
+DIST_CC := $(CC)
+TRAIN_LD := $(CC)
+endif
 SRV_OBJ   := $(patsubst %.c,$(B)/%.o,$(filter-out server/main.c,$(wildcard server/*.c))) $(B)/gen/web_index.o
 TESTS     := $(patsubst tests/%.c,bin/%,$(wildcard tests/test_*.c))
 PROGS     := bin/realnvp $(if $(wildcard server/main.c),bin/realnvp-server) $(if $(wildcard train/main.c),bin/realnvp-train) $(if $(wildcard bench/bench_core.c),bin/bench_core) $(if $(wildcard bench/bench_train.c),bin/bench_train) bin/bench_server $(if $(wildcard bench/soak.c),bin/soak) $(if $(wildcard bench/attack.c),bin/attack)
@@ -59,9 +70,15 @@ bin/realnvp: $(B)/cli/realnvp.o $(B)/librnvp.a
 bin/realnvp-server: $(B)/server/main.o $(B)/libserver.a $(B)/librnvp.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(SRVLIBS) $(LDLIBS)
-bin/realnvp-train: $(B)/train/main.o $(B)/libtrain.a $(B)/librnvp.a
+# dist.o depends on the MPI choice: rebuilt when it changes
+$(B)/train/dist.o: train/dist.c $(B)/mpi-$(USE_MPI).stamp
+	@mkdir -p $(dir $@)
+	$(DIST_CC) $(CFLAGS) -c $< -o $@
+$(B)/mpi-$(USE_MPI).stamp:
+	@mkdir -p $(B); rm -f $(B)/mpi-*.stamp; touch $@
+bin/realnvp-train: $(B)/train/main.o $(B)/train/dist.o $(B)/libtrain.a $(B)/librnvp.a
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(TRAIN_LD) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 bin/bench_core: $(B)/bench/bench_core.o $(B)/librnvp.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
@@ -86,7 +103,7 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 
 # build and run the whole Check suite and the Python client's tests (the README's test command; .ci/run calls it)
 test: $(PROGS) $(TESTS)
-	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS) clients/python/tests/test_client.py
+	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS) tests/test_mpi.sh clients/python/tests/test_client.py
 
 # the browser demo's end-to-end test in headless Chromium (skips with a message when Chromium or node is missing)
 test-web: all
@@ -95,7 +112,7 @@ test-web: all
 # the same suite under AddressSanitizer and UndefinedBehaviorSanitizer (rebuilds from clean; Check timeouts x4 for ASan's slowdown)
 asan:
 	$(MAKE) clean
-	ASAN_OPTIONS=detect_leaks=1 CK_TIMEOUT_MULTIPLIER=$${CK_TIMEOUT_MULTIPLIER:-4} $(MAKE) OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
+	ASAN_OPTIONS=detect_leaks=1 CK_TIMEOUT_MULTIPLIER=$${CK_TIMEOUT_MULTIPLIER:-4} $(MAKE) USE_MPI=0 OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" LDFLAGS="-fsanitize=address,undefined" test
 	$(MAKE) clean
 
 # run every libFuzzer harness in tests/fuzz for FUZZ_SECONDS each (clang; corpora copied to build-fuzz/, a crash fails)

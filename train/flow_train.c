@@ -162,6 +162,28 @@ double tr_forward_backward(tr_ws *w, rnvp_model *m, float *grad, const float *xt
     return loss;
 }
 
+/* The parameters the loss does not depend on, their exact gradient 0: the biases of in_conv,
+ * conv_a and conv_b (each feature they shift reaches the loss only through batch norms, which
+ * subtract the batch mean), and with flow batch norm the t half of out_conv's bias (a shift of t
+ * the flow batch norm subtracts again). The backward pass leaves float round-off there, which
+ * Adam would turn into steps of the learning rate in a direction that depends on the summation
+ * order (the thread or process count): they are set to the exact 0 instead. */
+static void zero_free_gradients(float *grad, const rnvp_model *m)
+{
+    for (int k = 0; k < m->L; k++) {
+        const coupling *c = &m->cp[k];
+        const conv_p *cv[1 + 2 * RNVP_MAX_RES_BLOCKS];
+        int n = 0;
+        cv[n++] = &c->in_conv;
+        for (int j = 0; j < c->K; j++) {
+            cv[n++] = &c->conv_a[j];
+            cv[n++] = &c->conv_b[j];
+        }
+        for (int i = 0; i < n; i++) memset(grad + (cv[i]->b - m->params), 0, sizeof(float) * cv[i]->cout);
+        if (c->fbn_mean) memset(grad + (c->out_conv.b + c->Ct - m->params), 0, sizeof(float) * c->Ct);
+    }
+}
+
 /* tr_forward_backward's passes. */
 static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, int n,
                         int update_stats)
@@ -236,6 +258,7 @@ static double flow_pass(tr_ws *w, rnvp_model *m, float *grad, const float *xt, i
         }
         }
     }
+    zero_free_gradients(grad, m);
     return loss;
 }
 

@@ -5,7 +5,12 @@
  * Determinism: everything random is a pure function of (--seed, step): the data order of epoch e
  * is a permutation drawn from (seed, e), the dequantisation noise and flips of step t from
  * (seed, t). A checkpoint therefore needs only the parameters, Adam's moments and the step to
- * resume exactly; with --threads 1 the result is bit-identical to an uninterrupted run. */
+ * resume exactly; with --threads 1 the result is bit-identical to an uninterrupted run.
+ *
+ * Processes (mpirun -np N, train/dist.h): each takes images b0 .. b0+nb-1 of every global batch
+ * of --batch images, the batch norms use the global batch's statistics, and the gradients are
+ * summed before the (identical) Adam step on every process; rank 0 alone prints and writes
+ * files. The loop stops on every process at the same step (a stop signal or error on any). */
 #include "optim.h"
 #include "trainer.h"
 
@@ -61,9 +66,13 @@ static double train_step(tr_run *r)
     }
     uint64_t ns = mix(r->o.seed ^ 0x5DEECE66Dull, (uint64_t)r->step);
     for (int b = 0; b < B; b++) {
-        const uint8_t *img = r->train.px + (size_t)r->perm[pos * B + b] * D;
         const int fl = r->flip && (rnvpi_splitmix64(&ns) >> 63);
-        float *x = r->xt + (size_t)b * D;
+        if (b < r->b0 || b >= r->b0 + r->nb) {   /* another process's image: only its draws */
+            for (int i = 0; i < D; i++) rnvpi_uniform(&ns);
+            continue;
+        }
+        const uint8_t *img = r->train.px + (size_t)r->perm[pos * B + b] * D;
+        float *x = r->xt + (size_t)(b - r->b0) * D;
         for (int c = 0; c < C; c++)
             for (int i = 0; i < H; i++)
                 for (int j = 0; j < W; j++) {
@@ -72,7 +81,8 @@ static double train_step(tr_run *r)
                 }
     }
     memset(r->grad, 0, sizeof(float) * m->nparams);
-    double loss = tr_forward_backward(r->ws, r->m, r->grad, r->xt, B, 1);
+    double loss = tr_forward_backward(r->ws, r->m, r->grad, r->xt, r->nb, 1);
+    tr_dist_sum(r->dist, r->grad, m->nparams);   /* every process's share of the gradient */
     const tr_adam ao = {.lr = r->o.lr, .beta1 = r->o.beta1, .beta2 = r->o.beta2, .eps = r->o.eps, .l2 = r->o.l2,
                         .clip = r->o.clip, .warmup = r->o.warmup};
     const double gn = tr_adam_step(r->m, r->grad, r->am, r->av, r->step + 1, &ao);
@@ -300,12 +310,21 @@ static int setup_model(tr_run *r)
             return EXIT_RUN;
         }
     }
-    r->threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    /* the cores are shared by the processes on a machine (mpirun places them; here an even share) */
+    const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN), P = r->dist->size, rank = r->dist->rank;
+    r->threads = o->threads > 0 ? o->threads : (ncpu / P > 1 ? ncpu / P : 1);
     rnvp_set_num_threads(r->threads);
+    if (o->batch < P) {
+        tr_say("--batch %d is smaller than the %d processes: each needs at least one image", o->batch, P);
+        tr_free_run(r);
+        return EXIT_USAGE;
+    }
+    r->b0 = (int)((long)o->batch * rank / P);
+    r->nb = (int)((long)o->batch * (rank + 1) / P) - r->b0;
     r->steps_per_epoch = r->train.n / o->batch;
     r->total_steps = o->steps > 0 ? o->steps : o->epochs * r->steps_per_epoch;
     r->grad = malloc(sizeof(float) * r->m->nparams);
-    r->xt = malloc(sizeof(float) * (size_t)o->batch * r->m->D);
+    r->xt = malloc(sizeof(float) * (size_t)r->nb * r->m->D);
     r->perm = malloc(sizeof(int) * (size_t)r->train.n);
     r->perm_epoch = -1;
     if (!r->grad || !r->xt || !r->perm || !r->am || !r->av) {
@@ -313,39 +332,60 @@ static int setup_model(tr_run *r)
         tr_free_run(r);
         return EXIT_RUN;
     }
-    if (tr_ws_create(&r->ws, r->m, o->batch, &err) || rnvp_ctx_create(&r->ectx, r->m, 100, &err)) {
+    if (tr_ws_create(&r->ws, r->m, r->nb, &err) || rnvp_ctx_create(&r->ectx, r->m, 100, &err)) {
         tr_say("workspace: %s", err.msg);
+        tr_free_run(r);
+        return EXIT_RUN;
+    }
+    tr_ws_set_comm(r->ws, &r->dist->comm);
+    /* rank 0's parameters, Adam moments and step for every process (they agree already when
+     * all read the same checkpoint or seed; this makes it so) */
+    tr_dist_bcast(r->dist, r->m->params, r->m->nparams);
+    tr_dist_bcast(r->dist, r->am, r->m->nparams);
+    tr_dist_bcast(r->dist, r->av, r->m->nparams);
+    double st[3] = {(double)r->step, r->best, r->train_seconds};
+    tr_dist_bcast_d(r->dist, st, 3);
+    r->step = (long)st[0];
+    r->best = st[1];
+    r->train_seconds = st[2];
+    return -1;
+}
+
+static int setup_out_files(tr_run *r, int *lock_fd);
+
+/* The output folder: created and locked (*lock_fd), a killed run's temporary files removed,
+ * the metrics of a resumed run cut back to its step; then the stop signals are caught. */
+static int setup_out(tr_run *r, int *lock_fd)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int fail = 0;
+    if (r->dist->rank == 0) fail = setup_out_files(r, lock_fd);
+    if (tr_dist_any(r->dist, fail)) {   /* every process stops when rank 0 cannot write */
         tr_free_run(r);
         return EXIT_RUN;
     }
     return -1;
 }
 
-/* The output folder: created and locked (*lock_fd), a killed run's temporary files removed,
- * the metrics of a resumed run cut back to its step; then the stop signals are caught. */
-static int setup_out(tr_run *r, int *lock_fd)
+/* rank 0's part of setup_out: 0, or -1 after saying why */
+static int setup_out_files(tr_run *r, int *lock_fd)
 {
     const char *outdir = r->o.out;
     if (mkdir(outdir, 0755) && errno != EEXIST) {
         tr_say("%s: %s", outdir, strerror(errno));
-        tr_free_run(r);
-        return EXIT_RUN;
+        return -1;
     }
     int locked;
     *lock_fd = tr_lock_out(outdir, &locked);
-    if (*lock_fd < 0) {
-        tr_free_run(r);
-        return EXIT_RUN;
-    }
+    if (*lock_fd < 0) return -1;
     if (locked) tr_remove_stale_tmp(outdir);
     if (r->o.resume) tr_truncate_metrics(r->metrics, r->step);
     else remove(r->metrics);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    return -1;
+    return 0;
 }
 
 static void print_start(const tr_run *r)
@@ -359,6 +399,8 @@ static void print_start(const tr_run *r)
     printf("model %s: %zu parameters, %.3f GFLOP/image forward; batch %d, %d threads, %ld steps/epoch, %s step %ld of %ld\n",
            cfgs, r->m->nparams, rnvp_model_flops(r->m) / 1e9, o->batch, r->threads, r->steps_per_epoch,
            o->resume ? "resuming at" : "starting at", r->step, r->total_steps);
+    if (r->dist->size > 1)
+        printf("%d processes (MPI), %d images of each batch per process\n", r->dist->size, r->nb);
     printf("workspace %.1f MB, out %s\n", (tr_ws_bytes(r->ws) + rnvp_ctx_bytes(r->ectx)) / 1e6, o->out);
     fflush(stdout);
 }
@@ -381,62 +423,85 @@ static void print_progress(const tr_run *r, double t, double ips, double train_b
     fflush(stderr);
 }
 
-/* Steps until the last one or a stop signal, with progress, metrics, evaluations and
- * checkpoints; then the final evaluation. Returns 0 or EXIT_RUN. */
-static int train_loop(tr_run *r)
+/* Rank 0's work after a step: progress, metrics, evaluations, checkpoints. 0, or EXIT_RUN when
+ * an evaluation failed. */
+static int after_step(tr_run *r, double loss, double *last_save, double *last_print)
 {
+    static double win_loss = 0, win_t0 = -1;
+    static long win_n = 0, win_start = -1;
     const tr_opts *o = &r->o;
     rnvp_error err;
-    r->t_start_run = tr_now();
-    double last_save = tr_now(), last_print = 0, win_loss = 0, win_t0 = tr_now();
-    long win_n = 0, win_start = r->step, nan_steps = 0;
-    int rc = 0;
     const int tty = isatty(2);
-    while (r->step < r->total_steps && !g_stop) {
-        double loss = train_step(r);
-        if (!isfinite(loss)) {
-            if (++nan_steps > 20) {
+    if (win_t0 < 0) {
+        win_t0 = r->t_start_run;
+        win_start = r->step - 1;
+    }
+    if (isfinite(loss)) {
+        win_loss += loss;
+        win_n++;
+    }
+    const double t = tr_now();
+    const double ips = (double)(r->step - win_start) * o->batch / (t - win_t0 + 1e-9);
+    if (t - *last_print > (tty ? 0.5 : 60) || r->step == r->total_steps) {
+        print_progress(r, t, ips, win_n ? win_loss / win_n : NAN, tty);
+        *last_print = t;
+    }
+    if (r->step % o->log_every == 0) {
+        tr_log_metrics(r, win_n ? win_loss / win_n : NAN, NAN, ips);
+        win_loss = 0;
+        win_n = 0;
+        win_start = r->step;
+        win_t0 = tr_now();
+    }
+    int rc = 0, eval_now = o->eval_every > 0 && r->step % o->eval_every == 0;
+    if (eval_now) {
+        if (tty) fputc('\n', stderr);
+        double tb;
+        if (do_eval(r, &tb)) rc = EXIT_RUN;
+        else if (isfinite(tb)) {
+            tr_log_metrics(r, NAN, tb, ips);
+            tr_write_curve(r->metrics, r->curve);
+        }
+        win_t0 = tr_now();
+        win_start = r->step;
+    }
+    if (rc == 0 && (eval_now || tr_now() - *last_save > o->save_every)) {
+        if (tr_save_checkpoint(r, &err)) tr_say("checkpoint not written (the previous one is intact; retrying later): %s", err.msg);
+        *last_save = tr_now();
+    }
+    return rc;
+}
+
+/* Steps until the last one or a stop signal (on any process), with rank 0's progress, metrics,
+ * evaluations and checkpoints; then the final evaluation. Returns 0 or EXIT_RUN; *stopped: 1
+ * when a signal ended the run early. */
+static int train_loop(tr_run *r, int *stopped)
+{
+    const tr_opts *o = &r->o;
+    const int rank0 = r->dist->rank == 0;
+    r->t_start_run = tr_now();
+    double last_save = tr_now(), last_print = 0;
+    long nan_steps = 0;
+    int rc = 0;
+    *stopped = 0;
+    while (r->step < r->total_steps) {
+        /* every process stops at the same step: a signal on any of them, or rank 0's failure */
+        if (tr_dist_any(r->dist, g_stop != 0 || rc != 0)) {
+            *stopped = rc == 0;
+            break;
+        }
+        double loss = train_step(r);   /* the global batch's loss: the same on every process */
+        if (!isfinite(loss) && ++nan_steps > 20) {
+            if (rank0)
                 tr_say("the loss is not finite for 20 steps at step %ld: stopping (lower --lr or raise --warmup); the last checkpoint is intact",
                        r->step);
-                rc = EXIT_RUN;
-                break;
-            }
-        } else {
-            win_loss += loss;
-            win_n++;
+            rc = EXIT_RUN;
+            break;
         }
-        const double t = tr_now();
-        const double ips = (double)(r->step - win_start) * o->batch / (t - win_t0 + 1e-9);
-        if (t - last_print > (tty ? 0.5 : 60) || r->step == r->total_steps) {
-            print_progress(r, t, ips, win_n ? win_loss / win_n : NAN, tty);
-            last_print = t;
-        }
-        if (r->step % o->log_every == 0) {
-            tr_log_metrics(r, win_n ? win_loss / win_n : NAN, NAN, ips);
-            win_loss = 0;
-            win_n = 0;
-            win_start = r->step;
-            win_t0 = tr_now();
-        }
-        int eval_now = o->eval_every > 0 && r->step % o->eval_every == 0;
-        if (eval_now) {
-            if (tty) fputc('\n', stderr);
-            double tb;
-            if (do_eval(r, &tb)) { rc = EXIT_RUN; break; }
-            if (isfinite(tb)) {
-                tr_log_metrics(r, NAN, tb, ips);
-                tr_write_curve(r->metrics, r->curve);
-            }
-            win_t0 = tr_now();
-            win_start = r->step;
-        }
-        if (eval_now || tr_now() - last_save > o->save_every) {
-            if (tr_save_checkpoint(r, &err)) tr_say("checkpoint not written (the previous one is intact; retrying later): %s", err.msg);
-            last_save = tr_now();
-        }
+        if (rank0) rc = after_step(r, loss, &last_save, &last_print);
     }
-    if (tty) fputc('\n', stderr);
-    if (!g_stop && rc == 0 && (o->eval_every == 0 || r->step % o->eval_every != 0)) {
+    if (rank0 && isatty(2)) fputc('\n', stderr);
+    if (rank0 && !*stopped && !g_stop && rc == 0 && (o->eval_every == 0 || r->step % o->eval_every != 0)) {
         double tb;
         if (do_eval(r, &tb)) rc = EXIT_RUN;
         else if (isfinite(tb)) {
@@ -450,27 +515,42 @@ static int train_loop(tr_run *r)
 int main(int argc, char **argv)
 {
     rnvp_blas_select_core(argv);
+    tr_dist D;
+    if (tr_dist_init(&D, &argc, &argv)) return EXIT_USAGE;
     tr_run R;
     memset(&R, 0, sizeof R);
     tr_run *r = &R;
+    r->dist = &D;
     int st, lock_fd = -1;
     if ((st = setup_options(r, argc, argv)) >= 0 || (st = setup_data(r)) >= 0 || (st = setup_model(r)) >= 0 ||
-        (st = setup_out(r, &lock_fd)) >= 0)
+        (st = setup_out(r, &lock_fd)) >= 0) {
+        /* a start-up error on one process (each checks the same options and files) ends them all */
+        if (D.size > 1 && st != 0) tr_dist_abort(&D, st);
+        tr_dist_finalize(&D);
         return st;
-    print_start(r);
-    int rc = train_loop(r);
+    }
+    const int rank0 = D.rank == 0;
+    if (rank0) print_start(r);
+    int stopped;
+    int rc = train_loop(r, &stopped);
     rnvp_error err;
-    if (tr_save_checkpoint(r, &err)) {
+    if (!rank0) {
+        /* rank 0 writes the checkpoint */
+    } else if (tr_save_checkpoint(r, &err)) {
         tr_say("final checkpoint not written: %s (the previous one is intact)", err.msg);
         rc = EXIT_RUN;
     } else {
-        printf("%s at step %ld: %s\n", g_stop ? (g_stop == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)") : "done",
-               r->step, r->ckpt);
+        const char *how = !stopped ? "done" : g_stop == SIGINT ? "interrupted (SIGINT)" : g_stop == SIGTERM ? "terminated (SIGTERM)"
+                                                                                         : "stopped (a signal to another process)";
+        printf("%s at step %ld: %s\n", how, r->step, r->ckpt);
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak memory %.1f MB; best test bits/dim %.4f\n", ru.ru_maxrss / 1024.0, r->best);
+    if (rank0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("peak memory %.1f MB; best test bits/dim %.4f\n", ru.ru_maxrss / 1024.0, r->best);
+    }
     tr_free_run(r);
-    close(lock_fd);   /* releases the output folder */
+    if (lock_fd >= 0) close(lock_fd);   /* releases the output folder */
+    tr_dist_finalize(&D);
     return rc;
 }

@@ -222,7 +222,7 @@ int tr_opts_parse_argv(tr_opts *op, int argc, char **argv, int pass, int skip_ar
             return 1;
         }
         if (!strcmp(a, "--version")) {
-            if (pass == 0) printf("realnvp-train %s\n", RNVP_VERSION);
+            if (pass == 0) printf("realnvp-train %s (%s)\n", RNVP_VERSION, tr_dist_available() ? "MPI: yes" : "MPI: no");
             return 1;
         }
         if (strncmp(a, "--", 2)) {

@@ -5,6 +5,7 @@
 #define RNVP_TRAINER_H
 
 #include "data.h"
+#include "dist.h"
 #include "train.h"
 
 #include <jansson.h>
@@ -52,7 +53,9 @@ typedef struct tr_run {
     int kind, flip;
     int threads;             /* compute threads (--threads, 0: every core) */
     float *grad, *am, *av;   /* (nparams) each: gradient, Adam moments */
-    float *xt;               /* (batch, C, H, W) */
+    float *xt;               /* (nb, C, H, W) this process's share of the batch */
+    const tr_dist *dist;     /* the processes (one without MPI) */
+    int b0, nb;              /* this process's share: images b0 .. b0+nb-1 of each global batch */
     int *perm;               /* (train.n) */
     long perm_epoch;
     long step, total_steps, steps_per_epoch;
