@@ -30,9 +30,103 @@ static void affine_relu(float *restrict dst, const float *restrict src, float a,
     }
 }
 
-void rnvpi_im2col(float *col, const float *in, const affine_i *pre, int cin, int kh, int kw, int n0,
-                  int nb, int N, int H, int W)
+/* dst[q] = mask[q] ? pre(src[q]) : 0 for q < n, pre = relu(a x + s) when relu, else identity; the
+ * value is computed unconditionally so that the select vectorises (blocks of 8 and a tail:
+ * -O2 vectorises loops without a scalar epilogue only); cloned for AVX2. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void masked_copy(float *restrict dst, const float *restrict src, const float *restrict mask, int relu,
+                        float a, float s, ptrdiff_t n)
 {
+    ptrdiff_t q = 0;
+    if (relu) {
+        for (; q + 8 <= n; q += 8)
+            for (int k = 0; k < 8; k++) {
+                float v = a * src[q + k] + s;
+                v = v > 0.0f ? v : 0.0f;
+                dst[q + k] = mask[q + k] != 0.0f ? v : 0.0f;
+            }
+        for (; q < n; q++) {
+            float v = a * src[q] + s;
+            v = v > 0.0f ? v : 0.0f;
+            dst[q] = mask[q] != 0.0f ? v : 0.0f;
+        }
+    } else {
+        for (; q + 8 <= n; q += 8)
+            for (int k = 0; k < 8; k++) {
+                const float v = src[q + k];
+                dst[q + k] = mask[q + k] != 0.0f ? v : 0.0f;
+            }
+        for (; q < n; q++) dst[q] = mask[q] != 0.0f ? src[q] : 0.0f;
+    }
+}
+
+/* dst[p] = (src ? src[p] : 0) + b, p < n (src may be dst); cloned for AVX2 */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void set_bias(float *dst, const float *src, float b, ptrdiff_t n)
+{
+    ptrdiff_t p = 0;
+    if (src) {
+        for (; p + 8 <= n; p += 8)
+            for (int k = 0; k < 8; k++) dst[p + k] = src[p + k] + b;
+        for (; p < n; p++) dst[p] = src[p] + b;
+    } else {
+        for (; p < n; p++) dst[p] = b;
+    }
+}
+
+void rnvpi_tap_masks(float *mask, int kh, int kw, int H, int W)
+{
+    for (int di = 0; di < kh; di++)
+        for (int dj = 0; dj < kw; dj++) {
+            float *m = mask + (size_t)(di * kw + dj) * H * W;
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++) {
+                    const int si = i + di - kh / 2, sj = j + dj - kw / 2;
+                    m[i * W + j] = si >= 0 && si < H && sj >= 0 && sj < W ? 1.0f : 0.0f;
+                }
+        }
+}
+
+/* im2col with tap masks: per image and tap, one masked pass over the positions whose source
+ * stays inside the image's plane. */
+static void im2col_masked(float *col, const float *in, const affine_i *pre, const float *mask, int cin, int kh,
+                          int kw, int n0, int nb, int N, int H, int W)
+{
+    const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
+    for (int ci = 0; ci < cin; ci++) {
+        const float a = pre && pre->a ? pre->a[ci] : 1.0f, s = pre && pre->a ? pre->s[ci] : 0.0f;
+        for (int di = 0; di < kh; di++)
+            for (int dj = 0; dj < kw; dj++) {
+                float *row = col + ((ptrdiff_t)(ci * kh + di) * kw + dj) * Q;   /* (nb, H, W) */
+                const float *m = mask + (ptrdiff_t)(di * kw + dj) * HW;
+                const ptrdiff_t shift = (ptrdiff_t)(di - kh / 2) * W + (dj - kw / 2);
+                if (shift <= -HW || shift >= HW) {   /* the tap reads padding only */
+                    memset(row, 0, sizeof(float) * (size_t)Q);
+                    continue;
+                }
+                const ptrdiff_t q0 = shift < 0 ? -shift : 0, q1 = shift > 0 ? HW - shift : HW;
+                for (int n = 0; n < nb; n++) {
+                    float *d = row + n * HW;
+                    const float *src = in + ci * P + (n0 + n) * HW + shift;
+                    memset(d, 0, sizeof(float) * (size_t)q0);
+                    masked_copy(d + q0, src + q0, m + q0, pre != NULL, a, s, q1 - q0);
+                    memset(d + q1, 0, sizeof(float) * (size_t)(HW - q1));
+                }
+            }
+    }
+}
+
+void rnvpi_im2col(float *col, const float *in, const affine_i *pre, const float *mask, int cin, int kh, int kw,
+                  int n0, int nb, int N, int H, int W)
+{
+    if (mask) {
+        im2col_masked(col, in, pre, mask, cin, kh, kw, n0, nb, N, H, W);
+        return;
+    }
     const int ph = kh / 2, pw = kw / 2;
     const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
     for (int ci = 0; ci < cin; ci++) {
@@ -75,28 +169,19 @@ void rnvpi_im2col(float *col, const float *in, const affine_i *pre, int cin, int
 }
 
 void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
-                     float *col, int n0, int nb, int N, int H, int W)
+                     float *col, const float *mask, int n0, int nb, int N, int H, int W)
 {
     const ptrdiff_t HW = (ptrdiff_t)H * W, P = (ptrdiff_t)N * HW, Q = (ptrdiff_t)nb * HW;
     const int K = cv->cin * cv->kh * cv->kw;
     const float *B = in + n0 * HW;
     ptrdiff_t ldb = P;
     if (cv->kh != 1 || cv->kw != 1 || pre) {
-        rnvpi_im2col(col, in, pre, cv->cin, cv->kh, cv->kw, n0, nb, N, H, W);
+        rnvpi_im2col(col, in, pre, mask, cv->cin, cv->kh, cv->kw, n0, nb, N, H, W);
         B = col;
         ldb = Q;
     }
     /* out (cout, chunk) = (res or 0) + bias; then += w (cout, K) x B (K, chunk) */
-    for (int o = 0; o < cv->cout; o++) {
-        float *r = out + o * P + n0 * HW;
-        const float bo = cv->b[o];
-        if (res) {
-            const float *rr = res + o * P + n0 * HW;
-            for (ptrdiff_t p = 0; p < Q; p++) r[p] = rr[p] + bo;
-        } else {
-            for (ptrdiff_t p = 0; p < Q; p++) r[p] = bo;
-        }
-    }
+    for (int o = 0; o < cv->cout; o++) set_bias(out + o * P + n0 * HW, res ? res + o * P + n0 * HW : NULL, cv->b[o], Q);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->cout, (int)Q, K, 1.0f, cv->w, K, B, (int)ldb,
                 1.0f, out + n0 * HW, (int)P);
 }
@@ -329,7 +414,7 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
         return;
     }
 #endif
-    rnvpi_conv_blas(out, in, cv, pre, accumulate ? out : NULL, ws->col, 0, N, N, H, W);
+    rnvpi_conv_blas(out, in, cv, pre, accumulate ? out : NULL, ws->col, NULL, 0, N, N, H, W);
 }
 
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)

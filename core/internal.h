@@ -281,11 +281,17 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
  * res may be out) + b + w x im2col(pre(in)) with one cblas_sgemm; col: (cin*kh*kw, nb*H*W)
  * unless the convolution is 1x1 without pre. out, res, in: (C, N, H, W). */
 void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
-                     float *col, int n0, int nb, int N, int H, int W);
+                     float *col, const float *mask, int n0, int nb, int N, int H, int W);
 /* col (cin*kh*kw, nb*H*W) = im2col of images n0 .. n0+nb-1 of in (cin, N, H, W), zero padding
- * (kh/2, kw/2), each value passed through pre as above (the training backward recomputes it). */
-void rnvpi_im2col(float *col, const float *in, const affine_i *pre, int cin, int kh, int kw, int n0,
-                  int nb, int N, int H, int W);
+ * (kh/2, kw/2), each value passed through pre as above (the training backward recomputes it).
+ * mask: the convolution's tap masks (rnvpi_tap_masks) or NULL. Two loop orders of the same
+ * gather: with masks, one select per value over each image's plane (faster on small planes: the
+ * trainer keeps the masks); without, one pass over the whole chunk, then the padding zeroed. */
+void rnvpi_im2col(float *col, const float *in, const affine_i *pre, const float *mask, int cin, int kh, int kw,
+                  int n0, int nb, int N, int H, int W);
+/* mask (kh*kw, H*W): 1 where tap (di, dj) of output position (i, j) reads inside the image,
+ * (i + di - kh/2, j + dj - kw/2) in [0, H) x [0, W), else 0. */
+void rnvpi_tap_masks(float *mask, int kh, int kw, int H, int W);
 /* Floats of ws->col either kernel needs for one thread (SIZE_MAX: does not fit). The panel
  * and guard sizes are small by the config's limits (kernel <= 15, features <= 4096). */
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W);

@@ -165,21 +165,6 @@ size_t tr_conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt)
     return (size_t)cin * kh * kw * H * W * tr_conv_chunk(cin, kh, kw, N, H, W, nt);
 }
 
-/* mask (kh*kw, H*W): 1 where tap (di, dj) of output position (i, j) reads inside the image,
- * (i + di - kh/2, j + dj - kw/2) in [0, H) x [0, W), else 0. */
-static void tap_masks(float *mask, int kh, int kw, int H, int W)
-{
-    for (int di = 0; di < kh; di++)
-        for (int dj = 0; dj < kw; dj++) {
-            float *m = mask + (size_t)(di * kw + dj) * H * W;
-            for (int i = 0; i < H; i++)
-                for (int j = 0; j < W; j++) {
-                    const int si = i + di - kh / 2, sj = j + dj - kw / 2;
-                    m[i * W + j] = si >= 0 && si < H && sj >= 0 && sj < W ? 1.0f : 0.0f;
-                }
-        }
-}
-
 /* mask[q] ? v : 0, with v loaded unconditionally (so that the select vectorises) */
 static inline float keep_if(float mask, float v) { return mask != 0.0f ? v : 0.0f; }
 
@@ -249,7 +234,7 @@ static void conv_forward_job(void *v, int t, int nt)
     float *col = j->cs->col + (size_t)t * j->cs->col_floats;
     for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
         const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;
-        rnvpi_conv_blas(j->out, j->in, &cv, j->pre, j->res, col, n0, m, j->N, j->H, j->W);
+        rnvpi_conv_blas(j->out, j->in, &cv, j->pre, j->res, col, j->cs->mask, n0, m, j->N, j->H, j->W);
     }
 }
 
@@ -261,6 +246,7 @@ void tr_conv_forward(float *out, const float *in, const affine_i *pre, const flo
     struct conv_job j = {.out = out, .in = in, .w = w, .b = b, .res = res, .pre = pre, .cs = cs,
                          .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H, .W = W,
                          .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
+    rnvpi_tap_masks(cs->mask, kh, kw, H, W);
     rnvpi_tpool_run(cs->tp, conv_forward_job, &j);
 }
 
@@ -285,7 +271,7 @@ static void conv_backward_job(void *v, int t, int nt)
         const float *B = j->in + n0 * HW, *dout = j->dout + n0 * HW;
         size_t ldb = P;
         if (!direct) {
-            rnvpi_im2col(col, j->in, j->pre, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
+            rnvpi_im2col(col, j->in, j->pre, j->cs->mask, j->cin, j->kh, j->kw, n0, m, j->N, j->H, j->W);
             B = col;
             ldb = Q;
         }
@@ -314,7 +300,7 @@ void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const
     struct conv_job j = {.din = din, .dw = dw, .db = db, .in = in, .dout = dout, .w = w, .pre = pre,
                          .cs = cs, .acc = acc, .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H,
                          .W = W, .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
-    tap_masks(cs->mask, kh, kw, H, W);
+    rnvpi_tap_masks(cs->mask, kh, kw, H, W);
     rnvpi_tpool_run(cs->tp, conv_backward_job, &j);
     const size_t nw = (size_t)cout * cin * kh * kw;
     for (int t = 1; t < nt; t++) add_to(dw, cs->dwp + (size_t)(t - 1) * cs->dw_floats, nw);
