@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-# check-manifests.py: parses deploy/Dockerfile, deploy/docker-compose.yml and deploy/k8s/*.yaml and
-# asserts the fields the deployment relies on (probes, resources, draining, non-root, env names known
-# to the server, selectors that match). Leaves out talking to Docker or a cluster (neither is needed).
+# check-manifests.py: parses deploy/Dockerfile, deploy/docker-compose.yml, deploy/k8s/*.yaml and
+# deploy/k8s-train/*.yaml and asserts the fields the deployment relies on (probes, resources,
+# draining, non-root, env names known to the server, selectors that match; for training: the
+# MPIJob's process count, trainer options, shared volume, image and user). Leaves out talking to
+# Docker or a cluster (neither is needed).
 #
 #   python3 deploy/check-manifests.py            # exit 0: all checks pass; 1: each failure printed
 #   python3 deploy/check-manifests.py --self-test  # also breaks a copy of each file 1 way per check
@@ -45,6 +47,22 @@ def server_metric_names():
     src = "".join(open(os.path.join(ROOT, "server", f)).read() for f in os.listdir(os.path.join(ROOT, "server"))
                   if f.endswith(".c"))
     return set(re.findall(r"\b(realnvp_[a-z0-9_]+)", src))
+
+
+def trainer_options():
+    """{name: type} of bin/realnvp-train's long options (train/options.c's table: {"name", O_TYPE, ...}),
+    plus --help and --version, which tr_opts_parse_argv handles itself."""
+    src = open(os.path.join(ROOT, "train", "options.c")).read()
+    opts = dict(re.findall(r'\{"([a-z0-9-]+)",\s*O_(STR|INT|LONG|DBL|BOOL|U64)\b', src))
+    for special in ("help", "version"):
+        if f'"--{special}"' in src:
+            opts[special] = "BOOL"
+    return opts
+
+
+def trainer_ckpt_name():
+    m = re.search(r'#define CKPT_NAME "([^"]+)"', open(os.path.join(ROOT, "train", "trainer.h")).read())
+    return m.group(1) if m else "checkpoint.safetensors"
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -132,11 +150,58 @@ def check_dockerfile(c, text, env_names):
     return {"uid": int(uid) if uid.isdigit() else None, "env": env, "healthcheck": hc_cmd, "copies": copies}
 
 
+def dockerfile_stages(text):
+    """[(name, [(instruction, args)])] per FROM (name: the AS name, else the stage's index)."""
+    stages = []
+    for i, a in parse_dockerfile(text):
+        if i == "FROM":
+            toks = a.split()
+            stages.append((toks[2] if len(toks) >= 3 and toks[1].upper() == "AS" else str(len(stages)), []))
+        elif stages:
+            stages[-1][1].append((i, a))
+    return stages
+
+
+def dockerfile_train_stage(c, text):
+    """The `train` stage's user (USER and the useradd that creates it), home, sshd config and what
+    it copies: {"uid", "user", "home", "run", "copies"} (None when there is no such stage)."""
+    st = dict(dockerfile_stages(text)).get("train")
+    if not c.check(st is not None, "Dockerfile: a stage named train (docker build --target train)"):
+        return None
+    users = [a for i, a in st if i == "USER"]
+    uid = users[-1].split(":")[0] if users else "0"
+    run = " && ".join(a for i, a in st if i == "RUN")
+    made = {}
+    for cmd in re.split(r"&&|;|\|\|", run):
+        toks = shlex.split(cmd) if cmd.strip() else []
+        if toks and toks[0] == "useradd":
+            u, home = toks[-1], None
+            for k, t in enumerate(toks[:-1]):
+                if t in ("--uid", "-u"):
+                    made.setdefault(u, {})["uid"] = toks[k + 1]
+                elif t in ("--home-dir", "-d"):
+                    home = toks[k + 1]
+            made.setdefault(u, {})["home"] = home or f"/home/{u}"
+    user = next((u for u, v in made.items() if v.get("uid") == uid), None)
+    c.check(uid.isdigit() and int(uid) != 0, f"Dockerfile train: USER numeric and non-root (got {uid!r})")
+    c.check(user is not None, f"Dockerfile train: USER {uid} is created by a useradd --uid {uid} in the stage")
+    copies = [a for i, a in st if i == "COPY"]
+    c.check(any("realnvp-train" in a and a.split()[-1].rstrip("/") in ("/usr/local/bin", "/usr/local/bin/realnvp-train")
+                for a in copies), "Dockerfile train: realnvp-train is COPYed into /usr/local/bin")
+    c.check(re.search(r"\bopenmpi-bin\b", run) and re.search(r"\bopenssh-server\b", run),
+            "Dockerfile train: installs openmpi-bin and openssh-server")
+    c.check(not re.search(r"\S+-dev\b", run), "Dockerfile train: no -dev packages in the train image")
+    builds = " ".join(a for _, stg in dockerfile_stages(text) for i, a in stg if i == "RUN")
+    c.check("MPI: yes" in builds, "Dockerfile: a train build stage checks bin/realnvp-train --version says MPI: yes")
+    return {"uid": int(uid) if uid.isdigit() else None, "user": user,
+            "home": (made.get(user) or {}).get("home"), "run": run, "copies": copies}
+
+
 def check_dockerignore(c, text):
     pats = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith("#")]
     c.check(".git" in pats or (pats and pats[0] == "*"), ".dockerignore: excludes .git (or everything by default)")
     if pats and pats[0] == "*":
-        for need in ("Makefile", "include/", "core/", "cli/", "server/", "deploy/healthcheck.sh"):
+        for need in ("Makefile", "include/", "core/", "cli/", "server/", "train/", "deploy/healthcheck.sh"):
             c.check(f"!{need}" in pats, f".dockerignore: allowlist keeps {need}")
         c.check(any(p.startswith("!models") for p in pats), ".dockerignore: allowlist keeps the model")
     else:
@@ -321,6 +386,212 @@ def check_k8s(c, docs, env_names, metric_names, df, files):
         c.check(listed == set(files) - {"kustomization.yaml"}, f"k8s kustomization: lists every manifest ({sorted(listed)})")
 
 
+# ---------------------------------------------------------------- Kubernetes: training (MPIJob)
+
+SHELLS = ("sh", "/bin/sh", "bash", "/bin/bash", "/usr/bin/bash")
+
+
+def launcher_script(ctr):
+    """The launcher container's command as shell text: the -c script of a shell, else the argv."""
+    argv = [str(x) for x in (ctr.get("command") or []) + (ctr.get("args") or [])]
+    if argv and argv[0] in SHELLS and "-c" in argv[1:]:
+        k = argv.index("-c")
+        return argv[k + 1] if k + 1 < len(argv) else ""
+    return shlex.join(argv)
+
+
+def shell_tokens(script):
+    """The script's words (comments dropped, line continuations joined, `;`/`&&` split off), with
+    $NAME and ${NAME} replaced by the script's simple assignments NAME=value."""
+    lex = shlex.shlex(script.replace("\\\n", " "), posix=True, punctuation_chars=";&|")
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    toks, vars_ = list(lex), {}
+    for t in toks:
+        m = re.fullmatch(r"([A-Za-z_]\w*)=(.*)", t)
+        if m:
+            vars_[m.group(1)] = m.group(2)
+    sub = lambda t: re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: vars_.get(m.group(1), m.group(0)), t)  # noqa: E731
+    return [sub(t) for t in toks]
+
+
+def mpirun_parts(toks):
+    """(mpirun's own options, the program, index of mpirun) of the first `mpirun ... realnvp-train`."""
+    for k, t in enumerate(toks):
+        if os.path.basename(t) in ("mpirun", "mpiexec"):
+            for j in range(k + 1, len(toks)):
+                if os.path.basename(toks[j]) == "realnvp-train":
+                    return toks[k + 1:j], toks[j], k
+                if toks[j] in (";", "&&", "||", "|"):
+                    break
+            return toks[k + 1:], None, k
+    return [], None, None
+
+
+def mpirun_np(opts):
+    for k, t in enumerate(opts):
+        if t in ("-n", "-np", "--n", "--np", "-c") and k + 1 < len(opts):
+            return opts[k + 1]
+        m = re.fullmatch(r"--?n(?:p)?=(\S+)", t)
+        if m:
+            return m.group(1)
+    return None
+
+
+def trainer_args(toks, mpi_opts, topts):
+    """[(option, value or None)] of every --option in the script outside mpirun's own options."""
+    skip = set()
+    _, _, k = mpirun_parts(toks)
+    if k is not None:
+        skip = set(range(k + 1, k + 1 + len(mpi_opts)))
+    out, j = [], 0
+    while j < len(toks):
+        t = toks[j]
+        if j in skip or not t.startswith("--") or t == "--":
+            j += 1
+            continue
+        name, eq, val = t[2:].partition("=")
+        typ = topts.get(name) or (topts.get(name[3:]) if name.startswith("no-") else None)
+        if not eq and typ and typ != "BOOL" and j + 1 < len(toks):
+            val = toks[j + 1]
+            j += 1
+        out.append((name, val if (eq or (typ and typ != "BOOL")) else None))
+        j += 1
+    return out
+
+
+def pod_spec(job, role):
+    return ((((job.get("spec") or {}).get("mpiReplicaSpecs") or {}).get(role) or {}).get("template") or {}).get("spec") or {}
+
+
+def mount_for(path, ctr, pod):
+    """(mount, volume's claimName) of the container's volumeMount holding path (the deepest)."""
+    best = None
+    for m in ctr.get("volumeMounts") or []:
+        mp = m.get("mountPath", "").rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best["mountPath"].rstrip("/")):
+                best = m
+    if best is None:
+        return None, None
+    vol = next((v for v in pod.get("volumes") or [] if v.get("name") == best.get("name")), {})
+    return best, ((vol.get("persistentVolumeClaim") or {}).get("claimName"))
+
+
+def check_k8s_train(c, docs, files, topts, tdf, ckpt_name):
+    if not c.check(files, "k8s-train: deploy/k8s-train/ holds the training manifests"):
+        return
+    jobs = [d for d in docs if d and d.get("kind") == "MPIJob"]
+    if not c.check(len(jobs) == 1, f"k8s-train: exactly one MPIJob (found {len(jobs)})"):
+        return
+    job = jobs[0]
+    spec = job.get("spec") or {}
+    c.check(job.get("apiVersion") == "kubeflow.org/v2beta1", f"k8s-train MPIJob: apiVersion kubeflow.org/v2beta1 ({job.get('apiVersion')})")
+    c.check(spec.get("mpiImplementation", "OpenMPI") == "OpenMPI", "k8s-train MPIJob: mpiImplementation OpenMPI (the image's MPI)")
+    slots = spec.get("slotsPerWorker", 1)
+    c.check(isinstance(slots, int) and slots >= 1, f"k8s-train MPIJob: slotsPerWorker a positive integer ({slots})")
+    rp = spec.get("runPolicy") or {}
+    c.check(rp.get("cleanPodPolicy") in ("Running", "All"), f"k8s-train MPIJob: runPolicy.cleanPodPolicy Running or All ({rp.get('cleanPodPolicy')})")
+    c.check(isinstance(rp.get("backoffLimit"), int) and rp["backoffLimit"] >= 0, "k8s-train MPIJob: runPolicy.backoffLimit set")
+    home = (tdf or {}).get("home")
+    c.check(tdf is not None and spec.get("sshAuthMountPath") == f"{home}/.ssh",
+            f"k8s-train MPIJob: sshAuthMountPath ({spec.get('sshAuthMountPath')}) is the image user's ~/.ssh ({home}/.ssh)")
+    reps = spec.get("mpiReplicaSpecs") or {}
+    la, wo = reps.get("Launcher") or {}, reps.get("Worker") or {}
+    c.check(la.get("replicas", 1) == 1, f"k8s-train MPIJob: Launcher replicas 1 ({la.get('replicas')})")
+    nw = wo.get("replicas", 0)
+    if not c.check(isinstance(nw, int) and nw >= 1, f"k8s-train MPIJob: Worker replicas >= 1 ({nw})"):
+        return
+    lpod, wpod = pod_spec(job, "Launcher"), pod_spec(job, "Worker")
+    lc, wc = lpod.get("containers") or [], wpod.get("containers") or []
+    if not (c.check(len(lc) == 1, "k8s-train MPIJob: one Launcher container")
+            and c.check(len(wc) == 1, "k8s-train MPIJob: one Worker container")):
+        return
+    lc, wc = lc[0], wc[0]
+
+    # the image: the same everywhere, the Dockerfile's train target
+    images = {k.get("image") for p in (lpod, wpod) for k in (p.get("containers") or []) + (p.get("initContainers") or [])}
+    c.check(len(images) == 1, f"k8s-train MPIJob: every container runs the same training image ({sorted(map(str, images))})")
+    # the user: non-root, the one the image creates
+    for role, pod, k in (("Launcher", lpod, lc), ("Worker", wpod, wc)):
+        sc = dict(pod.get("securityContext") or {}, **(k.get("securityContext") or {}))
+        uid = sc.get("runAsUser")
+        c.check(isinstance(uid, int) and uid != 0 and tdf is not None and uid == tdf["uid"],
+                f"k8s-train {role}: runAsUser ({uid}) non-root and the train image's user ({(tdf or {}).get('uid')})")
+        c.check(sc.get("runAsNonRoot") is True, f"k8s-train {role}: runAsNonRoot")
+
+    # the workers: sshd in the foreground with the image's config
+    wargv = [str(x) for x in (wc.get("command") or []) + (wc.get("args") or [])]
+    c.check(wargv and os.path.basename(wargv[0]) == "sshd" and any(a.startswith("-") and "D" in a for a in wargv[1:]),
+            f"k8s-train Worker: runs sshd in the foreground (-D) ({' '.join(wargv)})")
+    cfg = wargv[wargv.index("-f") + 1] if "-f" in wargv[:-1] else None
+    c.check(cfg is not None and tdf is not None and cfg in tdf["run"],
+            f"k8s-train Worker: sshd -f {cfg}: a config the train image writes")
+    res = wc.get("resources") or {}
+    rq, lim = res.get("requests") or {}, res.get("limits") or {}
+    for r in ("cpu", "memory"):
+        if c.check(r in rq and r in lim, f"k8s-train Worker: {r} request and limit"):
+            q = cpu_q if r == "cpu" else mem_q
+            c.check(q(rq[r]) <= q(lim[r]), f"k8s-train Worker: {r} request <= limit")
+
+    # the launcher: mpirun -n (Worker replicas x slotsPerWorker) ... realnvp-train OPTIONS
+    script = launcher_script(lc)
+    toks = shell_tokens(script)
+    mopts, prog, _ = mpirun_parts(toks)
+    if not c.check(prog is not None, "k8s-train Launcher: runs mpirun ... realnvp-train"):
+        return
+    c.check(prog in ("realnvp-train", "/usr/local/bin/realnvp-train"), f"k8s-train Launcher: the trainer the image installs ({prog})")
+    np_ = mpirun_np(mopts)
+    nproc = nw * slots
+    c.check(np_ is not None and str(np_).isdigit() and int(np_) == nproc,
+            f"k8s-train Launcher: mpirun -n ({np_}) = Worker replicas x slotsPerWorker ({nw} x {slots})")
+    targs = trainer_args(toks, mopts, topts)
+    for name, _ in targs:
+        c.check(name in topts or (name.startswith("no-") and topts.get(name[3:]) == "BOOL"),
+                f"k8s-train Launcher: --{name} is an option of realnvp-train (train/options.c)")
+    vals = {}
+    for name, v in targs:
+        vals.setdefault(name, v)
+    batch, threads = vals.get("batch", "64"), vals.get("threads")
+    if c.check(str(batch).isdigit(), f"k8s-train Launcher: --batch an integer ({batch})"):
+        c.check(int(batch) >= nproc and int(batch) % nproc == 0,
+                f"k8s-train Launcher: --batch {batch} (global) divisible by the {nproc} processes")
+    if c.check(threads is not None and str(threads).isdigit() and int(threads) >= 1,
+               f"k8s-train Launcher: --threads set ({threads}; the default counts the node's cores, not the pod's)"):
+        c.check("cpu" in lim and int(threads) * slots <= max(1, cpu_q(lim["cpu"])),
+                f"k8s-train Launcher: --threads {threads} x {slots} slots <= the Worker's cpu limit ({lim.get('cpu')})")
+        if int(threads) > 1:
+            c.check(any(t == "--bind-to" and j + 1 < len(mopts) and mopts[j + 1] == "none" for j, t in enumerate(mopts))
+                    or "--bind-to=none" in mopts, "k8s-train Launcher: mpirun --bind-to none (else each rank's threads share one core)")
+    if "resume" in vals:
+        c.check(ckpt_name in script, f"k8s-train Launcher: --resume only when {ckpt_name} exists (a first start has none)")
+
+    # the volumes: --out on a ReadWriteMany claim of this folder, mounted alike in launcher and workers
+    pvcs = {(d.get("metadata") or {}).get("name"): d for d in docs if d and d.get("kind") == "PersistentVolumeClaim"}
+    for opt, rw in (("out", True), ("data", False)):
+        path = vals.get(opt)
+        if not c.check(path and str(path).startswith("/"), f"k8s-train Launcher: --{opt} an absolute path ({path})"):
+            continue
+        lm, lclaim = mount_for(path, lc, lpod)
+        wm, wclaim = mount_for(path, wc, wpod)
+        c.check(lm is not None and wm is not None, f"k8s-train: --{opt} {path} is on a volume mounted in the launcher and the workers")
+        if lm is None or wm is None:
+            continue
+        pvc = pvcs.get(wclaim) or {}
+        modes = (pvc.get("spec") or {}).get("accessModes") or []
+        c.check(wclaim in pvcs, f"k8s-train: --{opt} {path} is on a PersistentVolumeClaim defined in deploy/k8s-train/ ({wclaim})")
+        c.check("ReadWriteMany" in modes or (not rw and "ReadOnlyMany" in modes),
+                f"k8s-train: the claim under --{opt} ({wclaim}) is {'ReadWriteMany' if rw else 'shared (ReadWriteMany or ReadOnlyMany)'} ({modes})")
+        c.check(lclaim == wclaim and lm.get("mountPath") == wm.get("mountPath") and lm.get("subPath") == wm.get("subPath"),
+                f"k8s-train: --{opt} {path}: the launcher and the workers mount the same claim and subPath there")
+        if rw:
+            c.check(not wm.get("readOnly"), f"k8s-train Worker: --out {path} is not mounted read-only (rank 0 writes there)")
+    for role, pod, k in (("Launcher", lpod, lc), ("Worker", wpod, wc)):
+        vols = {v["name"] for v in pod.get("volumes") or []}
+        for m in k.get("volumeMounts") or []:
+            c.check(m["name"] in vols, f"k8s-train {role}: volumeMount {m['name']} has a volume")
+
+
 # ---------------------------------------------------------------- main
 
 def load_all():
@@ -329,20 +600,29 @@ def load_all():
     docs = []
     for f in files:
         docs += list(yaml.safe_load_all(open(os.path.join(k8s_dir, f))))
+    tr_dir = os.path.join(DEPLOY, "k8s-train")
+    tr_files = sorted(f for f in os.listdir(tr_dir) if f.endswith((".yaml", ".yml"))) if os.path.isdir(tr_dir) else []
+    tr_docs = []
+    for f in tr_files:
+        tr_docs += list(yaml.safe_load_all(open(os.path.join(tr_dir, f))))
     return {
         "dockerfile": open(os.path.join(DEPLOY, "Dockerfile")).read(),
         "dockerignore": open(os.path.join(ROOT, ".dockerignore")).read(),
         "compose": yaml.safe_load(open(os.path.join(DEPLOY, "docker-compose.yml"))),
         "k8s": docs, "k8s_files": files,
+        "k8s_train": tr_docs, "k8s_train_files": tr_files,
+        "trainer_options": trainer_options(), "ckpt_name": trainer_ckpt_name(),
     }
 
 
 def run(m, env_names, metric_names):
     c = Checker()
     df = check_dockerfile(c, m["dockerfile"], env_names)
+    tdf = dockerfile_train_stage(c, m["dockerfile"])
     check_dockerignore(c, m["dockerignore"])
     check_compose(c, m["compose"], env_names, df)
     check_k8s(c, m["k8s"], env_names, metric_names, df, m["k8s_files"])
+    check_k8s_train(c, m["k8s_train"], m["k8s_train_files"], m["trainer_options"], tdf, m["ckpt_name"])
     return c
 
 
@@ -360,6 +640,20 @@ def self_test(m, env_names, metric_names):
 
     def hpa(x):
         return next(d for d in x["k8s"] if d and d["kind"] == "HorizontalPodAutoscaler")
+
+    def job(x):
+        return next(d for d in x["k8s_train"] if d and d.get("kind") == "MPIJob")
+
+    def trpod(x, role):
+        return job(x)["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
+
+    def largs(x, old, new):
+        k = trpod(x, "Launcher")["containers"][0]
+        assert old in k["args"][-1], old
+        k["args"][-1] = k["args"][-1].replace(old, new)
+
+    def pvc(x):
+        return next(d for d in x["k8s_train"] if d and d.get("kind") == "PersistentVolumeClaim")
 
     muts = {
         "Dockerfile shell-form ENTRYPOINT": lambda x: x.update(dockerfile=x["dockerfile"].replace(
@@ -383,6 +677,28 @@ def self_test(m, env_names, metric_names):
         "k8s HPA target": lambda x: hpa(x)["spec"]["scaleTargetRef"].update(name="other"),
         "k8s HPA unknown metric": lambda x: hpa(x)["spec"]["metrics"][0]["pods"]["metric"].update(name="realnvp_queue_len"),
         "k8s rw model volume": lambda x: ctr(x)["volumeMounts"].append({"name": "tmp", "mountPath": "/models"}),
+        "Dockerfile without a train stage": lambda x: x.update(dockerfile=x["dockerfile"].replace(" AS train\n", " AS trainer\n")),
+        "Dockerfile train USER root": lambda x: x.update(dockerfile=x["dockerfile"].replace("USER 1000:1000", "USER 0:0")),
+        ".dockerignore without train/": lambda x: x.update(dockerignore=x["dockerignore"].replace("!train/\n", "")),
+        "mpijob apiVersion v1": lambda x: job(x).update(apiVersion="kubeflow.org/v1"),
+        "mpijob -n differs from workers": lambda x: job(x)["spec"]["mpiReplicaSpecs"]["Worker"].update(replicas=3),
+        "mpijob 2 slots per worker": lambda x: job(x)["spec"].update(slotsPerWorker=2),
+        "mpijob 2 launchers": lambda x: job(x)["spec"]["mpiReplicaSpecs"]["Launcher"].update(replicas=2),
+        "mpijob unknown trainer option": lambda x: largs(x, "--warmup 200", "--warm-up 200"),
+        "mpijob --batch not divisible": lambda x: largs(x, "--batch 64", "--batch 66"),
+        "mpijob --threads > cpu limit": lambda x: largs(x, "--threads 2", "--threads 4"),
+        "mpijob no --threads": lambda x: largs(x, "--threads 2", ""),
+        "mpijob bound to a core": lambda x: largs(x, "--bind-to none", "--bind-to core"),
+        "mpijob --out not on the PVC": lambda x: largs(x, "OUT=/runs/fmnist", "OUT=/tmp/fmnist"),
+        "mpijob --resume always": lambda x: largs(x, "checkpoint.safetensors", "ckpt"),
+        "mpijob PVC ReadWriteOnce": lambda x: pvc(x)["spec"].update(accessModes=["ReadWriteOnce"]),
+        "mpijob --out not mounted on workers": lambda x: trpod(x, "Worker")["containers"][0]["volumeMounts"].pop(0),
+        "mpijob root user": lambda x: trpod(x, "Worker")["securityContext"].update(runAsUser=0),
+        "mpijob other uid": lambda x: trpod(x, "Launcher")["securityContext"].update(runAsUser=1001),
+        "mpijob two images": lambda x: trpod(x, "Worker")["containers"][0].update(image="realnvp:latest"),
+        "mpijob workers without sshd": lambda x: trpod(x, "Worker")["containers"][0].update(command=["sleep"], args=["infinity"]),
+        "mpijob worker without cpu limit": lambda x: trpod(x, "Worker")["containers"][0]["resources"]["limits"].pop("cpu"),
+        "mpijob ssh keys elsewhere": lambda x: job(x)["spec"].update(sshAuthMountPath="/root/.ssh"),
     }
     bad = 0
     for name, f in muts.items():
@@ -405,7 +721,8 @@ def main():
     for f in c.failures:
         print(f"FAIL {f}")
     print(f"check-manifests: {c.passed} checks passed, {len(c.failures)} failed "
-          f"(Dockerfile, .dockerignore, docker-compose.yml, k8s/{', k8s/'.join(m['k8s_files'])})")
+          f"(Dockerfile, .dockerignore, docker-compose.yml, k8s/{', k8s/'.join(m['k8s_files'])}, "
+          f"k8s-train/{', k8s-train/'.join(m['k8s_train_files'])})")
     rc = 1 if c.failures else 0
     if "--self-test" in sys.argv[1:]:
         bad = self_test(m, env_names, metric_names)

@@ -5,6 +5,8 @@
 # stage. Writes the final stage's run settings (ENV, USER, ENTRYPOINT+CMD, HEALTHCHECK, ...) as a
 # bash file for deploy/fresh-check.sh to start the "container" with. Leaves out layers, caching,
 # ADD, ONBUILD, wildcards in COPY, --mount, heredocs: anything deploy/Dockerfile does not use fails.
+# Builds only the stages the final stage needs (its COPY --from stages, transitively), as BuildKit
+# does for the default target: deploy/Dockerfile's train stages (--target train) are skipped.
 #
 #   deploy/dockerfile-run.py --context DIR --dockerfile DIR/deploy/Dockerfile \
 #       --root /var/tmp/rnvp-fresh/stage0 --root /var/tmp/rnvp-fresh/stage1 --settings OUT.sh
@@ -126,6 +128,30 @@ def filtered_context(ctx, out):
 
 # ------------------------------------------------------------------ stages
 
+def needed_stages(ins):
+    """({indices of the stages the final stage needs, itself included}, [each stage's name]): the
+    dependencies are COPY --from=STAGE and FROM STAGE, followed transitively."""
+    names, deps = [], []
+    for _, i, args in ins:
+        if i == "FROM":
+            toks = args.split()
+            names.append(toks[2] if len(toks) >= 3 and toks[1].upper() == "AS" else str(len(names)))
+            deps.append(set())
+            if toks[0] in names[:-1]:
+                deps[-1].add(names.index(toks[0]))
+        elif i == "COPY" and names:
+            for t in args.split():
+                if t.startswith("--from=") and t[7:] in names[:-1]:
+                    deps[-1].add(names.index(t[7:]))
+    need, todo = set(), [len(names) - 1] if names else []
+    while todo:
+        k = todo.pop()
+        if k not in need:
+            need.add(k)
+            todo += deps[k]
+    return need, names
+
+
 class Stage:
     def __init__(self, root, name, args):
         self.root, self.name = root, name
@@ -216,15 +242,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--context", required=True)
     ap.add_argument("--dockerfile", required=True)
-    ap.add_argument("--root", action="append", required=True, help="one fresh root per FROM, in order")
+    ap.add_argument("--root", action="append", required=True,
+                    help="one fresh root per stage the final stage needs, in order")
     ap.add_argument("--settings", required=True, help="bash file to write the final stage's run settings to")
     a = ap.parse_args()
     if os.geteuid() != 0:
         die("must run as root (chroot)")
     ins = parse(open(a.dockerfile).read())
-    nfrom = sum(1 for _, i, _ in ins if i == "FROM")
-    if nfrom != len(a.root):
-        die(f"{a.dockerfile} has {nfrom} FROM lines; give one --root each (got {len(a.root)})")
+    needed, names = needed_stages(ins)
+    if len(needed) != len(a.root):
+        die(f"{a.dockerfile}: the final stage needs {len(needed)} stages "
+            f"({', '.join(names[k] for k in sorted(needed))}); give one --root each (got {len(a.root)})")
 
     tmp = tempfile.mkdtemp(prefix="rnvp-context-")
     ctx = os.path.join(tmp, "context")
@@ -234,14 +262,22 @@ def main():
 
     global_args, stages, st = {}, [], None
     t_all = time.time()
+    k_from, skipping = -1, False
     for ln, i, args in ins:
         where = f"dockerfile-run: {os.path.basename(a.dockerfile)}:{ln} {i}"
         if i == "FROM":
-            toks = args.split()
-            name = toks[2] if len(toks) >= 3 and toks[1].upper() == "AS" else str(len(stages))
-            st = Stage(a.root[len(stages)], name, global_args)
+            k_from += 1
+            skipping = k_from not in needed
+            if skipping:
+                print(f"{where} {args}  -> skipped (the final stage does not need it)", flush=True)
+                continue
+            if args.split()[0] in names:
+                die(f"{where} {args}: FROM an earlier stage is not supported here")
+            st = Stage(a.root[len(stages)], names[k_from], global_args)
             stages.append(st)
             print(f"{where} {args}  -> fresh root {st.root}", flush=True)
+            continue
+        if skipping:
             continue
         if st is None:
             if i == "ARG":

@@ -2,8 +2,9 @@
 # fresh-check.sh: proves the README's two commands and the Docker image on fresh Debian 12 roots
 # (debootstrap, minbase): (1) a newcomer with only git, make and gcc clones the repo, runs
 # `make run` until /healthz answers, stops it with Ctrl-C (SIGINT to its process group), runs
-# `make test`; (2) deploy/Dockerfile's stages are built in two more fresh roots
-# (deploy/dockerfile-run.py) and the "container" is started
+# `make test`; (2) the two stages of deploy/Dockerfile the server image needs (build, runtime) are
+# built in two more fresh roots (deploy/dockerfile-run.py skips the trainer's stages, as BuildKit
+# does without --target train) and the "container" is started
 # with the image's ENTRYPOINT/ENV/USER as PID 1 of its own PID and network namespaces, probed,
 # health-checked with the image's HEALTHCHECK and stopped with SIGTERM while a request is in flight.
 # Leaves out a real Docker engine and Kubernetes (deploy/check-manifests.py checks their files).
@@ -218,7 +219,7 @@ newcomer() {
 
 # ---------------------------------------------------------------- 2. the Dockerfile, without Docker
 docker_part() {
-    say "== part 2: deploy/Dockerfile's stages in fresh roots, then the container's settings"
+    say "== part 2: deploy/Dockerfile's build and runtime stages in fresh roots, then the container's settings"
     local B=$FRESH/stage-build Rt=$FRESH/stage-runtime C=$FRESH/context
     local t rc base_mb=?
     if [ "${RNVP_FRESH_REUSE_IMAGE:-0}" = 1 ] && [ -f "$FRESH/image.sh" ] && [ -d "$Rt" ] && [ -d "$C" ]; then
@@ -239,7 +240,7 @@ docker_part() {
         if [ "$rc" != 0 ]; then
             fail "docker: the Dockerfile's build failed (see $FRESH/logs/docker-build.out)"; return
     fi
-    pass "docker: every RUN/COPY of both stages succeeded in fresh roots ($(( $(date +%s) - t )) s)"
+    pass "docker: every RUN/COPY of the build and runtime stages succeeded in fresh roots ($(( $(date +%s) - t )) s)"
     fi
     # shellcheck disable=SC1091
     source "$FRESH/image.sh"

@@ -29,6 +29,7 @@ int tr_dist_init(tr_dist *d, int *argc, char ***argv)
 {
     d->rank = 0;
     d->size = 1;
+    d->local_size = 1;
     d->mpi = 0;
     d->comm.sum = NULL;
     d->comm.user = NULL;
@@ -39,6 +40,10 @@ int tr_dist_init(tr_dist *d, int *argc, char ***argv)
     d->mpi = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+    MPI_Comm local;   /* the processes that share this machine's memory (and cores) */
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &local);
+    MPI_Comm_size(local, &d->local_size);
+    MPI_Comm_free(&local);
     /* errors end the job (the default handler), so a failed collective never returns garbage */
     d->comm.sum = d->size > 1 ? mpi_sum_d : NULL;
     d->comm.user = NULL;
@@ -98,6 +103,7 @@ int tr_dist_init(tr_dist *d, int *argc, char ***argv)
     (void)argv;
     d->rank = 0;
     d->size = 1;
+    d->local_size = 1;
     d->mpi = 0;
     d->comm.sum = NULL;
     d->comm.user = NULL;

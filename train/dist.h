@@ -13,6 +13,7 @@
 
 typedef struct tr_dist {
     int rank, size;   /* this process and how many there are (0 and 1 without MPI) */
+    int local_size;   /* how many of them share this machine (1 without MPI) */
     int mpi;          /* 1 when MPI was initialised */
     tr_comm comm;     /* the sums of the batch statistics (comm.sum NULL with one process) */
 } tr_dist;

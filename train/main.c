@@ -310,9 +310,10 @@ static int setup_model(tr_run *r)
             return EXIT_RUN;
         }
     }
-    /* the cores are shared by the processes on a machine (mpirun places them; here an even share) */
+    /* the machine's cores are shared by the processes on it: an even share each */
     const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN), P = r->dist->size, rank = r->dist->rank;
-    r->threads = o->threads > 0 ? o->threads : (ncpu / P > 1 ? ncpu / P : 1);
+    const int per = ncpu / r->dist->local_size;
+    r->threads = o->threads > 0 ? o->threads : (per > 1 ? per : 1);
     rnvp_set_num_threads(r->threads);
     if (o->batch < P) {
         tr_say("--batch %d is smaller than the %d processes: each needs at least one image", o->batch, P);

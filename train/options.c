@@ -43,7 +43,7 @@ static const optdef OPTS[] = {
     {"clip", O_DBL, OFF(clip), 0, 1e30, "100", "global gradient-norm clipping threshold (0: off)", 0},
     {"warmup", O_INT, OFF(warmup), 0, 100000000, "0", "linear learning-rate warm-up over this many steps", 0},
     {"flip", O_STR, OFF(flip), 0, 0, "auto", "horizontal-flip augmentation: on, off, auto (on for Fashion-MNIST/MNIST folders and CIFAR-10)", 0},
-    {"threads", O_INT, OFF(threads), 0, 256, "0", "threads (0: every core)", 0},
+    {"threads", O_INT, OFF(threads), 0, 256, "0", "threads (0: every core, shared evenly by the MPI processes on the machine)", 0},
     {"seed", O_U64, OFF(seed), 0, 0, "1", "seed of the initialisation, data order, noise and flips", 0},
     {"steps", O_LONG, OFF(steps), 0, 1e12, "0", "train until this step (overrides --epochs when > 0)", 0},
     {"epochs", O_LONG, OFF(epochs), 0, 1e9, "20", "train for this many epochs (full passes over the training images)", 0},
