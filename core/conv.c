@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -186,6 +187,9 @@ void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine
                 1.0f, out + n0 * HW, (int)P);
 }
 
+/* 64-byte aligned start inside a buffer with at least 16 floats of slack. */
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
 /* ================================================================ AVX-512: direct, in strips */
 
 #ifdef HAVE_AVX512_KERNEL
@@ -360,6 +364,225 @@ AVX512 static void direct_job_run(void *arg, int t, int nt)
 }
 #endif
 
+/* ================================================================ AVX2: direct, in strips of 16 */
+
+#ifdef HAVE_AVX512_KERNEL
+#define AVX2F __attribute__((target("avx2,fma")))
+#define NR2 16   /* columns per strip: two 8-float registers */
+#define MR2 6    /* output channels per register block: 12 accumulators */
+
+/* panel (K, NR2) = im2col of columns p0 .. p0+nv-1 (nv <= NR2; the rest zero) of in (cin, P),
+ * through pre as strip_im2col. A row's 16 values come from one plain load pair when all 16
+ * addresses lie inside the input (cin x P floats; what falls outside the image is masked away
+ * afterwards), else from masked loads, which never touch the masked-out addresses (slow on AMD
+ * Zen, so only at the input's two ends): no guard zone is needed. */
+AVX2F static void strip_im2col2(float *restrict panel, const float *in, const affine_i *pre, int cin, int kh,
+                                int kw, ptrdiff_t P, int H, int W, ptrdiff_t p0, int nv)
+{
+    const float *lo = in, *hi = in + cin * P;
+    const int ph = kh / 2, pw = kw / 2, HW = H * W;
+    uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
+    memset(rowok, 0, sizeof rowok);
+    memset(colok, 0, sizeof colok);
+    int q = (int)(p0 % HW), i = q / W, j = q % W;
+    for (int c = 0; c < nv; c++) {
+        for (int di = 0; di < kh; di++) {
+            const int ii = i + di - ph;
+            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
+        }
+        for (int dj = 0; dj < kw; dj++) {
+            const int jj = j + dj - pw;
+            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
+        }
+        if (++j == W) {
+            j = 0;
+            if (++i == H) i = 0;
+        }
+    }
+    const __m256i bit0 = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i bit1 = _mm256_slli_epi32(bit0, 8);
+    const __m256 zero = _mm256_setzero_ps();
+    const int affine = pre && pre->a;
+    float *dst = panel;
+    for (int ci = 0; ci < cin; ci++) {
+        const __m256 a = _mm256_set1_ps(affine ? pre->a[ci] : 1.0f);
+        const __m256 s = _mm256_set1_ps(affine ? pre->s[ci] : 0.0f);
+        const float *src = in + ci * P + p0;
+        for (int di = 0; di < kh; di++)
+            for (int dj = 0; dj < kw; dj++, dst += NR2) {
+                const __m256i m = _mm256_set1_epi32((int)(rowok[di] & colok[dj]));
+                const __m256i m0 = _mm256_cmpeq_epi32(_mm256_and_si256(m, bit0), bit0);
+                const __m256i m1 = _mm256_cmpeq_epi32(_mm256_and_si256(m, bit1), bit1);
+                const float *sp = src + (ptrdiff_t)(di - ph) * W + (dj - pw);
+                __m256 x0, x1;
+                if (sp >= lo && sp + NR2 <= hi) {
+                    x0 = _mm256_loadu_ps(sp);
+                    x1 = _mm256_loadu_ps(sp + 8);
+                } else {
+                    x0 = _mm256_maskload_ps(sp, m0);
+                    x1 = _mm256_maskload_ps(sp + 8, m1);
+                }
+                if (affine) {
+                    x0 = _mm256_fmadd_ps(a, x0, s);
+                    x1 = _mm256_fmadd_ps(a, x1, s);
+                }
+                if (pre) {
+                    x0 = _mm256_max_ps(x0, zero);
+                    x1 = _mm256_max_ps(x1, zero);
+                }
+                /* padding and what came from outside the image: 0 (bitwise, so even NaN) */
+                x0 = _mm256_and_ps(x0, _mm256_castsi256_ps(m0));
+                x1 = _mm256_and_ps(x1, _mm256_castsi256_ps(m1));
+                _mm256_store_ps(dst, x0);
+                _mm256_store_ps(dst + 8, x1);
+            }
+    }
+}
+
+/* Stores accumulators c0, c1 of row r: out = res (when res != NULL; it may be out) + acc, the
+ * first nv columns. */
+AVX2F static inline __attribute__((always_inline)) void store_row2(float *o, const float *rr, __m256 c0, __m256 c1,
+                                                                   int nv)
+{
+    if (nv == NR2) {
+        if (rr) {
+            c0 = _mm256_add_ps(_mm256_loadu_ps(rr), c0);
+            c1 = _mm256_add_ps(_mm256_loadu_ps(rr + 8), c1);
+        }
+        _mm256_storeu_ps(o, c0);
+        _mm256_storeu_ps(o + 8, c1);
+        return;
+    }
+    float t[NR2];   /* the batch's last, partial strip */
+    _mm256_storeu_ps(t, c0);
+    _mm256_storeu_ps(t + 8, c1);
+    for (int c = 0; c < nv; c++) o[c] = (rr ? rr[c] : 0.0f) + t[c];
+}
+
+/* out rows 0..mr-1 (stride ldo), columns 0..nv-1 of the strip: out = res (when res != NULL; it
+ * may be out) + b + w (mr, K) x panel (K, NR2). Each output is one FMA chain over k. The
+ * accumulators are named variables (an array of them ends up on the stack with gcc 12). */
+AVX2F static inline __attribute__((always_inline)) void strip_kernel2(
+    float *out, const float *res, ptrdiff_t ldo, const float *w, int K, const float *b, const float *panel,
+    int mr, int nv)
+{
+    const __m256 z = _mm256_setzero_ps();
+    __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z, a41 = z, a50 = z,
+           a51 = z;
+#define INIT2(r) if (mr > r) a##r##0 = a##r##1 = _mm256_set1_ps(b[r])
+    INIT2(0); INIT2(1); INIT2(2); INIT2(3); INIT2(4); INIT2(5);
+    const float *w0 = w, *w1 = w + K, *w2 = w + 2 * (ptrdiff_t)K, *w3 = w + 3 * (ptrdiff_t)K,
+                *w4 = w + 4 * (ptrdiff_t)K, *w5 = w + 5 * (ptrdiff_t)K;
+    for (int k = 0; k < K; k++) {
+        const __m256 x0 = _mm256_load_ps(panel + (ptrdiff_t)k * NR2);
+        const __m256 x1 = _mm256_load_ps(panel + (ptrdiff_t)k * NR2 + 8);
+#define STEP2(r)                                              \
+    if (mr > r) {                                             \
+        const __m256 wv = _mm256_broadcast_ss(w##r + k);      \
+        a##r##0 = _mm256_fmadd_ps(wv, x0, a##r##0);           \
+        a##r##1 = _mm256_fmadd_ps(wv, x1, a##r##1);           \
+    }
+        STEP2(0) STEP2(1) STEP2(2) STEP2(3) STEP2(4) STEP2(5)
+    }
+#define STORE2(r) if (mr > r) store_row2(out + r * ldo, res ? res + r * ldo : NULL, a##r##0, a##r##1, nv)
+    STORE2(0); STORE2(1); STORE2(2); STORE2(3); STORE2(4); STORE2(5);
+#undef INIT2
+#undef STEP2
+#undef STORE2
+}
+
+#define KERNEL2_CASE(n) \
+    case n: strip_kernel2(out, res, ldo, w, K, b, panel, n, nv); break
+
+/* strip_kernel2 for all cout rows, MR2 at a time. */
+AVX2F static void strip_rows2(float *out, const float *res, ptrdiff_t ldo, const float *w, int K, const float *b,
+                              const float *panel, int cout, int nv)
+{
+    int o = 0;
+    for (; o + MR2 <= cout; o += MR2)
+        strip_kernel2(out + o * ldo, res ? res + o * ldo : NULL, ldo, w + (ptrdiff_t)o * K, K, b + o, panel, MR2, nv);
+    if (o == cout) return;
+    out += o * ldo;
+    if (res) res += o * ldo;
+    w += (ptrdiff_t)o * K;
+    b += o;
+    switch (cout - o) {
+        KERNEL2_CASE(1); KERNEL2_CASE(2); KERNEL2_CASE(3); KERNEL2_CASE(4); KERNEL2_CASE(5);
+    }
+}
+
+/* Columns c0 .. c1-1 of the AVX2 kernel, one thread: out = res + b + w * pre(in). */
+AVX2F static void direct2_columns(float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                                  const float *res, float *panel, ptrdiff_t P, int H, int W, ptrdiff_t c0,
+                                  ptrdiff_t c1)
+{
+    const int K = cv->cin * cv->kh * cv->kw;
+    for (ptrdiff_t p0 = c0; p0 < c1; p0 += NR2) {
+        const int nv = c1 - p0 < NR2 ? (int)(c1 - p0) : NR2;
+        strip_im2col2(panel, in, pre, cv->cin, cv->kh, cv->kw, P, H, W, p0, nv);
+        strip_rows2(out + p0, res ? res + p0 : NULL, P, cv->w, K, cv->b, panel, cv->cout, nv);
+    }
+}
+
+struct direct2_job {
+    float *out;
+    const float *in, *res;
+    const conv_i *cv;
+    const affine_i *pre;
+    float *panel;              /* (threads, panel_floats) */
+    size_t panel_floats;
+    ptrdiff_t P;
+    int H, W;
+    ptrdiff_t strips, grain;   /* strips in all; strips per claim */
+    atomic_llong next;         /* first strip not yet claimed */
+};
+
+/* as direct_job_run: runs of `grain` neighbouring strips claimed until none is left */
+static void direct2_job_run(void *arg, int t, int nt)
+{
+    struct direct2_job *j = arg;
+    float *panel = j->panel + (size_t)t * j->panel_floats;
+    (void)nt;
+    for (;;) {
+        const ptrdiff_t s0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
+        if (s0 >= j->strips) break;
+        const ptrdiff_t s1 = s0 + j->grain < j->strips ? s0 + j->grain : j->strips;
+        direct2_columns(j->out, j->in, j->cv, j->pre, j->res, panel, j->P, j->H, j->W, s0 * NR2,
+                        s1 * NR2 < j->P ? s1 * NR2 : j->P);
+    }
+}
+#endif
+
+int rnvpi_conv_choose(void)
+{
+    const char *e = getenv("REALNVP_CONV");
+    if (e && !strcmp(e, "blas")) return RNVPI_CONV_BLAS;
+    if (e && !strcmp(e, "avx2") && rnvpi_conv_avx2_available()) return RNVPI_CONV_AVX2;
+    if (rnvpi_conv_direct_available()) return RNVPI_CONV_AVX512;
+    return rnvpi_conv_avx2_available() ? RNVPI_CONV_AVX2 : RNVPI_CONV_BLAS;
+}
+
+int rnvpi_conv_avx2_available(void)
+{
+#ifdef HAVE_AVX512_KERNEL
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+void rnvpi_conv_avx2_chunk(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                           float *panel, int n0, int nb, int N, int H, int W)
+{
+#ifdef HAVE_AVX512_KERNEL
+    const ptrdiff_t HW = (ptrdiff_t)H * W;
+    direct2_columns(out, in, cv, pre, res, align64(panel), (ptrdiff_t)N * HW, H, W, n0 * HW, (n0 + nb) * HW);
+#else
+    (void)out; (void)in; (void)cv; (void)pre; (void)res; (void)panel; (void)n0; (void)nb; (void)N; (void)H; (void)W;
+#endif
+}
+
 int rnvpi_conv_direct_available(void)
 {
 #ifdef HAVE_AVX512_KERNEL
@@ -380,8 +603,6 @@ size_t rnvpi_conv_panel_floats(int cin, int kh, int kw)
     return (size_t)cin * kh * kw * RNVP_CONV_STRIP;
 }
 
-/* 64-byte aligned start inside a buffer with at least 16 floats of slack. */
-static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
 void rnvpi_conv_forward_i(float *out, const float *in, const conv_i *cv, const affine_i *pre, const net_ws *ws,
                     int N, int H, int W)
@@ -393,7 +614,25 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
                       int N, int H, int W, int accumulate)
 {
 #ifdef HAVE_AVX512_KERNEL
-    if (ws->direct) {
+    if (ws->direct == RNVPI_CONV_AVX2) {
+        struct direct2_job j = {.out = out, .in = in, .res = accumulate ? out : NULL, .cv = cv, .pre = pre,
+                                .P = (ptrdiff_t)N * H * W, .H = H, .W = W};
+        j.strips = (j.P + NR2 - 1) / NR2;
+        atomic_init(&j.next, 0);
+        if (ws->panel) {
+            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
+            j.grain = g < 1 ? 1 : g;
+            j.panel = ws->panel;
+            j.panel_floats = ws->panel_floats;
+            rnvpi_tpool_run_shared(ws->tp, direct2_job_run, &j);
+        } else {   /* one thread, its panel in col */
+            j.grain = j.strips;
+            j.panel = align64(ws->col);
+            direct2_job_run(&j, 0, 1);
+        }
+        return;
+    }
+    if (ws->direct == RNVPI_CONV_AVX512) {
         struct direct_job j = {.out = out, .in = in, .cv = cv, .pre = pre,
                                .P = (ptrdiff_t)N * H * W, .H = H, .W = W, .accumulate = accumulate,
                                .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};

@@ -28,14 +28,6 @@ void rnvp_set_num_threads(int n)
     if (n > 0) openblas_set_num_threads(n);
 }
 
-/* The convolution kernel: REALNVP_CONV=blas or direct overrides the CPU's choice. */
-static int use_direct(void)
-{
-    const char *e = getenv("REALNVP_CONV");
-    if (e && !strcmp(e, "blas")) return 0;
-    return rnvpi_conv_direct_available();
-}
-
 /* The sizes of a context's workspace (in floats unless named otherwise), for the kernel and
  * thread count a context made now would use. Saturating: bytes is SIZE_MAX when they do not fit
  * in size_t. rnvp_ctx_create lays out its block from these, rnvp_ctx_workspace_bytes reports
@@ -50,7 +42,7 @@ typedef struct ws_plan {
 
 static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
 {
-    p->direct = use_direct();
+    p->direct = rnvpi_conv_choose();
     p->threads = p->direct ? openblas_get_num_threads() : 1;
     if (p->threads < 1) p->threads = 1;
     if (p->threads > 256) p->threads = 256;
@@ -73,7 +65,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     }
     panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
     if (p->direct) col = 0;                    /* the panels replace the im2col buffer */
-    else guard = 0;
+    if (p->direct != RNVPI_CONV_AVX512) guard = 0;   /* only its plain loads read beyond */
     guard = (guard + 15) / 16 * 16;
     p->nin = nin; p->feat = feat; p->outc = outc; p->col = col; p->panel = panel; p->guard = guard;
     p->ND = sz_mul((size_t)max_batch, (size_t)m->D);
@@ -161,7 +153,10 @@ void rnvp_ctx_free(rnvp_ctx *ctx)
 }
 
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
-const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx) { return ctx->ws.direct ? "avx512-direct" : "openblas"; }
+const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx)
+{
+    return ctx->ws.direct == RNVPI_CONV_AVX512 ? "avx512-direct" : ctx->ws.direct == RNVPI_CONV_AVX2 ? "avx2-direct" : "openblas";
+}
 int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
 
 /* ---------------------------------------------------------------- the flow */

@@ -258,11 +258,14 @@ typedef struct net_ws {
     struct tpool *tp;      /* threads of the direct kernel, NULL: the caller's only */
     float *panel;          /* (threads, panel_floats) 64-byte aligned, NULL: one panel in col */
     size_t panel_floats;   /* per thread, a multiple of 16, >= rnvpi_conv_panel_floats of every conv */
-    int direct;            /* 1: the AVX-512 direct kernel (rnvpi_conv_direct_available()), 0: OpenBLAS */
+    int direct;            /* the kernel: RNVPI_CONV_BLAS (0), RNVPI_CONV_AVX512 (rnvpi_conv_direct_available())
+                              or RNVPI_CONV_AVX2 (rnvpi_conv_avx2_available()) */
     size_t guard;          /* floats readable before and after each convolution input (netin, h,
                               t, the flow state x and tmp): >= rnvpi_conv_guard_floats lets the direct
                               kernel use plain loads */
 } net_ws;
+
+enum { RNVPI_CONV_BLAS = 0, RNVPI_CONV_AVX512 = 1, RNVPI_CONV_AVX2 = 2 };
 
 /* Columns per strip of the direct kernel. */
 #define RNVP_CONV_STRIP 32
@@ -301,6 +304,18 @@ size_t rnvpi_conv_panel_floats(int cin, int kh, int kw);
 size_t rnvpi_conv_guard_floats(const conv_i *cv, int W);
 /* 1 when this CPU can run the direct kernel (AVX-512F, built for x86-64 with GCC or clang). */
 int rnvpi_conv_direct_available(void);
+/* The kernel to use: the AVX-512 direct one where the CPU has it, else the AVX2 one, else
+ * OpenBLAS; REALNVP_CONV=blas, avx2 or avx512 (also: direct) overrides the choice (a kernel the
+ * CPU lacks falls back to the default). */
+int rnvpi_conv_choose(void);
+/* 1 when it can run the AVX2 direct kernel (AVX2 and FMA): strips of 16 columns, each one's
+ * im2col panel built in L1 (masked loads: no guard zone) and multiplied in registers. */
+int rnvpi_conv_avx2_available(void);
+/* The AVX2 kernel on images n0 .. n0+nb-1 of N, one thread: out[:, chunk] = res[:, chunk] (0
+ * when res == NULL; res may be out) + b + w * pre(in); panel: rnvpi_conv_panel_floats() + 16
+ * floats (aligned inside). Call only when rnvpi_conv_avx2_available(). */
+void rnvpi_conv_avx2_chunk(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                           float *panel, int n0, int nb, int N, int H, int W);
 
 /* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
 void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,

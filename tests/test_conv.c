@@ -55,9 +55,9 @@ static void conv_ref(double *ref, const float *out0, const float *in, const conv
                 }
 }
 
-enum mode { BLAS, DIRECT_ONE, DIRECT_POOL_MASKED, DIRECT_POOL_GUARDED, MODES };
-static const char *mode_name[MODES] = {"blas", "direct 1 thread", "direct 2 threads masked",
-                                       "direct 2 threads guarded"};
+enum mode { BLAS, AVX2_ONE, AVX2_POOL, DIRECT_ONE, DIRECT_POOL_MASKED, DIRECT_POOL_GUARDED, MODES };
+static const char *mode_name[MODES] = {"blas", "avx2 1 thread", "avx2 2 threads", "direct 1 thread",
+                                       "direct 2 threads masked", "direct 2 threads guarded"};
 
 static void check_shape(const struct shape *sh, enum mode mode)
 {
@@ -86,8 +86,9 @@ static void check_shape(const struct shape *sh, enum mode mode)
     float *panel = aligned_alloc(64, sizeof(float) * 2 * pf);
     net_ws ws = {.col = col};
     tpool *tp = NULL;
-    if (mode != BLAS) ws.direct = 1;
-    if (mode == DIRECT_POOL_MASKED || mode == DIRECT_POOL_GUARDED) {
+    if (mode >= DIRECT_ONE) ws.direct = RNVPI_CONV_AVX512;
+    else if (mode != BLAS) ws.direct = RNVPI_CONV_AVX2;
+    if (mode == DIRECT_POOL_MASKED || mode == DIRECT_POOL_GUARDED || mode == AVX2_POOL) {
         tp = rnvpi_tpool_create(2);
         ck_assert_ptr_nonnull(tp);
         ws.tp = tp;
@@ -114,10 +115,39 @@ static void check_shape(const struct shape *sh, enum mode mode)
 
 START_TEST(conv_kernels_match_reference)
 {
-    const int direct = rnvpi_conv_direct_available();
-    if (!direct) fprintf(stderr, "test_conv: no AVX-512 on this CPU: only the OpenBLAS kernel is checked\n");
+    const int direct = rnvpi_conv_direct_available(), avx2 = rnvpi_conv_avx2_available();
+    if (!direct) fprintf(stderr, "test_conv: no AVX-512 on this CPU: its direct kernel is not checked\n");
+    if (!avx2) fprintf(stderr, "test_conv: no AVX2 on this CPU: its direct kernel is not checked\n");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        for (int m = 0; m < (direct ? MODES : 1); m++) check_shape(&shapes[i], (enum mode)m);
+        for (int m = 0; m < MODES; m++) {
+            if ((m == AVX2_ONE || m == AVX2_POOL) && !avx2) continue;
+            if (m >= DIRECT_ONE && !direct) continue;
+            check_shape(&shapes[i], (enum mode)m);
+        }
+}
+END_TEST
+
+/* The AVX2 kernel on chunks of images (as the trainer runs it), with a residual input: the same
+ * result as the whole batch at once through the OpenBLAS kernel. */
+START_TEST(avx2_chunks_match)
+{
+    if (!rnvpi_conv_avx2_available()) return;
+    const int cout = 7, cin = 5, kh = 3, kw = 3, N = 5, H = 6, W = 5, P = N * H * W, K = cin * kh * kw;
+    float *w = malloc(sizeof(float) * cout * K), *b = malloc(sizeof(float) * cout), *a = malloc(sizeof(float) * cin);
+    float *s = malloc(sizeof(float) * cin), *in = malloc(sizeof(float) * cin * P), *res = malloc(sizeof(float) * cout * P);
+    float *o1 = malloc(sizeof(float) * cout * P), *o2 = malloc(sizeof(float) * cout * P);
+    float *col = malloc(sizeof(float) * (size_t)K * P), *panel = malloc(sizeof(float) * (rnvpi_conv_panel_floats(cin, kh, kw) + 16));
+    for (int i = 0; i < cout * K; i++) w[i] = frand();
+    for (int i = 0; i < cout; i++) b[i] = frand();
+    for (int i = 0; i < cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
+    for (int i = 0; i < cin * P; i++) in[i] = frand();
+    for (int i = 0; i < cout * P; i++) res[i] = frand();
+    conv_i cv = {cout, cin, kh, kw, w, b};
+    affine_i pre = {cin, a, s};
+    rnvpi_conv_blas(o1, in, &cv, &pre, res, col, NULL, 0, N, N, H, W);
+    for (int n0 = 0; n0 < N; n0 += 2) rnvpi_conv_avx2_chunk(o2, in, &cv, &pre, res, panel, n0, N - n0 < 2 ? N - n0 : 2, N, H, W);
+    for (int i = 0; i < cout * P; i++) ck_assert_float_eq_tol(o1[i], o2[i], 1e-4f * (1 + fabsf(o1[i])));
+    free(w); free(b); free(a); free(s); free(in); free(res); free(o1); free(o2); free(col); free(panel);
 }
 END_TEST
 
@@ -163,6 +193,7 @@ static Suite *conv_suite(void)
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, conv_kernels_match_reference);
+    tcase_add_test(tc, avx2_chunks_match);
     tcase_add_test(tc, flow_kernels_agree);
     suite_add_tcase(s, tc);
     return s;
