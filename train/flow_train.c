@@ -61,7 +61,7 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     w->ld = tr_arena_take(a, sizeof(double) * (size_t)N);
     w->lp = tr_arena_take(a, sizeof(double) * (size_t)N);
     w->dld = tr_arena_take(a, sizeof(double) * (size_t)N);
-    size_t fp = 0, ctp = 0, cinp = 0, dw = 0, col = 0, mask = 0, chmax = 1;
+    size_t fp = 0, ctp = 0, cinp = 0, dw = 0, col = 0, mask = 0;
     coupling_saved dummy;
     for (int k = 0; k < L; k++) {
         const coupling *c = &m->cp[k];
@@ -88,9 +88,6 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
             dw = max_sz(dw, (size_t)p->cout * p->cin * p->kh * p->kw);
             mask = max_sz(mask, (size_t)p->kh * p->kw * c->H * c->W);
             col = max_sz(col, tr_conv_ws_floats(p->cin, p->kh, p->kw, N, c->H, c->W, w->threads));
-            /* the AVX2 backward's panel in dcol: the transposed convolution has cout inputs */
-            col = max_sz(col, rnvpi_conv_panel_floats(p->cout, p->kh, p->kw) + 16);
-            chmax = max_sz(chmax, (size_t)(p->cin > p->cout ? p->cin : p->cout));
         }
     }
     w->da = tr_arena_take(a, sizeof(float) * (size_t)m->D * N);
@@ -101,9 +98,6 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     w->scr.cs.dcol = tr_arena_take(a, sizeof(float) * col * w->threads);
     w->scr.cs.dwp = tr_arena_take(a, sizeof(float) * dw * (w->threads - 1));
     w->scr.cs.mask = tr_arena_take(a, sizeof(float) * mask);
-    w->scr.cs.wt = tr_arena_take(a, sizeof(float) * dw);
-    w->scr.cs.zero = tr_arena_take(a, sizeof(float) * chmax);
-    if (!counting) memset(w->scr.cs.zero, 0, sizeof(float) * chmax);
     w->scr.cs.col_floats = col;
     w->scr.cs.dw_floats = dw;
     w->scr.dw = tr_arena_take(a, sizeof(float) * dw);

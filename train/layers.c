@@ -289,12 +289,6 @@ static void conv_backward_job(void *v, int t, int nt)
         if (one) {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)Q, j->cout, 1.0f, j->w, K,
                         dout, (int)P, j->acc ? 1.0f : 0.0f, j->din + n0 * HW, (int)P);
-        } else if (j->cs->kernel == RNVPI_CONV_AVX2) {
-            /* the same as a convolution of dout with the transposed, flipped kernel (stride 1,
-             * padding kh/2, kw/2, odd kernels): din[ci] (+)= sum_co wt[ci][co] * dout[co] */
-            const conv_i tcv = {j->cin, j->cout, j->kh, j->kw, j->cs->wt, j->cs->zero};
-            rnvpi_conv_avx2_chunk(j->din, j->dout, &tcv, NULL, j->acc ? j->din : NULL, dcol, n0, m, j->N, j->H,
-                                  j->W);
         } else {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)Q, j->cout, 1.0f, j->w, K,
                         dout, (int)P, 0.0f, dcol, (int)Q);
@@ -312,15 +306,6 @@ void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const
                          .cs = cs, .acc = acc, .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H,
                          .W = W, .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};
     rnvpi_tap_masks(cs->mask, kh, kw, H, W);
-    if (din && cs->kernel == RNVPI_CONV_AVX2 && kh * kw > 1) {
-        /* wt (cin, cout*kh*kw): wt[ci][co][a][b] = w[co][ci][kh-1-a][kw-1-b] */
-        for (int co = 0; co < cout; co++)
-            for (int ci = 0; ci < cin; ci++)
-                for (int a = 0; a < kh; a++)
-                    for (int b = 0; b < kw; b++)
-                        cs->wt[(((size_t)ci * cout + co) * kh + a) * kw + b] =
-                            w[(((size_t)co * cin + ci) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
-    }
     rnvpi_tpool_run(cs->tp, conv_backward_job, &j);
     const size_t nw = (size_t)cout * cin * kh * kw;
     for (int t = 1; t < nt; t++) add_to(dw, cs->dwp + (size_t)(t - 1) * cs->dw_floats, nw);

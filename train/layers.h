@@ -53,12 +53,10 @@ typedef struct conv_scratch {
     size_t col_floats;  /* >= tr_conv_ws_floats(..., threads) of every convolution run */
     size_t dw_floats;   /* >= cout*cin*kh*kw of every convolution run */
     const tr_comm *comm;  /* the processes of a data-parallel run, NULL: one */
-    int kernel;           /* RNVPI_CONV_AVX2: the forward, and the input gradient of convolutions
-                             larger than 1x1 as a convolution with the transposed, flipped kernel,
-                             run the AVX2 direct kernel (each thread's col or dcol is its panel);
-                             RNVPI_CONV_BLAS (0): im2col + sgemm (+ col2im) */
-    float *wt;            /* (dw_floats) the transposed, flipped kernel (AVX2 backward) */
-    float *zero;          /* (largest channel count) zeros: its bias */
+    int kernel;           /* the forward's kernel: RNVPI_CONV_AVX2 (each thread's col is its
+                             panel) or RNVPI_CONV_BLAS (0: im2col + sgemm). The backward passes
+                             are im2col + sgemm (+ col2im) either way: the input gradient as a
+                             transposed convolution on the AVX2 kernel took 1.2x the CPU time */
 } conv_scratch;
 
 /* Images per chunk for a (cin*kh*kw)-row im2col of H*W columns per image, nt threads. */
