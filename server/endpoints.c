@@ -21,14 +21,14 @@ int srv_endpoint_route(const char *url)
 {
     static const char *paths[] = {"/log_prob", "/encode", "/decode", "/interpolate", "/sample",
                                   "/healthz",  "/readyz", "/metrics", "/info",       "/"};
-    for (int i = 0; i < EP_OTHER; i++)
+    for (int i = 0; i <= EP_INDEX; i++)
         if (!strcmp(url, paths[i])) return i;
-    return EP_OTHER;
+    return srv_oip_route(url, NULL, NULL);   /* /v2/... or EP_OTHER */
 }
 
 const char *srv_endpoint_allow(int ep)
 {
-    if (ep <= EP_INTERPOLATE) return "POST";
+    if (ep <= EP_INTERPOLATE || ep == EP_V2_INFER) return "POST";
     return ep == EP_SAMPLE ? "GET" : "GET, HEAD";   /* HEAD would compute a whole sample */
 }
 
@@ -139,6 +139,8 @@ static int enqueue(req *r)
     }
     return 1;
 }
+
+int srv_endpoint_enqueue(req *r) { return enqueue(r); }
 
 /* Charges n bytes to the budget: 0, or -1 with the 503 prepared. */
 static int charge(req *r, size_t n)
@@ -359,20 +361,27 @@ static void put_latents(srv_buf *b, const float *z, int n, int d)
     srv_buf_printf(b, "]");
 }
 
-static int finish_request(req *r)
+int srv_endpoint_group_failed(req *r)
 {
     srv_server *s = r->s;
     srv_group *g = &r->g;
     if (g->shutdown)
-        return FAIL(r, 503, "draining", "the server is shutting down and could not compute this request before its "
-                                        "drain deadline; retry on another instance");
-    if (g->cancelled) return FAIL(r, 499, "client_closed", "the client disconnected before the computation");
+        return !FAIL(r, 503, "draining", "the server is shutting down and could not compute this request before its "
+                                         "drain deadline; retry on another instance");
+    if (g->cancelled) return !FAIL(r, 499, "client_closed", "the client disconnected before the computation");
     if (g->expired)
-        return FAIL(r, 504, "timeout",
-                           "%d of %d computations waited in the queue longer than the request timeout (%ld ms); "
-                           "the server is overloaded, retry later",
-                           g->expired, g->n, s->o.request_timeout_ms);
-    if (g->failed) return FAIL(r, 500, "internal", "computation failed: %s", g->err);
+        return !FAIL(r, 504, "timeout",
+                     "%d of %d computations waited in the queue longer than the request timeout (%ld ms); "
+                     "the server is overloaded, retry later",
+                     g->expired, g->n, s->o.request_timeout_ms);
+    if (g->failed) return !FAIL(r, 500, "internal", "computation failed: %s", g->err);
+    return 0;
+}
+
+static int finish_request(req *r)
+{
+    srv_server *s = r->s;
+    if (srv_endpoint_group_failed(r)) return 0;
     if (r->ep == EP_INTERPOLATE && r->stage == 0) return start_interp_decode(r);
     srv_buf b = {0};
     char seedhdr[32];
@@ -474,6 +483,10 @@ void srv_endpoint_simple(req *r)
     srv_server *s = r->s;
     srv_buf b = {0};
     int ready = atomic_load(&s->ready), draining = atomic_load(&s->draining);
+    if (SRV_OIP_EP(r->ep)) {
+        srv_oip_simple(r);
+        return;
+    }
     switch (r->ep) {
     case EP_HEALTHZ:
         srv_buf_printf(&b, "{\"status\": \"ok\"}\n");
@@ -519,9 +532,10 @@ void srv_endpoint_simple(req *r)
 
 int srv_endpoint_prepare(req *r)
 {
+    if (r->ep == EP_V2_INFER) return srv_oip_prepare(r);
     if (r->ep == EP_DECODE) return start_decode(r);
     if (r->ep == EP_SAMPLE) return start_sample(r);
     return start_images(r);
 }
 
-int srv_endpoint_finish(req *r) { return finish_request(r); }
+int srv_endpoint_finish(req *r) { return r->ep == EP_V2_INFER ? srv_oip_finish(r) : finish_request(r); }

@@ -96,9 +96,15 @@ void srv_req_error(req *r, int status, const char *code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     srv_buf b = {0};
-    srv_buf_printf(&b, "{\"error\": {\"code\": \"%s\", \"message\": ", code);
-    srv_buf_json_string(&b, msg);
-    srv_buf_printf(&b, "}}\n");
+    if (SRV_OIP_EP(r->ep) || srv_oip_is_v2(r->uri)) {   /* the Open Inference Protocol's {"error": "..."} */
+        srv_buf_printf(&b, "{\"error\": ");
+        srv_buf_json_string(&b, msg);
+        srv_buf_printf(&b, "}\n");
+    } else {
+        srv_buf_printf(&b, "{\"error\": {\"code\": \"%s\", \"message\": ", code);
+        srv_buf_json_string(&b, msg);
+        srv_buf_printf(&b, "}}\n");
+    }
     const char *hn = NULL, *hv = NULL;
     if (status == 503) hn = MHD_HTTP_HEADER_RETRY_AFTER, hv = "1";
     if (status == 401) hn = MHD_HTTP_HEADER_WWW_AUTHENTICATE, hv = "Bearer";
@@ -384,8 +390,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                               s->o.max_body_bytes);
         if (!r->len)
             return SEND_ERROR(r, 400, "empty_body", "the request body is empty (expected %s)",
-                              r->ep == EP_DECODE ? "a JSON object {\"latents\": ...}"
-                                                 : "a PNG image or a multipart/form-data upload of PNGs");
+                              r->ep == EP_DECODE     ? "a JSON object {\"latents\": ...}"
+                              : r->ep == EP_V2_INFER ? "an inference request {\"inputs\": [...]}"
+                                                     : "a PNG image or a multipart/form-data upload of PNGs");
         return start_work(r);
     }
 
@@ -408,12 +415,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (r->ep == EP_OTHER)
         return SEND_ERROR(r, 404, "not_found",
                           "no such endpoint: %.100s (endpoints: POST /log_prob, /encode, /decode, /interpolate; GET /sample, "
-                          "/info, /healthz, /readyz, /metrics, / (the demo page))", url);
-    int wants_post = r->ep <= EP_INTERPOLATE;
+                          "/info, /healthz, /readyz, /metrics, / (the demo page); the Open Inference Protocol under /v2)", url);
+    int wants_post = r->ep <= EP_INTERPOLATE || r->ep == EP_V2_INFER;
     if ((wants_post && !r->post) || (!wants_post && !get))
         return SEND_ERROR(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url, srv_endpoint_allow(r->ep));
     char err[SRV_ERRLEN];
-    int open_ep = r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS || r->ep == EP_INDEX;
+    int open_ep = r->ep == EP_HEALTHZ || r->ep == EP_READYZ || r->ep == EP_METRICS || r->ep == EP_INDEX ||
+                  r->ep == EP_V2_LIVE || r->ep == EP_V2_READY;
     if (!open_ep && !key_ok(s, c))   /* health, metrics and the demo page (its API calls send the key) are open */
         return SEND_ERROR(r, 401, "unauthorized",
                           "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
@@ -424,7 +432,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return send_reply(r);
     }
     if (!atomic_load(&s->ready)) return SEND_ERROR(r, 503, "not_ready", "the model is still loading; retry shortly");
-    if (r->ep == EP_INFO) {
+    if (srv_oip_target(r, err, sizeof err)) return SEND_ERROR(r, 404, "not_found", "%s", err);   /* /v2/models/{m} */
+    if (r->ep == EP_INFO || (SRV_OIP_EP(r->ep) && r->ep != EP_V2_INFER)) {
         srv_endpoint_simple(r);
         return send_reply(r);
     }
@@ -449,7 +458,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     snprintf(r->ctype, sizeof r->ctype, "%s", ct ? ct : "");
     int ok;
-    if (r->ep == EP_DECODE) ok = !strncasecmp(r->ctype, "application/json", 16) && (!r->ctype[16] || r->ctype[16] == ';' || r->ctype[16] == ' ');
+    if (r->ep == EP_V2_INFER) {   /* any type: the Inference-Header-Content-Length frames the body */
+        ok = 1;
+        if (srv_oip_header_length(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length"),
+                                  &r->oip_hlen, err, sizeof err))
+            return SEND_ERROR(r, 400, "bad_request", "%s", err);
+    } else if (r->ep == EP_DECODE) ok = !strncasecmp(r->ctype, "application/json", 16) && (!r->ctype[16] || r->ctype[16] == ';' || r->ctype[16] == ' ');
     else
         ok = (!strncasecmp(r->ctype, "image/png", 9) && (!r->ctype[9] || r->ctype[9] == ';' || r->ctype[9] == ' ')) ||
              !strncasecmp(r->ctype, "multipart/form-data", 19);

@@ -7,7 +7,9 @@
  *                under the memory budget, sending prepared replies, the access log;
  *   endpoints.c  each endpoint's parameters, input decoding and result encoding (no MHD);
  *   pool.c       the work threads that run endpoints.c's heavy parts off the HTTP threads;
- *   lifecycle.c  start-up, model loading, /info, drain and shutdown.
+ *   lifecycle.c  start-up, model loading, /info, drain and shutdown;
+ *   oip_endpoints.c  the Open Inference Protocol's /v2 endpoints (oip.c parses and encodes), on the
+ *                same path: a v2 inference is a log_prob, encode or decode job of the queue.
  *
  * A compute request: the handler collects the body, suspends the connection and hands the req
  * to the pool (prepare: decode inputs, enqueue the group, or prepare an error reply); the batch
@@ -129,6 +131,9 @@ typedef struct req {
     double *png_bpd;         /* (nimg) /log_prob: each input's own PNG size in bits/dim */
     srv_group g;
     srv_reply out;
+    /* the Open Inference Protocol (/v2) */
+    long long oip_hlen;      /* Inference-Header-Content-Length, -1: none */
+    srv_oip_req oip;         /* the parsed request (its tensors move to pixels / z) */
     /* for the log */
     int status;
     size_t bytes;
@@ -174,5 +179,22 @@ int srv_endpoint_prepare(req *r);
 int srv_endpoint_finish(req *r);
 /* "layout": [...] of the model's latent parts */
 void srv_endpoint_put_layout(srv_buf *b, const srv_server *s);
+/* for the heavy stages of other endpoints: enqueues r->g (1, or 0 with the refusal prepared); after
+ * done(), 1 with the error prepared when some job of r->g was not computed (shutdown, cancelled,
+ * timed out, failed) */
+int srv_endpoint_enqueue(req *r);
+int srv_endpoint_group_failed(req *r);
+
+/* ---- the Open Inference Protocol's /v2 endpoints (oip_endpoints.c) ---- */
+
+#define SRV_OIP_EP(ep) ((ep) >= EP_V2_SERVER && (ep) <= EP_V2_INFER)
+/* The model and version of r's /v2/models/... path: r->oip.decoder set, or -1 with err (a 404) when
+ * they are not the served model ({m} or {m}-decoder) and version 1. 0 for the other /v2 paths. */
+int srv_oip_target(req *r, char *err, size_t errcap);
+/* the /v2 GETs (server metadata, health, model metadata and readiness): prepares the reply */
+void srv_oip_simple(req *r);
+/* POST /v2/models/{m}/infer on the pool, as srv_endpoint_prepare and srv_endpoint_finish */
+int srv_oip_prepare(req *r);
+int srv_oip_finish(req *r);
 
 #endif

@@ -11,7 +11,9 @@
 #include <time.h>
 
 const char *const srv_endpoint_names[EP_COUNT] = {"log_prob", "encode",  "decode", "interpolate", "sample",
-                                                  "healthz",  "readyz",  "metrics", "info",       "index",  "other"};
+                                                  "healthz",  "readyz",  "metrics", "info",       "index",
+                                                  "v2_server", "v2_health_live", "v2_health_ready", "v2_model_metadata",
+                                                  "v2_model_ready", "v2_infer", "other"};
 const char *const srv_op_names[OP_COUNT] = {"log_prob", "log_prob_dequant", "encode", "decode"};
 
 /* ---- helpers ---- */

@@ -139,11 +139,77 @@ __attribute__((format(printf, 2, 3))) void srv_buf_printf(srv_buf *b, const char
 void srv_buf_json_string(srv_buf *b, const char *s);   /* a quoted, escaped JSON string */
 void srv_buf_json_double(srv_buf *b, double v, int digits);   /* null when not finite */
 
+/* ---- the Open Inference Protocol v2 over REST (oip.c) ---- */
+
+/* Model {m} takes "image" (UINT8, [N, H, W, C]) and returns "log_prob", "bits_per_dim" (FP64,
+ * [N]) and "latents" (FP32, [N, D]); model {m}-decoder takes "latents" and returns "image".
+ * Binary tensors follow Triton's binary tensor data extension (little-endian, row-major). */
+enum srv_oip_out { OIP_LOG_PROB, OIP_BITS_PER_DIM, OIP_LATENTS, OIP_IMAGE, OIP_NOUT };
+extern const char *const srv_oip_out_names[OIP_NOUT];
+#define SRV_OIP_NAMELEN 256   /* longest model name, version or request id (bytes, with the NUL) */
+
+/* The endpoint (EP_V2_*) of a /v2 path (the part before any '?'), or EP_OTHER. model and version
+ * (SRV_OIP_NAMELEN bytes each, or NULL) get the percent-decoded {m} and {v} ("" when absent). */
+int srv_oip_route(const char *path, char *model, char *version);
+/* 1 when the request target is "/v2" or under "/v2/": its errors are {"error": "..."} */
+int srv_oip_is_v2(const char *target);
+/* The Inference-Header-Content-Length header value (NULL: absent, *out = -1) as a byte count;
+ * -1 with err unless it is a plain decimal number. */
+int srv_oip_header_length(const char *value, long long *out, char *err, size_t errcap);
+
+/* A validated inference request. */
+typedef struct srv_oip_req {
+    int decoder;                 /* 0: model {m} (input image), 1: {m}-decoder (input latents) */
+    int n;                       /* N, images or latent vectors */
+    uint8_t *pixels;             /* (N, C, H, W) malloc'ed, the core's layout: model {m} */
+    float *z;                    /* (N, D) malloc'ed: the decoder */
+    int nout;                    /* outputs to return, in the order asked (the model's when none named) */
+    int out[OIP_NOUT];           /* enum srv_oip_out */
+    int binary[OIP_NOUT];        /* per out[i]: returned as binary data */
+    int samples;                 /* the "samples" parameter (dequantization draws), 0: none */
+    uint64_t seed;               /* the "seed" parameter */
+    int seed_given;
+    int has_id;
+    char id[SRV_OIP_NAMELEN];    /* the request's "id", echoed in the response */
+} srv_oip_req;
+
+/* Checks the body's framing (hlen: the Inference-Header-Content-Length, -1 when absent) and
+ * bounds its JSON before anything is parsed: more arrays or values than maxn images or vectors
+ * need is refused (-1, err filled). Otherwise 0 and *cost (may be NULL) = srv_json_cost of it. */
+int srv_oip_precheck(const char *body, size_t len, long long hlen, int decoder, int C, int H, int W, int maxn,
+                     size_t *cost, char *err, size_t errcap);
+/* Parses and validates an inference request for model {m} (decoder 0) or {m}-decoder (1) of
+ * shape C, H, W (D = C H W): the JSON header (the whole body when hlen is -1) and the binary
+ * tensors after it. N must be 1..maxn, samples 1..max_draws. Fills *q (its tensors malloc'ed:
+ * srv_oip_req_clear frees them). Returns 0, or -1 with err filled and nothing allocated. */
+int srv_oip_parse(srv_oip_req *q, const char *body, size_t len, long long hlen, int decoder, int C, int H, int W,
+                  int maxn, int max_draws, char *err, size_t errcap);
+void srv_oip_req_clear(srv_oip_req *q);
+
+/* The results of a request, as the queue left them: (N) log_prob and bits_per_dim (per image,
+ * draws averaged), (N, D) latents, (N, C, H, W) decoded pixels; NULL when not asked for. */
+typedef struct srv_oip_results {
+    const double *log_prob, *bits_per_dim;
+    const float *z;
+    const uint8_t *pixels;
+} srv_oip_results;
+/* The inference response of q into b: the JSON object, then the binary outputs in order.
+ * *json_len = the JSON's length when some output is binary (the Inference-Header-Content-Length),
+ * else 0 (b is JSON alone, newline-terminated). */
+void srv_oip_encode(srv_buf *b, size_t *json_len, const srv_oip_req *q, const srv_oip_results *res,
+                    const char *model_name, int C, int H, int W);
+/* GET /v2 and GET /v2/models/{m} replies (JSON, newline-terminated) */
+void srv_oip_server_metadata(srv_buf *b);
+void srv_oip_model_metadata(srv_buf *b, const char *name, int decoder, int C, int H, int W);
+
 /* ---- metrics (metrics.c) ---- */
 
 enum srv_endpoint {
     EP_LOG_PROB, EP_ENCODE, EP_DECODE, EP_INTERPOLATE,   /* POST: every endpoint up to EP_INTERPOLATE */
-    EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO, EP_INDEX, EP_OTHER, EP_COUNT
+    EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO, EP_INDEX,
+    /* the Open Inference Protocol (oip.c): EP_V2_SERVER..EP_V2_INFER; only EP_V2_INFER is a POST */
+    EP_V2_SERVER, EP_V2_LIVE, EP_V2_READY, EP_V2_MODEL, EP_V2_MODEL_READY, EP_V2_INFER,
+    EP_OTHER, EP_COUNT
 };
 extern const char *const srv_endpoint_names[EP_COUNT];
 

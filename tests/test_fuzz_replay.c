@@ -16,6 +16,9 @@
 #define LLVMFuzzerTestOneInput fuzz_query_one
 #include "fuzz/fuzz_query.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_oip_one
+#include "fuzz/fuzz_oip.c"
+#undef LLVMFuzzerTestOneInput
 
 #include <check.h>
 #include <dirent.h>
@@ -86,6 +89,8 @@ START_TEST(test_replay_multipart) { replay("multipart", fuzz_multipart_one, 3); 
 END_TEST
 START_TEST(test_replay_query) { replay("query", fuzz_query_one, 3); }
 END_TEST
+START_TEST(test_replay_oip) { replay("oip", fuzz_oip_one, 6); }
+END_TEST
 
 int main(void)
 {
@@ -97,6 +102,7 @@ int main(void)
     tcase_add_test(t, test_replay_latents);
     tcase_add_test(t, test_replay_multipart);
     tcase_add_test(t, test_replay_query);
+    tcase_add_test(t, test_replay_oip);
     suite_add_tcase(s, t);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

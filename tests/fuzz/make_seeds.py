@@ -68,3 +68,24 @@ write("corpus_multipart", "preamble.txt", b"multipart/form-data; boundary=b\npre
 write("corpus_query", "sample.txt", b"n=16&temp=0.7&seed=42&format=json&latents=1&cols=4")
 write("corpus_query", "escapes.txt", b"n=%31%36&temp=+1e-3&format=p%6Eg&&seed=18446744073709551615")
 write("corpus_query", "bad.txt", b"n=1&n=2&=x&a%zz=1&k")
+
+# Open Inference Protocol requests: the first line is "HLEN DECODER" (HLEN -1: no Inference-Header-Content-Length);
+# fuzz_oip.c parses for C 2, H 2, W 3 (D = 12), at most 8 tensors
+def oip(name, header, binary=b"", decoder=0, hlen=True):
+    h = header.encode()
+    write("corpus_oip", name, b"%d %d\n" % (len(h) if hlen else -1, decoder) + h + binary)
+
+img = ", ".join(str(k * 11) for k in range(24))
+oip("json_flat.txt", '{"id": "42", "inputs": [{"name": "image", "shape": [2, 2, 3, 2], "datatype": "UINT8", "data": [%s]}], '
+    '"outputs": [{"name": "log_prob"}, {"name": "latents", "parameters": {"binary_data": true}}]}' % img, hlen=False)
+oip("json_nested.txt", '{"inputs": [{"name": "image", "shape": [1, 2, 3, 2], "datatype": "UINT8", '
+    '"data": [[[[0, 1], [2, 3], [4, 5]], [[6, 7], [8, 9], [10, 255]]]]}], "parameters": {"samples": 3, "seed": 9}}', hlen=False)
+oip("binary.txt", '{"inputs": [{"name": "image", "shape": [1, 2, 3, 2], "datatype": "UINT8", '
+    '"parameters": {"binary_data_size": 12}}], "parameters": {"binary_data_output": true}}', bytes(range(12)))
+oip("decoder_binary.txt", '{"inputs": [{"name": "latents", "shape": [1, 12], "datatype": "FP32", '
+    '"parameters": {"binary_data_size": 48}}], "outputs": [{"name": "image", "parameters": {"binary_data": true}}]}',
+    struct.pack("<12f", *[k / 3 - 2 for k in range(12)]), decoder=1)
+oip("decoder_json.txt", '{"inputs": [{"name": "latents", "shape": [2, 12], "datatype": "FP32", '
+    '"data": [[0.5, -1, 2e-3, 0, 1, 2, 3, 4, 5, 6, 7, 8], [1e30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -3.25]]}]}', decoder=1, hlen=False)
+oip("bad_nan.txt", '{"inputs": [{"name": "latents", "shape": [1, 12], "datatype": "FP32", '
+    '"parameters": {"binary_data_size": 48}}]}', struct.pack("<12f", *([0.0] * 11 + [float("nan")])), decoder=1)
