@@ -3,21 +3,17 @@
  * Leaves out the native endpoints (test_server.c) and fuzzing the parser (tests/fuzz/fuzz_oip.c). */
 #include "realnvp.h"
 #include "../server/server.h"   /* the MHD-free parser and encoder, from build/libserver.a */
+#include "http_test.h"          /* dir, exe, server, start_server, stop_server, resp, http, body_json */
 
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define MODEL_FILE "tests/data/rgb6x8.safetensors"
@@ -27,8 +23,6 @@
 #define D (C * H * W)
 #define NIMG 4
 
-static char dir[64];
-static const char *exe = "bin/realnvp-server";
 static char mname[128];             /* the served model's name, from /info */
 static uint8_t imgs[NIMG][D];       /* (NIMG, C, H, W): the core's layout */
 static uint8_t nhwc[NIMG][D];       /* the same images (NIMG, H, W, C): the v2 layout */
@@ -36,213 +30,7 @@ static uint8_t *pngs[NIMG];
 static size_t png_len[NIMG];
 static int setup_ok;
 
-typedef struct server {
-    pid_t pid;
-    int port;
-    char err[160];
-} server;
-static server main_srv;
-
-/* ---- processes (as in test_server.c) ---- */
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0, got;
-    char *b = malloc(cap);
-    while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (cap - n < 2) b = realloc(b, cap *= 2);
-    }
-    fclose(f);
-    b[n] = 0;
-    if (len) *len = n;
-    return b;
-}
-
-__attribute__((format(printf, 2, 3))) static int start_server(server *s, const char *fmt, ...)
-{
-    static int count;
-    char args[1024], cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(s->err, sizeof s->err, "%s/err_%d_%d.txt", dir, (int)getpid(), count++);
-    snprintf(cmd, sizeof cmd, "exec %s --port 0 --access-log off --model %s %s 2>%s", exe, MODEL_FILE, args, s->err);
-    s->pid = fork();
-    if (s->pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 3000; i++) {
-        char *e = slurp(s->err, NULL);
-        const char *p = e ? strstr(e, "listening on http://127.0.0.1:") : NULL;
-        if (p) {
-            s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
-            free(e);
-            return 0;
-        }
-        free(e);
-        if (waitpid(s->pid, NULL, WNOHANG) == s->pid) {
-            s->pid = 0;
-            return -1;
-        }
-        usleep(10000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-    return -1;
-}
-
-static int stop_server(server *s)
-{
-    if (s->pid <= 0) return -1;
-    kill(s->pid, SIGTERM);
-    for (int i = 0; i < 6000; i++) {
-        int st;
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            s->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        }
-        usleep(10000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-    return -1;
-}
-
-/* ---- a tiny HTTP/1.1 client (as in test_server.c) ---- */
-
-typedef struct resp {
-    int status;
-    char *head;
-    char *body;       /* NUL-terminated; binary replies have len bytes */
-    size_t len;
-} resp;
-
-static void resp_free(resp *r)
-{
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {60, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
-
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        if (w <= 0) return -1;
-        c += w, n -= (size_t)w;
-    }
-    return 0;
-}
-
-static const char *header(const resp *r, const char *name, char *buf, size_t cap)
-{
-    if (!r->head) return NULL;
-    size_t nl = strlen(name);
-    for (const char *p = strstr(r->head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
-        const char *l = p + 2;
-        if (!strncasecmp(l, name, nl) && l[nl] == ':') {
-            l += nl + 1;
-            while (*l == ' ') l++;
-            size_t n = strcspn(l, "\r\n");
-            if (n >= cap) n = cap - 1;
-            memcpy(buf, l, n);
-            buf[n] = 0;
-            return buf;
-        }
-    }
-    return NULL;
-}
-
-static void http_on(int fd, resp *r, const char *method, const char *path, const char *extra_headers, const void *body,
-                    size_t blen)
-{
-    memset(r, 0, sizeof *r);
-    char head[2048];
-    int post = !strcmp(method, "POST");
-    int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s", method, path,
-                      extra_headers ? extra_headers : "");
-    if (post) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n", blen);
-    hn += snprintf(head + hn, sizeof head - (size_t)hn, "\r\n");
-    if (write_all(fd, head, (size_t)hn) || (blen && write_all(fd, body, blen))) return;
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    char *eoh = NULL;
-    long clen = -1;
-    for (;;) {
-        if (eoh && clen >= 0 && n >= (size_t)(eoh - buf) + 4 + (size_t)clen) break;
-        if (cap - n < 4096) {
-            size_t off = eoh ? (size_t)(eoh - buf) : 0;
-            buf = realloc(buf, cap *= 2);
-            if (eoh) eoh = buf + off;
-        }
-        ssize_t got = recv(fd, buf + n, cap - n - 1, 0);
-        if (got <= 0) break;
-        n += (size_t)got;
-        buf[n] = 0;
-        if (!eoh && (eoh = strstr(buf, "\r\n\r\n"))) {
-            const char *cl = strcasestr(buf, "\r\nContent-Length:");
-            if (cl && cl < eoh) clen = atol(cl + 17);
-            if (!strcmp(method, "HEAD")) clen = 0;
-        }
-    }
-    if (!eoh) {
-        free(buf);
-        return;
-    }
-    size_t hl = (size_t)(eoh - buf);
-    r->head = strndup(buf, hl + 2);
-    r->len = n - hl - 4;
-    if (clen >= 0 && r->len > (size_t)clen) r->len = (size_t)clen;
-    r->body = malloc(r->len + 1);
-    memcpy(r->body, eoh + 4, r->len);
-    r->body[r->len] = 0;
-    sscanf(buf, "HTTP/1.%*d %d", &r->status);
-    free(buf);
-}
-
-static void http(resp *r, int port, const char *method, const char *path, const char *extra_headers, const void *body,
-                 size_t blen)
-{
-    memset(r, 0, sizeof *r);
-    int fd = connect_port(port);
-    if (fd < 0) return;
-    http_on(fd, r, method, path, extra_headers, body, blen);
-    close(fd);
-}
-
-static json_t *body_json_n(const char *body, size_t len)
-{
-    json_error_t e;
-    json_t *j = json_loadb(body ? body : "", len, 0, &e);
-    ck_assert_msg(j != NULL, "reply is not JSON (%s): %.300s", e.text, body ? body : "(none)");
-    return j;
-}
-
-static json_t *body_json(const resp *r) { return body_json_n(r->body, r->len); }
+static server main_srv;             /* started by the fixture with default limits */
 
 /* the protocol's error: status and {"error": "non-empty message"} (and nothing else) */
 static void assert_v2_error(const resp *r, int status, const char *needle, const char *what)
@@ -438,18 +226,8 @@ typedef struct native {
 /* POST /log_prob (query q) or /encode as one multipart upload of images idx[0..n), one batch as the v2 request */
 static void native_call(native *out, int port, const char *path, const int *idx, int n)
 {
-    size_t cap = 1024;
-    for (int i = 0; i < n; i++) cap += png_len[idx[i]] + 200;
-    char *b = malloc(cap);
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        o += (size_t)sprintf(b + o, "--bnd\r\nContent-Disposition: form-data; name=\"f\"; filename=\"i%d.png\"\r\n"
-                                    "Content-Type: image/png\r\n\r\n", i);
-        memcpy(b + o, pngs[idx[i]], png_len[idx[i]]);
-        o += png_len[idx[i]];
-        o += (size_t)sprintf(b + o, "\r\n");
-    }
-    o += (size_t)sprintf(b + o, "--bnd--\r\n");
+    size_t o;
+    char *b = multipart_pngs(pngs, png_len, idx, n, &o, "bnd");
     resp r;
     http(&r, port, "POST", path, "Content-Type: multipart/form-data; boundary=bnd\r\n", b, o);
     free(b);
@@ -498,10 +276,7 @@ static void check_against(const v2resp *v, const native *nat, int n, int want_la
 
 static void setup(void)
 {
-    const char *x = getenv("REALNVP_SERVER_BIN");
-    if (x && *x) exe = x;
-    strcpy(dir, "/tmp/rnvp_test_oip_XXXXXX");
-    if (!mkdtemp(dir)) return;
+    if (http_test_begin("test_oip")) return;
     srand(12345);
     rnvp_error e;
     for (int i = 0; i < NIMG; i++) {
@@ -513,11 +288,7 @@ static void setup(void)
                 for (int w = 0; w < W; w++) nhwc[i][(h * W + w) * C + c] = imgs[i][(c * H + h) * W + w];
         if (rnvp_png_encode_grid(&pngs[i], &png_len[i], imgs[i], 1, C, H, W, 1, -1, &e)) return;
     }
-    if (access(exe, X_OK)) {
-        fprintf(stderr, "test_oip: %s is missing (run from the repository root after make)\n", exe);
-        return;
-    }
-    if (start_server(&main_srv, "%s", "")) {
+    if (start_server(&main_srv, NULL, "--model %s", MODEL_FILE)) {
         fprintf(stderr, "test_oip: the server did not start\n");
         return;
     }
@@ -534,11 +305,9 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (main_srv.pid > 0) stop_server(&main_srv);
+    stop_server(&main_srv);
     for (int i = 0; i < NIMG; i++) free(pngs[i]);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (dir[0]) (void)!system(cmd);
+    http_test_end();
 }
 
 #define NEED_SETUP() ck_assert_msg(setup_ok, "setup failed: is %s built? (run from the repository root)", exe)
@@ -1147,7 +916,7 @@ START_TEST(test_limits)
     uint8_t *bin = concat_images((int[]){0, 1, 2, 3}, 4);
     server s;
     /* images per request and computations per request */
-    ck_assert_int_eq(start_server(&s, "--max-samples 3 --max-jobs-per-request 4"), 0);
+    ck_assert_int_eq(start_server(&s, NULL, "--model " MODEL_FILE " --max-samples 3 --max-jobs-per-request 4"), 0);
     resp r;
     json_t *hdr = json_pack("{s:[o]}", "inputs", binary_image_input(4));
     post_binary(&r, s.port, mpath("", "/infer"), hdr, bin, 4 * D);
@@ -1169,7 +938,8 @@ START_TEST(test_limits)
     ck_assert_int_eq(stop_server(&s), 0);
 
     /* the body limit and the memory budget: a JSON tree that would not fit is refused before it is built */
-    ck_assert_int_eq(start_server(&s, "--max-body-bytes 200000 --memory-budget-bytes 1048576"), 0);
+    ck_assert_int_eq(
+        start_server(&s, NULL, "--model " MODEL_FILE " --max-body-bytes 200000 --memory-budget-bytes 1048576"), 0);
     char *big = malloc(250000);
     memset(big, ' ', 250000);
     big[0] = '{', big[249999] = '}';
@@ -1211,7 +981,7 @@ START_TEST(test_limits)
     FILE *f = fopen(keyfile, "w");
     fputs("v2-key\n", f);
     fclose(f);
-    ck_assert_int_eq(start_server(&s, "--api-key-file %s", keyfile), 0);
+    ck_assert_int_eq(start_server(&s, NULL, "--model " MODEL_FILE " --api-key-file %s", keyfile), 0);
     hdr = json_pack("{s:[o]}", "inputs", binary_image_input(1));
     post_binary(&r, s.port, mpath("", "/infer"), hdr, bin, D);
     assert_v2_error(&r, 401, "API key", "infer without the key");
@@ -1275,7 +1045,7 @@ START_TEST(test_queue_and_drain)
     uint8_t *bin = concat_images((int[]){0, 1, 2, 3}, 4);
     /* a full queue: 503 + Retry-After, as {"error": ...} */
     server s;
-    ck_assert_int_eq(start_server(&s, "--queue-size 5 --max-delay-us 1000000"), 0);
+    ck_assert_int_eq(start_server(&s, NULL, "--model " MODEL_FILE " --queue-size 5 --max-delay-us 1000000"), 0);
     call a = {s.port, mpath("", "/infer"), json_pack("{s:[o], s:[{s:s}]}", "inputs", binary_image_input(4), "outputs", "name",
                                                     "log_prob"), bin, 4 * D, {0}};
     pthread_t t;
@@ -1294,7 +1064,7 @@ START_TEST(test_queue_and_drain)
     ck_assert_int_eq(stop_server(&s), 0);
 
     /* the drain: queued work and new work on a kept-alive connection get 503 {"error": ...} */
-    ck_assert_int_eq(start_server(&s, "--max-delay-us 10000000 --drain-timeout-s 2"), 0);
+    ck_assert_int_eq(start_server(&s, NULL, "--model " MODEL_FILE " --max-delay-us 10000000 --drain-timeout-s 2"), 0);
     call b = {s.port, mpath("", "/infer"), json_pack("{s:[o]}", "inputs", binary_image_input(3)), bin, 3 * D, {0}};
     pthread_create(&t, NULL, call_thread, &b);
     int ka = connect_port(s.port), kb = connect_port(s.port);   /* kept alive: no new connection is accepted later */
@@ -1322,15 +1092,7 @@ START_TEST(test_queue_and_drain)
     pthread_join(t, NULL);
     assert_v2_error(&b.r, 503, "shutting down", "queued at SIGTERM");
     resp_free(&b.r);
-    int st = -2;
-    for (int i = 0; i < 1000 && st == -2; i++) {
-        int w;
-        if (waitpid(s.pid, &w, WNOHANG) == s.pid) st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
-        else usleep(10000);
-    }
-    if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
-    s.pid = 0;
-    ck_assert_int_eq(st, 0);
+    ck_assert_int_eq(wait_server(&s, 10000), 0);
     free(bin);
 }
 END_TEST
@@ -1507,10 +1269,5 @@ int main(int argc, char **argv)
 {
     (void)argc;
     rnvp_blas_select_core(argv);
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *r = srunner_create(oip_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(oip_suite());
 }

@@ -3,6 +3,7 @@
  * load, startup failures. Run from the repository root. Leaves out the parsers' fuzzing. */
 #include "realnvp.h"
 #include "../server/server.h"   /* the MHD-free parsers and helpers, from build/libserver.a */
+#include "http_test.h"          /* dir, exe, server, start_server, stop_server, resp, http, body_json */
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -10,7 +11,6 @@
 #include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -30,23 +30,16 @@
 #define D 64
 #define NIMG 8
 
-static char dir[64];
 static char model_path[128];
-static const char *exe = "bin/realnvp-server";
 static rnvp_model *model;
 static uint8_t imgs[NIMG][D];       /* (NIMG, 1, 8, 8) test images */
 static uint8_t *pngs[NIMG];         /* each as a PNG */
 static size_t png_len[NIMG];
 static int setup_ok;
 
-typedef struct server {
-    pid_t pid;
-    int port;
-    char log[160], err[160];
-} server;
 static server main_srv;             /* started by the fixture with default limits */
 
-/* ---- helpers: files and processes ---- */
+/* ---- helpers ---- */
 
 static char *path_in(const char *name)
 {
@@ -55,115 +48,6 @@ static char *path_in(const char *name)
     k = (k + 1) % 8;
     snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
     return buf[k];
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0, got;
-    char *b = malloc(cap);
-    while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (cap - n < 2) b = realloc(b, cap *= 2);
-    }
-    fclose(f);
-    b[n] = 0;
-    if (len) *len = n;
-    return b;
-}
-
-/* Starts the server with extra flags; waits for its "listening" line. 0 on success; -1 if it
- * exited first (its exit status in *status when not NULL). */
-__attribute__((format(printf, 3, 4))) static int start_server(server *s, int *status, const char *fmt, ...)
-{
-    static int count;
-    char args[1024], cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    int id = __sync_fetch_and_add(&count, 1);
-    snprintf(s->log, sizeof s->log, "%s/access_%d_%d.log", dir, (int)getpid(), id);
-    snprintf(s->err, sizeof s->err, "%s/err_%d_%d.txt", dir, (int)getpid(), id);
-    snprintf(cmd, sizeof cmd, "exec %s --port 0 --access-log %s %s 2>%s", exe, s->log, args, s->err);
-    s->pid = fork();
-    if (s->pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 3000; i++) {
-        char *e = slurp(s->err, NULL);
-        const char *p = e ? strstr(e, "listening on http://127.0.0.1:") : NULL;
-        if (p) {
-            s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
-            free(e);
-            return 0;
-        }
-        free(e);
-        int st;
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            s->pid = 0;
-            return -1;
-        }
-        usleep(10000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-    return -1;
-}
-
-/* SIGTERM and wait; the exit status, -1 if it did not exit normally within 60 s */
-static int stop_server(server *s)
-{
-    if (s->pid <= 0) return -1;
-    kill(s->pid, SIGTERM);
-    for (int i = 0; i < 6000; i++) {
-        int st;
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            s->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        }
-        usleep(10000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-    return -1;
-}
-
-/* ---- a tiny HTTP/1.1 client ---- */
-
-typedef struct resp {
-    int status;       /* 0: no response (connection refused or closed) */
-    char *head;       /* status line and headers */
-    char *body;       /* NUL-terminated for convenience */
-    size_t len;
-} resp;
-
-static void resp_free(resp *r)
-{
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {60, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
 }
 
 /* a connection from another loopback address (127.0.0.0/8): another client to the server's queue */
@@ -183,126 +67,15 @@ static int connect_from(int port, const char *src)
     return fd;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        if (w <= 0) return -1;
-        c += w, n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* header value (case-insensitive name) from r->head into buf, or NULL */
-static const char *header(const resp *r, const char *name, char *buf, size_t cap)
-{
-    if (!r->head) return NULL;
-    size_t nl = strlen(name);
-    for (const char *p = strstr(r->head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
-        const char *l = p + 2;
-        if (!strncasecmp(l, name, nl) && l[nl] == ':') {
-            l += nl + 1;
-            while (*l == ' ') l++;
-            size_t n = strcspn(l, "\r\n");
-            if (n >= cap) n = cap - 1;
-            memcpy(buf, l, n);
-            buf[n] = 0;
-            return buf;
-        }
-    }
-    return NULL;
-}
-
-/* one request on fd (keep-alive); reads exactly one response (Content-Length framing) */
-static void http_on(int fd, resp *r, const char *method, const char *path, const char *extra_headers, const void *body,
-                    size_t blen)
-{
-    memset(r, 0, sizeof *r);
-    char head[2048];
-    int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s", method, path,
-                      extra_headers ? extra_headers : "", body || !strcmp(method, "POST") ? "" : "\r\n");
-    if (body || !strcmp(method, "POST")) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", blen);
-    if (blen != (size_t)-1 &&   /* (size_t)-1: the request was sent already; only read */
-        (write_all(fd, head, (size_t)hn) || (blen && write_all(fd, body, blen))))
-        return;
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    char *eoh = NULL;
-    long clen = -1;
-    for (;;) {
-        if (eoh && clen >= 0 && n >= (size_t)(eoh - buf) + 4 + (size_t)clen) break;
-        if (cap - n < 4096) {
-            size_t off = eoh ? (size_t)(eoh - buf) : 0;
-            buf = realloc(buf, cap *= 2);
-            if (eoh) eoh = buf + off;
-        }
-        ssize_t got = recv(fd, buf + n, cap - n - 1, 0);
-        if (got <= 0) break;
-        n += (size_t)got;
-        buf[n] = 0;
-        if (!eoh && (eoh = strstr(buf, "\r\n\r\n"))) {
-            const char *cl = strcasestr(buf, "\r\nContent-Length:");
-            if (cl && cl < eoh) clen = atol(cl + 17);
-            if (!strcmp(method, "HEAD")) clen = 0;
-        }
-    }
-    if (!eoh) {
-        free(buf);
-        return;
-    }
-    size_t hl = (size_t)(eoh - buf);
-    r->head = strndup(buf, hl + 2);
-    r->len = n - hl - 4;
-    if (clen >= 0 && r->len > (size_t)clen) r->len = (size_t)clen;
-    r->body = malloc(r->len + 1);
-    memcpy(r->body, eoh + 4, r->len);
-    r->body[r->len] = 0;
-    sscanf(buf, "HTTP/1.%*d %d", &r->status);
-    free(buf);
-}
-
-/* one request on a new connection */
-static void http(resp *r, int port, const char *method, const char *path, const char *extra_headers, const void *body,
-                 size_t blen)
-{
-    memset(r, 0, sizeof *r);
-    int fd = connect_port(port);
-    if (fd < 0) return;
-    http_on(fd, r, method, path, extra_headers, body, blen);
-    close(fd);
-}
-
 static void post_png(resp *r, int port, const char *path, int i)
 {
     http(r, port, "POST", path, "Content-Type: image/png\r\n", pngs[i], png_len[i]);
 }
 
-/* a multipart/form-data body of the given images (caller frees) */
+/* a multipart/form-data body of the given test images (caller frees) */
 static char *multipart(const int *idx, int n, size_t *len, const char *boundary)
 {
-    size_t cap = 1024;
-    for (int i = 0; i < n; i++) cap += png_len[idx[i]] + 200;
-    char *b = malloc(cap);
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        o += (size_t)sprintf(b + o, "--%s\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"img%d.png\"\r\n"
-                                    "Content-Type: image/png\r\n\r\n", boundary, i, idx[i]);
-        memcpy(b + o, pngs[idx[i]], png_len[idx[i]]);
-        o += png_len[idx[i]];
-        o += (size_t)sprintf(b + o, "\r\n");
-    }
-    o += (size_t)sprintf(b + o, "--%s--\r\n", boundary);
-    *len = o;
-    return b;
-}
-
-static json_t *body_json(const resp *r)
-{
-    json_error_t e;
-    json_t *j = json_loadb(r->body ? r->body : "", r->len, 0, &e);
-    ck_assert_msg(j != NULL, "response is not JSON (%s): %.300s", e.text, r->body ? r->body : "(none)");
-    return j;
+    return multipart_pngs(pngs, png_len, idx, n, len, boundary);
 }
 
 /* status and a JSON error body {"error": {"code": code, "message": non-empty}} */
@@ -355,10 +128,7 @@ static long metric(int port, const char *line_prefix)
 
 static void setup(void)
 {
-    const char *x = getenv("REALNVP_SERVER_BIN");
-    if (x && *x) exe = x;
-    strcpy(dir, "/tmp/rnvp_test_server_XXXXXX");
-    if (!mkdtemp(dir)) return;
+    if (http_test_begin("test_server")) return;
     snprintf(model_path, sizeof model_path, "%s/small.safetensors", dir);
     rnvp_config cfg;
     rnvp_error e;
@@ -372,10 +142,6 @@ static void setup(void)
     rnvp_ctx_free(c);
     for (int i = 0; i < NIMG; i++)
         if (rnvp_png_encode_grid(&pngs[i], &png_len[i], imgs[i], 1, 1, 8, 8, 1, -1, &e)) return;
-    if (access(exe, X_OK)) {
-        fprintf(stderr, "test_server: %s is missing (run from the repository root after make)\n", exe);
-        return;
-    }
     if (start_server(&main_srv, NULL, "--model %s --max-delay-us 5000", model_path)) {
         fprintf(stderr, "test_server: the server did not start\n");
         return;
@@ -385,12 +151,10 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (main_srv.pid > 0) stop_server(&main_srv);
+    stop_server(&main_srv);
     for (int i = 0; i < NIMG; i++) free(pngs[i]);
     rnvp_model_free(model);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (dir[0]) (void)!system(cmd);
+    http_test_end();
 }
 
 #define NEED_SETUP() ck_assert_msg(setup_ok, "setup failed: is %s built? (run from the repository root)", exe)
@@ -1263,18 +1027,9 @@ START_TEST(test_shutdown_under_load)
     ck_assert_msg(r.status == 503 || r.status == 0, "readyz while draining: %d", r.status);
     resp_free(&r);
     close(ka);
-    int st = -2;
-    for (int i = 0; i < 3000; i++) {
-        int w;
-        if (waitpid(s.pid, &w, WNOHANG) == s.pid) {
-            st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
-            break;
-        }
-        usleep(10000);
-    }
+    int st = wait_server(&s, 30000);
     for (int i = 0; i < N; i++) __atomic_store_n(&l[i].stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
-    if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
     ck_assert_msg(st == 0, "exit status after SIGTERM under load: %d", st);
     int ok = 0;
     for (int i = 0; i < N; i++) {
@@ -1903,15 +1658,8 @@ START_TEST(test_drain_bounded)
     close(up);
     assert_error(&r, 503, "draining", "upload finished during the drain");
     resp_free(&r);
-    int st = -2;
-    for (int i = 0; i < 1000 && st == -2; i++) {
-        int w;
-        if (waitpid(s.pid, &w, WNOHANG) == s.pid) st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
-        else usleep(10000);
-    }
+    int st = wait_server(&s, 10000);
     double took = now_s() - t0;
-    if (st == -2) kill(s.pid, SIGKILL), waitpid(s.pid, NULL, 0);
-    s.pid = 0;
     ck_assert_msg(st == 0, "exit status %d", st);
     ck_assert_msg(took < 2.0 + 1.0, "the drain took %.2f s for --drain-timeout-s 2", took);   /* + exit, ASan */
     /* every queued request was answered: 503 + Retry-After, never a closed connection */
@@ -2048,10 +1796,5 @@ int main(int argc, char **argv)
 {
     (void)argc;
     rnvp_blas_select_core(argv);
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *r = srunner_create(server_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(server_suite());
 }
