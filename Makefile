@@ -103,7 +103,7 @@ bin/test_%: $(B)/tests/test_%.o $(if $(SRV_OBJ),$(B)/libserver.a) $(if $(TRAIN_O
 
 # build and run the whole Check suite and the Python client's tests (the README's test command; .ci/run calls it)
 test: $(PROGS) $(TESTS)
-	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS) tests/test_mpi.sh clients/python/tests/test_client.py
+	@OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} tests/run_all.sh $(TESTS) tests/test_mpi.sh tests/test_torch_twin.sh clients/python/tests/test_client.py
 
 # the browser demo's end-to-end test in headless Chromium (skips with a message when Chromium or node is missing)
 test-web: all

@@ -3,9 +3,11 @@
 docs/model.md, inference only, used as the speed and accuracy reference for the
 C core (bench/run_core_bench.sh runs both side by side).
 
-It shares no code with the C library: its own safetensors reader and writer, modules built
-once at load (weight norm applied, BatchNorm2d in eval mode, kernel sizes read from the
-weights), NCHW tensors.
+It shares no code with the C library: the model, the safetensors reader and writer and the
+PNG writer are the PyTorch twin's (python/realnvp_torch, imported from ../python) in eval mode
+(running statistics; weight norm computed in double once and kept while the weights do not
+change; kernel sizes read from the weights), NCHW tensors. This script adds the timing, the
+OpenBLAS kernel choice, random checkpoints, the check images and the self-test.
 
 Run with the Debian python (/usr/bin/python3: python3-torch, python3-numpy).
 
@@ -27,15 +29,18 @@ import json
 import math
 import os
 import resource
-import struct
 import sys
 import time
-import zlib
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from realnvp_torch.data import png_write  # noqa: E402
+from realnvp_torch.model import RealNVP, coupling_layout, ct_cin, squeeze, unsqueeze  # noqa: E402
+from realnvp_torch.model import load_model as rt_load_model  # noqa: E402
+from realnvp_torch.safetensors import write as st_write  # noqa: E402
 
 # ---------------------------------------------------------------- OpenBLAS kernels
 
@@ -73,425 +78,12 @@ def openblas_select_core():
         os.environ["OPENBLAS_CORETYPE"] = "Haswell"
         os.execv(sys.executable, [sys.executable] + sys.argv)
 
-# ---------------------------------------------------------------- safetensors
-
-def st_read(path):
-    """Returns (metadata dict, {name: np.ndarray float32}). Checks what docs/model.md section 5 asks for."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    if len(buf) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", buf[:8])
-    if n > len(buf) - 8:
-        raise ValueError(f"{path}: header length {n} past the end of the file")
-    header = json.loads(buf[8:8 + n].decode("utf-8"))
-    data = memoryview(buf)[8 + n:]
-    meta = header.pop("__metadata__", {}) or {}
-    tensors = {}
-    spans = []
-    for name, info in header.items():
-        if info["dtype"] != "F32":
-            raise ValueError(f"{name}: dtype {info['dtype']}, expected F32")
-        shape = [int(s) for s in info["shape"]]
-        b, e = (int(v) for v in info["data_offsets"])
-        count = int(np.prod(shape)) if shape else 1
-        if not (0 <= b <= e <= len(data)) or e - b != 4 * count:
-            raise ValueError(f"{name}: data_offsets [{b}, {e}] do not fit shape {shape}")
-        spans.append((b, e, name))
-        arr = np.frombuffer(data[b:e], dtype="<f4").reshape(shape).astype(np.float32)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: non-finite value")
-        tensors[name] = arr
-    spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise ValueError(f"{n0} and {n1} overlap")
-    return meta, tensors
-
-
-def st_write(path, tensors, meta):
-    """tensors: {name: np.ndarray}; meta: {str: str}. Atomic (temp file + rename)."""
-    header = {"__metadata__": {k: str(v) for k, v in meta.items()}}
-    off = 0
-    blobs = []
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        blob = a.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
-                        "data_offsets": [off, off + len(blob)]}
-        off += len(blob)
-        blobs.append(blob)
-    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hj += b" " * ((8 - len(hj) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)))
-        f.write(hj)
-        for b in blobs:
-            f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-# ---------------------------------------------------------------- model layout
-
-def coupling_layout(cfg):
-    """Forward-order list of couplings: dicts with kind ('checker'|'channel'), parity, the
-    channel count C the coupling sees, H, W, scale index s."""
-    S = cfg["num_scales"]
-    C, H, W = cfg["channels"], cfg["height"], cfg["width"]
-    out = []
-    for s in range(S):
-        if s < S - 1:
-            for q in (0, 1, 0):
-                out.append(dict(kind="checker", parity=q, C=C, H=H, W=W, s=s))
-            for q in (0, 1, 0):
-                out.append(dict(kind="channel", parity=q, C=4 * C, H=H // 2, W=W // 2, s=s))
-            C, H, W = 2 * C, H // 2, W // 2
-        else:
-            for q in (0, 1, 0, 1):
-                out.append(dict(kind="checker", parity=q, C=C, H=H, W=W, s=s))
-    return out
-
-
-def latent_parts(cfg):
-    """[(offset, C, H, W)] of z_0 .. z_{S-1}."""
-    S = cfg["num_scales"]
-    C, H, W = cfg["channels"], cfg["height"], cfg["width"]
-    parts, off = [], 0
-    for s in range(S):
-        if s < S - 1:
-            parts.append((off, 2 * C, H // 2, W // 2))
-            off += 2 * C * (H // 2) * (W // 2)
-            C, H, W = 2 * C, H // 2, W // 2
-        else:
-            parts.append((off, C, H, W))
-            off += C * H * W
-    return parts
-
-
-def ct_cin(c):
-    if c["kind"] == "checker":
-        return c["C"], c["C"] + 1
-    return c["C"] // 2, c["C"] // 2
-
-# ---------------------------------------------------------------- modules
-
-def wn_conv(t, prefix):
-    """nn.Conv2d with the weight-normalised weight computed once: w = g * v / ||v||."""
-    v = torch.from_numpy(t[prefix + ".weight_v"]).double()
-    g = torch.from_numpy(t[prefix + ".weight_g"]).double()
-    b = torch.from_numpy(t[prefix + ".bias"])
-    if v.dim() != 4:
-        raise ValueError(f"{prefix}.weight_v: 4 dims expected")
-    o, i, kh, kw = v.shape
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"{prefix}.weight_v: odd kernel expected, got {kh}x{kw}")
-    norm = v.reshape(o, -1).norm(dim=1).clamp_min(1e-30)
-    w = (g.reshape(o) / norm).reshape(o, 1, 1, 1) * v
-    conv = nn.Conv2d(i, o, (kh, kw), padding=(kh // 2, kw // 2), bias=True)
-    with torch.no_grad():
-        conv.weight.copy_(w.float())
-        conv.bias.copy_(b)
-    return conv
-
-
-def bn2d(t, prefix, eps):
-    w = torch.from_numpy(t[prefix + ".weight"])
-    bn = nn.BatchNorm2d(w.numel(), eps=eps, momentum=0.1)
-    with torch.no_grad():
-        bn.weight.copy_(w)
-        bn.bias.copy_(torch.from_numpy(t[prefix + ".bias"]))
-        bn.running_mean.copy_(torch.from_numpy(t[prefix + ".running_mean"]))
-        bn.running_var.copy_(torch.from_numpy(t[prefix + ".running_var"]))
-    return bn
-
-
-class ResBlock(nn.Module):
-    def __init__(self, t, p, eps):
-        super().__init__()
-        self.bn_a = bn2d(t, p + ".bn_a", eps)
-        self.conv_a = wn_conv(t, p + ".conv_a")
-        self.bn_b = bn2d(t, p + ".bn_b", eps)
-        self.conv_b = wn_conv(t, p + ".conv_b")
-
-    def forward(self, h):
-        return h + self.conv_b(F.relu(self.bn_b(self.conv_a(F.relu(self.bn_a(h))))))
-
-
-class STNet(nn.Module):
-    def __init__(self, t, p, K, eps):
-        super().__init__()
-        self.in_conv = wn_conv(t, p + ".in_conv")
-        self.blocks = nn.ModuleList([ResBlock(t, f"{p}.blocks.{j}", eps) for j in range(K)])
-        self.bn_out = bn2d(t, p + ".bn_out", eps)
-        self.out_conv = wn_conv(t, p + ".out_conv")
-
-    def forward(self, x):
-        h = self.in_conv(x)
-        for b in self.blocks:
-            h = b(h)
-        return self.out_conv(F.relu(self.bn_out(h)))
-
-
-class Coupling(nn.Module):
-    """One coupling and its optional flow batch norm. forward: x -> (y, logdet per image)."""
-
-    def __init__(self, t, k, lay, cfg):
-        super().__init__()
-        self.kind, self.parity = lay["kind"], lay["parity"]
-        C, H, W = lay["C"], lay["H"], lay["W"]
-        self.Ct, _ = ct_cin(lay)
-        self.net = STNet(t, f"flow.{k}.net", cfg["res_blocks"], cfg["bn_eps"])
-        self.register_buffer("scale", torch.from_numpy(t[f"flow.{k}.scale"]).reshape(1, -1, 1, 1))
-        self.fbn = bool(cfg["flow_batchnorm"])
-        if self.fbn:
-            m = torch.from_numpy(t[f"flow.{k}.flow_bn.running_mean"]).double()
-            v = torch.from_numpy(t[f"flow.{k}.flow_bn.running_var"]).double()
-            sd = torch.sqrt(v + cfg["flow_bn_eps"])
-            self.register_buffer("fbn_mean", m.float().reshape(1, -1, 1, 1))
-            self.register_buffer("fbn_sd", sd.float().reshape(1, -1, 1, 1))
-            # log-det of the flow batch norm per transformed position, summed over channels:
-            # -0.5 ln(var + eps) = -ln(sd), taken from the float32 sd the transform divides by
-            self.fbn_ld_per_pos = float(-torch.log(self.fbn_sd.double()).sum())
-        if self.kind == "checker":
-            i = torch.arange(H).reshape(H, 1)
-            j = torch.arange(W).reshape(1, W)
-            b = ((i + j + self.parity) % 2 == 0).float().reshape(1, 1, H, W)
-            self.register_buffer("mask", b)
-            self.n_trans = int((b == 0).sum())       # transformed positions per channel
-        else:
-            self.n_trans = H * W
-
-    def _st(self, xin):
-        o = self.net(xin)
-        s_raw, t = o[:, :self.Ct], o[:, self.Ct:]
-        return self.scale * torch.tanh(s_raw), t
-
-    def _halves(self, x):
-        h = x.shape[1] // 2
-        if self.parity == 0:
-            return x[:, :h], x[:, h:]
-        return x[:, h:], x[:, :h]
-
-    def _join(self, cond, trans):
-        return torch.cat([cond, trans] if self.parity == 0 else [trans, cond], dim=1)
-
-    def forward(self, x):
-        if self.kind == "checker":
-            b = self.mask
-            nb = 1.0 - b
-            s, t = self._st(torch.cat([x * b, b.expand(x.shape[0], 1, -1, -1)], dim=1))
-            y = b * x + nb * (x * torch.exp(s) + t)
-            ld = (s * nb).sum(dim=(1, 2, 3), dtype=torch.float64)
-            if self.fbn:
-                y = b * y + nb * ((y - self.fbn_mean) / self.fbn_sd)
-                ld = ld + self.fbn_ld_per_pos * self.n_trans
-            return y, ld
-        cond, trans = self._halves(x)
-        s, t = self._st(cond)
-        trans = trans * torch.exp(s) + t
-        ld = s.sum(dim=(1, 2, 3), dtype=torch.float64)
-        if self.fbn:
-            trans = (trans - self.fbn_mean) / self.fbn_sd
-            ld = ld + self.fbn_ld_per_pos * self.n_trans
-        return self._join(cond, trans), ld
-
-    def inverse(self, y):
-        if self.kind == "checker":
-            b = self.mask
-            nb = 1.0 - b
-            if self.fbn:
-                y = b * y + nb * (y * self.fbn_sd + self.fbn_mean)
-            s, t = self._st(torch.cat([y * b, b.expand(y.shape[0], 1, -1, -1)], dim=1))
-            return b * y + nb * ((y - t) * torch.exp(-s))
-        cond, trans = self._halves(y)
-        if self.fbn:
-            trans = trans * self.fbn_sd + self.fbn_mean
-        s, t = self._st(cond)
-        return self._join(cond, (trans - t) * torch.exp(-s))
-
-
-def squeeze(x):
-    # out[c*4 + dh*2 + dw][i][j] = in[c][2i + dh][2j + dw]
-    N, C, H, W = x.shape
-    x = x.reshape(N, C, H // 2, 2, W // 2, 2).permute(0, 1, 3, 5, 2, 4)
-    return x.reshape(N, 4 * C, H // 2, W // 2)
-
-
-def unsqueeze(x):
-    N, C4, h, w = x.shape
-    C = C4 // 4
-    x = x.reshape(N, C, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(N, C, 2 * h, 2 * w)
-
-
-def split_indices(C):
-    keep = [c * 4 + 0 for c in range(C)] + [c * 4 + 3 for c in range(C)]
-    fact = [c * 4 + 1 for c in range(C)] + [c * 4 + 2 for c in range(C)]
-    inv = [0] * (4 * C)
-    for pos, ch in enumerate(keep + fact):
-        inv[ch] = pos
-    return keep, fact, inv
-
-
-class RealNVP(nn.Module):
-    def __init__(self, cfg, tensors):
-        super().__init__()
-        self.cfg = cfg
-        lay = coupling_layout(cfg)
-        self.layout = lay
-        used = set()
-        need = expected_shapes(cfg, tensors)
-        for name, shape in need.items():
-            if name not in tensors:
-                raise ValueError(f"missing tensor {name}")
-            if list(tensors[name].shape) != list(shape):
-                raise ValueError(f"{name}: shape {list(tensors[name].shape)}, expected {list(shape)}")
-            used.add(name)
-        for name in tensors:
-            if name not in used and not name.startswith("train."):
-                raise ValueError(f"unknown tensor {name}")
-        self.couplings = nn.ModuleList([Coupling(tensors, k, l, cfg) for k, l in enumerate(lay)])
-        self.S = cfg["num_scales"]
-        self.C, self.H, self.W = cfg["channels"], cfg["height"], cfg["width"]
-        self.D = self.C * self.H * self.W
-        self.alpha = cfg["alpha"]
-        self.parts = latent_parts(cfg)
-        self.splits = []
-        C = self.C
-        for s in range(self.S - 1):
-            keep, fact, inv = split_indices(C)
-            self.splits.append((torch.tensor(keep), torch.tensor(fact), torch.tensor(inv)))
-            C *= 2
-        self.eval()
-
-    # -- pre-processing (docs/model.md section 1)
-    def preprocess(self, pixels, u=0.5):
-        """pixels uint8 (N,C,H,W) -> y float (N,C,H,W), L_pre (N,) float64."""
-        xt = (pixels.to(torch.float64) + u) / 256.0
-        a = self.alpha
-        p = a + (1 - 2 * a) * xt
-        y = torch.log(p) - torch.log1p(-p)
-        lpre = (math.log(1 - 2 * a) - torch.log(p) - torch.log1p(-p)).sum(dim=(1, 2, 3))
-        return y.to(self.dtype), lpre
-
-    @property
-    def dtype(self):
-        return self.couplings[0].scale.dtype
-
-    # -- the flow (docs/model.md section 2)
-    def flow(self, y):
-        """y (N,C,H,W) -> z (N,D), L_flow (N,) float64."""
-        N = y.shape[0]
-        ld = torch.zeros(N, dtype=torch.float64)
-        zs = []
-        h = y
-        k = 0
-        for s in range(self.S):
-            if s < self.S - 1:
-                for _ in range(3):
-                    h, l = self.couplings[k](h); ld = ld + l; k += 1
-                h = squeeze(h)
-                for _ in range(3):
-                    h, l = self.couplings[k](h); ld = ld + l; k += 1
-                keep, fact, _ = self.splits[s]
-                zs.append(h[:, fact].reshape(N, -1))
-                h = h[:, keep]
-            else:
-                for _ in range(4):
-                    h, l = self.couplings[k](h); ld = ld + l; k += 1
-                zs.append(h.reshape(N, -1))
-        return torch.cat(zs, dim=1), ld
-
-    def flow_inverse(self, z):
-        N = z.shape[0]
-        off, C, H, W = self.parts[-1]
-        h = z[:, off:off + C * H * W].reshape(N, C, H, W)
-        k = len(self.couplings)
-        for s in range(self.S - 1, -1, -1):
-            if s < self.S - 1:
-                off, Cz, Hz, Wz = self.parts[s]
-                zp = z[:, off:off + Cz * Hz * Wz].reshape(N, Cz, Hz, Wz)
-                _, _, inv = self.splits[s]
-                h = torch.cat([h, zp], dim=1)[:, inv]
-                for _ in range(3):
-                    k -= 1; h = self.couplings[k].inverse(h)
-                h = unsqueeze(h)
-                for _ in range(3):
-                    k -= 1; h = self.couplings[k].inverse(h)
-            else:
-                for _ in range(4):
-                    k -= 1; h = self.couplings[k].inverse(h)
-        return h
-
-    # -- public operations (docs/model.md sections 3, 4)
-    def encode(self, pixels, u=0.5):
-        """-> z (N,D), log_prob (N,) float64 nats."""
-        y, lpre = self.preprocess(pixels, u)
-        z, lflow = self.flow(y)
-        zd = z.to(torch.float64)
-        logpz = (-0.5 * zd * zd).sum(dim=1) - 0.5 * self.D * math.log(2 * math.pi)
-        return z, logpz + lflow + lpre - self.D * math.log(256.0)
-
-    def log_prob(self, pixels, u=0.5):
-        return self.encode(pixels, u)[1]
-
-    def bits_per_dim(self, lp):
-        return -lp / (self.D * math.log(2.0))
-
-    def decode(self, z):
-        y = self.flow_inverse(z.to(self.dtype)).to(torch.float64)
-        xt = ((torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)).clamp(0.0, 1.0)
-        return torch.clamp(torch.floor(256.0 * xt), max=255).to(torch.uint8)
-
-    def sample(self, n, temp=1.0, generator=None):
-        z = torch.randn(n, self.D, generator=generator, dtype=self.dtype) * temp
-        return self.decode(z)
-
-
-def expected_shapes(cfg, tensors):
-    """{name: shape} docs/model.md requires; kernel sizes taken from the weights present."""
-    def k_of(name, default):
-        a = tensors.get(name)
-        return tuple(a.shape[2:]) if a is not None and a.ndim == 4 else default
-    need = {}
-    K = cfg["res_blocks"]
-    for k, c in enumerate(coupling_layout(cfg)):
-        Fs = cfg["features"][c["s"]]
-        Ct, Cin = ct_cin(c)
-        p = f"flow.{k}.net"
-
-        def conv(name, o, i):
-            kk = k_of(name + ".weight_v", (3, 3))
-            need[name + ".weight_v"] = (o, i) + kk
-            need[name + ".weight_g"] = (o,)
-            need[name + ".bias"] = (o,)
-
-        def bn(name, n):
-            for f in ("weight", "bias", "running_mean", "running_var"):
-                need[f"{name}.{f}"] = (n,)
-        conv(p + ".in_conv", Fs, Cin)
-        for j in range(K):
-            bn(f"{p}.blocks.{j}.bn_a", Fs)
-            conv(f"{p}.blocks.{j}.conv_a", Fs, Fs)
-            bn(f"{p}.blocks.{j}.bn_b", Fs)
-            conv(f"{p}.blocks.{j}.conv_b", Fs, Fs)
-        bn(p + ".bn_out", Fs)
-        conv(p + ".out_conv", 2 * Ct, Fs)
-        need[f"flow.{k}.scale"] = (Ct,)
-        if cfg["flow_batchnorm"]:
-            need[f"flow.{k}.flow_bn.running_mean"] = (Ct,)
-            need[f"flow.{k}.flow_bn.running_var"] = (Ct,)
-    return need
-
+# ---------------------------------------------------------------- the model (python/realnvp_torch)
 
 def load_model(path):
-    meta, tensors = st_read(path)
-    if meta.get("format") != "realnvp" or meta.get("version") != "1":
-        raise ValueError(f"{path}: metadata format/version is not realnvp/1")
-    cfg = json.loads(meta["config"])
-    return RealNVP(cfg, tensors), meta, tensors
+    """(model in eval mode, metadata, tensors) of a checkpoint: the PyTorch twin's RealNVP."""
+    return rt_load_model(path)
+
 
 # ---------------------------------------------------------------- random checkpoints
 
@@ -558,21 +150,6 @@ def check_images(C, H, W, n=16):
             img = (img - img.min()) / max(img.max() - img.min(), 1e-9)
             out[m, c] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
     return out
-
-
-def png_write(path, img):
-    """img uint8 (C, H, W), C 1 or 3: an 8-bit grey or RGB PNG (no PIL needed)."""
-    C, H, W = img.shape
-    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
-    raw = b"".join(b"\x00" + hwc[i].tobytes() for i in range(H))
-
-    def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", W, H, 8, 0 if C == 1 else 2, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9))
-                + chunk(b"IEND", b""))
 
 
 def read_png_dir(d, C, H, W):
@@ -653,7 +230,7 @@ def bench(model, batches, iters, warmup=2, want=("log_prob", "encode", "decode",
                 "log_prob": lambda: model.log_prob(px),
                 "encode": lambda: model.encode(px),
                 "decode": lambda: model.decode(z),
-                "sample": lambda: model.sample(n, 1.0, gen),
+                "sample": lambda: model.sample(n, 1.0, generator=gen),
             }
         for op, fn in ops.items():
             if op not in want:
@@ -689,12 +266,12 @@ def selftest():
          "flow_bn_eps": 1e-4},
     ]
     for ci, cfg in enumerate(cfgs):
-        m = RealNVP(cfg, random_tensors(cfg, 7 + ci)).double()
+        m = RealNVP(cfg, random_tensors(cfg, 7 + ci)).double().eval()
         C, H, W, D = m.C, m.H, m.W, m.D
         with torch.no_grad():
             # float flow invertibility
             y = torch.randn(3, C, H, W, dtype=torch.float64)
-            z, ld = m.flow(y)
+            z, ld = m.flow_forward(y)
             y2 = m.flow_inverse(z)
             err = float((y2 - y).abs().max())
             print(f"cfg{ci}: flow inverse max |y - f^-1(f(y))| = {err:.2e}")
@@ -702,7 +279,7 @@ def selftest():
             # every coupling does real work: it moves its input
             h = y
             moved = []
-            for cp in m.couplings:
+            for cp in m.flow:
                 if cp.kind == "channel":
                     break
                 h2, _ = cp(h)
@@ -725,11 +302,11 @@ def selftest():
         # log-det vs autograd Jacobian, per image
         for i in range(2):
             y0 = torch.randn(1, C, H, W, dtype=torch.float64)
-            fun = lambda v: m.flow(v.reshape(1, C, H, W))[0].reshape(-1)
+            fun = lambda v: m.flow_forward(v.reshape(1, C, H, W))[0].reshape(-1)
             J = torch.autograd.functional.jacobian(fun, y0.reshape(-1))
             sign, logabs = torch.linalg.slogdet(J)
             with torch.no_grad():
-                ld = float(m.flow(y0)[1][0])
+                ld = float(m.flow_forward(y0)[1][0])
             d = abs(float(logabs) - ld)
             print(f"cfg{ci} img{i}: log|det J| autograd {float(logabs):.10f}  flow {ld:.10f}  diff {d:.1e}")
             ok &= d < 1e-8 and float(sign) > 0
@@ -747,7 +324,7 @@ def selftest():
         ok &= d < 1e-9
         # log_prob assembled independently
         with torch.no_grad():
-            z, lflow = m.flow(m.preprocess(px)[0])
+            z, lflow = m.flow_forward(m.preprocess(px)[0])
             ref = (torch.distributions.Normal(0.0, 1.0).log_prob(z).sum() + lflow[0] + lpre[0]
                    - D * math.log(256))
             d = abs(float(ref) - float(m.log_prob(px)[0]))
@@ -757,13 +334,13 @@ def selftest():
     cfg = {"height": 28, "width": 28, "channels": 1, "num_scales": 3, "res_blocks": 4,
            "features": [32, 64, 64], "alpha": 0.05, "bn_eps": 1e-5, "flow_batchnorm": True,
            "flow_bn_eps": 1e-4}
-    m = RealNVP(cfg, random_tensors(cfg, 1))
+    m = RealNVP(cfg, random_tensors(cfg, 1)).eval()
     with torch.no_grad():
         px = torch.from_numpy(check_images(1, 28, 28))
         z, lp = m.encode(px)
         back = m.decode(z)
         nbad = int((back != px).sum())
-        m64 = RealNVP(cfg, random_tensors(cfg, 1)).double()
+        m64 = RealNVP(cfg, random_tensors(cfg, 1)).double().eval()
         lp64 = m64.log_prob(px)
         rel = float(((lp - lp64).abs() / lp64.abs()).max())
     print(f"bench28 float32: decode(encode(x)) pixel mismatches {nbad} of {px.numel()}; "

@@ -6,7 +6,7 @@
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libpng-dev zlib1g-dev libjansson-dev check libmicrohttpd-dev python3 python3-numpy curl help2man"   # curl: clients/curl/ and their test; help2man: make install's man pages
 TRAIN_PKGS="libopenmpi-dev openmpi-bin"   # mpirun -np N bin/realnvp-train (make finds mpicc and builds it with MPI)
-CI_PKGS="clang libclang-rt-14-dev python3-yaml man-db $TRAIN_PKGS"   # make fuzz: clang -fsanitize=fuzzer (Debian 12's clang is 14); make deploy-check; man: make install-check
+CI_PKGS="clang libclang-rt-14-dev python3-yaml man-db python3-torch $TRAIN_PKGS"   # make fuzz: clang -fsanitize=fuzzer (Debian 12's clang is 14); make deploy-check; man: make install-check; python3-torch: tests/test_torch_twin.sh (python/realnvp_torch)
 WEB_PKGS="chromium nodejs npm"   # make test-web: the browser demo's test (playwright-core from npm drives Debian's chromium)
 case "${1:-}" in
   --ci) PKGS="$PKGS $CI_PKGS" ;;
