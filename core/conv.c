@@ -190,6 +190,31 @@ void rnvpi_conv_blas(float *out, const float *in, const conv_i *cv, const affine
 /* 64-byte aligned start inside a buffer with at least 16 floats of slack. */
 static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
+/* For the direct kernels' strips of columns p0 .. p0+nv-1 (nv <= 32) of a (N, H, W) plane set:
+ * bit c of rowok[di] (colok[dj]) is set when tap row di (column dj) of column p0 + c reads
+ * inside the image; a tap reads inside when both are. */
+__attribute__((unused)) static void strip_masks(uint32_t *rowok, uint32_t *colok, int kh, int kw, int H, int W, ptrdiff_t p0, int nv)
+{
+    const int ph = kh / 2, pw = kw / 2, HW = H * W;
+    memset(rowok, 0, sizeof(uint32_t) * (size_t)kh);
+    memset(colok, 0, sizeof(uint32_t) * (size_t)kw);
+    int q = (int)(p0 % HW), i = q / W, j = q % W;
+    for (int c = 0; c < nv; c++) {
+        for (int di = 0; di < kh; di++) {
+            const int ii = i + di - ph;
+            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
+        }
+        for (int dj = 0; dj < kw; dj++) {
+            const int jj = j + dj - pw;
+            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
+        }
+        if (++j == W) {
+            j = 0;
+            if (++i == H) i = 0;
+        }
+    }
+}
+
 /* ================================================================ AVX-512: direct, in strips */
 
 #ifdef HAVE_AVX512_KERNEL
@@ -210,25 +235,9 @@ AVX512 static void strip_im2col(float *restrict panel, const float *in, const af
                                 int kh, int kw, ptrdiff_t P, int H, int W, ptrdiff_t p0, int nv,
                                 int guarded)
 {
-    const int ph = kh / 2, pw = kw / 2, HW = H * W;
+    const int ph = kh / 2, pw = kw / 2;
     uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
-    memset(rowok, 0, sizeof rowok);
-    memset(colok, 0, sizeof colok);
-    int q = (int)(p0 % HW), i = q / W, j = q % W;
-    for (int c = 0; c < nv; c++) {
-        for (int di = 0; di < kh; di++) {
-            const int ii = i + di - ph;
-            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
-        }
-        for (int dj = 0; dj < kw; dj++) {
-            const int jj = j + dj - pw;
-            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
-        }
-        if (++j == W) {
-            j = 0;
-            if (++i == H) i = 0;
-        }
-    }
+    strip_masks(rowok, colok, kh, kw, H, W, p0, nv);
     const __m512 zero = _mm512_setzero_ps();
     const int affine = pre && pre->a;
     float *dst = panel;
@@ -380,25 +389,9 @@ AVX2F static void strip_im2col2(float *restrict panel, const float *in, const af
                                 int kw, ptrdiff_t P, int H, int W, ptrdiff_t p0, int nv)
 {
     const float *lo = in, *hi = in + cin * P;
-    const int ph = kh / 2, pw = kw / 2, HW = H * W;
+    const int ph = kh / 2, pw = kw / 2;
     uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
-    memset(rowok, 0, sizeof rowok);
-    memset(colok, 0, sizeof colok);
-    int q = (int)(p0 % HW), i = q / W, j = q % W;
-    for (int c = 0; c < nv; c++) {
-        for (int di = 0; di < kh; di++) {
-            const int ii = i + di - ph;
-            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
-        }
-        for (int dj = 0; dj < kw; dj++) {
-            const int jj = j + dj - pw;
-            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
-        }
-        if (++j == W) {
-            j = 0;
-            if (++i == H) i = 0;
-        }
-    }
+    strip_masks(rowok, colok, kh, kw, H, W, p0, nv);
     const __m256i bit0 = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i bit1 = _mm256_slli_epi32(bit0, 8);
     const __m256 zero = _mm256_setzero_ps();

@@ -5,6 +5,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* d as one process without MPI */
+static void dist_single(tr_dist *d)
+{
+    d->rank = 0;
+    d->size = 1;
+    d->local_size = 1;
+    d->mpi = 0;
+    d->comm.sum = NULL;
+    d->comm.user = NULL;
+}
+
 /* 1 when started by an MPI launcher (mpirun, srun with PMIx): its environment says so */
 static int launched_by_mpirun(void)
 {
@@ -27,12 +38,7 @@ int tr_dist_available(void) { return 1; }
 
 int tr_dist_init(tr_dist *d, int *argc, char ***argv)
 {
-    d->rank = 0;
-    d->size = 1;
-    d->local_size = 1;
-    d->mpi = 0;
-    d->comm.sum = NULL;
-    d->comm.user = NULL;
+    dist_single(d);
     /* a plain start stays one process without MPI: Open MPI's singleton start would fork a
      * daemon and create shared-memory files, which fails under tight limits (ulimit -f) */
     if (!launched_by_mpirun()) return 0;
@@ -101,12 +107,7 @@ int tr_dist_init(tr_dist *d, int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    d->rank = 0;
-    d->size = 1;
-    d->local_size = 1;
-    d->mpi = 0;
-    d->comm.sum = NULL;
-    d->comm.user = NULL;
+    dist_single(d);
     /* started by mpirun (Open MPI, MPICH) as one of several: the processes would each train
      * alone and share the output folder */
     const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
