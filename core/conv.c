@@ -334,41 +334,35 @@ AVX512 static void strip_rows(float *out, ptrdiff_t ldo, const float *w, int K, 
     }
 }
 
+/* One convolution on a direct kernel: what its strips need, and their schedule. Thread t claims
+ * runs of `grain` neighbouring strips (they share source rows in cache) until none is left; a
+ * thread that starts late finds less work, so a descheduled one costs little. */
 struct direct_job {
+    int kernel;                /* RNVPI_CONV_AVX512 or RNVPI_CONV_AVX2 */
     float *out;
-    const float *in;
+    const float *in, *res;     /* res: AVX2's residual (may be out), NULL: none */
     const conv_i *cv;
     const affine_i *pre;
-    float *panel;          /* (threads, panel_floats) */
-    size_t panel_floats;
     ptrdiff_t P;
-    int H, W, accumulate, guarded;
+    int H, W, accumulate, guarded;   /* AVX-512's */
+    float *panel;              /* (threads, panel_floats) */
+    size_t panel_floats;
     ptrdiff_t strips, grain;   /* strips in all; strips per claim */
     atomic_llong next;         /* first strip not yet claimed */
 };
 
-/* Thread t claims runs of `grain` neighbouring strips (they share source rows in cache) until
- * none is left; a thread that starts late finds less work, so a descheduled one costs little. */
-AVX512 static void direct_job_run(void *arg, int t, int nt)
+/* strips s0 .. s1-1 on the AVX-512 kernel */
+AVX512 static void direct512_strips(const struct direct_job *j, float *panel, ptrdiff_t s0, ptrdiff_t s1)
 {
-    struct direct_job *j = arg;
     const conv_i *cv = j->cv;
     const int K = cv->cin * cv->kh * cv->kw;
-    float *panel = j->panel + (size_t)t * j->panel_floats;
-    (void)nt;
-    for (;;) {
-        const ptrdiff_t s0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
-        if (s0 >= j->strips) break;
-        const ptrdiff_t s1 = s0 + j->grain < j->strips ? s0 + j->grain : j->strips;
-        for (ptrdiff_t s = s0; s < s1; s++) {
-            const ptrdiff_t p0 = s * NR;
-            const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
-            const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
-            strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv,
-                         j->guarded);
-            strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
-                       (__mmask16)(m >> 16), j->accumulate);
-        }
+    for (ptrdiff_t s = s0; s < s1; s++) {
+        const ptrdiff_t p0 = s * NR;
+        const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
+        const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
+        strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv, j->guarded);
+        strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
+                   (__mmask16)(m >> 16), j->accumulate);
     }
 }
 #endif
@@ -517,31 +511,40 @@ AVX2F static void direct2_columns(float *out, const float *in, const conv_i *cv,
     }
 }
 
-struct direct2_job {
-    float *out;
-    const float *in, *res;
-    const conv_i *cv;
-    const affine_i *pre;
-    float *panel;              /* (threads, panel_floats) */
-    size_t panel_floats;
-    ptrdiff_t P;
-    int H, W;
-    ptrdiff_t strips, grain;   /* strips in all; strips per claim */
-    atomic_llong next;         /* first strip not yet claimed */
-};
-
-/* as direct_job_run: runs of `grain` neighbouring strips claimed until none is left */
-static void direct2_job_run(void *arg, int t, int nt)
+static void direct_job_run(void *arg, int t, int nt)
 {
-    struct direct2_job *j = arg;
+    struct direct_job *j = arg;
     float *panel = j->panel + (size_t)t * j->panel_floats;
     (void)nt;
     for (;;) {
         const ptrdiff_t s0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
         if (s0 >= j->strips) break;
         const ptrdiff_t s1 = s0 + j->grain < j->strips ? s0 + j->grain : j->strips;
-        direct2_columns(j->out, j->in, j->cv, j->pre, j->res, panel, j->P, j->H, j->W, s0 * NR2,
-                        s1 * NR2 < j->P ? s1 * NR2 : j->P);
+        if (j->kernel == RNVPI_CONV_AVX512)
+            direct512_strips(j, panel, s0, s1);
+        else
+            direct2_columns(j->out, j->in, j->cv, j->pre, j->res, panel, j->P, j->H, j->W, s0 * NR2,
+                            s1 * NR2 < j->P ? s1 * NR2 : j->P);
+    }
+}
+
+/* Runs j (its kernel, out .. guarded set) in strips of nr columns on ws's threads, or on the
+ * caller with its panel in ws->col. */
+static void direct_run(struct direct_job *j, int nr, const net_ws *ws)
+{
+    j->strips = (j->P + nr - 1) / nr;
+    atomic_init(&j->next, 0);
+    if (ws->panel) {
+        /* about 8 claims per thread: balance against the cost of a claim */
+        const ptrdiff_t g = j->strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
+        j->grain = g < 1 ? 1 : g;
+        j->panel = ws->panel;
+        j->panel_floats = ws->panel_floats;
+        rnvpi_tpool_run_shared(ws->tp, direct_job_run, j);
+    } else {   /* one thread, its panel in col */
+        j->grain = j->strips;
+        j->panel = align64(ws->col);
+        direct_job_run(j, 0, 1);
     }
 }
 #endif
@@ -607,42 +610,11 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
                       int N, int H, int W, int accumulate)
 {
 #ifdef HAVE_AVX512_KERNEL
-    if (ws->direct == RNVPI_CONV_AVX2) {
-        struct direct2_job j = {.out = out, .in = in, .res = accumulate ? out : NULL, .cv = cv, .pre = pre,
-                                .P = (ptrdiff_t)N * H * W, .H = H, .W = W};
-        j.strips = (j.P + NR2 - 1) / NR2;
-        atomic_init(&j.next, 0);
-        if (ws->panel) {
-            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
-            j.grain = g < 1 ? 1 : g;
-            j.panel = ws->panel;
-            j.panel_floats = ws->panel_floats;
-            rnvpi_tpool_run_shared(ws->tp, direct2_job_run, &j);
-        } else {   /* one thread, its panel in col */
-            j.grain = j.strips;
-            j.panel = align64(ws->col);
-            direct2_job_run(&j, 0, 1);
-        }
-        return;
-    }
-    if (ws->direct == RNVPI_CONV_AVX512) {
-        struct direct_job j = {.out = out, .in = in, .cv = cv, .pre = pre,
-                               .P = (ptrdiff_t)N * H * W, .H = H, .W = W, .accumulate = accumulate,
-                               .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};
-        j.strips = (j.P + NR - 1) / NR;
-        atomic_init(&j.next, 0);
-        if (ws->panel) {
-            /* about 8 claims per thread: balance against the cost of a claim */
-            const ptrdiff_t g = j.strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
-            j.grain = g < 1 ? 1 : g;
-            j.panel = ws->panel;
-            j.panel_floats = ws->panel_floats;
-            rnvpi_tpool_run_shared(ws->tp, direct_job_run, &j);
-        } else {   /* one thread, its panel in col */
-            j.grain = j.strips;
-            j.panel = align64(ws->col);
-            direct_job_run(&j, 0, 1);
-        }
+    if (ws->direct == RNVPI_CONV_AVX2 || ws->direct == RNVPI_CONV_AVX512) {
+        struct direct_job j = {.kernel = ws->direct, .out = out, .in = in, .res = accumulate ? out : NULL,
+                               .cv = cv, .pre = pre, .P = (ptrdiff_t)N * H * W, .H = H, .W = W,
+                               .accumulate = accumulate, .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};
+        direct_run(&j, ws->direct == RNVPI_CONV_AVX2 ? NR2 : NR, ws);
         return;
     }
 #endif
