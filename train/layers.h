@@ -37,8 +37,9 @@ void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, cons
 
 /* ---- convolution, stride 1, zero padding (kh/2, kw/2), bias ----
  * out = w * pre(in) + b, where pre(x) = relu(a[c]*x + s[c]) per input channel when pre != NULL
- * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The forward is the core's
- * portable kernel (rnvpi_conv_blas) run on chunks; the backward recomputes its rnvpi_im2col. The batch is cut into chunks
+ * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The forward is one of the core's
+ * kernels run on chunks (conv_scratch.kernel: rnvpi_conv_avx2_chunk or rnvpi_conv_blas); the
+ * backward recomputes the core's rnvpi_im2col. The batch is cut into chunks
  * of images (tr_conv_chunk) small enough for the im2col buffer to stay in a core's cache; the
  * pool's threads take the chunks in turn, each with its own buffers and a single-threaded
  * cblas_sgemm: out[:, chunk] (cout, Q) = w (cout, K) x col (K, Q), K = cin*kh*kw. */
