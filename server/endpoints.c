@@ -28,15 +28,17 @@ int srv_endpoint_route(const char *url)
 
 const char *srv_endpoint_allow(int ep)
 {
-    if (ep <= EP_INTERPOLATE || ep == EP_V2_INFER) return "POST";
+    if (ep <= EP_INTERPOLATE || ep == EP_V2_INFER || SRV_OIP_REPO_EP(ep)) return "POST";
     return ep == EP_SAMPLE ? "GET" : "GET, HEAD";   /* HEAD would compute a whole sample */
 }
 
-static const char *const lp_params[] = {"samples", "seed", NULL};
+/* every endpoint with a model takes "model" (srv_endpoint_model) */
+static const char *const lp_params[] = {"samples", "seed", "model", NULL};
 static const char *const no_params[] = {NULL};
-static const char *const dec_params[] = {"format", "cols", NULL};
-static const char *const sample_params[] = {"n", "temp", "seed", "cols", "format", "latents", NULL};
-static const char *const interp_params[] = {"steps", "mode", "format", NULL};
+static const char *const model_params[] = {"model", NULL};
+static const char *const dec_params[] = {"format", "cols", "model", NULL};
+static const char *const sample_params[] = {"n", "temp", "seed", "cols", "format", "latents", "model", NULL};
+static const char *const interp_params[] = {"steps", "mode", "format", "model", NULL};
 static const char *const formats[] = {"png", "json", NULL};
 static const char *const modes[] = {"linear", "spherical", NULL};
 
@@ -47,6 +49,17 @@ static uint64_t random_seed(void)
     return v & ((1ULL << 53) - 1);   /* exact in every JSON reader */
 }
 
+int srv_endpoint_model(req *r, char *err, size_t cap)
+{
+    if (SRV_OIP_EP(r->ep)) return srv_oip_target(r, err, cap);
+    if (r->ep > EP_SAMPLE && r->ep != EP_INFO) return 0;
+    const char *name = NULL;
+    if (!srv_query_parse(&r->qp, r->query, err, cap)) name = srv_query_get(&r->qp, "model");   /* else: params says why */
+    int status = 0;
+    r->m = srv_repo_acquire(r->s->repo, name, 0, &status, err, cap);
+    return r->m ? 0 : status;
+}
+
 int srv_endpoint_params(req *r, char *err, size_t cap)
 {
     srv_server *s = r->s;
@@ -55,6 +68,7 @@ int srv_endpoint_params(req *r, char *err, size_t cap)
                                  : r->ep == EP_DECODE ? dec_params
                                  : r->ep == EP_SAMPLE ? sample_params
                                  : r->ep == EP_INTERPOLATE ? interp_params
+                                 : r->ep == EP_ENCODE || r->ep == EP_INFO ? model_params
                                                       : no_params;
     if (srv_query_check_allowed(&r->qp, allowed, err, cap)) return -1;
     long v;
@@ -102,7 +116,7 @@ int srv_endpoint_params(req *r, char *err, size_t cap)
     }
     if (r->fmt == FMT_PNG && (r->ep == EP_SAMPLE || r->ep == EP_INTERPOLATE)) {   /* refuse before computing */
         rnvp_error e;
-        if (rnvp_png_grid_check(r->ep == EP_SAMPLE ? r->nimg : r->steps, s->C, s->H, s->W, r->cols, &e)) {
+        if (rnvp_png_grid_check(r->ep == EP_SAMPLE ? r->nimg : r->steps, r->m->C, r->m->H, r->m->W, r->cols, &e)) {
             snprintf(err, cap, "%s; use format=json or fewer images or columns", e.msg);
             return -1;
         }
@@ -127,7 +141,7 @@ static int enqueue(req *r)
                     "this request needs %d computations, more than one request may queue (%d, %s)", g->n,
                     s->o.max_jobs_per_request < s->o.queue_size ? s->o.max_jobs_per_request : s->o.queue_size,
                     s->o.max_jobs_per_request < s->o.queue_size ? "--max-jobs-per-request" : "--queue-size");
-    int rc = srv_queue_push(s->q, g);
+    int rc = srv_queue_push(r->m->q, g);
     if (rc == -2) {
         srv_metrics_rejected(s->metrics, "draining", 1);
         return FAIL(r, 503, "draining", "the server is shutting down; retry on another instance");
@@ -153,7 +167,7 @@ static int charge(req *r, size_t n)
 /* (nimg) names, (nimg, C, H, W) pixels and (njobs) results, charged; 0, or -1 with the reply prepared */
 static int alloc_work(req *r, int nimg, int njobs)
 {
-    size_t D = (size_t)r->s->D;
+    size_t D = (size_t)r->m->D;
     if (charge(r, (size_t)nimg * (sizeof *r->names + D) + (size_t)njobs * 2 * sizeof(double))) return -1;
     r->nimg = nimg;
     r->names = calloc((size_t)nimg, sizeof *r->names);
@@ -168,10 +182,9 @@ static int alloc_work(req *r, int nimg, int njobs)
 /* decodes one PNG into image i; an error reply is prepared on failure (returns 1) */
 static int decode_png(req *r, int i, const char *data, size_t len)
 {
-    srv_server *s = r->s;
     rnvp_error e;
     enum rnvp_status st =
-        rnvp_png_decode(r->pixels + (size_t)i * (size_t)s->D, data, len, s->C, s->H, s->W, &e);
+        rnvp_png_decode(r->pixels + (size_t)i * (size_t)r->m->D, data, len, r->m->C, r->m->H, r->m->W, &e);
     if (st == RNVP_OK) return 0;
     const char *who = r->names[i];
     if (st == RNVP_ERR_SIZE)
@@ -228,7 +241,7 @@ static int start_images(req *r)
         if (!r->png_bpd) return FAIL(r, 500, "internal", "out of memory");
         for (int i = 0; i < r->nimg; i++) {
             rnvp_error e;
-            if (rnvp_png_bits_per_dim(&r->png_bpd[i], r->pixels + (size_t)i * (size_t)s->D, s->C, s->H, s->W, &e))
+            if (rnvp_png_bits_per_dim(&r->png_bpd[i], r->pixels + (size_t)i * (size_t)r->m->D, r->m->C, r->m->H, r->m->W, &e))
                 return FAIL(r, 500, "internal", "%s", e.msg);
         }
     }
@@ -239,8 +252,8 @@ static int start_images(req *r)
     if (r->ep == EP_ENCODE || r->ep == EP_INTERPOLATE) {
         g->op = OP_ENCODE;
         g->n = r->nimg;
-        if (charge(r, (size_t)r->nimg * (size_t)s->D * sizeof *r->z)) return 0;
-        r->z = malloc((size_t)r->nimg * (size_t)s->D * sizeof *r->z);
+        if (charge(r, (size_t)r->nimg * (size_t)r->m->D * sizeof *r->z)) return 0;
+        r->z = malloc((size_t)r->nimg * (size_t)r->m->D * sizeof *r->z);
         if (!r->z) return FAIL(r, 500, "internal", "out of memory");
         g->z = r->z;
     } else if (r->draws) {
@@ -262,21 +275,21 @@ static int start_decode(req *r)
     int n;
     /* the parse tree's memory, bounded first, is charged while it lives */
     size_t tree;
-    if (srv_latents_precheck(r->body, r->len, s->D, s->o.max_samples, &tree, err, sizeof err))
+    if (srv_latents_precheck(r->body, r->len, r->m->D, s->o.max_samples, &tree, err, sizeof err))
         return FAIL(r, 400, "bad_latents", "%s", err);
     if (charge(r, tree)) return 0;
-    int rc = srv_latents_parse(&r->z, &n, r->body, r->len, s->D, s->o.max_samples, s->layout, s->nparts, err, sizeof err);
+    int rc = srv_latents_parse(&r->z, &n, r->body, r->len, r->m->D, s->o.max_samples, r->m->layout, r->m->nparts, err, sizeof err);
     srv_req_release(r, tree);
     if (rc) return FAIL(r, 400, "bad_latents", "%s", err);
     srv_req_free_body(r);
     r->nimg = n;
-    if (charge(r, (size_t)n * (size_t)s->D * (sizeof *r->z + 1))) return 0;
+    if (charge(r, (size_t)n * (size_t)r->m->D * (sizeof *r->z + 1))) return 0;
     if (r->fmt == FMT_PNG) {   /* refuse before computing */
         rnvp_error e;
-        if (rnvp_png_grid_check(n, s->C, s->H, s->W, r->cols, &e))
+        if (rnvp_png_grid_check(n, r->m->C, r->m->H, r->m->W, r->cols, &e))
             return FAIL(r, 400, "bad_parameter", "%s; use format=json or fewer images or columns", e.msg);
     }
-    r->pixels = malloc((size_t)n * (size_t)s->D);
+    r->pixels = malloc((size_t)n * (size_t)r->m->D);
     if (!r->pixels) return FAIL(r, 500, "internal", "out of memory");
     r->g.op = OP_DECODE;
     r->g.n = n;
@@ -287,11 +300,10 @@ static int start_decode(req *r)
 
 static int start_sample(req *r)
 {
-    srv_server *s = r->s;
     int n = r->nimg;
-    if (charge(r, (size_t)n * (size_t)s->D * (1 + sizeof *r->z))) return 0;
-    r->pixels = malloc((size_t)n * (size_t)s->D);
-    r->z = malloc((size_t)n * (size_t)s->D * sizeof *r->z);
+    if (charge(r, (size_t)n * (size_t)r->m->D * (1 + sizeof *r->z))) return 0;
+    r->pixels = malloc((size_t)n * (size_t)r->m->D);
+    r->z = malloc((size_t)n * (size_t)r->m->D * sizeof *r->z);
     if (!r->pixels || !r->z) return FAIL(r, 500, "internal", "out of memory");
     r->g.op = OP_DECODE;
     r->g.n = n;
@@ -306,8 +318,7 @@ static int start_sample(req *r)
 /* /interpolate, once the two ends are encoded: the points between them, decoded as a second group */
 static int start_interp_decode(req *r)
 {
-    srv_server *s = r->s;
-    size_t D = (size_t)s->D;
+    size_t D = (size_t)r->m->D;
     if (charge(r, (size_t)r->steps * D * (1 + sizeof(float)))) return 0;
     float *z = malloc((size_t)r->steps * D * sizeof *z);
     uint8_t *px = malloc((size_t)r->steps * D);
@@ -317,7 +328,7 @@ static int start_interp_decode(req *r)
         return FAIL(r, 500, "internal", "out of memory");
     }
     rnvp_error e;
-    if (rnvp_interpolate_latents(z, r->z, r->z + D, s->D, r->steps, r->spherical, &e)) {
+    if (rnvp_interpolate_latents(z, r->z, r->z + D, r->m->D, r->steps, r->spherical, &e)) {
         free(z);
         free(px);
         return FAIL(r, 500, "internal", "%s", e.msg);
@@ -338,12 +349,12 @@ static int start_interp_decode(req *r)
 
 /* ---- results ---- */
 
-void srv_endpoint_put_layout(srv_buf *b, const srv_server *s)
+void srv_endpoint_put_layout(srv_buf *b, const srv_model *m)
 {
     srv_buf_printf(b, "[");
-    for (int i = 0; i < s->nparts; i++)
+    for (int i = 0; i < m->nparts; i++)
         srv_buf_printf(b, "%s{\"offset\": %d, \"channels\": %d, \"height\": %d, \"width\": %d}", i ? ", " : "",
-                       s->layout[i].offset, s->layout[i].channels, s->layout[i].height, s->layout[i].width);
+                       m->layout[i].offset, m->layout[i].channels, m->layout[i].height, m->layout[i].width);
     srv_buf_printf(b, "]");
 }
 
@@ -380,7 +391,6 @@ int srv_endpoint_group_failed(req *r)
 
 static int finish_request(req *r)
 {
-    srv_server *s = r->s;
     if (srv_endpoint_group_failed(r)) return 0;
     if (r->ep == EP_INTERPOLATE && r->stage == 0) return start_interp_decode(r);
     srv_buf b = {0};
@@ -388,7 +398,7 @@ static int finish_request(req *r)
     snprintf(seedhdr, sizeof seedhdr, "%llu", (unsigned long long)r->seed);
     if (r->ep == EP_LOG_PROB || r->ep == EP_ENCODE) {
         srv_buf_printf(&b, "{\"model\": ");
-        srv_buf_json_string(&b, s->model_name);
+        srv_buf_json_string(&b, r->m->name);
         if (r->ep == EP_LOG_PROB && r->draws)
             srv_buf_printf(&b, ", \"samples\": %d, \"seed\": %llu", r->draws, (unsigned long long)r->seed);
         srv_buf_printf(&b, ", \"results\": [");
@@ -396,7 +406,7 @@ static int finish_request(req *r)
             double lp, bpd;
             if (r->ep == EP_ENCODE) {
                 lp = r->lp[i];
-                bpd = -lp / ((double)s->D * log(2.0));
+                bpd = -lp / ((double)r->m->D * log(2.0));
             } else if (r->draws) {
                 double a = 0, c = 0;
                 for (int k = 0; k < r->draws; k++) a += r->lp[i * r->draws + k], c += r->bpd[i * r->draws + k];
@@ -422,10 +432,10 @@ static int finish_request(req *r)
         }
         srv_buf_printf(&b, "]");
         if (r->ep == EP_ENCODE) {
-            srv_buf_printf(&b, ", \"dim\": %d, \"layout\": ", s->D);
-            srv_endpoint_put_layout(&b, s);
+            srv_buf_printf(&b, ", \"dim\": %d, \"layout\": ", r->m->D);
+            srv_endpoint_put_layout(&b, r->m);
             srv_buf_printf(&b, ", \"latents\": ");
-            put_latents(&b, r->z, r->nimg, s->D);
+            put_latents(&b, r->z, r->nimg, r->m->D);
         }
         srv_buf_printf(&b, "}\n");
         return DONE_BUF(r, 200, "application/json", &b, NULL, NULL);
@@ -436,12 +446,12 @@ static int finish_request(req *r)
     if (r->fmt == FMT_PNG) {
         uint8_t *png = NULL;
         size_t len = 0;
-        if (rnvp_png_encode_grid(&png, &len, r->pixels, r->nimg, s->C, s->H, s->W, r->cols, -1, &e))
+        if (rnvp_png_encode_grid(&png, &len, r->pixels, r->nimg, r->m->C, r->m->H, r->m->W, r->cols, -1, &e))
             return FAIL(r, 500, "internal", "%s", e.msg);
         return DONE(r, 200, "image/png", (char *)png, len, hn, seedhdr);
     }
     srv_buf_printf(&b, "{\"model\": ");
-    srv_buf_json_string(&b, s->model_name);
+    srv_buf_json_string(&b, r->m->name);
     if (r->ep == EP_SAMPLE) {
         srv_buf_printf(&b, ", \"n\": %d, \"temp\": ", r->nimg);
         srv_buf_json_double(&b, r->temp, 17);
@@ -449,11 +459,11 @@ static int finish_request(req *r)
     }
     if (r->ep == EP_INTERPOLATE)
         srv_buf_printf(&b, ", \"steps\": %d, \"mode\": \"%s\"", r->steps, modes[r->spherical]);
-    srv_buf_printf(&b, ", \"width\": %d, \"height\": %d, \"channels\": %d, \"images\": [", s->W, s->H, s->C);
+    srv_buf_printf(&b, ", \"width\": %d, \"height\": %d, \"channels\": %d, \"images\": [", r->m->W, r->m->H, r->m->C);
     for (int i = 0; i < r->nimg; i++) {
         uint8_t *png = NULL;
         size_t len = 0;
-        if (rnvp_png_encode_grid(&png, &len, r->pixels + (size_t)i * (size_t)s->D, 1, s->C, s->H, s->W, 1, -1, &e)) {
+        if (rnvp_png_encode_grid(&png, &len, r->pixels + (size_t)i * (size_t)r->m->D, 1, r->m->C, r->m->H, r->m->W, 1, -1, &e)) {
             free(b.p);
             return FAIL(r, 500, "internal", "%s", e.msg);
         }
@@ -470,9 +480,9 @@ static int finish_request(req *r)
     srv_buf_printf(&b, "]");
     if (r->latents_out) {
         srv_buf_printf(&b, ", \"layout\": ");
-        srv_endpoint_put_layout(&b, s);
+        srv_endpoint_put_layout(&b, r->m);
         srv_buf_printf(&b, ", \"latents\": ");
-        put_latents(&b, r->z, r->nimg, s->D);
+        put_latents(&b, r->z, r->nimg, r->m->D);
     }
     srv_buf_printf(&b, "}\n");
     return DONE_BUF(r, 200, "application/json", &b, hn, seedhdr);
@@ -493,24 +503,27 @@ void srv_endpoint_simple(req *r)
         srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
         return;
     case EP_READYZ:
-        if (ready && !draining) {
+        if (ready && !draining && srv_repo_nready(s->repo) > 0) {
             srv_buf_printf(&b, "{\"status\": \"ready\"}\n");
             srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
             return;
         }
-        srv_buf_printf(&b, "{\"status\": \"%s\"}\n", draining ? "draining" : "loading");
+        srv_buf_printf(&b, "{\"status\": \"%s\"}\n", draining ? "draining" : ready ? "no_model_loaded" : "loading");
         srv_req_reply_buf(r, 503, "application/json", &b, MHD_HTTP_HEADER_RETRY_AFTER, "1");
         return;
     case EP_METRICS: {
-        srv_gauges gv = {.queue_depth = ready ? srv_queue_depth(s->q) : 0, .inflight = atomic_load(&s->inflight),
-                         .ready = ready, .draining = draining, .mem_used = atomic_load(&s->mem_used),
-                         .mem_budget = s->o.memory_budget};
-        srv_metrics_render(s->metrics, &b, &gv, s->model_name);
+        srv_gauges gv = {.queue_depth = srv_sched_depth(s->sc), .inflight = atomic_load(&s->inflight),
+                         .ready = ready && srv_repo_nready(s->repo) > 0, .draining = draining,
+                         .mem_used = atomic_load(&s->mem_used), .mem_budget = s->o.memory_budget};
+        char names[1024];
+        srv_repo_names(s->repo, names, sizeof names);
+        srv_metrics_render(s->metrics, &b, &gv, names);
+        srv_repo_metrics(s->repo, &b);
         srv_req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL, NULL);
         return;
     }
     case EP_INFO:
-        srv_buf_put(&b, s->info_json, strlen(s->info_json));
+        srv_server_info(s, r->m, &b);
         srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
         return;
     case EP_INDEX: {   /* the demo page is static: open without the key (its API calls send it) */
@@ -532,6 +545,7 @@ void srv_endpoint_simple(req *r)
 
 int srv_endpoint_prepare(req *r)
 {
+    if (SRV_OIP_REPO_EP(r->ep)) return srv_oip_repository(r);
     if (r->ep == EP_V2_INFER) return srv_oip_prepare(r);
     if (r->ep == EP_DECODE) return start_decode(r);
     if (r->ep == EP_SAMPLE) return start_sample(r);

@@ -141,6 +141,25 @@ static enum MHD_Result send_reply(req *r)
 /* an error reply, sent now (HTTP threads only) */
 #define SEND_ERROR(r, ...) (srv_req_error((r), __VA_ARGS__), send_reply(r))
 
+/* 400 for a request that names no model when several are served: the error lists them */
+static enum MHD_Result send_model_required(req *r, const char *msg)
+{
+    srv_buf b = {0};
+    if (srv_oip_is_v2(r->uri)) {
+        srv_buf_printf(&b, "{\"error\": ");
+        srv_buf_json_string(&b, msg);
+        srv_buf_printf(&b, "}\n");
+    } else {
+        srv_buf_printf(&b, "{\"error\": {\"code\": \"model_required\", \"message\": ");
+        srv_buf_json_string(&b, msg);
+        srv_buf_printf(&b, ", \"models\": ");
+        srv_repo_names_json(r->s->repo, &b);
+        srv_buf_printf(&b, "}}\n");
+    }
+    srv_req_reply_buf(r, 400, "application/json", &b, NULL, NULL);
+    return send_reply(r);
+}
+
 /* ---- handing work to the pool ---- */
 
 /* the reply is ready: the handler's next call sends it. The count drops only after the resume,
@@ -258,6 +277,7 @@ static void free_req(req *r)
     free(r->bpd);
     free(r->png_bpd);
     free(r->out.data);
+    srv_model_release(r->m);   /* the last request on a replaced version frees it */
     atomic_fetch_sub(&r->s->mem_used, (long long)r->charged);
     free(r);
 }
@@ -293,10 +313,13 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls, en
         snprintf(meth, sizeof meth, "%s", r->method[0] ? r->method : "-");
         log_safe(uri);
         log_safe(meth);
-        char line[512];
+        char model[SRV_MODEL_NAMELEN + 24] = "-";
+        if (r->m) snprintf(model, sizeof model, "%s:%ld", r->m->name, r->m->version);
+        char line[640];
         int n = snprintf(line, sizeof line,
-                         "%s.%03ldZ %s \"%s %s\" %d %zu images=%d batch=%d wait_ms=%.2f compute_ms=%.2f total_ms=%.2f%s\n",
-                         when, ts.tv_nsec / 1000000, r->ip, meth, uri, status, r->bytes,
+                         "%s.%03ldZ %s \"%s %s\" %d %zu model=%s images=%d batch=%d wait_ms=%.2f compute_ms=%.2f "
+                         "total_ms=%.2f%s\n",
+                         when, ts.tv_nsec / 1000000, r->ip, meth, uri, status, r->bytes, model,
                          r->g.n ? r->nimg : 0, r->g.max_batch_seen, r->g.max_wait * 1e3, r->g.compute * 1e3, t * 1e3,
                          toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? " aborted" : "");
         pthread_mutex_lock(&s->log_mu);
@@ -388,7 +411,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (r->refuse == 413)
             return SEND_ERROR(r, 413, "body_too_large", "request body is larger than the limit (%ld bytes, --max-body-bytes)",
                               s->o.max_body_bytes);
-        if (!r->len)
+        if (!r->len && !SRV_OIP_REPO_EP(r->ep))
             return SEND_ERROR(r, 400, "empty_body", "the request body is empty (expected %s)",
                               r->ep == EP_DECODE     ? "a JSON object {\"latents\": ...}"
                               : r->ep == EP_V2_INFER ? "an inference request {\"inputs\": [...]}"
@@ -416,7 +439,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return SEND_ERROR(r, 404, "not_found",
                           "no such endpoint: %.100s (endpoints: POST /log_prob, /encode, /decode, /interpolate; GET /sample, "
                           "/info, /healthz, /readyz, /metrics, / (the demo page); the Open Inference Protocol under /v2)", url);
-    int wants_post = r->ep <= EP_INTERPOLATE || r->ep == EP_V2_INFER;
+    int wants_post = r->ep <= EP_INTERPOLATE || r->ep == EP_V2_INFER || SRV_OIP_REPO_EP(r->ep);
     if ((wants_post && !r->post) || (!wants_post && !get))
         return SEND_ERROR(r, 405, "method_not_allowed", "%s %s is not allowed; use %s", method, url, srv_endpoint_allow(r->ep));
     char err[SRV_ERRLEN];
@@ -425,15 +448,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!open_ep && !key_ok(s, c))   /* health, metrics and the demo page (its API calls send the key) are open */
         return SEND_ERROR(r, 401, "unauthorized",
                           "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)");
+    if (!open_ep && !atomic_load(&s->ready))
+        return SEND_ERROR(r, 503, "not_ready", "the models are still loading; retry shortly");
+    /* the model version it uses: ?model=NAME or the /v2 path (a reference held until r is freed) */
+    int st = open_ep ? 0 : srv_endpoint_model(r, err, sizeof err);
+    if (st == 400) return send_model_required(r, err);
+    if (st) return SEND_ERROR(r, st, st == 404 ? "model_not_found" : "model_not_ready", "%s", err);
     /* every endpoint checks its parameters, but for the demo page (a browser may add any) */
     if (r->ep != EP_INDEX && srv_endpoint_params(r, err, sizeof err)) return SEND_ERROR(r, 400, "bad_parameter", "%s", err);
     if (open_ep) {
         srv_endpoint_simple(r);
         return send_reply(r);
     }
-    if (!atomic_load(&s->ready)) return SEND_ERROR(r, 503, "not_ready", "the model is still loading; retry shortly");
-    if (srv_oip_target(r, err, sizeof err)) return SEND_ERROR(r, 404, "not_found", "%s", err);   /* /v2/models/{m} */
-    if (r->ep == EP_INFO || (SRV_OIP_EP(r->ep) && r->ep != EP_V2_INFER)) {
+    if (r->ep == EP_INFO || (SRV_OIP_EP(r->ep) && r->ep != EP_V2_INFER && !SRV_OIP_REPO_EP(r->ep))) {
         srv_endpoint_simple(r);
         return send_reply(r);
     }
@@ -458,7 +485,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     snprintf(r->ctype, sizeof r->ctype, "%s", ct ? ct : "");
     int ok;
-    if (r->ep == EP_V2_INFER) {   /* any type: the Inference-Header-Content-Length frames the body */
+    if (SRV_OIP_REPO_EP(r->ep)) ok = 1;   /* JSON or nothing, checked on the pool */
+    else if (r->ep == EP_V2_INFER) {   /* any type: the Inference-Header-Content-Length frames the body */
         ok = 1;
         if (srv_oip_header_length(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length"),
                                   &r->oip_hlen, err, sizeof err))

@@ -53,13 +53,8 @@ struct srv_server {
     struct MHD_Daemon *d;
     int listen_fd;
     int port;
-    rnvp_model *model;
-    int C, H, W, D;
-    rnvp_latent_part layout[RNVP_MAX_SCALES];
-    int nparts;
-    char model_name[128];
-    char *info_json;
-    srv_queue *q;
+    srv_sched *sc;           /* the batch worker and the server-wide queue capacity */
+    srv_repo *repo;          /* the models served (each version with its own queue on sc) */
     srv_pool *pool;
     srv_metrics *metrics;
     char *api_key;
@@ -91,6 +86,7 @@ typedef struct srv_reply {
 
 typedef struct req {
     srv_server *s;
+    srv_model *m;            /* the model version it uses (a reference, released with r), or NULL */
     struct MHD_Connection *conn;
     srv_task task;           /* the pool's link (first of the heavy stages to run next) */
     char *uri;               /* the raw request target (path and query) */
@@ -134,6 +130,7 @@ typedef struct req {
     /* the Open Inference Protocol (/v2) */
     long long oip_hlen;      /* Inference-Header-Content-Length, -1: none */
     srv_oip_req oip;         /* the parsed request (its tensors move to pixels / z) */
+    char repo_model[SRV_OIP_NAMELEN];   /* the {m} of /v2/repository/models/{m}/load and unload */
     /* for the log */
     int status;
     size_t bytes;
@@ -154,13 +151,16 @@ void srv_req_reply_buf(req *r, int status, const char *ctype, srv_buf *b, const 
 __attribute__((format(printf, 4, 5))) void srv_req_error(req *r, int status, const char *code, const char *fmt, ...);
 /* 503 + Retry-After for a spent memory budget (counted in the metrics) */
 void srv_req_error_budget(req *r, size_t want);
-void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* frees r's request body and gives its memory back to the budget */
 void srv_req_free_body(req *r);
 /* the batch queue's done() for every request: hands r to the pool's finish stage */
 void srv_http_group_done(srv_group *g, void *arg);
 /* starts libmicrohttpd on s->listen_fd with the request path's callbacks; 0 or -1 with err */
 int srv_http_start(srv_server *s, char *err, size_t errcap);
+
+/* GET /info of model version m (lifecycle.c) */
+void srv_server_info(const srv_server *s, const srv_model *m, srv_buf *b);
 
 /* ---- endpoints (endpoints.c) ---- */
 
@@ -178,19 +178,26 @@ void srv_endpoint_simple(req *r);
 int srv_endpoint_prepare(req *r);
 int srv_endpoint_finish(req *r);
 /* "layout": [...] of the model's latent parts */
-void srv_endpoint_put_layout(srv_buf *b, const srv_server *s);
+void srv_endpoint_put_layout(srv_buf *b, const srv_model *m);
 /* for the heavy stages of other endpoints: enqueues r->g (1, or 0 with the refusal prepared); after
  * done(), 1 with the error prepared when some job of r->g was not computed (shutdown, cancelled,
  * timed out, failed) */
 int srv_endpoint_enqueue(req *r);
 int srv_endpoint_group_failed(req *r);
 
+/* The model version r uses (r->m): for the native endpoints ?model=NAME (optional with one
+ * model), for /v2/models/{m}[/versions/{v}] the path ({m} or {m}-decoder: r->oip.decoder set).
+ * 0 (also for endpoints without a model), or the HTTP status with err filled. */
+int srv_endpoint_model(req *r, char *err, size_t errcap);
+
 /* ---- the Open Inference Protocol's /v2 endpoints (oip_endpoints.c) ---- */
 
-#define SRV_OIP_EP(ep) ((ep) >= EP_V2_SERVER && (ep) <= EP_V2_INFER)
-/* The model and version of r's /v2/models/... path: r->oip.decoder set, or -1 with err (a 404) when
- * they are not the served model ({m} or {m}-decoder) and version 1. 0 for the other /v2 paths. */
+#define SRV_OIP_EP(ep) ((ep) >= EP_V2_SERVER && (ep) <= EP_V2_REPO_UNLOAD)
+#define SRV_OIP_REPO_EP(ep) ((ep) >= EP_V2_REPO_INDEX && (ep) <= EP_V2_REPO_UNLOAD)
+/* The model of r's /v2/models/... path (r->m, r->oip.decoder), as srv_endpoint_model. */
 int srv_oip_target(req *r, char *err, size_t errcap);
+/* the repository extension's POSTs, on the pool (loads take time): prepares the reply; returns 0 */
+int srv_oip_repository(req *r);
 /* the /v2 GETs (server metadata, health, model metadata and readiness): prepares the reply */
 void srv_oip_simple(req *r);
 /* POST /v2/models/{m}/infer on the pool, as srv_endpoint_prepare and srv_endpoint_finish */

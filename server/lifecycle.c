@@ -126,101 +126,80 @@ fail:
 
 int srv_server_port(const srv_server *s) { return s->port; }
 
-/* the model's name in replies: --model-name, else metadata "name", else the file name without
- * its extension (its directory's name when that is "model") */
-static void derive_name(srv_server *s)
+void srv_server_info(const srv_server *s, const srv_model *m, srv_buf *b)
 {
-    const char *mn = rnvp_model_metadata(s->model, "name");
-    if (s->o.model_name) snprintf(s->model_name, sizeof s->model_name, "%s", s->o.model_name);
-    else if (mn) snprintf(s->model_name, sizeof s->model_name, "%s", mn);
-    else {
-        char path[512];
-        snprintf(path, sizeof path, "%s", s->o.model);
-        char *base = strrchr(path, '/');
-        char *dir = NULL;
-        if (base) *base = 0, dir = strrchr(path, '/'), base++;
-        else base = path;
-        char *dot = strrchr(base, '.');
-        if (dot && dot != base) *dot = 0;
-        if (!strcmp(base, "model") && base != path) base = dir ? dir + 1 : path;
-        snprintf(s->model_name, sizeof s->model_name, "%.127s", base);
-    }
-}
-
-static void build_info(srv_server *s)
-{
-    srv_buf b = {0};
     char cj[1024];
-    rnvp_config_to_json(rnvp_model_config(s->model), cj, sizeof cj);
-    srv_buf_printf(&b, "{\"model\": ");
-    srv_buf_json_string(&b, s->model_name);
-    srv_buf_printf(&b, ", \"server_version\": \"%s\", \"config\": %s, \"width\": %d, \"height\": %d, \"channels\": %d, "
-                       "\"dim\": %d, \"layout\": ",
-                   SRV_VERSION, cj, s->W, s->H, s->C, s->D);
-    srv_endpoint_put_layout(&b, s);
-    srv_buf_printf(&b, ", \"parameters\": %zu, \"flops_per_image\": %.6g, \"blas_core\": ", rnvp_model_num_params(s->model),
-                   rnvp_model_flops(s->model));
-    srv_buf_json_string(&b, rnvp_blas_core());
-    srv_buf_printf(&b, ", \"metadata\": {");
-    for (int i = 0; i < rnvp_model_num_metadata(s->model); i++) {
-        const char *k = rnvp_model_metadata_key(s->model, i);
-        if (i) srv_buf_printf(&b, ", ");
-        srv_buf_json_string(&b, k);
-        srv_buf_printf(&b, ": ");
-        srv_buf_json_string(&b, rnvp_model_metadata(s->model, k));
+    rnvp_config_to_json(rnvp_model_config(m->model), cj, sizeof cj);
+    srv_buf_printf(b, "{\"model\": ");
+    srv_buf_json_string(b, m->name);
+    srv_buf_printf(b, ", \"version\": \"%ld\", \"server_version\": \"%s\", \"config\": %s, \"width\": %d, "
+                      "\"height\": %d, \"channels\": %d, \"dim\": %d, \"layout\": ",
+                   m->version, SRV_VERSION, cj, m->W, m->H, m->C, m->D);
+    srv_endpoint_put_layout(b, m);
+    srv_buf_printf(b, ", \"parameters\": %zu, \"flops_per_image\": %.6g, \"blas_core\": ", rnvp_model_num_params(m->model),
+                   rnvp_model_flops(m->model));
+    srv_buf_json_string(b, rnvp_blas_core());
+    srv_buf_printf(b, ", \"metadata\": {");
+    for (int i = 0; i < rnvp_model_num_metadata(m->model); i++) {
+        const char *k = rnvp_model_metadata_key(m->model, i);
+        if (i) srv_buf_printf(b, ", ");
+        srv_buf_json_string(b, k);
+        srv_buf_printf(b, ": ");
+        srv_buf_json_string(b, rnvp_model_metadata(m->model, k));
     }
+    srv_buf_printf(b, "}, \"models\": ");
+    srv_repo_names_json(s->repo, b);
     const srv_options *o = &s->o;
-    srv_buf_printf(&b, "}, \"limits\": {\"max_batch\": %d, \"max_delay_us\": %ld, \"queue_size\": %d, "
-                       "\"request_timeout_ms\": %ld, \"max_body_bytes\": %ld, \"max_samples\": %d, \"max_draws\": %d, "
-                       "\"max_jobs_per_request\": %d, \"memory_budget_bytes\": %ld, \"read_timeout_s\": %d, "
-                       "\"compute_threads\": %d, \"http_threads\": %d, \"work_threads\": %d, \"api_key_required\": %s}}\n",
+    srv_buf_printf(b, ", \"limits\": {\"max_batch\": %d, \"max_delay_us\": %ld, \"queue_size\": %d, "
+                      "\"request_timeout_ms\": %ld, \"max_body_bytes\": %ld, \"max_samples\": %d, \"max_draws\": %d, "
+                      "\"max_jobs_per_request\": %d, \"memory_budget_bytes\": %ld, \"model_memory_bytes\": %ld, "
+                      "\"read_timeout_s\": %d, \"compute_threads\": %d, \"http_threads\": %d, \"work_threads\": %d, "
+                      "\"api_key_required\": %s}}\n",
                    o->max_batch, o->max_delay_us, o->queue_size, o->request_timeout_ms, o->max_body_bytes, o->max_samples,
-                   o->max_draws, o->max_jobs_per_request, o->memory_budget, o->read_timeout_s, o->compute_threads,
-                   o->http_threads, o->work_threads, s->api_key ? "true" : "false");
-    s->info_json = b.oom ? NULL : b.p;
-    if (b.oom) free(b.p);
+                   o->max_draws, o->max_jobs_per_request, o->memory_budget, o->model_memory, o->read_timeout_s,
+                   o->compute_threads, o->http_threads, o->work_threads, s->api_key ? "true" : "false");
 }
 
 int srv_server_load(srv_server *s, char *err, size_t cap)
 {
     rnvp_error e;
-    if (rnvp_model_load(&s->model, s->o.model, &e)) {
-        snprintf(err, cap, "cannot load the model: %s", e.msg);
-        return -1;
-    }
-    const rnvp_config *c = rnvp_model_config(s->model);
-    s->C = c->channels, s->H = c->height, s->W = c->width, s->D = rnvp_model_dim(s->model);
-    s->nparts = rnvp_model_num_latent_parts(s->model);
-    for (int i = 0; i < s->nparts; i++) s->layout[i] = rnvp_model_latent_part(s->model, i);
-    derive_name(s);
-    build_info(s);
-    if (!s->info_json) {
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    rnvp_set_num_threads(s->o.compute_threads);   /* the workspace depends on it */
-    /* refused before it is allocated: a tiny file can declare a huge image */
-    size_t ws = rnvp_ctx_workspace_bytes(s->model, s->o.max_batch);
-    if (ws > (size_t)s->o.max_workspace_bytes) {
-        if (ws == SIZE_MAX)
-            snprintf(err, cap, "the batch workspace of this model (%d x %d x %d) for --max-batch %d does not fit in memory",
-                     s->W, s->H, s->C, s->o.max_batch);
-        else
-            snprintf(err, cap, "the batch workspace of this model (%d x %d x %d) for --max-batch %d would take %zu bytes, "
-                               "more than --max-workspace-bytes %ld; lower --max-batch or raise the limit",
-                     s->W, s->H, s->C, s->o.max_batch, ws, s->o.max_workspace_bytes);
-        return -1;
-    }
-    s->q = srv_queue_create(s->model, s->o.queue_size, s->o.max_batch, s->o.max_delay_us, s->o.request_timeout_ms,
-                            s->metrics, &e);
-    if (!s->q) {
+    rnvp_set_num_threads(s->o.compute_threads);   /* the workspaces depend on it */
+    s->sc = srv_sched_create(s->o.queue_size, s->o.max_batch, s->metrics, &e);
+    if (!s->sc) {
         snprintf(err, cap, "cannot start the batching queue: %s", e.msg);
         return -1;
     }
+    s->repo = srv_repo_create(&s->o, s->sc, err, cap);
+    if (!s->repo) return -1;
+    char why[SRV_ERRLEN + 128];
+    int fails = srv_repo_scan(s->repo, why, sizeof why);
+    int n = srv_repo_nready(s->repo);
+    if (!s->o.model_repository && fails) {   /* --model: the one model must load */
+        snprintf(err, cap, "cannot load the model: %s", why);
+        return -1;
+    }
+    if (!n) {
+        if (fails) snprintf(err, cap, "no model of the repository %s could be loaded (%s)", s->o.model_repository, why);
+        else snprintf(err, cap, "the model repository %s holds no model (expected DIR/<name>/<version>/model.safetensors "
+                                "or DIR/<name>/model.safetensors)", s->o.model_repository);
+        return -1;
+    }
     atomic_store(&s->ready, 1);
-    srv_log("model %s loaded (%d x %d x %d, D = %d, batch workspace %.1f MiB); ready", s->model_name, s->W, s->H, s->C,
-            s->D, (double)ws / 1048576.0);
+    char names[1024];
+    srv_repo_names(s->repo, names, sizeof names);
+    srv_log("%d model%s loaded (%s)%s; ready", n, n == 1 ? "" : "s", names,
+            fails ? ", some versions failed (see above)" : "");
     return 0;
+}
+
+int srv_server_rescan(srv_server *s)
+{
+    char why[SRV_ERRLEN + 128];
+    int fails = srv_repo_scan(s->repo, why, sizeof why);
+    char names[1024];
+    srv_repo_names(s->repo, names, sizeof names);
+    srv_log("rescan: %d failure%s; serving %s", fails, fails == 1 ? "" : "s", names[0] ? names : "no model");
+    return fails;
 }
 
 static void wait_until(atomic_int *v, double end)
@@ -236,7 +215,7 @@ static void wait_until(atomic_int *v, double end)
 int srv_server_drain(srv_server *s, double timeout_s)
 {
     atomic_store(&s->draining, 1);
-    srv_queue_close(s->q);
+    srv_sched_close(s->sc);
     if (s->d) {
         MHD_socket fd = MHD_quiesce_daemon(s->d);
         if (fd != MHD_INVALID_SOCKET) close(fd);
@@ -246,7 +225,7 @@ int srv_server_drain(srv_server *s, double timeout_s)
     double grace = timeout_s / 4 < 2.0 ? timeout_s / 4 : 2.0;   /* to answer what cannot be computed */
     wait_until(&s->inflight, end - grace);
     if (atomic_load(&s->inflight) > 0) {
-        srv_queue_cancel_all(s->q);
+        srv_sched_cancel_all(s->sc);
         wait_until(&s->inflight, end);
     }
     int left = atomic_load(&s->inflight);
@@ -260,17 +239,16 @@ void srv_server_free(srv_server *s)
 {
     if (!s) return;
     if (s->d) {
-        srv_queue_cancel_all(s->q);
+        srv_sched_cancel_all(s->sc);
         while (atomic_load(&s->suspended) > 0) usleep(2000);
         MHD_stop_daemon(s->d);
     }
     if (s->listen_fd >= 0) close(s->listen_fd);
-    srv_queue_free(s->q);
     srv_pool_free(s->pool);
-    rnvp_model_free(s->model);
+    srv_repo_free(s->repo);   /* every request is done: each version goes now */
+    srv_sched_free(s->sc);
     srv_metrics_free(s->metrics);
     free(s->api_key);
-    free(s->info_json);
     if (s->access_owned) fclose(s->access);
     pthread_mutex_destroy(&s->log_mu);
     free(s);

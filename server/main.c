@@ -29,13 +29,20 @@ static srv_options o = {
     .max_delay_us = 0, .queue_size = 1024, .request_timeout_ms = 30000, .max_body_bytes = 8L << 20,
     .max_samples = 256, .max_draws = 64, .access_log = "-", .conn_timeout_s = 30, .max_connections = 512,
     .per_ip_limit = 128, .drain_timeout_s = 30, .memory_budget = 128L << 20, .read_timeout_s = 60,
-    .max_jobs_per_request = 256, .work_threads = 2, .max_workspace_bytes = 256L << 20,
+    .max_jobs_per_request = 256, .work_threads = 2, .max_workspace_bytes = 256L << 20, .model_versions = "latest",
+    .model_memory = 1L << 30,
 };
 
 static const opt opts[] = {
-    {"--model", "REALNVP_MODEL", "PATH", T_STR, &o.model, 0, 0, "checkpoint to serve"},
+    {"--model", "REALNVP_MODEL", "PATH", T_STR, &o.model, 0, 0, "checkpoint to serve (one model; or --model-repository)"},
+    {"--model-repository", "REALNVP_MODEL_REPOSITORY", "DIR", T_STR, &o.model_repository, 0, 0,
+     "serve every DIR/<name>/<version>/model.safetensors (DIR/<name>/model.safetensors: version 1); SIGHUP rescans"},
+    {"--model-versions", "REALNVP_MODEL_VERSIONS", "POLICY", T_STR, &o.model_versions, 0, 0,
+     "versions of each model to load: latest (the highest) or all"},
+    {"--model-memory-bytes", "REALNVP_MODEL_MEMORY_BYTES", "N", T_LONG, &o.model_memory, 1L << 20, 1L << 40,
+     "loaded models in all (weights, batch workspaces; a reload holds two copies until the swap); a load past it fails"},
     {"--model-name", "REALNVP_MODEL_NAME", "NAME", T_STR, &o.model_name, 0, 0,
-     "\"model\" in replies (default: metadata name, else the file or directory name)"},
+     "with --model: the model's name in paths and replies (default: metadata name, else the file or directory name)"},
     {"--host", "REALNVP_HOST", "ADDR", T_STR, &o.host, 0, 0, "address to listen on (0.0.0.0: all interfaces)"},
     {"--port", "REALNVP_PORT", "N", T_INT, &o.port, 0, 65535, "TCP port (0: any free port, printed at startup)"},
     {"--http-threads", "REALNVP_HTTP_THREADS", "N", T_INT, &o.http_threads, 1, 256, "libmicrohttpd thread pool size"},
@@ -79,9 +86,15 @@ static const opt opts[] = {
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: realnvp-server --model PATH [options]\n"
+               "       realnvp-server --model-repository DIR [options]\n"
                "\n"
-               "Serves a Real NVP checkpoint over HTTP (JSON API, docs/api.md): POST /log_prob, /encode, /decode,\n"
-               "GET /sample, /info, /healthz, /readyz, /metrics. Concurrent requests are merged into batches.\n"
+               "Serves Real NVP checkpoints over HTTP (JSON API, docs/api.md): POST /log_prob, /encode, /decode,\n"
+               "GET /sample, /info, /healthz, /readyz, /metrics (?model=NAME when several models are served), and the\n"
+               "Open Inference Protocol v2 under /v2 with Triton's model repository extension (load, unload, index).\n"
+               "Concurrent requests are merged into batches; each model version has its own queue, served in turn.\n"
+               "SIGHUP rescans the repository: changed versions are reloaded and new models loaded, each built beside\n"
+               "the old copy and swapped in (requests in flight finish on the copy they started with); a load that\n"
+               "fails leaves the old copy serving.\n"
                "Each option can also be set by the environment variable shown; a flag wins over it.\n"
                "Each client address gets its turn in the queue (round-robin), however many connections it opens.\n"
                "SIGTERM or SIGINT: /readyz turns 503, new work gets 503, accepted requests are computed or (near the\n"
@@ -96,7 +109,7 @@ static void usage(FILE *f)
         else snprintf(def, sizeof def, "%s", *(const char **)p->ptr ? *(const char **)p->ptr : "none");
         if (p->ptr == &o.compute_threads) snprintf(def, sizeof def, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
         if (p->ptr == &o.model_name) snprintf(def, sizeof def, "derived");
-        if (p->ptr == &o.model) snprintf(def, sizeof def, "required");
+        if (p->ptr == &o.model) snprintf(def, sizeof def, "this or --model-repository");
         char left[64];
         snprintf(left, sizeof left, "%s %s", p->name, p->metavar);
         fprintf(f, "  %-26s %s [%s]\n  %-26s   env %s\n", left, p->help, def, "", p->env);
@@ -163,10 +176,23 @@ static int parse(int argc, char **argv)
             return 2;
         }
     }
-    if (!o.model || !*o.model) {
-        fprintf(stderr, "realnvp-server: --model PATH (or REALNVP_MODEL) is required (see --help)\n");
+    if (o.model && !*o.model) o.model = NULL;
+    if (o.model_repository && !*o.model_repository) o.model_repository = NULL;
+    if (!o.model == !o.model_repository) {
+        fprintf(stderr, "realnvp-server: %s (see --help)\n",
+                o.model ? "give --model PATH or --model-repository DIR, not both"
+                        : "--model PATH (REALNVP_MODEL) or --model-repository DIR (REALNVP_MODEL_REPOSITORY) is required");
         return 2;
     }
+    if (o.model_repository && o.model_name) {
+        fprintf(stderr, "realnvp-server: --model-name is for --model; in a repository a model's name is its folder's\n");
+        return 2;
+    }
+    if (strcmp(o.model_versions, "latest") && strcmp(o.model_versions, "all")) {
+        fprintf(stderr, "realnvp-server: --model-versions must be latest or all, not '%s'\n", o.model_versions);
+        return 2;
+    }
+    o.all_versions = !strcmp(o.model_versions, "all");
     if (!o.compute_threads) o.compute_threads = (int)sysconf(_SC_NPROCESSORS_ONLN) > 0 ? (int)sysconf(_SC_NPROCESSORS_ONLN) : 1;
     if (o.access_log && !*o.access_log) o.access_log = "-";
     return 0;
@@ -248,6 +274,7 @@ int main(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
@@ -255,11 +282,13 @@ int main(int argc, char **argv)
     sa.sa_flags = SA_RESTART;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     /* every thread started from here on (libmicrohttpd's, the worker, OpenBLAS's new ones)
      * inherits this mask */
     pthread_sigmask(SIG_BLOCK, &set, &waitmask);
     sigdelset(&waitmask, SIGTERM);
     sigdelset(&waitmask, SIGINT);
+    sigdelset(&waitmask, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
 
     char err[512];
@@ -270,8 +299,9 @@ int main(int argc, char **argv)
     }
     if (srv_server_load(s, err, sizeof err)) {
         /* the library's load errors name the file already */
-        if (strstr(err, o.model)) fprintf(stderr, "realnvp-server: %s\n", err);
-        else fprintf(stderr, "realnvp-server: %s: %s\n", o.model, err);
+        const char *what = o.model ? o.model : o.model_repository;
+        if (strstr(err, what)) fprintf(stderr, "realnvp-server: %s\n", err);
+        else fprintf(stderr, "realnvp-server: %s: %s\n", what, err);
         srv_server_free(s);
         return 1;
     }
@@ -282,7 +312,12 @@ int main(int argc, char **argv)
             o.max_delay_us, o.queue_size, o.memory_budget >> 20, o.http_threads, o.work_threads, o.compute_threads,
             rnvp_blas_core());
     int sig;
-    while ((sig = next_event(&waitmask)) == 0) {}
+    /* SIGHUP rescans here, on the main thread (loads are serialised with the repository API's) */
+    while ((sig = next_event(&waitmask)) == 0 || sig == SIGHUP)
+        if (sig == SIGHUP) {
+            srv_log("SIGHUP: rescanning %s", o.model_repository ? o.model_repository : o.model);
+            srv_server_rescan(s);
+        }
     fprintf(stderr, "realnvp-server: %s: draining (readyz 503, no new connections, up to %d s)\n",
             sig_name(sig), o.drain_timeout_s);
     /* the drain runs on its own thread so that further signals are read (and ignored) here */
@@ -293,6 +328,10 @@ int main(int argc, char **argv)
         drain_thread(&job);
     } else {
         while ((sig = next_event(&waitmask)) > 0) {
+            if (sig == SIGHUP) {
+                srv_log("SIGHUP while draining: ignored");
+                continue;
+            }
             double left = o.drain_timeout_s - (srv_now() - t0);
             fprintf(stderr, "realnvp-server: %s: already draining (%.0f s of the %d s drain timeout left); ignored\n",
                     sig_name(sig), left > 0 ? left : 0, o.drain_timeout_s);

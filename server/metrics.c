@@ -13,7 +13,8 @@
 const char *const srv_endpoint_names[EP_COUNT] = {"log_prob", "encode",  "decode", "interpolate", "sample",
                                                   "healthz",  "readyz",  "metrics", "info",       "index",
                                                   "v2_server", "v2_health_live", "v2_health_ready", "v2_model_metadata",
-                                                  "v2_model_ready", "v2_infer", "other"};
+                                                  "v2_model_ready", "v2_infer", "v2_repository_index",
+                                                  "v2_repository_load", "v2_repository_unload", "other"};
 const char *const srv_op_names[OP_COUNT] = {"log_prob", "log_prob_dequant", "encode", "decode"};
 
 /* ---- helpers ---- */
@@ -248,7 +249,7 @@ void srv_metrics_rejected(srv_metrics *m, const char *reason, int n)
 }
 
 /* a Prometheus label value: backslash, double quote and newline escaped (exposition format 0.0.4) */
-static void put_label_value(srv_buf *b, const char *v)
+void srv_metrics_label(srv_buf *b, const char *v)
 {
     srv_buf_put(b, "\"", 1);
     for (; *v; v++) {
@@ -280,7 +281,7 @@ void srv_metrics_render(srv_metrics *m, srv_buf *b, const srv_gauges *gv, const 
     pthread_mutex_lock(&m->mu);
     srv_buf_printf(b, "# HELP realnvp_info Server version and model name.\n# TYPE realnvp_info gauge\n");
     srv_buf_printf(b, "realnvp_info{version=\"%s\",model=", SRV_VERSION);
-    put_label_value(b, model_name ? model_name : "");
+    srv_metrics_label(b, model_name ? model_name : "");
     srv_buf_printf(b, "} 1\n");
     srv_buf_printf(b, "# HELP realnvp_requests_total HTTP requests by endpoint and status.\n"
                       "# TYPE realnvp_requests_total counter\n");

@@ -76,6 +76,11 @@ int srv_oip_route(const char *path, char *model, char *version)
         if (ns == k) ep = EP_V2_MODEL;
         else if (ns == k + 1 && SEG_IS(k, "ready")) ep = EP_V2_MODEL_READY;
         else if (ns == k + 1 && SEG_IS(k, "infer")) ep = EP_V2_INFER;
+    } else if (ns == 2 && SEG_IS(0, "repository") && SEG_IS(1, "index")) ep = EP_V2_REPO_INDEX;
+    else if (ns == 4 && SEG_IS(0, "repository") && SEG_IS(1, "models")) {
+        if (decode_seg(seg[2][0], seg[2][1], m)) return EP_OTHER;
+        if (SEG_IS(3, "load")) ep = EP_V2_REPO_LOAD;
+        else if (SEG_IS(3, "unload")) ep = EP_V2_REPO_UNLOAD;
     }
 #undef SEG_IS
     if (ep != EP_OTHER) {
@@ -665,16 +670,18 @@ void srv_oip_encode(srv_buf *b, size_t *json_len, const srv_oip_req *q, const sr
 
 void srv_oip_server_metadata(srv_buf *b)
 {
-    srv_buf_printf(b, "{\"name\": \"realnvp\", \"version\": \"%s\", \"extensions\": [\"binary_tensor_data\"]}\n",
-                   SRV_VERSION);
+    srv_buf_printf(b, "{\"name\": \"realnvp\", \"version\": \"%s\", \"extensions\": [\"binary_tensor_data\", "
+                      "\"model_repository\"]}\n", SRV_VERSION);
 }
 
-void srv_oip_model_metadata(srv_buf *b, const char *name, int decoder, int C, int H, int W)
+void srv_oip_model_metadata(srv_buf *b, const char *name, const long *versions, int nv, int decoder, int C, int H, int W)
 {
     int D = C * H * W;
     srv_buf_printf(b, "{\"name\": ");
     srv_buf_json_string(b, name);
-    srv_buf_printf(b, ", \"versions\": [\"1\"], \"platform\": \"realnvp\", ");
+    srv_buf_printf(b, ", \"versions\": [");
+    for (int i = 0; i < nv; i++) srv_buf_printf(b, "%s\"%ld\"", i ? ", " : "", versions[i]);
+    srv_buf_printf(b, "], \"platform\": \"realnvp\", ");
     if (decoder)
         srv_buf_printf(b, "\"inputs\": [{\"name\": \"latents\", \"datatype\": \"FP32\", \"shape\": [-1, %d]}], "
                           "\"outputs\": [{\"name\": \"image\", \"datatype\": \"UINT8\", \"shape\": [-1, %d, %d, %d]}]}\n",
@@ -685,4 +692,33 @@ void srv_oip_model_metadata(srv_buf *b, const char *name, int decoder, int C, in
                           "{\"name\": \"bits_per_dim\", \"datatype\": \"FP64\", \"shape\": [-1]}, "
                           "{\"name\": \"latents\", \"datatype\": \"FP32\", \"shape\": [-1, %d]}]}\n",
                        H, W, C, D);
+}
+
+int srv_oip_repo_parse(const char *body, size_t len, int *ready_only, char *err, size_t errcap)
+{
+    if (ready_only) *ready_only = 0;
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n')) i++;
+    if (i == len) return 0;   /* no body: the defaults */
+    if (len > SRV_OIP_REPO_MAX_BODY) {
+        snprintf(err, errcap, "a repository request body is at most %d bytes", SRV_OIP_REPO_MAX_BODY);
+        return -1;
+    }
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        snprintf(err, errcap, "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return -1;
+    }
+    int rc = -1;
+    json_t *rd = json_object_get(root, "ready"), *pa = json_object_get(root, "parameters");
+    if (!json_is_object(root)) snprintf(err, errcap, "the body must be a JSON object");
+    else if (rd && !json_is_boolean(rd)) snprintf(err, errcap, "\"ready\" must be true or false");
+    else if (pa && !json_is_object(pa)) snprintf(err, errcap, "\"parameters\" must be an object");
+    else {
+        if (ready_only) *ready_only = json_is_true(rd);
+        rc = 0;
+    }
+    json_decref(root);
+    return rc;
 }

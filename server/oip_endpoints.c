@@ -13,32 +13,39 @@
 #define FAIL(...) (srv_req_error(__VA_ARGS__), 0)
 
 /* the name of model {m} or {m}-decoder */
-static void model_name(const srv_server *s, int decoder, char *buf, size_t cap)
+static void model_name(const srv_model *m, int decoder, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "%s%s", s->model_name, decoder ? "-decoder" : "");
+    snprintf(buf, cap, "%s%s", m->name, decoder ? "-decoder" : "");
 }
 
 int srv_oip_target(req *r, char *err, size_t cap)
 {
-    if (r->ep != EP_V2_MODEL && r->ep != EP_V2_MODEL_READY && r->ep != EP_V2_INFER) return 0;
-    srv_server *s = r->s;
+    int repo_ep = SRV_OIP_REPO_EP(r->ep) && r->ep != EP_V2_REPO_INDEX;
+    if (r->ep != EP_V2_MODEL && r->ep != EP_V2_MODEL_READY && r->ep != EP_V2_INFER && !repo_ep) return 0;
     char m[SRV_OIP_NAMELEN], v[SRV_OIP_NAMELEN];
     if (srv_oip_route(r->uri ? r->uri : "", m, v) != r->ep) {   /* the raw path disagrees with the decoded one */
         snprintf(err, cap, "no such endpoint: %.100s", r->uri ? r->uri : "");
-        return -1;
+        return 404;
     }
-    size_t ml = strlen(s->model_name);
-    if (!strcmp(m, s->model_name)) r->oip.decoder = 0;
-    else if (!strncmp(m, s->model_name, ml) && !strcmp(m + ml, "-decoder")) r->oip.decoder = 1;
-    else {
-        snprintf(err, cap, "no model '%.100s'; this server serves '%s' and '%s-decoder'", m, s->model_name, s->model_name);
-        return -1;
+    if (repo_ep) {   /* load and unload name a model that may not be loaded: kept for the pool */
+        snprintf(r->repo_model, sizeof r->repo_model, "%s", m);
+        return 0;
     }
-    if (v[0] && strcmp(v, "1")) {
-        snprintf(err, cap, "model '%.100s' has no version '%.40s' (its only version is 1)", m, v);
-        return -1;
+    long version = 0;
+    if (v[0]) {
+        char *end;
+        version = strtol(v, &end, 10);
+        if (*end || version < 1 || v[0] == '0') {
+            snprintf(err, cap, "model '%.100s' has no version '%.40s' (versions are positive integers)", m, v);
+            return 404;
+        }
     }
-    return 0;
+    size_t ml = strlen(m);
+    r->oip.decoder = ml > 8 && !strcmp(m + ml - 8, "-decoder");
+    if (r->oip.decoder) m[ml - 8] = 0;
+    int status = 0;
+    r->m = srv_repo_acquire(r->s->repo, m, version, &status, err, cap);
+    return r->m ? 0 : status;
 }
 
 void srv_oip_simple(req *r)
@@ -46,8 +53,8 @@ void srv_oip_simple(req *r)
     srv_server *s = r->s;
     srv_buf b = {0};
     int ready = atomic_load(&s->ready) && !atomic_load(&s->draining);
-    char name[sizeof s->model_name + 16];
-    model_name(s, r->oip.decoder, name, sizeof name);
+    char name[SRV_MODEL_NAMELEN + 16] = "";
+    if (r->m) model_name(r->m, r->oip.decoder, name, sizeof name);
     switch (r->ep) {
     case EP_V2_SERVER:
         srv_oip_server_metadata(&b);
@@ -57,11 +64,12 @@ void srv_oip_simple(req *r)
         break;
     case EP_V2_READY:
     case EP_V2_MODEL_READY:
+        if (r->ep == EP_V2_READY) ready = ready && srv_repo_nready(s->repo) > 0;
         srv_buf_printf(&b, "{");
         if (r->ep == EP_V2_MODEL_READY) {
             srv_buf_printf(&b, "\"name\": ");
             srv_buf_json_string(&b, name);
-            srv_buf_printf(&b, ", ");
+            srv_buf_printf(&b, ", \"version\": \"%ld\", ", r->m->version);
         }
         srv_buf_printf(&b, "\"ready\": %s}\n", ready ? "true" : "false");
         if (!ready) {
@@ -69,14 +77,38 @@ void srv_oip_simple(req *r)
             return;
         }
         break;
-    case EP_V2_MODEL:
-        srv_oip_model_metadata(&b, name, r->oip.decoder, s->C, s->H, s->W);
+    case EP_V2_MODEL: {
+        long vers[SRV_MAX_VERSIONS];
+        int nv = srv_repo_versions(s->repo, r->m->name, vers, SRV_MAX_VERSIONS);
+        srv_oip_model_metadata(&b, name, vers, nv, r->oip.decoder, r->m->C, r->m->H, r->m->W);
         break;
+    }
     default:
         srv_req_error(r, 500, "internal", "no handler");
         return;
     }
     srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+}
+
+int srv_oip_repository(req *r)
+{
+    srv_server *s = r->s;
+    char err[SRV_ERRLEN + 128];
+    int ready_only = 0;
+    if (srv_oip_repo_parse(r->body ? r->body : "", r->len, &ready_only, err, sizeof err))
+        return FAIL(r, 400, "bad_request", "%s", err);
+    srv_req_free_body(r);
+    srv_buf b = {0};
+    if (r->ep == EP_V2_REPO_INDEX) {
+        srv_repo_index(s->repo, &b, ready_only);
+        srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+        return 0;
+    }
+    int st = r->ep == EP_V2_REPO_LOAD ? srv_repo_load(s->repo, r->repo_model, err, sizeof err)
+                                      : srv_repo_unload(s->repo, r->repo_model, err, sizeof err);
+    if (st) return FAIL(r, st, "bad_request", "%s", err);
+    srv_req_reply(r, 200, "application/json", NULL, 0, NULL, NULL);
+    return 0;
 }
 
 static uint64_t random_seed(void)
@@ -109,10 +141,10 @@ int srv_oip_prepare(req *r)
     char err[SRV_ERRLEN];
     /* the parse tree's memory, bounded first, is charged while it lives */
     size_t tree;
-    if (srv_oip_precheck(r->body, r->len, r->oip_hlen, dec, s->C, s->H, s->W, s->o.max_samples, &tree, err, sizeof err))
+    if (srv_oip_precheck(r->body, r->len, r->oip_hlen, dec, r->m->C, r->m->H, r->m->W, s->o.max_samples, &tree, err, sizeof err))
         return FAIL(r, 400, "bad_request", "%s", err);
     if (charge(r, tree)) return 0;
-    int rc = srv_oip_parse(q, r->body, r->len, r->oip_hlen, dec, s->C, s->H, s->W, s->o.max_samples, s->o.max_draws, err,
+    int rc = srv_oip_parse(q, r->body, r->len, r->oip_hlen, dec, r->m->C, r->m->H, r->m->W, s->o.max_samples, s->o.max_draws, err,
                            sizeof err);
     srv_req_release(r, tree);
     if (rc) return FAIL(r, 400, "bad_request", "%s", err);
@@ -122,7 +154,7 @@ int srv_oip_prepare(req *r)
     q->pixels = NULL;
     q->z = NULL;
     int n = q->n, K = q->samples, latents = wants(q, OIP_LATENTS);
-    size_t D = (size_t)s->D;
+    size_t D = (size_t)r->m->D;
     r->nimg = n;
     /* jobs: each image (each draw with samples, then each encoding when latents are asked for too), or each vector */
     long jobs = dec ? n : (long)n * (K ? K : 1) + (K && latents ? n : 0);
@@ -170,7 +202,6 @@ int srv_oip_prepare(req *r)
 
 int srv_oip_finish(req *r)
 {
-    srv_server *s = r->s;
     srv_oip_req *q = &r->oip;
     srv_group *g = &r->g;
     if (srv_endpoint_group_failed(r)) return 0;
@@ -192,14 +223,14 @@ int srv_oip_finish(req *r)
             return srv_endpoint_enqueue(r);
         }
     } else if (g->op == OP_ENCODE && !K) {   /* as /encode */
-        for (int i = 0; i < n; i++) r->bpd[i] = -r->lp[i] / ((double)s->D * log(2.0));
+        for (int i = 0; i < n; i++) r->bpd[i] = -r->lp[i] / ((double)r->m->D * log(2.0));
     }
     srv_oip_results res = {.log_prob = r->lp, .bits_per_dim = r->bpd, .z = r->z, .pixels = r->pixels};
-    char name[sizeof s->model_name + 16];
-    model_name(s, q->decoder, name, sizeof name);
+    char name[SRV_MODEL_NAMELEN + 16];
+    model_name(r->m, q->decoder, name, sizeof name);
     srv_buf b = {0};
     size_t jl = 0;
-    srv_oip_encode(&b, &jl, q, &res, name, s->C, s->H, s->W);
+    srv_oip_encode(&b, &jl, q, &res, name, r->m->C, r->m->H, r->m->W);
     if (!jl) {
         srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
         return 0;

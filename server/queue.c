@@ -1,15 +1,18 @@
-/* queue.c: the dynamic batching queue: waiting requests (groups of single-image jobs) kept per
- * client, and one worker thread that merges jobs of the same operation into batches on the
- * core. Leaves out HTTP (the owner of a group is told through its done() callback) and multiple
+/* queue.c: the dynamic batching queues: one per loaded model version, each holding its waiting
+ * requests (groups of single-image jobs) per client, and one worker thread (the scheduler's) that
+ * serves the queues in turn and merges jobs of the same operation into batches on that model's
+ * context. Leaves out HTTP (the owner of a group is told through its done() callback) and multiple
  * workers (one worker uses every BLAS thread; on a small machine that beats two half-size ones).
  *
- * Batching rule: the client whose turn it is picks the operation (its oldest group's); the
- * worker takes jobs of that operation round-robin between clients, one per client per turn,
- * up to max_batch, as soon as it is free (or, with max_delay_us > 0, once max_batch jobs of
- * that operation wait or the oldest has waited max_delay_us). Before a group's first job of a
- * batch is taken its client's socket is polled, and so are every waiting group's when a push
- * does not fit; a client that has gone has its waiting jobs dropped (cancelled). Jobs that
- * waited longer than timeout_ms are dropped (expired). */
+ * Batching rule: the queues with waiting work take turns, one batch each (models are served
+ * fairly, whatever their traffic). Within a queue the client whose turn it is picks the operation
+ * (its oldest group's); the worker takes jobs of that operation round-robin between clients, one
+ * per client per turn, up to max_batch, as soon as it is free (or, with max_delay_us > 0, once
+ * max_batch jobs of that operation wait or the oldest has waited max_delay_us). Before a group's
+ * first job of a batch is taken its client's socket is polled, and so are every waiting group's
+ * when a push does not fit; a client that has gone has its waiting jobs dropped (cancelled). Jobs
+ * that waited longer than timeout_ms are dropped (expired). The capacity (images waiting) is the
+ * server's, shared by every queue. */
 #include "server.h"
 
 #include <errno.h>
@@ -33,29 +36,37 @@ typedef struct client {
 } client;
 
 struct srv_queue {
+    srv_sched *sc;
     const rnvp_model *m;
-    srv_metrics *metrics;
-    int cap, max_batch;
+    int max_batch;
     double delay, timeout;   /* seconds */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    client *clients;  /* (cap) clients with waiting jobs, in round-robin order */
+    client *clients;  /* (sc->cap) clients with waiting jobs, in round-robin order */
     int nclients;
     int rr;           /* the client whose turn it is */
     int count;        /* jobs waiting */
     int count_op[OP_COUNT];
-    int stopping, closed, cancel_all;
-    pthread_t thread;
-    int started;
-    /* the worker's own memory, sized for max_batch at creation */
+    struct srv_queue *prev_q, *next_q;   /* the scheduler's list */
+    /* the worker's memory for this model, sized for max_batch at creation */
     rnvp_ctx *ctx;
     job *batch;       /* (max_batch) */
-    srv_group **done; /* (cap + max_batch) groups finished in one step */
     uint8_t *px;      /* (B, C, H, W) */
     float *noise;     /* (B, D) */
     float *z;         /* (B, D) */
     uint8_t *out;     /* (B, C, H, W) */
     double *lp, *bpd; /* (B) */
+};
+
+struct srv_sched {
+    srv_metrics *metrics;
+    int cap, max_batch;
+    pthread_mutex_t mu;   /* guards every queue's waiting jobs and the list */
+    pthread_cond_t cv;
+    srv_queue *queues;    /* every queue, in turn order */
+    srv_queue *turn;      /* the queue whose turn it is (NULL: the first) */
+    int count;            /* jobs waiting in all queues */
+    int stopping, closed, cancel_all;
+    pthread_t thread;
+    srv_group **done;     /* (cap + max_batch) groups finished in one step */
     /* giving freed memory back to the system (trim_now) */
     double last_trim, last_batch;
     int dirty;        /* batches run since the last trim */
@@ -74,14 +85,14 @@ struct srv_queue {
 #define TRIM_IDLE_S 1.0
 #define TRIM_BUSY_S 20.0
 
-static void trim_now(srv_queue *q, double now)
+static void trim_now(srv_sched *sc, double now)
 {
-    q->last_trim = now;
-    q->dirty = 0;
+    sc->last_trim = now;
+    sc->dirty = 0;
 #ifdef __GLIBC__
-    pthread_mutex_unlock(&q->mu);
+    pthread_mutex_unlock(&sc->mu);
     malloc_trim(0);
-    pthread_mutex_lock(&q->mu);
+    pthread_mutex_lock(&sc->mu);
 #endif
 }
 
@@ -120,6 +131,7 @@ static int drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, int
     *counter += left;
     g->taken = g->n;
     q->count -= left;
+    q->sc->count -= left;
     q->count_op[g->op] -= left;
     if (prev) prev->next = g->next;
     else c->head = g->next;
@@ -129,9 +141,10 @@ static int drop_rest(srv_queue *q, client *c, srv_group *prev, srv_group *g, int
 }
 
 /* removes jobs that waited too long (or every job under cancel_all); finished groups are
- * appended to q->done[*nd] */
+ * appended to sc->done[*nd] */
 static void expire(srv_queue *q, double now, int *nd)
 {
+    srv_sched *sc = q->sc;
     for (int k = 0; k < q->nclients;) {
         client *c = &q->clients[k];
         srv_group *prev = NULL;
@@ -139,14 +152,14 @@ static void expire(srv_queue *q, double now, int *nd)
             nx = g->next;
             int before_e = g->expired;
             int fin;
-            if (q->cancel_all) fin = drop_rest(q, c, prev, g, &g->shutdown);
+            if (sc->cancel_all) fin = drop_rest(q, c, prev, g, &g->shutdown);
             else if (now - g->t_enqueue > q->timeout) fin = drop_rest(q, c, prev, g, &g->expired);
             else {
                 prev = g;
                 continue;
             }
-            if (fin) q->done[(*nd)++] = g;
-            srv_metrics_rejected(q->metrics, "timeout", g->expired - before_e);
+            if (fin) sc->done[(*nd)++] = g;
+            srv_metrics_rejected(sc->metrics, "timeout", g->expired - before_e);
         }
         if (!c->head) drop_client(q, k);
         else k++;
@@ -171,7 +184,7 @@ static void sweep_gone(srv_queue *q, srv_group **gone)
                 g->next = *gone;
                 *gone = g;
             }
-            srv_metrics_rejected(q->metrics, "cancelled", g->cancelled - before);
+            srv_metrics_rejected(q->sc->metrics, "cancelled", g->cancelled - before);
         }
         if (!c->head) drop_client(q, k);
         else k++;
@@ -188,7 +201,7 @@ static srv_group *first_of(client *c, enum srv_op op, srv_group **prev)
 }
 
 /* Takes up to max_batch jobs of op into q->batch, round-robin between clients from q->rr;
- * groups whose client has gone are dropped (q->done[*nd]). Returns the batch size. */
+ * groups whose client has gone are dropped (sc->done[*nd]). Returns the batch size. */
 static int take_batch(srv_queue *q, enum srv_op op, int *nd)
 {
     int nb = 0, start = q->rr, progress = 1;
@@ -200,13 +213,14 @@ static int take_batch(srv_queue *q, enum srv_op op, int *nd)
             if (!g) continue;
             if (g->taken == g->n - g->pending && !client_alive(g)) {   /* none of its jobs runs yet */
                 int before = g->cancelled;
-                if (drop_rest(q, c, prev, g, &g->cancelled)) q->done[(*nd)++] = g;
-                srv_metrics_rejected(q->metrics, "cancelled", g->cancelled - before);
+                if (drop_rest(q, c, prev, g, &g->cancelled)) q->sc->done[(*nd)++] = g;
+                srv_metrics_rejected(q->sc->metrics, "cancelled", g->cancelled - before);
                 progress = 1;
                 continue;
             }
             q->batch[nb++] = (job){g, g->taken++};
             q->count--;
+            q->sc->count--;
             q->count_op[op]--;
             progress = 1;
             if (g->taken == g->n) {   /* every job taken: off the client's list */
@@ -300,66 +314,96 @@ static void finish(srv_queue *q, enum srv_op op, int nb, enum rnvp_status st, co
         if (nb > g->max_batch_seen) g->max_batch_seen = nb;
         if (g->t_first_start == 0) g->t_first_start = t0;
         g->compute = t1 - g->t_first_start;
-        if (--g->pending == 0) q->done[(*nd)++] = g;
+        if (--g->pending == 0) q->sc->done[(*nd)++] = g;
     }
+}
+
+/* calls the done() of the nd groups in sc->done, without the lock (only the worker writes sc->done) */
+static void hand_back(srv_sched *sc, int nd)
+{
+    if (!nd) return;
+    pthread_mutex_unlock(&sc->mu);
+    for (int i = 0; i < nd; i++) sc->done[i]->done(sc->done[i], sc->done[i]->done_arg);
+    pthread_mutex_lock(&sc->mu);
+}
+
+/* When q's next batch may start (now, or later with max_delay_us), and its operation: the one of
+ * the oldest group of the client whose turn it is. q has waiting jobs. */
+static double ready_at(srv_queue *q, double now, enum srv_op *op)
+{
+    *op = q->clients[q->rr].head->op;
+    if (q->delay <= 0 || q->count_op[*op] >= q->max_batch || q->sc->stopping) return now;
+    double oldest = now;   /* the oldest waiting group of op */
+    for (int k = 0; k < q->nclients; k++) {
+        srv_group *prev, *g = first_of(&q->clients[k], *op, &prev);
+        if (g && g->t_enqueue < oldest) oldest = g->t_enqueue;
+    }
+    return oldest + q->delay;
 }
 
 static void *worker(void *arg)
 {
-    srv_queue *q = arg;
-    pthread_mutex_lock(&q->mu);
+    srv_sched *sc = arg;
+    pthread_mutex_lock(&sc->mu);
     for (;;) {
         int nd = 0;
         double now = srv_now();
-        expire(q, now, &nd);
+        for (srv_queue *q = sc->queues; q; q = q->next_q) expire(q, now, &nd);
         if (nd) {
-            pthread_mutex_unlock(&q->mu);
-            for (int i = 0; i < nd; i++) q->done[i]->done(q->done[i], q->done[i]->done_arg);
-            pthread_mutex_lock(&q->mu);
+            hand_back(sc, nd);
             continue;
         }
-        if (q->dirty && (now - q->last_trim >= TRIM_BUSY_S || (q->count == 0 && now - q->last_batch >= TRIM_IDLE_S))) {
-            trim_now(q, now);
+        if (sc->dirty && (now - sc->last_trim >= TRIM_BUSY_S || (sc->count == 0 && now - sc->last_batch >= TRIM_IDLE_S))) {
+            trim_now(sc, now);
             continue;
         }
-        if (q->count == 0) {
-            if (q->stopping) break;
-            if (q->dirty) {   /* trim if nothing arrives within TRIM_IDLE_S */
+        if (sc->count == 0) {
+            if (sc->stopping) break;
+            if (sc->dirty) {   /* trim if nothing arrives within TRIM_IDLE_S */
                 struct timespec ts;
-                abs_time(&ts, q->last_batch + TRIM_IDLE_S);
-                pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+                abs_time(&ts, sc->last_batch + TRIM_IDLE_S);
+                pthread_cond_timedwait(&sc->cv, &sc->mu, &ts);
             } else {
-                pthread_cond_wait(&q->cv, &q->mu);
+                pthread_cond_wait(&sc->cv, &sc->mu);
             }
             continue;
         }
-        enum srv_op op = q->clients[q->rr].head->op;
-        if (q->delay > 0 && q->count_op[op] < q->max_batch && !q->stopping) {
-            double oldest = now;   /* the oldest waiting group of op */
-            for (int k = 0; k < q->nclients; k++) {
-                srv_group *prev, *g = first_of(&q->clients[k], op, &prev);
-                if (g && g->t_enqueue < oldest) oldest = g->t_enqueue;
+        /* the queues take turns: the first from sc->turn on whose batch may start */
+        srv_queue *q = NULL, *start = sc->turn ? sc->turn : sc->queues;
+        enum srv_op op = OP_LOG_PROB;
+        double wake = now + 3600;
+        for (srv_queue *c = start;;) {
+            if (c->count) {
+                enum srv_op o;
+                double t = ready_at(c, now, &o);
+                if (t <= now) {
+                    q = c, op = o;
+                    break;
+                }
+                if (t < wake) wake = t;
             }
-            if (now < oldest + q->delay) {
-                struct timespec ts;
-                abs_time(&ts, oldest + q->delay);
-                pthread_cond_timedwait(&q->cv, &q->mu, &ts);
-                continue;
-            }
+            c = c->next_q ? c->next_q : sc->queues;
+            if (c == start) break;
         }
+        if (!q) {
+            struct timespec ts;
+            abs_time(&ts, wake);
+            pthread_cond_timedwait(&sc->cv, &sc->mu, &ts);
+            continue;
+        }
+        sc->turn = q->next_q;
         int nb = take_batch(q, op, &nd);
         if (!nb) {   /* every group of op had lost its client */
-            pthread_mutex_unlock(&q->mu);
-            for (int i = 0; i < nd; i++) q->done[i]->done(q->done[i], q->done[i]->done_arg);
-            pthread_mutex_lock(&q->mu);
+            hand_back(sc, nd);
             continue;
         }
-        pthread_mutex_unlock(&q->mu);
+        pthread_mutex_unlock(&sc->mu);
 
+        /* q stays: its groups in the batch hold their requests, which hold q's model */
         double t0 = srv_now();
         for (int b = 0; b < nb; b++) {
             double wt = t0 - q->batch[b].g->t_enqueue;
-            srv_metrics_wait(q->metrics, wt);
+            srv_metrics_wait(sc->metrics, wt);
             /* max_wait is only read by the owner after done(); only this thread writes it */
             if (wt > q->batch[b].g->max_wait) q->batch[b].g->max_wait = wt;
         }
@@ -367,34 +411,124 @@ static void *worker(void *arg)
         rnvp_error e = {0};
         enum rnvp_status st = compute(q, op, nb, &e);
         double t1 = srv_now();
-        srv_metrics_batch(q->metrics, op, nb, t1 - t0);
+        srv_metrics_batch(sc->metrics, op, nb, t1 - t0);
 
-        pthread_mutex_lock(&q->mu);
-        q->dirty++;
-        q->last_batch = t1;
+        pthread_mutex_lock(&sc->mu);
+        sc->dirty++;
+        sc->last_batch = t1;
         finish(q, op, nb, st, &e, t0, t1, &nd);
-        pthread_mutex_unlock(&q->mu);
-        for (int i = 0; i < nd; i++) q->done[i]->done(q->done[i], q->done[i]->done_arg);
-        pthread_mutex_lock(&q->mu);
+        hand_back(sc, nd);   /* q may be freed from here on */
     }
-    pthread_mutex_unlock(&q->mu);
+    pthread_mutex_unlock(&sc->mu);
     return NULL;
 }
 
-srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us, long timeout_ms,
-                            srv_metrics *metrics, rnvp_error *err)
+static void set_nomem(rnvp_error *err, const char *what)
+{
+    if (!err) return;
+    err->status = RNVP_ERR_NOMEM;
+    snprintf(err->msg, sizeof err->msg, "out of memory for %s", what);
+}
+
+srv_sched *srv_sched_create(int capacity, int max_batch, srv_metrics *metrics, rnvp_error *err)
+{
+    srv_sched *sc = calloc(1, sizeof *sc);
+    if (!sc) {
+        set_nomem(err, "the batching queue");
+        return NULL;
+    }
+    sc->metrics = metrics;
+    sc->cap = capacity;
+    sc->max_batch = max_batch;
+    sc->done = malloc((size_t)(capacity + max_batch) * sizeof *sc->done);
+    if (!sc->done) {
+        set_nomem(err, "the batching queue");
+        free(sc);
+        return NULL;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sc->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&sc->mu, NULL);
+    int rc = pthread_create(&sc->thread, NULL, worker, sc);
+    if (rc) {
+        if (err) {
+            err->status = RNVP_ERR_NOMEM;
+            snprintf(err->msg, sizeof err->msg, "cannot start the compute thread: %s", strerror(rc));
+        }
+        pthread_cond_destroy(&sc->cv);
+        pthread_mutex_destroy(&sc->mu);
+        free(sc->done);
+        free(sc);
+        return NULL;
+    }
+    return sc;
+}
+
+int srv_sched_depth(srv_sched *sc)
+{
+    pthread_mutex_lock(&sc->mu);
+    int n = sc->count;
+    pthread_mutex_unlock(&sc->mu);
+    return n;
+}
+
+void srv_sched_close(srv_sched *sc)
+{
+    if (!sc) return;
+    pthread_mutex_lock(&sc->mu);
+    sc->closed = 1;
+    pthread_mutex_unlock(&sc->mu);
+}
+
+void srv_sched_cancel_all(srv_sched *sc)
+{
+    if (!sc) return;
+    pthread_mutex_lock(&sc->mu);
+    sc->closed = 1;
+    sc->cancel_all = 1;
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
+}
+
+void srv_sched_free(srv_sched *sc)
+{
+    if (!sc) return;
+    pthread_mutex_lock(&sc->mu);
+    sc->stopping = 1;
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
+    pthread_join(sc->thread, NULL);
+    pthread_cond_destroy(&sc->cv);
+    pthread_mutex_destroy(&sc->mu);
+    free(sc->done);
+    free(sc);
+}
+
+static void queue_free_memory(srv_queue *q)
+{
+    rnvp_ctx_free(q->ctx);
+    free(q->clients), free(q->batch), free(q->px), free(q->out);
+    free(q->noise), free(q->z), free(q->lp), free(q->bpd);
+    free(q);
+}
+
+srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms, rnvp_error *err)
 {
     srv_queue *q = calloc(1, sizeof *q);
-    if (!q) goto nomem;
+    if (!q) {
+        set_nomem(err, "the batching queue");
+        return NULL;
+    }
+    q->sc = sc;
     q->m = m;
-    q->metrics = metrics;
-    q->cap = capacity;
-    q->max_batch = max_batch;
+    q->max_batch = sc->max_batch;
     q->delay = (double)max_delay_us * 1e-6;
     q->timeout = (double)timeout_ms * 1e-3;
-    size_t D = (size_t)rnvp_model_dim(m), B = (size_t)max_batch;
-    q->clients = malloc((size_t)capacity * sizeof *q->clients);
-    q->done = malloc((size_t)(capacity + max_batch) * sizeof *q->done);
+    size_t D = (size_t)rnvp_model_dim(m), B = (size_t)q->max_batch;
+    q->clients = malloc((size_t)sc->cap * sizeof *q->clients);
     q->batch = malloc(B * sizeof *q->batch);
     q->px = malloc(B * D);
     q->out = malloc(B * D);
@@ -402,54 +536,36 @@ srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, lo
     q->z = malloc(B * D * sizeof(float));
     q->lp = malloc(B * sizeof(double));
     q->bpd = malloc(B * sizeof(double));
-    if (!q->clients || !q->done || !q->batch || !q->px || !q->out || !q->noise || !q->z || !q->lp || !q->bpd) goto nomem_free;
-    if (rnvp_ctx_create(&q->ctx, m, max_batch, err)) goto fail;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_mutex_init(&q->mu, NULL);
-    int rc = pthread_create(&q->thread, NULL, worker, q);
-    if (rc) {
-        err->status = RNVP_ERR_NOMEM;
-        snprintf(err->msg, sizeof err->msg, "cannot start the compute thread: %s", strerror(rc));
-        pthread_cond_destroy(&q->cv);
-        pthread_mutex_destroy(&q->mu);
-        goto fail;
+    if (!q->clients || !q->batch || !q->px || !q->out || !q->noise || !q->z || !q->lp || !q->bpd) {
+        set_nomem(err, "the batching queue");
+        queue_free_memory(q);
+        return NULL;
     }
-    q->started = 1;
+    if (rnvp_ctx_create(&q->ctx, m, q->max_batch, err)) {
+        queue_free_memory(q);
+        return NULL;
+    }
+    pthread_mutex_lock(&sc->mu);   /* appended: its first turn comes after the queues already there */
+    srv_queue **pp = &sc->queues;
+    while (*pp) q->prev_q = *pp, pp = &(*pp)->next_q;
+    *pp = q;
+    pthread_mutex_unlock(&sc->mu);
     return q;
-nomem_free:
-    if (err) {
-        err->status = RNVP_ERR_NOMEM;
-        snprintf(err->msg, sizeof err->msg, "out of memory for the batching queue");
-    }
-fail:
-    rnvp_ctx_free(q->ctx);
-    free(q->clients), free(q->done), free(q->batch), free(q->px), free(q->out);
-    free(q->noise), free(q->z), free(q->lp), free(q->bpd);
-    free(q);
-    return NULL;
-nomem:
-    if (err) {
-        err->status = RNVP_ERR_NOMEM;
-        snprintf(err->msg, sizeof err->msg, "out of memory for the batching queue");
-    }
-    return NULL;
 }
 
 int srv_queue_push(srv_queue *q, srv_group *g)
 {
-    pthread_mutex_lock(&q->mu);
-    if (q->closed || q->stopping) {
-        pthread_mutex_unlock(&q->mu);
+    srv_sched *sc = q->sc;
+    pthread_mutex_lock(&sc->mu);
+    if (sc->closed || sc->stopping) {
+        pthread_mutex_unlock(&sc->mu);
         return -2;
     }
     srv_group *gone = NULL;
-    if (q->count + g->n > q->cap) sweep_gone(q, &gone);   /* room held by clients that left */
-    if (q->count + g->n > q->cap) {
-        pthread_mutex_unlock(&q->mu);
+    if (sc->count + g->n > sc->cap)   /* room held by clients that left, in any queue */
+        for (srv_queue *o = sc->queues; o; o = o->next_q) sweep_gone(o, &gone);
+    if (sc->count + g->n > sc->cap) {
+        pthread_mutex_unlock(&sc->mu);
         for (srv_group *d = gone, *nx; d; d = nx) nx = d->next, d->next = NULL, d->done(d, d->done_arg);
         return -1;
     }
@@ -476,51 +592,31 @@ int srv_queue_push(srv_queue *q, srv_group *g)
     else c->head = g;
     c->tail = g;
     q->count += g->n;
+    sc->count += g->n;
     q->count_op[g->op] += g->n;
-    pthread_cond_signal(&q->cv);
-    pthread_mutex_unlock(&q->mu);
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
     for (srv_group *d = gone, *nx; d; d = nx) nx = d->next, d->next = NULL, d->done(d, d->done_arg);
     return 0;
 }
 
 int srv_queue_depth(srv_queue *q)
 {
-    pthread_mutex_lock(&q->mu);
+    pthread_mutex_lock(&q->sc->mu);
     int n = q->count;
-    pthread_mutex_unlock(&q->mu);
+    pthread_mutex_unlock(&q->sc->mu);
     return n;
-}
-
-void srv_queue_close(srv_queue *q)
-{
-    if (!q) return;
-    pthread_mutex_lock(&q->mu);
-    q->closed = 1;
-    pthread_mutex_unlock(&q->mu);
-}
-
-void srv_queue_cancel_all(srv_queue *q)
-{
-    if (!q) return;
-    pthread_mutex_lock(&q->mu);
-    q->closed = 1;
-    q->cancel_all = 1;
-    pthread_cond_signal(&q->cv);
-    pthread_mutex_unlock(&q->mu);
 }
 
 void srv_queue_free(srv_queue *q)
 {
     if (!q) return;
-    pthread_mutex_lock(&q->mu);
-    q->stopping = 1;
-    pthread_cond_signal(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-    pthread_join(q->thread, NULL);
-    pthread_cond_destroy(&q->cv);
-    pthread_mutex_destroy(&q->mu);
-    rnvp_ctx_free(q->ctx);
-    free(q->clients), free(q->done), free(q->batch), free(q->px), free(q->out);
-    free(q->noise), free(q->z), free(q->lp), free(q->bpd);
-    free(q);
+    srv_sched *sc = q->sc;
+    pthread_mutex_lock(&sc->mu);
+    if (q->prev_q) q->prev_q->next_q = q->next_q;
+    else sc->queues = q->next_q;
+    if (q->next_q) q->next_q->prev_q = q->prev_q;
+    if (sc->turn == q) sc->turn = q->next_q;
+    pthread_mutex_unlock(&sc->mu);
+    queue_free_memory(q);
 }

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define SRV_VERSION RNVP_VERSION
 #define SRV_ERRLEN 320
@@ -21,8 +22,12 @@
 /* ---- options (flags and environment variables, main.c) ---- */
 
 typedef struct srv_options {
-    const char *model;          /* REALNVP_MODEL, checkpoint path */
-    const char *model_name;     /* REALNVP_MODEL_NAME, "model" in replies; NULL: derived */
+    const char *model;          /* REALNVP_MODEL, checkpoint path (or model_repository) */
+    const char *model_repository;   /* REALNVP_MODEL_REPOSITORY, DIR/<name>/[<version>/]model.safetensors */
+    const char *model_versions; /* REALNVP_MODEL_VERSIONS, "latest" or "all" */
+    int all_versions;           /* model_versions is "all" */
+    long model_memory;          /* REALNVP_MODEL_MEMORY_BYTES, loaded models in all, 1 GiB */
+    const char *model_name;     /* REALNVP_MODEL_NAME, "model" in replies; NULL: derived (--model only) */
     const char *host;           /* REALNVP_HOST, "127.0.0.1" */
     int port;                   /* REALNVP_PORT, 8080; 0 picks a free port */
     int http_threads;           /* REALNVP_HTTP_THREADS, 2 */
@@ -198,17 +203,24 @@ typedef struct srv_oip_results {
  * else 0 (b is JSON alone, newline-terminated). */
 void srv_oip_encode(srv_buf *b, size_t *json_len, const srv_oip_req *q, const srv_oip_results *res,
                     const char *model_name, int C, int H, int W);
+/* The body of a repository request (Triton's repository extension): empty, or a JSON object
+ * whose "ready" (index) is a boolean and "parameters" (load, unload) an object; other keys are
+ * ignored. *ready_only (may be NULL) gets "ready". Returns 0, or -1 with err filled. */
+#define SRV_OIP_REPO_MAX_BODY 65536
+int srv_oip_repo_parse(const char *body, size_t len, int *ready_only, char *err, size_t errcap);
 /* GET /v2 and GET /v2/models/{m} replies (JSON, newline-terminated) */
 void srv_oip_server_metadata(srv_buf *b);
-void srv_oip_model_metadata(srv_buf *b, const char *name, int decoder, int C, int H, int W);
+void srv_oip_model_metadata(srv_buf *b, const char *name, const long *versions, int nv, int decoder, int C, int H, int W);
 
 /* ---- metrics (metrics.c) ---- */
 
 enum srv_endpoint {
     EP_LOG_PROB, EP_ENCODE, EP_DECODE, EP_INTERPOLATE,   /* POST: every endpoint up to EP_INTERPOLATE */
     EP_SAMPLE, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_INFO, EP_INDEX,
-    /* the Open Inference Protocol (oip.c): EP_V2_SERVER..EP_V2_INFER; only EP_V2_INFER is a POST */
+    /* the Open Inference Protocol (oip.c): EP_V2_SERVER..EP_V2_REPO_UNLOAD; the POSTs: EP_V2_INFER and
+     * the repository extension's (EP_V2_REPO_*) */
     EP_V2_SERVER, EP_V2_LIVE, EP_V2_READY, EP_V2_MODEL, EP_V2_MODEL_READY, EP_V2_INFER,
+    EP_V2_REPO_INDEX, EP_V2_REPO_LOAD, EP_V2_REPO_UNLOAD,
     EP_OTHER, EP_COUNT
 };
 extern const char *const srv_endpoint_names[EP_COUNT];
@@ -232,6 +244,10 @@ typedef struct srv_gauges {
 } srv_gauges;
 /* Prometheus text exposition format 0.0.4 into b; gauges are passed in. */
 void srv_metrics_render(srv_metrics *m, srv_buf *b, const srv_gauges *g, const char *model_name);
+/* a Prometheus label value, quoted and escaped */
+void srv_metrics_label(srv_buf *b, const char *v);
+/* a line to stderr, "realnvp-server: " first (http.c) */
+void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- batching queue (queue.c) ---- */
 
@@ -273,32 +289,111 @@ typedef struct srv_group {
 } srv_group;
 
 typedef struct srv_queue srv_queue;
+typedef struct srv_sched srv_sched;
 
-/* A queue for `capacity` jobs and one worker thread (started here) computing batches of up to
- * max_batch with its own context. The model must outlive the queue. On failure returns NULL
- * and fills err.
+/* The scheduler: the one worker thread (started here) that serves every queue, up to max_batch
+ * jobs a batch, and the server-wide capacity (images waiting in all queues). NULL with err on
+ * failure.
  *
  * Batching: when the worker is free, the waiting jobs start at once (max_delay_us 0, the
  * default); with max_delay_us > 0 it waits for a full batch up to that long after the oldest
- * job's arrival. Fairness: jobs are taken round-robin between clients (srv_group.client), one
- * job per client per turn, oldest group first within a client; the client whose turn it is
- * chooses the operation. Cancellation: a group's waiting jobs are dropped (g->cancelled) when its
- * client's socket (g->fd) shows the client gone, checked before its first job of a batch is taken
- * and, for every waiting group, when a push does not fit. */
-srv_queue *srv_queue_create(const rnvp_model *m, int capacity, int max_batch, long max_delay_us,
-                            long timeout_ms, srv_metrics *metrics, rnvp_error *err);
-/* Enqueue all of g's jobs or none (g stays owned by the caller; the queue hands it back through
- * g->done). Returns 0, -1 when the queue lacks room, -2 when the queue is closed
- * (srv_queue_close); nothing is enqueued then. */
-int srv_queue_push(srv_queue *q, srv_group *g);
-int srv_queue_depth(srv_queue *q);   /* jobs waiting */
+ * job's arrival. Fairness: the queues (models) take turns, a batch each; within a queue jobs are
+ * taken round-robin between clients (srv_group.client), one job per client per turn, oldest group
+ * first within a client; the client whose turn it is chooses the operation. Cancellation: a
+ * group's waiting jobs are dropped (g->cancelled) when its client's socket (g->fd) shows the
+ * client gone, checked before its first job of a batch is taken and, for every waiting group,
+ * when a push does not fit. */
+srv_sched *srv_sched_create(int capacity, int max_batch, srv_metrics *metrics, rnvp_error *err);
+int srv_sched_depth(srv_sched *sc);   /* jobs waiting in all queues */
 /* Refuses every later push (-2); jobs already queued are still computed. */
-void srv_queue_close(srv_queue *q);
+void srv_sched_close(srv_sched *sc);
 /* Drops every waiting job (g->shutdown counts them; their groups finish once no job of theirs
- * is computing); the batch being computed finishes. Implies srv_queue_close. */
-void srv_queue_cancel_all(srv_queue *q);
-/* Finishes every queued job, stops the worker and frees the queue. */
+ * is computing); the batch being computed finishes. Implies srv_sched_close. */
+void srv_sched_cancel_all(srv_sched *sc);
+/* Finishes every queued job, stops the worker and frees the scheduler (its queues first). */
+void srv_sched_free(srv_sched *sc);
+
+/* A queue for model m on sc, with its own context and batch buffers (sized for sc's max_batch).
+ * The model must outlive the queue. NULL with err on failure. */
+srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms, rnvp_error *err);
+/* Enqueue all of g's jobs or none (g stays owned by the caller; the queue hands it back through
+ * g->done). Returns 0, -1 when the server's capacity lacks room, -2 when the scheduler is closed;
+ * nothing is enqueued then. */
+int srv_queue_push(srv_queue *q, srv_group *g);
+int srv_queue_depth(srv_queue *q);   /* jobs waiting in q */
+/* Frees q, which has no job left (waiting or computing): its owner's requests are all done. */
 void srv_queue_free(srv_queue *q);
+
+/* ---- the model repository (repo.c) ---- */
+
+#define SRV_MAX_MODELS 64
+#define SRV_MAX_VERSIONS 16
+#define SRV_MODEL_NAMELEN 128
+
+typedef struct srv_entry srv_entry;
+typedef struct srv_repo srv_repo;
+
+/* One loaded version of a model, read-only once built; reference-counted (repo.c). */
+typedef struct srv_model {
+    char name[SRV_MODEL_NAMELEN];
+    long version;
+    char path[4096];
+    rnvp_model *model;
+    int C, H, W, D;
+    rnvp_latent_part layout[RNVP_MAX_SCALES];
+    int nparts;
+    srv_queue *q;               /* its own queue on the server's scheduler */
+    size_t workspace;           /* the context's batch workspace */
+    size_t bytes;               /* charged to the model memory: weights, workspace, batch buffers */
+    _Atomic int refs;           /* the repository's (while served) and each request's */
+    srv_repo *repo;
+    srv_entry *entry;
+    /* the file it was loaded from, to see a change on a rescan */
+    unsigned long long dev, ino;
+    long long size;
+    struct timespec mtime;
+} srv_model;
+
+/* One model name: the versions being served (ascending; the last is the default). */
+struct srv_entry {
+    char name[SRV_MODEL_NAMELEN];
+    srv_model *vers[SRV_MAX_VERSIONS];
+    int nvers;
+    int unloaded;               /* unloaded on request: rescans leave it until a load */
+    char reason[SRV_ERRLEN];    /* why the last load failed ("" when it did not) */
+    _Atomic long long requests, loads, load_failures;
+};
+
+/* An empty repository on scheduler sc for the options' --model or --model-repository. */
+srv_repo *srv_repo_create(const srv_options *o, srv_sched *sc, char *err, size_t errcap);
+/* Releases every served version (each is freed when its last request lets go). */
+void srv_repo_free(srv_repo *r);
+/* Scans the repository (start-up and SIGHUP): loads new models and the versions that changed on
+ * disk, drops versions and models gone from it; models unloaded on request stay unloaded. A
+ * version that fails to load leaves the copy being served serving. Returns the number of
+ * failures (err: the first one's reason). */
+int srv_repo_scan(srv_repo *r, char *err, size_t errcap);
+/* POST /v2/repository/models/{m}/load: (re)builds every wanted version of `name` from disk and
+ * swaps it in, even when unchanged. 0, or the HTTP status (404 unknown, 400 load failure, the old
+ * copy serving) with err filled. */
+int srv_repo_load(srv_repo *r, const char *name, char *err, size_t errcap);
+/* POST .../unload: stops serving `name` (requests using it finish). 0, or 404 with err. */
+int srv_repo_unload(srv_repo *r, const char *name, char *err, size_t errcap);
+/* A reference to the version of `name` to serve (version 0: the highest loaded; name NULL or "":
+ * the only model loaded), which the caller gives back with srv_model_release. NULL with *status
+ * (400 several models and none named, 404 unknown model or version, 503 not loaded) and err. */
+srv_model *srv_repo_acquire(srv_repo *r, const char *name, long version, int *status, char *err, size_t errcap);
+void srv_model_release(srv_model *m);   /* NULL: nothing; the last reference frees it */
+int srv_repo_nready(srv_repo *r);       /* models with a version loaded */
+/* the loaded models' names ('a', 'b') into buf */
+void srv_repo_names(srv_repo *r, char *buf, size_t cap);
+void srv_repo_names_json(srv_repo *r, srv_buf *b);   /* ["a", "b"] */
+int srv_repo_versions(srv_repo *r, const char *name, long *out, int cap);   /* the loaded versions, ascending */
+/* The repository index (Triton's repository extension): a JSON array of {"name", "version",
+ * "state", "reason"}; ready_only: only the loaded versions. */
+void srv_repo_index(srv_repo *r, srv_buf *b, int ready_only);
+/* the per-model Prometheus series (realnvp_model_*) */
+void srv_repo_metrics(srv_repo *r, srv_buf *b);
 
 /* ---- the server (lifecycle.c; the request path: http.h) ---- */
 
@@ -309,8 +404,11 @@ typedef struct srv_server srv_server;
  * copied (their strings must outlive the server). Returns NULL with a one-line reason in err. */
 srv_server *srv_server_start(const srv_options *o, char *err, size_t errcap);
 int srv_server_port(const srv_server *s);   /* the bound port (useful with port 0) */
-/* Loads the model, starts the batching queue and turns ready. -1 with err on failure. */
+/* Starts the batch worker, loads the models (--model, or every model of --model-repository) and
+ * turns ready. -1 with err when no model loads (--model: when it does not). */
 int srv_server_load(srv_server *s, char *err, size_t errcap);
+/* SIGHUP: rescans the repository (srv_repo_scan) and logs the outcome; returns the failures */
+int srv_server_rescan(srv_server *s);
 /* Graceful stop: /readyz turns 503, no new connections are accepted, requests in progress
  * finish (waiting at most timeout_s for them), then the daemon stops. Returns the number of
  * requests that were still in progress at the deadline (0 when everything finished). */

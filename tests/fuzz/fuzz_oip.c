@@ -1,5 +1,6 @@
 /* fuzz_oip.c: libFuzzer harness for the Open Inference Protocol request parser (srv_oip_parse: JSON header,
- * Inference-Header-Content-Length framing, binary tensors) and the response encoder on what it accepts.
+ * Inference-Header-Content-Length framing, binary tensors) and the response encoder on what it accepts; with
+ * DECODER 2, the repository extension's bodies (srv_oip_repo_parse).
  * Leaves out the /v2 routing and the HTTP side (tests/test_oip.c). */
 #include "../../server/server.h"
 
@@ -29,10 +30,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int decoder = 0;
     if (sscanf(line, "%lld %d", &hlen, &decoder) < 1) return 0;
     if (hlen < -1) hlen = -1;
-    decoder = decoder == 1;
     size_t len = size - ll - 1;
     char *body = malloc(len ? len : 1);   /* exact size, so ASan sees any over-read */
     memcpy(body, nl + 1, len);
+    if (decoder == 2) {   /* POST /v2/repository/index, .../load, .../unload */
+        char rerr[SRV_ERRLEN] = "";
+        int ready = -1;
+        int rrc = srv_oip_repo_parse(body, len, &ready, rerr, sizeof rerr);
+        if (rrc ? !rerr[0] : ready != 0 && ready != 1) abort();
+        free(body);
+        return 0;
+    }
+    decoder = decoder == 1;
     srv_oip_req q;
     char err[SRV_ERRLEN];
     size_t cost;

@@ -89,3 +89,6 @@ oip("decoder_json.txt", '{"inputs": [{"name": "latents", "shape": [2, 12], "data
     '"data": [[0.5, -1, 2e-3, 0, 1, 2, 3, 4, 5, 6, 7, 8], [1e30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -3.25]]}]}', decoder=1, hlen=False)
 oip("bad_nan.txt", '{"inputs": [{"name": "latents", "shape": [1, 12], "datatype": "FP32", '
     '"parameters": {"binary_data_size": 48}}]}', struct.pack("<12f", *([0.0] * 11 + [float("nan")])), decoder=1)
+# DECODER 2: the repository extension's bodies (index, load, unload)
+oip("repo_index.txt", '{"ready": true}', decoder=2, hlen=False)
+oip("repo_load.txt", '{"parameters": {"config": "{}"}}', decoder=2, hlen=False)
