@@ -23,7 +23,8 @@ CLI = os.path.join(ROOT, "bin", "realnvp")
 def start_server(*args):
     """(process, base url, stderr path): bin/realnvp-server on a free port, once it listens."""
     err = tempfile.NamedTemporaryFile(prefix="rnvp_pyclient_", suffix=".err", delete=False)
-    p = subprocess.Popen([os.path.join(ROOT, "bin", "realnvp-server"), "--model", MODEL, "--port", "0",
+    model = [] if "--model-repository" in args else ["--model", MODEL]
+    p = subprocess.Popen([os.path.join(ROOT, "bin", "realnvp-server"), *model, "--port", "0",
                           "--access-log", "off", *args], stderr=err, stdout=subprocess.DEVNULL)
     for _ in range(1000):
         with open(err.name) as f:
@@ -147,6 +148,48 @@ class ApiKeyTest(unittest.TestCase):
         finally:
             stop_server(p, err)
             os.unlink(f.name)
+
+
+class RepositoryTest(unittest.TestCase):
+    """A server with two models (--model-repository): model=, the index, unload and load."""
+
+    def test_models(self):
+        import shutil
+        repo = tempfile.mkdtemp(prefix="rnvp_pyclient_repo_")
+        for name, src in (("grey", MODEL), ("rgb", os.path.join(ROOT, "tests", "data", "rgb6x8.safetensors"))):
+            os.makedirs(os.path.join(repo, name, "1"))
+            shutil.copy(src, os.path.join(repo, name, "1", "model.safetensors"))
+        p, url, err = start_server("--model-repository", repo)
+        try:
+            with self.assertRaises(RealNVPError) as cm:
+                RealNVPClient(url).info()   # two models, none named
+            self.assertEqual((cm.exception.status, cm.exception.code), (400, "model_required"))
+            grey, rgb = RealNVPClient(url, model="grey"), RealNVPClient(url, model="rgb")
+            self.assertEqual(grey.info()["dim"], 64)
+            self.assertEqual(rgb.info()["channels"], 3)
+            want = cli_log_prob(PNGS[0])
+            self.assertAlmostEqual(grey.log_prob([PNGS[0]])[0].log_prob, want["log_prob"], delta=1e-5 * abs(want["log_prob"]))
+            self.assertEqual(sorted((m["name"], m["state"]) for m in grey.models()), [("grey", "READY"), ("rgb", "READY")])
+            rgb.unload_model("rgb")
+            with self.assertRaises(RealNVPError) as cm:
+                rgb.info()
+            self.assertEqual(cm.exception.code, "model_not_ready")
+            self.assertEqual(RealNVPClient(url).info()["model"], "grey")   # the only one left
+            rgb.load_model("rgb")
+            self.assertEqual(rgb.info()["channels"], 3)
+            with self.assertRaises(RealNVPError) as cm:
+                rgb.load_model("nope")
+            self.assertEqual((cm.exception.status, cm.exception.code), (404, "v2"))
+            script = os.path.join(ROOT, "clients", "python", "realnvp_client.py")
+            out = subprocess.run([sys.executable, script, "--url", url, "--model", "grey", "log-prob", PNGS[0]],
+                                 capture_output=True, text=True, check=True).stdout
+            self.assertEqual(json.loads(out)["name"], os.path.basename(PNGS[0]))
+            out = subprocess.run([sys.executable, script, "--url", url, "models"], capture_output=True, text=True,
+                                 check=True).stdout
+            self.assertEqual(len(out.splitlines()), 2)
+        finally:
+            stop_server(p, err)
+            shutil.rmtree(repo)
 
 
 if __name__ == "__main__":

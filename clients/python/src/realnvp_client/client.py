@@ -71,15 +71,23 @@ class RealNVPError(Exception):
 class RealNVPClient:
     """One server. Every method raises RealNVPError with the server's reason on a 4xx/5xx."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", api_key: Optional[str] = None, timeout: float = 60.0):
+    # the native endpoints that serve one model (?model=NAME when the server has several)
+    _MODEL_PATHS = ("/log_prob", "/encode", "/decode", "/interpolate", "/sample", "/info")
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", api_key: Optional[str] = None, timeout: float = 60.0,
+                 model: Optional[str] = None):
+        """model: the model to use on a server with several (--model-repository); None: its only one."""
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.model = model
 
     # ---- transport ----
     def _request(self, method, path, params=None, body=None, content_type=None, retry=True):
         url = self.url + path
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        if self.model is not None and path in self._MODEL_PATHS:
+            params["model"] = self.model
         if params:
             url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url, data=body, method=method)
@@ -97,6 +105,8 @@ class RealNVPClient:
                 return self._request(method, path, params, body, content_type, retry=False)
             try:
                 err = json.loads(data)["error"]
+                if isinstance(err, str):   # the /v2 endpoints: {"error": "..."}
+                    raise RealNVPError(e.code, "v2", err) from None
                 raise RealNVPError(e.code, err.get("code", "?"), err.get("message", "")) from None
             except (ValueError, KeyError, TypeError):
                 raise RealNVPError(e.code, "http", data[:200].decode("utf-8", "replace")) from None
@@ -153,6 +163,23 @@ class RealNVPClient:
         """GET /info: the model's config, dim, layout, parameters, metadata and the server's limits."""
         return self._json("GET", "/info")
 
+    def models(self, ready_only: bool = False) -> List[Dict[str, Any]]:
+        """POST /v2/repository/index: every model of the repository, with version and state (READY,
+        UNAVAILABLE) and the reason when it is not loaded."""
+        body = json.dumps({"ready": True}).encode() if ready_only else b""
+        return self._json("POST", "/v2/repository/index", body=body, content_type="application/json")
+
+    def load_model(self, name: str) -> None:
+        """POST /v2/repository/models/{name}/load: (re)load a model from the repository; the old copy
+        serves until the new one is built, and serves on when the load fails (RealNVPError says why)."""
+        self._request("POST", "/v2/repository/models/" + urllib.parse.quote(name, safe="") + "/load", body=b"",
+                      retry=False)
+
+    def unload_model(self, name: str) -> None:
+        """POST /v2/repository/models/{name}/unload: stop serving a model until it is loaded again."""
+        self._request("POST", "/v2/repository/models/" + urllib.parse.quote(name, safe="") + "/unload", body=b"",
+                      retry=False)
+
     def metrics(self) -> str:
         """GET /metrics: the Prometheus text."""
         return self._request("GET", "/metrics")[2].decode()
@@ -208,6 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--api-key", default=os.environ.get("REALNVP_API_KEY"),
                     help="API key (env REALNVP_API_KEY), sent as Authorization: Bearer KEY")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)")
+    ap.add_argument("--model", help="the model to use when the server serves several (?model=NAME)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("log-prob", help="score PNGs: log_prob (nats) and bits/dim, one JSON line each")
     p.add_argument("png", nargs="+")
@@ -233,9 +261,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
     p.add_argument("-o", "--output", required=True)
     sub.add_parser("info", help="model and server information")
+    sub.add_parser("models", help="the repository's models, versions and states, one JSON line each")
+    p = sub.add_parser("load", help="(re)load a model of the server's repository")
+    p.add_argument("name")
+    p = sub.add_parser("unload", help="stop serving a model of the server's repository")
+    p.add_argument("name")
     sub.add_parser("health", help="liveness and readiness (exit 1 when not ready)")
     a = ap.parse_args(argv)
-    c = RealNVPClient(a.url, a.api_key, a.timeout)
+    c = RealNVPClient(a.url, a.api_key, a.timeout, a.model)
     try:
         if a.cmd == "log-prob":
             for r in c.log_prob(a.png, a.samples, a.seed):
@@ -271,6 +304,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {a.output} ({a.steps} images)", file=sys.stderr)
         elif a.cmd == "info":
             print(json.dumps(c.info(), indent=2))
+        elif a.cmd == "models":
+            for m in c.models():
+                print(json.dumps(m))
+        elif a.cmd in ("load", "unload"):
+            (c.load_model if a.cmd == "load" else c.unload_model)(a.name)
+            print(f"{a.cmd}ed {a.name}", file=sys.stderr)
         elif a.cmd == "health":
             print(json.dumps(c.health()))
             ok = c.ready()
