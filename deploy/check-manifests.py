@@ -1,14 +1,19 @@
 #!/usr/bin/python3
-# check-manifests.py: parses deploy/Dockerfile, deploy/docker-compose.yml, deploy/k8s/*.yaml and
-# deploy/k8s-train/*.yaml and asserts the fields the deployment relies on (probes, resources,
-# draining, non-root, env names known to the server, selectors that match; for training: the
-# MPIJob's process count, trainer options, shared volume, image and user). Leaves out talking to
-# Docker or a cluster (neither is needed).
+# check-manifests.py: parses deploy/Dockerfile, deploy/docker-compose.yml, deploy/k8s/*.yaml,
+# deploy/k8s-train/*.yaml and deploy/kserve/*.yaml and asserts the fields the deployment relies on
+# (probes, resources, draining, non-root, env names and flags known to the server, exactly one of
+# --model / --model-repository, the model repository mounted read-only and really a repository,
+# selectors that match; for KServe: the runtime and InferenceService agree on format, runtime and
+# protocol v2, the server serves KServe's /mnt/models; for training: the MPIJob's process count,
+# trainer options, shared volume, image and user). Leaves out talking to Docker or a cluster
+# (neither is needed).
 #
 #   python3 deploy/check-manifests.py            # exit 0: all checks pass; 1: each failure printed
 #   python3 deploy/check-manifests.py --self-test  # also breaks a copy of each file 1 way per check
 #                                                  # group and asserts the checker notices
-# Needs python3-yaml (Debian). Only the standard library otherwise.
+# Needs python3-yaml (Debian). Only the standard library otherwise. The server's flags and
+# REALNVP_* names are read from server/main.c's option table, so a manifest using a flag the
+# server does not have (or a misspelt variable, which the server would silently ignore) fails.
 import copy
 import json
 import os
@@ -37,10 +42,19 @@ class Checker:
         return bool(cond)
 
 
-def server_env_names():
-    """REALNVP_* names bin/realnvp-server reads (from server/main.c's option table)."""
-    src = open(os.path.join(ROOT, "server", "main.c")).read()
-    return set(re.findall(r'"(REALNVP_[A-Z0-9_]+)"', src))
+MODEL_ENV, REPO_ENV = "REALNVP_MODEL", "REALNVP_MODEL_REPOSITORY"
+KSERVE_MODEL_DIR = "/mnt/models"   # where KServe mounts or downloads an InferenceService's storageUri
+
+
+class Server:
+    """bin/realnvp-server's options from server/main.c's table ({"--flag", "REALNVP_NAME", ...}):
+    flags (flag -> env name), env_names, metric names."""
+
+    def __init__(self):
+        src = open(os.path.join(ROOT, "server", "main.c")).read()
+        self.flags = dict(re.findall(r'\{\s*"(--[a-z0-9-]+)",\s*"(REALNVP_[A-Z0-9_]+)"', src))
+        self.env_names = set(self.flags.values())
+        self.metric_names = server_metric_names()
 
 
 def server_metric_names():
@@ -63,6 +77,87 @@ def trainer_options():
 def trainer_ckpt_name():
     m = re.search(r'#define CKPT_NAME "([^"]+)"', open(os.path.join(ROOT, "train", "trainer.h")).read())
     return m.group(1) if m else "checkpoint.safetensors"
+
+
+# ---------------------------------------------------------------- the model or model repository
+
+def repo_models(path):
+    """{name: [versions]} of a model repository folder on disk: <name>/model.safetensors is
+    version 1, <name>/<N>/model.safetensors version N (N a positive integer)."""
+    out = {}
+    if not os.path.isdir(path):
+        return out
+    for name in sorted(os.listdir(path)):
+        d = os.path.join(path, name)
+        if not os.path.isdir(d):
+            continue
+        vs = [1] if os.path.isfile(os.path.join(d, "model.safetensors")) else []
+        vs += [int(v) for v in os.listdir(d) if v.isdigit() and int(v) > 0
+               and os.path.isfile(os.path.join(d, v, "model.safetensors"))]
+        if vs:
+            out[name] = sorted(set(vs))
+    return out
+
+
+def is_model_folder(path):
+    """A folder that is one model of a repository: model.safetensors or <N>/model.safetensors."""
+    return bool(path) and os.path.isdir(path) and bool(repo_models(os.path.dirname(path.rstrip("/")))
+                                                       .get(os.path.basename(path.rstrip("/"))))
+
+
+def parse_server_args(argv):
+    """[(flag, value)] of a realnvp-server argv (--flag VALUE or --flag=VALUE; every option takes a
+    value); a word that is not a flag comes back as (word, None)."""
+    out, k = [], 0
+    argv = [str(a) for a in argv]
+    while k < len(argv):
+        a = argv[k]
+        if a.startswith("--") and "=" in a:
+            out.append(tuple(a.split("=", 1)))
+        elif a.startswith("--"):
+            out.append((a, argv[k + 1] if k + 1 < len(argv) else None))
+            k += 1
+        else:
+            out.append((a, None))
+        k += 1
+    return out
+
+
+def effective_options(c, where, srv, image_env, env=None, args=None):
+    """The options the server ends up with: the image's ENV, then the container's env (an empty
+    value unsets: the server ignores empty variables), then flags (a flag wins over its variable).
+    Returns {env name: value}; checks that each argument is a flag of the server with a value."""
+    eff = {k: str(v) for k, v in image_env.items() if str(v) != ""}
+    for k, v in (env or {}).items():
+        if str(v) == "":
+            eff.pop(k, None)
+        else:
+            eff[k] = str(v)
+    for flag, v in parse_server_args(args or []):
+        if c.check(flag in srv.flags, f"{where}: argument {flag} is a flag of realnvp-server (server/main.c)"):
+            c.check(v is not None, f"{where}: {flag} has a value")
+            eff[srv.flags[flag]] = str(v)
+    return eff
+
+
+def model_source(c, where, eff):
+    """(env name, path) of the one model source among REALNVP_MODEL and REALNVP_MODEL_REPOSITORY
+    (the server takes exactly one), or (None, "")."""
+    given = [k for k in (MODEL_ENV, REPO_ENV) if eff.get(k)]
+    c.check(len(given) == 1, f"{where}: exactly one of REALNVP_MODEL / --model and REALNVP_MODEL_REPOSITORY / "
+                             f"--model-repository (the image's ENV counts too; got {given or 'neither'})")
+    if len(given) != 1:
+        return None, ""
+    if given[0] == REPO_ENV:
+        c.check(not eff.get("REALNVP_MODEL_NAME"), f"{where}: no REALNVP_MODEL_NAME / --model-name with a repository "
+                                                   f"(a model's name is its folder's; the server refuses it)")
+    return given[0], eff[given[0]].rstrip("/") or "/"
+
+
+def covers(mount_path, path):
+    """Whether a volume mounted at mount_path holds path (the path itself or below it)."""
+    mp = mount_path.rstrip("/")
+    return path == mp or path.startswith(mp + "/")
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -112,14 +207,22 @@ def check_dockerfile(c, text, env_names):
     c.check(any(i == "EXPOSE" and "8080" in a.split() for i, a in rt), "Dockerfile: EXPOSE 8080")
     c.check(env.get("REALNVP_HOST") == "0.0.0.0", "Dockerfile: ENV REALNVP_HOST=0.0.0.0")
     c.check(env.get("REALNVP_PORT") == "8080", "Dockerfile: ENV REALNVP_PORT=8080")
-    c.check(env.get("REALNVP_MODEL", "").startswith("/models/"), "Dockerfile: ENV REALNVP_MODEL under /models/")
     for k in env:
         if k.startswith("REALNVP_"):
             c.check(k in env_names, f"Dockerfile: ENV {k} is not an option of realnvp-server")
     copies = [a for i, a in rt if i == "COPY"]
-    model_dir = os.path.dirname(env.get("REALNVP_MODEL", "/x/y"))
-    c.check(any(a.split()[-1].rstrip("/") == model_dir for a in copies),
-            f"Dockerfile: the model directory {model_dir} is COPYed into the runtime image")
+    kind, path = model_source(c, "Dockerfile", env)
+    c.check(covers("/models", path), f"Dockerfile: the model source ({path}) is /models or below it")
+    # a COPY from the build context (not --from=) of a model folder: to <repository>/<name>/, or
+    # to the folder of REALNVP_MODEL
+    ctx_copies = [a.split() for a in copies if not a.startswith("--from")]
+    if kind == REPO_ENV:
+        ok = [t for t in ctx_copies if os.path.dirname(t[-1].rstrip("/")) == path and is_model_folder(os.path.join(ROOT, t[0]))]
+        c.check(ok, f"Dockerfile: a model folder of the build context (<name>/[<N>/]model.safetensors) is COPYed "
+                    f"into the repository {path} as {path}/<name>/")
+    elif kind == MODEL_ENV:
+        c.check(any(t[-1].rstrip("/") == os.path.dirname(path) for t in ctx_copies),
+                f"Dockerfile: the model directory {os.path.dirname(path)} is COPYed into the runtime image")
     hc = [a for i, a in rt if i == "HEALTHCHECK"]
     hc_cmd = None
     if c.check(hc and " CMD " in f" {hc[-1]} ", "Dockerfile: HEALTHCHECK ... CMD in the runtime stage"):
@@ -147,7 +250,8 @@ def check_dockerfile(c, text, env_names):
     c.check(any(i == "RUN" and "make" in a for i, a in bstage), "Dockerfile: build stage runs make")
     c.check(any(i == "RUN" and "-dev" in a for i, a in bstage), "Dockerfile: build stage installs -dev packages")
     c.check(not any(i == "RUN" and re.search(r"\S+-dev\b", a) for i, a in rt), "Dockerfile: no -dev packages at run time")
-    return {"uid": int(uid) if uid.isdigit() else None, "env": env, "healthcheck": hc_cmd, "copies": copies}
+    return {"uid": int(uid) if uid.isdigit() else None, "env": env, "healthcheck": hc_cmd, "copies": copies,
+            "model": (kind, path)}
 
 
 def dockerfile_stages(text):
@@ -218,7 +322,8 @@ def duration_s(v):
     return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
 
 
-def check_compose(c, doc, env_names, df):
+def check_compose(c, doc, srv, df):
+    env_names = srv.env_names
     svcs = doc.get("services") or {}
     if not c.check(len(svcs) >= 1, "compose: at least one service"):
         return
@@ -234,9 +339,11 @@ def check_compose(c, doc, env_names, df):
     env = {k: str(v) for k, v in env.items()}
     for k in env:
         c.check(k in env_names, f"compose: environment {k} is not an option of realnvp-server")
-    c.check(env.get("REALNVP_HOST", df["env"].get("REALNVP_HOST")) == "0.0.0.0", "compose: listens on 0.0.0.0 in the container")
-    model = env.get("REALNVP_MODEL", df["env"].get("REALNVP_MODEL", ""))
-    port = env.get("REALNVP_PORT", df["env"].get("REALNVP_PORT", "8080"))
+    cmd = s.get("command") or []
+    eff = effective_options(c, "compose", srv, df["env"], env, shlex.split(cmd) if isinstance(cmd, str) else cmd)
+    c.check(eff.get("REALNVP_HOST") == "0.0.0.0", "compose: listens on 0.0.0.0 in the container")
+    kind, model = model_source(c, "compose", eff)
+    port = eff.get("REALNVP_PORT", "8080")
     mounts = []
     for v in s.get("volumes") or []:
         if isinstance(v, str):
@@ -244,11 +351,16 @@ def check_compose(c, doc, env_names, df):
             mounts.append({"source": parts[0], "target": parts[1], "read_only": len(parts) > 2 and "ro" in parts[2].split(",")})
         else:
             mounts.append(v)
-    mm = [m for m in mounts if model.startswith(m["target"].rstrip("/") + "/")]
-    if c.check(mm, f"compose: a mounted models folder contains REALNVP_MODEL ({model})"):
-        c.check(mm[0].get("read_only"), "compose: the models folder is mounted read-only")
-        src = os.path.normpath(os.path.join(DEPLOY, mm[0]["source"]))
+    mm = [m for m in mounts if kind and covers(m["target"], model)]
+    if c.check(mm, f"compose: a mounted models folder holds the {'repository' if kind == REPO_ENV else 'model'} ({model})"):
+        c.check(all(m.get("read_only") for m in mm), "compose: the models folder is mounted read-only")
+        src = os.path.normpath(os.path.join(DEPLOY, mm[-1]["source"]))
         c.check(src == os.path.join(ROOT, "models"), f"compose: the mounted folder is the repository's models/ ({src})")
+        if kind == REPO_ENV:
+            inside = os.path.normpath(os.path.join(src, os.path.relpath(model, mm[-1]["target"])))
+            found = repo_models(inside)
+            c.check(found, f"compose: {model} is a model repository (<name>/[<N>/]model.safetensors; "
+                           f"{os.path.relpath(inside, ROOT)}/ holds {found or 'no model'})")
     hc = s.get("healthcheck") or {}
     test = hc.get("test") or []
     test_s = " ".join(test) if isinstance(test, list) else str(test)
@@ -258,10 +370,10 @@ def check_compose(c, doc, env_names, df):
     ports = [str(p) for p in s.get("ports") or []]
     c.check(any(p.split(":")[-1].split("/")[0] == port for p in ports), f"compose: publishes container port {port}")
     grace = duration_s(s.get("stop_grace_period", "10s"))
-    drain = int(env.get("REALNVP_DRAIN_TIMEOUT_S", df["env"].get("REALNVP_DRAIN_TIMEOUT_S", 30)))
+    drain = int(eff.get("REALNVP_DRAIN_TIMEOUT_S", 30))
     c.check(grace is not None and grace > drain, f"compose: stop_grace_period ({grace}s) > drain timeout ({drain}s)")
     c.check(s.get("stop_signal", "SIGTERM") == "SIGTERM", "compose: stop_signal SIGTERM")
-    threads = env.get("REALNVP_COMPUTE_THREADS")
+    threads = eff.get("REALNVP_COMPUTE_THREADS")
     cpus = (((s.get("deploy") or {}).get("resources") or {}).get("limits") or {}).get("cpus")
     if threads and cpus:
         c.check(int(threads) <= float(cpus), f"compose: REALNVP_COMPUTE_THREADS ({threads}) <= cpus limit ({cpus})")
@@ -287,7 +399,8 @@ def matches(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_k8s(c, docs, env_names, metric_names, df, files):
+def check_k8s(c, docs, srv, df, files):
+    env_names, metric_names = srv.env_names, srv.metric_names
     by_kind = {}
     for d in docs:
         if d:
@@ -308,10 +421,11 @@ def check_k8s(c, docs, env_names, metric_names, df, files):
     if not c.check(len(ctrs) == 1, "k8s Deployment: one container"):
         return
     k = ctrs[0]
-    env = {e["name"]: str(e.get("value")) for e in k.get("env") or []}
+    env = {e["name"]: str(e.get("value", "")) for e in k.get("env") or []}
     for n in env:
         c.check(n in env_names, f"k8s Deployment: env {n} is not an option of realnvp-server")
-    eff = dict(df["env"], **env)
+    eff = effective_options(c, "k8s Deployment", srv, df["env"], env, k.get("args"))
+    c.check(not k.get("command"), "k8s Deployment: no command: the image's ENTRYPOINT (realnvp-server as PID 1) runs")
     port = int(eff.get("REALNVP_PORT", 8080))
     cports = {p.get("name"): p.get("containerPort") for p in k.get("ports") or []}
     c.check(port in cports.values(), f"k8s Deployment: containerPort {port} (= REALNVP_PORT)")
@@ -349,14 +463,61 @@ def check_k8s(c, docs, env_names, metric_names, df, files):
     c.check(sc.get("runAsNonRoot") is True, "k8s Deployment: runAsNonRoot")
     c.check(sc.get("runAsUser") in (None, df["uid"]), f"k8s Deployment: runAsUser matches the image's USER ({df['uid']})")
     c.check(sc.get("allowPrivilegeEscalation") is False, "k8s Deployment: allowPrivilegeEscalation false")
-    model = eff.get("REALNVP_MODEL", "")
-    mounts = [m for m in k.get("volumeMounts") or [] if model.startswith(m["mountPath"].rstrip("/") + "/")]
-    baked = any(a.split()[-1].rstrip("/") == os.path.dirname(model) for a in df["copies"])
-    c.check((mounts and mounts[0].get("readOnly") is True) or (not mounts and baked),
-            f"k8s Deployment: the model ({model}) is baked into the image or on a read-only volume")
-    vols = {v["name"] for v in pod.get("volumes") or []}
+    kind, model = model_source(c, "k8s Deployment", eff)
+    mounts = [m for m in k.get("volumeMounts") or [] if kind and covers(m["mountPath"], model)]
+    baked = (kind, model) == df["model"]
+    c.check((mounts and all(m.get("readOnly") is True for m in mounts)) or (not mounts and baked),
+            f"k8s Deployment: the {'repository' if kind == REPO_ENV else 'model'} ({model}) is the image's own "
+            f"or on read-only volumes ({[(m['name'], m.get('readOnly', False)) for m in mounts]})")
+    paths = [m["mountPath"].rstrip("/") for m in k.get("volumeMounts") or []]
+    c.check(len(paths) == len(set(paths)), f"k8s Deployment: no two volumes mounted at one path ({paths})")
+    vols = {v["name"]: v for v in pod.get("volumes") or []}
     for m in k.get("volumeMounts") or []:
         c.check(m["name"] in vols, f"k8s Deployment: volumeMount {m['name']} has a volume")
+
+    # the claims: defined here, shared between nodes when the pods spread over several
+    pvcs = {(p.get("metadata") or {}).get("name"): p for p in by_kind.get("PersistentVolumeClaim", [])}
+    for p in pvcs.values():
+        ps = p.get("spec") or {}
+        c.check(ps.get("accessModes"), f"k8s PersistentVolumeClaim {p['metadata']['name']}: accessModes")
+        c.check(((ps.get("resources") or {}).get("requests") or {}).get("storage"),
+                f"k8s PersistentVolumeClaim {p['metadata']['name']}: a storage request")
+    writers = {m["name"] for ic in pod.get("initContainers") or [] for m in ic.get("volumeMounts") or []
+               if not m.get("readOnly")}
+    for name, v in vols.items():
+        claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim is None:
+            continue
+        if not c.check(claim in pvcs, f"k8s Deployment: volume {name}'s claim {claim} is defined in deploy/k8s/"):
+            continue
+        modes = (pvcs[claim].get("spec") or {}).get("accessModes") or []
+        shared = {"ReadWriteMany"} | ({"ReadOnlyMany"} if name not in writers else set())
+        c.check(spec.get("replicas", 1) <= 1 or shared & set(modes),
+                f"k8s PersistentVolumeClaim {claim}: {' or '.join(sorted(shared))}, since {spec.get('replicas')} pods on "
+                f"different nodes mount it{' and an initContainer writes to it' if name in writers else ''} ({modes})")
+
+    # initContainers (the repository's seed): the server's image, non-root, volumes that exist, and
+    # what they copy from the image is a model the Dockerfile puts there
+    for ic in pod.get("initContainers") or []:
+        n = ic.get("name")
+        c.check(ic.get("image") == k.get("image"), f"k8s Deployment: initContainer {n} runs the server's image "
+                                                   f"({ic.get('image')} vs {k.get('image')})")
+        isc = dict(pod.get("securityContext") or {}, **(ic.get("securityContext") or {}))
+        c.check(isc.get("runAsNonRoot") is True and isc.get("runAsUser") in (None, df["uid"]),
+                f"k8s Deployment: initContainer {n} runs as the image's non-root user")
+        c.check(isc.get("allowPrivilegeEscalation") is False, f"k8s Deployment: initContainer {n}: allowPrivilegeEscalation false")
+        ires = ic.get("resources") or {}
+        c.check((ires.get("limits") or {}).get("memory") and (ires.get("limits") or {}).get("cpu"),
+                f"k8s Deployment: initContainer {n} has cpu and memory limits")
+        for m in ic.get("volumeMounts") or []:
+            c.check(m["name"] in vols, f"k8s Deployment: initContainer {n}'s volumeMount {m['name']} has a volume")
+        script = " ".join(str(x) for x in (ic.get("command") or []) + (ic.get("args") or []))
+        dests = [a.split()[-1].rstrip("/") for a in df["copies"] if not a.startswith("--from")]
+        for used in set(re.findall(r"(?<![\w/])(/models/[\w.-]+(?:/[\w.-]+)*)", script)):
+            c.check(any(covers(d, used) for d in dests), f"k8s Deployment: initContainer {n} reads {used}, which the "
+                                                         f"Dockerfile COPYs into the image ({dests})")
+            c.check(not any(covers(m["mountPath"], used) for m in ic.get("volumeMounts") or []),
+                    f"k8s Deployment: initContainer {n} reads {used} from the image, not from a volume mounted over it")
 
     for s in svcs:
         sp = s.get("spec") or {}
@@ -384,6 +545,116 @@ def check_k8s(c, docs, env_names, metric_names, df, files):
     for kz in by_kind.get("Kustomization", []):
         listed = set(kz.get("resources") or [])
         c.check(listed == set(files) - {"kustomization.yaml"}, f"k8s kustomization: lists every manifest ({sorted(listed)})")
+
+
+# ---------------------------------------------------------------- KServe (ServingRuntime, InferenceService)
+
+KSERVE_SCHEMES = ("pvc", "s3", "gs", "https", "http", "hdfs", "webhdfs", "oci", "hf")
+
+
+def check_kserve(c, docs, files, srv, df, k8s_docs, readme):
+    if not c.check(files, "kserve: deploy/kserve/ holds the ServingRuntime and InferenceService"):
+        return
+    rts = [d for d in docs if d and d.get("kind") == "ServingRuntime"]
+    isvcs = [d for d in docs if d and d.get("kind") == "InferenceService"]
+    if not (c.check(len(rts) == 1, f"kserve: exactly one ServingRuntime (found {len(rts)})")
+            and c.check(len(isvcs) >= 1, "kserve: at least one InferenceService")):
+        return
+    rt = rts[0]
+    rs = rt.get("spec") or {}
+    rname = (rt.get("metadata") or {}).get("name")
+    c.check(rt.get("apiVersion") == "serving.kserve.io/v1alpha1", f"kserve ServingRuntime: apiVersion serving.kserve.io/v1alpha1 ({rt.get('apiVersion')})")
+    fmts = rs.get("supportedModelFormats") or []
+    c.check(fmts and all(f.get("name") for f in fmts), "kserve ServingRuntime: supportedModelFormats with names")
+    protos = rs.get("protocolVersions") or []
+    c.check("v2" in protos, f"kserve ServingRuntime: protocolVersions has v2, the Open Inference Protocol over REST ({protos})")
+    c.check(not [p for p in protos if p not in ("v2",)],
+            f"kserve ServingRuntime: only v2 (the server has no v1 API and no gRPC) ({protos})")
+    c.check(not rs.get("multiModel"), "kserve ServingRuntime: not multiModel (that is ModelMesh's, with its own adapter)")
+    ctrs = rs.get("containers") or []
+    if not c.check(len(ctrs) == 1, "kserve ServingRuntime: one container"):
+        return
+    k = ctrs[0]
+    c.check(k.get("name") == "kserve-container", f"kserve ServingRuntime: the container is named kserve-container ({k.get('name')})")
+    dep = next((d for d in k8s_docs if d and d.get("kind") == "Deployment"), None)
+    dep_img = (((((dep or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [{}])[0].get("image", "")
+    base = lambda i: str(i).rsplit("/", 1)[-1].split("@")[0].split(":")[0]  # noqa: E731
+    c.check(base(k.get("image")) == base(dep_img), f"kserve ServingRuntime: the image is deploy/Dockerfile's, as in "
+                                                     f"deploy/k8s/ ({k.get('image')} vs {dep_img})")
+    c.check(not k.get("command"), "kserve ServingRuntime: no command: the image's ENTRYPOINT (realnvp-server) runs, args are its flags")
+    env = {e["name"]: str(e.get("value", "")) for e in k.get("env") or []}
+    for n in env:
+        c.check(n in srv.env_names, f"kserve ServingRuntime: env {n} is not an option of realnvp-server")
+    eff = effective_options(c, "kserve ServingRuntime", srv, df["env"], env, k.get("args"))
+    kind, model = model_source(c, "kserve ServingRuntime", eff)
+    c.check(kind == REPO_ENV and model == KSERVE_MODEL_DIR,
+            f"kserve ServingRuntime: the server serves {KSERVE_MODEL_DIR} (the storageUri) as a model repository "
+            f"(--model-repository {KSERVE_MODEL_DIR}; got {kind} {model})")
+    c.check(not any(covers(m.get("mountPath", "/"), KSERVE_MODEL_DIR) for m in k.get("volumeMounts") or []),
+            f"kserve ServingRuntime: nothing of its own mounted over {KSERVE_MODEL_DIR} (KServe mounts the storageUri there)")
+    c.check(eff.get("REALNVP_HOST") == "0.0.0.0", "kserve ServingRuntime: the server listens on 0.0.0.0")
+    port = int(eff.get("REALNVP_PORT", 8080))
+    cports = [p.get("containerPort") for p in k.get("ports") or []]
+    c.check(cports == [port], f"kserve ServingRuntime: one containerPort, the server's port {port} ({cports})")
+
+    def probe_port_ok(p):
+        pp = ((p or {}).get("httpGet") or {}).get("port")
+        return pp is None or pp == port
+
+    rp = k.get("readinessProbe") or {}
+    c.check(((rp.get("httpGet") or {}).get("path")) == "/v2/health/ready" and probe_port_ok(rp),
+            "kserve ServingRuntime: readinessProbe httpGet /v2/health/ready on the server's port")
+    lp = k.get("livenessProbe")
+    if lp is not None:
+        c.check(((lp.get("httpGet") or {}).get("path")) in ("/v2/health/live", "/healthz") and probe_port_ok(lp),
+                "kserve ServingRuntime: livenessProbe httpGet /v2/health/live (or /healthz) on the server's port")
+    ann = rs.get("annotations") or {}
+    if "prometheus.kserve.io/port" in ann:
+        c.check(str(ann["prometheus.kserve.io/port"]) == str(port), "kserve ServingRuntime: prometheus.kserve.io/port is the server's port")
+        c.check(ann.get("prometheus.kserve.io/path", "/metrics") == "/metrics", "kserve ServingRuntime: prometheus.kserve.io/path /metrics")
+    res = k.get("resources") or {}
+    rq, lim = res.get("requests") or {}, res.get("limits") or {}
+    for r in ("cpu", "memory"):
+        if c.check(r in rq and r in lim, f"kserve ServingRuntime: {r} request and limit"):
+            q = cpu_q if r == "cpu" else mem_q
+            c.check(q(rq[r]) <= q(lim[r]), f"kserve ServingRuntime: {r} request <= limit")
+    if "memory" in rq:
+        c.check(mem_q(rq["memory"]) >= 40 * 2**20, "kserve ServingRuntime: memory request covers the measured peak RSS (36 MB)")
+    c.check("REALNVP_COMPUTE_THREADS" in eff and "cpu" in lim and int(eff["REALNVP_COMPUTE_THREADS"]) <= max(1, cpu_q(lim["cpu"])),
+            "kserve ServingRuntime: REALNVP_COMPUTE_THREADS set and <= the cpu limit (the default is every host CPU)")
+    sc = k.get("securityContext") or {}
+    c.check(sc.get("runAsNonRoot") is True, "kserve ServingRuntime: runAsNonRoot")
+    c.check(sc.get("runAsUser") in (None, df["uid"]), f"kserve ServingRuntime: runAsUser matches the image's USER ({df['uid']})")
+    c.check(sc.get("allowPrivilegeEscalation") is False, "kserve ServingRuntime: allowPrivilegeEscalation false")
+
+    claims = {(d.get("metadata") or {}).get("name") for d in k8s_docs if d and d.get("kind") == "PersistentVolumeClaim"}
+    for isvc in isvcs:
+        nm = (isvc.get("metadata") or {}).get("name")
+        w = f"kserve InferenceService {nm}"
+        c.check(isvc.get("apiVersion") == "serving.kserve.io/v1beta1", f"{w}: apiVersion serving.kserve.io/v1beta1 ({isvc.get('apiVersion')})")
+        m = ((isvc.get("spec") or {}).get("predictor") or {}).get("model")
+        if not c.check(isinstance(m, dict), f"{w}: spec.predictor.model (the ServingRuntime form)"):
+            continue
+        mf = m.get("modelFormat") or {}
+        # KServe's match: the runtime named (or, without one, a format with autoSelect) has the format's
+        # name, and its version too when the InferenceService gives one
+        runtime = m.get("runtime")
+        c.check(runtime in (None, rname), f"{w}: runtime {runtime} is the ServingRuntime {rname}")
+        cands = [f for f in fmts if runtime is not None or f.get("autoSelect")]
+        c.check(any(f.get("name") == mf.get("name") and ("version" not in mf or str(f.get("version")) == str(mf["version"]))
+                    for f in cands),
+                f"{w}: modelFormat {mf} is one the runtime supports ({[(f.get('name'), f.get('version')) for f in cands]})")
+        pv = m.get("protocolVersion", "v1")
+        c.check(pv in protos, f"{w}: protocolVersion {pv} (KServe's default is v1) is one the runtime offers ({protos})")
+        uri = str(m.get("storageUri", ""))
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        c.check(scheme in KSERVE_SCHEMES, f"{w}: storageUri {uri!r} has a scheme KServe's storage knows ({', '.join(KSERVE_SCHEMES)})")
+        c.check(not uri.rstrip("/").endswith(".safetensors"),
+                f"{w}: storageUri is a repository folder (<name>/<N>/model.safetensors inside), not a file ({uri})")
+        if scheme == "pvc":
+            claim = uri[len("pvc://"):].split("/", 1)[0]
+            c.check(claim in claims, f"{w}: storageUri's claim {claim} is defined in deploy/k8s/ ({sorted(claims)})")
+        c.check(f"/v2/models/{nm}/infer" in readme, f"{w}: deploy/kserve/README.md shows the call /v2/models/{nm}/infer")
 
 
 # ---------------------------------------------------------------- Kubernetes: training (MPIJob)
@@ -605,7 +876,15 @@ def load_all():
     tr_docs = []
     for f in tr_files:
         tr_docs += list(yaml.safe_load_all(open(os.path.join(tr_dir, f))))
+    ks_dir = os.path.join(DEPLOY, "kserve")
+    ks_files = sorted(f for f in os.listdir(ks_dir) if f.endswith((".yaml", ".yml"))) if os.path.isdir(ks_dir) else []
+    ks_docs = []
+    for f in ks_files:
+        ks_docs += list(yaml.safe_load_all(open(os.path.join(ks_dir, f))))
+    ks_readme = os.path.join(ks_dir, "README.md")
     return {
+        "kserve": ks_docs, "kserve_files": ks_files,
+        "kserve_readme": open(ks_readme).read() if os.path.exists(ks_readme) else "",
         "dockerfile": open(os.path.join(DEPLOY, "Dockerfile")).read(),
         "dockerignore": open(os.path.join(ROOT, ".dockerignore")).read(),
         "compose": yaml.safe_load(open(os.path.join(DEPLOY, "docker-compose.yml"))),
@@ -615,13 +894,14 @@ def load_all():
     }
 
 
-def run(m, env_names, metric_names):
+def run(m, srv):
     c = Checker()
-    df = check_dockerfile(c, m["dockerfile"], env_names)
+    df = check_dockerfile(c, m["dockerfile"], srv.env_names)
     tdf = dockerfile_train_stage(c, m["dockerfile"])
     check_dockerignore(c, m["dockerignore"])
-    check_compose(c, m["compose"], env_names, df)
-    check_k8s(c, m["k8s"], env_names, metric_names, df, m["k8s_files"])
+    check_compose(c, m["compose"], srv, df)
+    check_k8s(c, m["k8s"], srv, df, m["k8s_files"])
+    check_kserve(c, m["kserve"], m["kserve_files"], srv, df, m["k8s"], m["kserve_readme"])
     check_k8s_train(c, m["k8s_train"], m["k8s_train_files"], m["trainer_options"], tdf, m["ckpt_name"])
     return c
 
@@ -630,7 +910,7 @@ def dep(m):
     return next(d for d in m["k8s"] if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]
 
 
-def self_test(m, env_names, metric_names):
+def self_test(m, srv):
     """Each mutation must make run() report at least one failure."""
     def ctr(x):
         return dep(x)["containers"][0]
@@ -654,6 +934,36 @@ def self_test(m, env_names, metric_names):
 
     def pvc(x):
         return next(d for d in x["k8s_train"] if d and d.get("kind") == "PersistentVolumeClaim")
+
+    def repo_pvc(x):
+        return next(d for d in x["k8s"] if d and d.get("kind") == "PersistentVolumeClaim")
+
+    def seed(x):
+        return dep(x)["initContainers"][0]
+
+    def compose_env(x):
+        return x["compose"]["services"]["realnvp"]["environment"]
+
+    def rt(x):
+        return next(d for d in x["kserve"] if d and d.get("kind") == "ServingRuntime")
+
+    def rtc(x):
+        return rt(x)["spec"]["containers"][0]
+
+    def rtargs(x, old, new):
+        a = rtc(x)["args"]
+        assert old in a, old
+        a[a.index(old)] = new
+
+    def isvc(x):
+        return next(d for d in x["kserve"] if d and d.get("kind") == "InferenceService")["spec"]["predictor"]["model"]
+
+    def env_list_set(lst, name, value):
+        for e in lst:
+            if e["name"] == name:
+                e["value"] = value
+                return
+        lst.append({"name": name, "value": value})
 
     muts = {
         "Dockerfile shell-form ENTRYPOINT": lambda x: x.update(dockerfile=x["dockerfile"].replace(
@@ -699,12 +1009,71 @@ def self_test(m, env_names, metric_names):
         "mpijob workers without sshd": lambda x: trpod(x, "Worker")["containers"][0].update(command=["sleep"], args=["infinity"]),
         "mpijob worker without cpu limit": lambda x: trpod(x, "Worker")["containers"][0]["resources"]["limits"].pop("cpu"),
         "mpijob ssh keys elsewhere": lambda x: job(x)["spec"].update(sshAuthMountPath="/root/.ssh"),
+        # the model repository (issue 15)
+        "Dockerfile REALNVP_MODEL beside the repository": lambda x: x.update(dockerfile=x["dockerfile"].replace(
+            "ENV REALNVP_MODEL_REPOSITORY=/models \\", "ENV REALNVP_MODEL=/models/fashion-mnist/model.safetensors REALNVP_MODEL_REPOSITORY=/models \\")),
+        "Dockerfile repository without a model": lambda x: x.update(dockerfile=x["dockerfile"].replace(
+            "COPY models/fashion-mnist/ /models/fashion-mnist/", "COPY models/fashion-mnist/ /opt/fashion-mnist/")),
+        "Dockerfile copies a non-model folder": lambda x: x.update(dockerfile=x["dockerfile"].replace(
+            "COPY models/fashion-mnist/ /models/fashion-mnist/", "COPY docs/ /models/fashion-mnist/")),
+        "compose REALNVP_MODEL too (the image's repository stays)": lambda x: compose_env(x).update(
+            REALNVP_MODEL="/models/fashion-mnist/model.safetensors"),
+        "compose repository outside the mount": lambda x: compose_env(x).update(REALNVP_MODEL_REPOSITORY="/srv/models"),
+        "compose mounts a folder that is no repository": lambda x: x["compose"]["services"]["realnvp"].update(
+            volumes=["../deploy:/models:ro"]),
+        "compose --model-name with a repository": lambda x: compose_env(x).update(REALNVP_MODEL_NAME="fmnist"),
+        "k8s REALNVP_MODEL beside the repository": lambda x: ctr(x)["env"].append(
+            {"name": "REALNVP_MODEL", "value": "/models/fashion-mnist/model.safetensors"}),
+        "k8s unknown flag in args": lambda x: ctr(x).update(args=["--model-repo", "/models"]),
+        "k8s repository claim ReadWriteOnce": lambda x: repo_pvc(x)["spec"].update(accessModes=["ReadWriteOnce"]),
+        "k8s repository claim ReadOnlyMany but seeded": lambda x: repo_pvc(x)["spec"].update(accessModes=["ReadOnlyMany"]),
+        "k8s repository claim not defined": lambda x: next(v for v in dep(x)["volumes"] if v["name"] == "models")[
+            "persistentVolumeClaim"].update(claimName="models"),
+        "k8s repository mounted writable": lambda x: next(m for m in ctr(x)["volumeMounts"] if m["name"] == "models").pop("readOnly"),
+        "k8s seed with another image": lambda x: seed(x).update(image="busybox:1.36"),
+        "k8s seed as root": lambda x: seed(x)["securityContext"].update(runAsUser=0),
+        "k8s seed reads the volume, not the image": lambda x: seed(x)["volumeMounts"][0].update(mountPath="/models"),
+        "k8s seed copies a model the image lacks": lambda x: seed(x)["args"].__setitem__(
+            0, seed(x)["args"][0].replace("/models/fashion-mnist/model.safetensors", "/models/mnist/model.safetensors")),
+        "k8s kustomization without the claim": lambda x: next(d for d in x["k8s"] if d and d.get("kind") == "Kustomization")[
+            "resources"].remove("model-repository-pvc.yaml"),
+        # KServe
+        "kserve ServingRuntime apiVersion v1beta1": lambda x: rt(x).update(apiVersion="serving.kserve.io/v1beta1"),
+        "kserve runtime without v2": lambda x: rt(x)["spec"].update(protocolVersions=["v1"]),
+        "kserve runtime claims grpc-v2": lambda x: rt(x)["spec"]["protocolVersions"].append("grpc-v2"),
+        "kserve runtime unknown flag": lambda x: rtargs(x, "--model-repository", "--model-repo"),
+        "kserve runtime repository elsewhere": lambda x: rtargs(x, "/mnt/models", "/models"),
+        "kserve runtime --model too": lambda x: rtc(x)["args"].extend(["--model", "/mnt/models/fashion-mnist/1/model.safetensors"]),
+        "kserve runtime REALNVP_MODEL too": lambda x: env_list_set(rtc(x)["env"], "REALNVP_MODEL", "/mnt/models/m.safetensors"),
+        "kserve runtime listens on 127.0.0.1": lambda x: rtargs(x, "0.0.0.0", "127.0.0.1"),
+        "kserve runtime port differs": lambda x: rtc(x)["ports"][0].update(containerPort=9000),
+        "kserve runtime readiness on live": lambda x: rtc(x)["readinessProbe"]["httpGet"].update(path="/v2/health/live"),
+        "kserve runtime readiness on another port": lambda x: rtc(x)["readinessProbe"]["httpGet"].update(port=9090),
+        "kserve runtime other container name": lambda x: rtc(x).update(name="realnvp"),
+        "kserve runtime other image": lambda x: rtc(x).update(image="nvcr.io/nvidia/tritonserver:24.01-py3"),
+        "kserve runtime command overrides the ENTRYPOINT": lambda x: rtc(x).update(command=["sh", "-c"]),
+        "kserve runtime root": lambda x: rtc(x)["securityContext"].update(runAsUser=0),
+        "kserve runtime without a cpu limit": lambda x: rtc(x)["resources"]["limits"].pop("cpu"),
+        "kserve runtime threads > cpu limit": lambda x: env_list_set(rtc(x)["env"], "REALNVP_COMPUTE_THREADS", "8"),
+        "kserve runtime metrics port": lambda x: rt(x)["spec"]["annotations"].update({"prometheus.kserve.io/port": "9090"}),
+        "kserve InferenceService v1alpha1": lambda x: next(d for d in x["kserve"] if d and d.get("kind") == "InferenceService").update(
+            apiVersion="serving.kserve.io/v1alpha1"),
+        "kserve InferenceService protocol v1 (the default)": lambda x: isvc(x).pop("protocolVersion"),
+        "kserve InferenceService other format": lambda x: isvc(x)["modelFormat"].update(name="onnx"),
+        "kserve InferenceService other format version": lambda x: isvc(x)["modelFormat"].update(version="2"),
+        "kserve InferenceService other runtime": lambda x: isvc(x).update(runtime="kserve-tritonserver"),
+        "kserve InferenceService unknown claim": lambda x: isvc(x).update(storageUri="pvc://models"),
+        "kserve InferenceService storageUri a file": lambda x: isvc(x).update(
+            storageUri="pvc://realnvp-models/fashion-mnist/1/model.safetensors"),
+        "kserve InferenceService storageUri no scheme": lambda x: isvc(x).update(storageUri="/mnt/models"),
+        "kserve README without the infer call": lambda x: x.update(kserve_readme=x["kserve_readme"].replace(
+            "/v2/models/fashion-mnist/infer", "/v2/models/x/infer")),
     }
     bad = 0
     for name, f in muts.items():
         x = copy.deepcopy(m)
         f(x)
-        c = run(x, env_names, metric_names)
+        c = run(x, srv)
         ok = len(c.failures) > 0
         bad += not ok
         print(f"  self-test {'ok  ' if ok else 'MISS'} {name}: {c.failures[0] if ok else 'no failure reported'}")
@@ -712,20 +1081,21 @@ def self_test(m, env_names, metric_names):
 
 
 def main():
-    env_names, metric_names = server_env_names(), server_metric_names()
-    if not env_names:
+    srv = Server()
+    if not srv.env_names:
         print("check-manifests: found no REALNVP_* options in server/main.c", file=sys.stderr)
         return 1
     m = load_all()
-    c = run(m, env_names, metric_names)
+    c = run(m, srv)
     for f in c.failures:
         print(f"FAIL {f}")
     print(f"check-manifests: {c.passed} checks passed, {len(c.failures)} failed "
           f"(Dockerfile, .dockerignore, docker-compose.yml, k8s/{', k8s/'.join(m['k8s_files'])}, "
+          f"kserve/{', kserve/'.join(m['kserve_files'])}, "
           f"k8s-train/{', k8s-train/'.join(m['k8s_train_files'])})")
     rc = 1 if c.failures else 0
     if "--self-test" in sys.argv[1:]:
-        bad = self_test(m, env_names, metric_names)
+        bad = self_test(m, srv)
         print(f"check-manifests: self-test: {bad} mutation(s) not caught")
         rc = rc or (1 if bad else 0)
     return rc
