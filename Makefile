@@ -183,7 +183,7 @@ deploy-check:
 
 # build and serve the bundled Fashion-MNIST model on 127.0.0.1:8080
 run: deps all
-	bin/realnvp-server --model models/fashion-mnist/model.safetensors
+	bin/realnvp-server --model-repository models
 
 # the server load benchmark: batched vs --max-batch 1 vs the core's batch-64 ceiling (prints a table)
 bench-server: all
