@@ -14,9 +14,12 @@
 #      every step's loss within 1e-5 relative, every tensor within 1e-4 of its scale (max |a - b| <=
 #      1e-4 max(max |a|, 0.02)), the same test bits/dim (1e-5);
 #   4. the twin = bin/realnvp-train for the same options and seed (8x8 IDX, 10 steps; the same
-#      initialisation, data order, noise, flips): every step's loss within 1e-5 relative, the test
-#      bits/dim within 1e-5, every tensor within 1e-3 of its scale;
-#   5. each resumes the other's checkpoint: C 5 steps + twin 5 = twin 5 + C 5 = C 10 (losses 1e-5).
+#      initialisation, data order, noise, flips, and learning-rate schedule: constant to step 5,
+#      cosine to 1e-4 at step 10): every step's loss within 1e-5 relative and
+#      logged lr within 1e-5 relative (the C trainer's lr checked against the formula at steps 1, 5,
+#      8, 10), the test bits/dim within 1e-5, every tensor within 1e-3 of its scale;
+#   5. each resumes the other's checkpoint: C 5 steps + twin 5 = twin 5 + C 5 = C 10 (losses and lr
+#      1e-5; the schedule, constant until the first part's last step, comes from the checkpoint).
 set -u
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -167,26 +170,34 @@ PY
 ); then ok "$out"; else bad "samples: ${out:-$(cat "$T/s.err")}"; fi
 
 # ---- 3. two processes = one
-COMMON="--data $T/train.idx --scales 2 --res-blocks 1 --features 8 --batch 64 --seed 3 --log-every 1 --eval-every 0 --eval-images 32 --val-fraction 0.1"
-# compare A B LOSS_TOL PARAM_TOL: the runs' metrics.jsonl (every step's train_bpd, test_bpd) and checkpoints
+# the schedule: its decay starts after step 5, where section 5's first parts end (theirs: constant)
+COMMON="--data $T/train.idx --scales 2 --res-blocks 1 --features 8 --batch 64 --seed 3 --log-every 1 --eval-every 0 --eval-images 32 --val-fraction 0.1 --lr-schedule cosine --decay-start 5 --lr-min 1e-4"
+# compare A B LOSS_TOL PARAM_TOL [EXPECT]: the runs' metrics.jsonl (every step's train_bpd and lr, test_bpd) and
+# checkpoints; EXPECT: a JSON object {step: lr} that B's lr must match (1e-5 relative, as the lr of A and B)
 compare() {
   "$PY" - "$@" <<'PY'
 import json, sys
 import numpy as np
 from realnvp_torch import read_safetensors
 a, b, ltol, ptol = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+expect = {int(k): v for k, v in json.loads(sys.argv[5]).items()} if len(sys.argv) > 5 else {}
 def metrics(d):
-    tr, te = {}, None
+    tr, lr, te = {}, {}, None
     for l in open(f"{d}/metrics.jsonl"):
         j = json.loads(l)
         if j.get("train_bpd") is not None:
             tr[j["step"]] = j["train_bpd"]
+            lr[j["step"]] = j["lr"]
         if "test_bpd" in j:
             te = j["test_bpd"]
-    return tr, te
-(ta, ea), (tb, eb) = metrics(a), metrics(b)
+    return tr, lr, te
+(ta, la, ea), (tb, lb, eb) = metrics(a), metrics(b)
 if sorted(ta) != sorted(tb) or not ta:
     print(f"the runs logged different steps: {sorted(ta)} vs {sorted(tb)}"); sys.exit(1)
+bad_lr = [(s, la[s], lb[s]) for s in sorted(la) if abs(la[s] - lb[s]) > 1e-5 * lb[s]]
+bad_lr += [(s, lb.get(s), v) for s, v in sorted(expect.items()) if s not in lb or abs(lb[s] - v) > 1e-5 * v]
+if bad_lr:
+    print("the logged lr differs (step, lr, lr): " + ", ".join(f"{s}: {x} {y}" for s, x, y in bad_lr)); sys.exit(1)
 lrel = max(abs(ta[s] - tb[s]) / abs(tb[s]) for s in ta)
 erel = abs(ea - eb) / abs(eb)
 _, pa = read_safetensors(f"{a}/checkpoint.safetensors")
@@ -195,7 +206,8 @@ model = [k for k in pb if not k.startswith("train.")]
 if sorted(k for k in pa if not k.startswith("train.")) != sorted(model):
     print("the checkpoints hold different tensors"); sys.exit(1)
 worst = max((float(np.max(np.abs(pa[k] - pb[k]))) / max(float(np.max(np.abs(pb[k]))), 0.02), k) for k in model)
-print(f"{len(ta)} steps: loss max relative difference {lrel:.1e}, test bits/dim {ea:.6f} vs {eb:.6f} "
+print(f"{len(ta)} steps: lr the same ({' '.join(f'{lb[s]:.3g}' for s in sorted(lb))}), "
+      f"loss max relative difference {lrel:.1e}, test bits/dim {ea:.6f} vs {eb:.6f} "
       f"({erel:.1e}); {len(model)} tensors, worst {worst[0]:.1e} of its scale ({worst[1]})")
 sys.exit(0 if lrel <= ltol and erel <= ltol and worst[0] <= ptol else 1)
 PY
@@ -213,7 +225,9 @@ if out=$(compare "$T/two" "$T/one" 1e-5 1e-4); then ok "$out"; else bad "$out"; 
 # ---- 4. the twin = the C trainer
 echo "4. the twin = bin/realnvp-train (same options and seed)"
 run "$T/c.log" bin/realnvp-train $COMMON --threads 1 --steps 10 --out "$T/c" || bad "bin/realnvp-train failed: $(tail -3 "$T/c.log")"
-if out=$(compare "$T/one" "$T/c" 1e-5 1e-3); then ok "$out"; else bad "$out"; fi
+# C's lr by the formula: 1e-3 to step 5, then 1e-4 + 9e-4 (1 + cos(pi (t - 5) / 5)) / 2
+LR_EXPECT='{"1": 1e-3, "5": 1e-3, "8": 4.109424e-4, "10": 1e-4}'
+if out=$(compare "$T/one" "$T/c" 1e-5 1e-3 "$LR_EXPECT"); then ok "$out"; else bad "$out"; fi
 
 # ---- 5. resuming each other's checkpoints
 echo "5. --resume across the two trainers"

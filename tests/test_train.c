@@ -1,7 +1,9 @@
-/* test_train.c: bin/realnvp-train end to end from the repository root, and its data loaders:
- * exact resume, a falling loss, SIGTERM, a full disk, bad data and bad options, stale temporary
- * files and the one-trainer-per-folder lock. Leaves out gradients (test_gradcheck.c). */
+/* test_train.c: bin/realnvp-train end to end from the repository root, its data loaders and its
+ * learning-rate schedule: exact resume (also onto a new schedule), a falling loss, SIGTERM, a full
+ * disk, bad data and bad options, stale temporary files and the one-trainer-per-folder lock.
+ * Leaves out gradients (test_gradcheck.c). */
 #include "../train/data.h"
+#include "../train/optim.h"
 #include "realnvp.h"
 
 #include <check.h>
@@ -257,6 +259,70 @@ START_TEST(test_cifar_and_png_dirs)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- the learning-rate schedule */
+
+START_TEST(test_lr_schedule)
+{
+    const double lr = 1e-3, lo = 1e-4, tol = 1e-15;
+    /* cosine from step 10 to 110: p = (t - 10) / 100 */
+    tr_adam a = {.lr = lr, .lr_min = lo, .schedule = TR_LR_COSINE, .decay_start = 10, .total = 110};
+    for (long t = 0; t <= 10; t++) ck_assert_double_eq(tr_lr(&a, t), lr);   /* up to the start: lr exactly */
+    ck_assert_double_lt(tr_lr(&a, 11), lr);                                  /* the first decayed step */
+    ck_assert_double_gt(tr_lr(&a, 11), lr - 1e-6);
+    ck_assert_double_eq_tol(tr_lr(&a, 35), lo + (lr - lo) * (1 + sqrt(0.5)) / 2, tol);   /* p = 1/4 */
+    ck_assert_double_eq_tol(tr_lr(&a, 60), (lr + lo) / 2, tol);                          /* p = 1/2 */
+    ck_assert_double_eq_tol(tr_lr(&a, 85), lo + (lr - lo) * (1 - sqrt(0.5)) / 2, tol);   /* p = 3/4 */
+    ck_assert_double_eq(tr_lr(&a, 110), lo);                                             /* the last step */
+    ck_assert_double_eq(tr_lr(&a, 111), lo);                                             /* clamped past it */
+    ck_assert_double_eq(tr_lr(&a, 100000), lo);
+    for (long t = 11; t <= 110; t++) ck_assert_double_lt(tr_lr(&a, t), tr_lr(&a, t - 1));
+    /* linear, the same steps */
+    a.schedule = TR_LR_LINEAR;
+    ck_assert_double_eq(tr_lr(&a, 10), lr);
+    ck_assert_double_eq_tol(tr_lr(&a, 11), lr - (lr - lo) / 100, tol);
+    ck_assert_double_eq_tol(tr_lr(&a, 35), lr - (lr - lo) / 4, tol);
+    ck_assert_double_eq_tol(tr_lr(&a, 60), (lr + lo) / 2, tol);
+    ck_assert_double_eq_tol(tr_lr(&a, 110), lo, tol);
+    ck_assert_double_eq_tol(tr_lr(&a, 500), lo, tol);
+    /* constant ignores the decay options */
+    a.schedule = TR_LR_CONSTANT;
+    ck_assert_double_eq(tr_lr(&a, 60), lr);
+    ck_assert_double_eq(tr_lr(&a, 500), lr);
+    /* --decay-start 0: the decay takes the whole run (p = t / 100), lr_min 0 by default */
+    tr_adam z = {.lr = lr, .schedule = TR_LR_COSINE, .total = 100};
+    ck_assert_double_eq(tr_lr(&z, 0), lr);
+    ck_assert_double_eq_tol(tr_lr(&z, 50), lr / 2, tol);
+    ck_assert_double_eq(tr_lr(&z, 100), 0);
+    /* warm-up: lr t / warmup before step 20; the decay starts after max(decay_start 10, warmup
+     * 20) = 20, so p = (t - 20) / 90 */
+    tr_adam w = {.lr = lr, .lr_min = lo, .warmup = 20, .schedule = TR_LR_COSINE, .decay_start = 10, .total = 110};
+    ck_assert_double_eq(tr_lr(&w, 0), 0);
+    ck_assert_double_eq_tol(tr_lr(&w, 5), lr / 4, tol);
+    ck_assert_double_eq_tol(tr_lr(&w, 19), lr * 19 / 20, tol);
+    ck_assert_double_eq(tr_lr(&w, 20), lr);
+    ck_assert_double_lt(tr_lr(&w, 21), lr);
+    ck_assert_double_eq_tol(tr_lr(&w, 65), (lr + lo) / 2, tol);
+    ck_assert_double_eq(tr_lr(&w, 110), lo);
+    /* a decay start after the warm-up: flat from step 20 to 50, then the decay over 51..110 */
+    w.decay_start = 50;
+    ck_assert_double_eq_tol(tr_lr(&w, 10), lr / 2, tol);
+    ck_assert_double_eq(tr_lr(&w, 50), lr);
+    ck_assert_double_eq_tol(tr_lr(&w, 80), (lr + lo) / 2, tol);
+    /* a run that ends before the decay starts: no decay at all */
+    w.decay_start = 110;
+    ck_assert_double_eq(tr_lr(&w, 110), lr);
+    w.decay_start = 500;
+    ck_assert_double_eq(tr_lr(&w, 110), lr);
+    ck_assert_double_eq(tr_lr(&w, 600), lr);
+    /* the names of --lr-schedule */
+    ck_assert_int_eq(tr_lr_schedule_id("constant"), TR_LR_CONSTANT);
+    ck_assert_int_eq(tr_lr_schedule_id("cosine"), TR_LR_COSINE);
+    ck_assert_int_eq(tr_lr_schedule_id("linear"), TR_LR_LINEAR);
+    ck_assert_int_eq(tr_lr_schedule_id("Cosine"), -1);
+    ck_assert_int_eq(tr_lr_schedule_id(""), -1);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- the trainer */
 
 START_TEST(test_resume_is_exact)
@@ -307,6 +373,77 @@ START_TEST(test_resume_is_exact)
     }
     ck_assert(isfinite(last_test[0]));
     ck_assert_double_eq(last_test[0], last_test[1]);
+}
+END_TEST
+
+/* step -> the "lr" of its metrics line (training lines: the ones with train_bpd) */
+static void metrics_lr(const char *path, double *lr, int nmax)
+{
+    for (int i = 0; i < nmax; i++) lr[i] = NAN;
+    char *txt = slurp(path, NULL);
+    ck_assert_msg(txt != NULL, "%s missing", path);
+    for (char *line = strtok(txt, "\n"); line; line = strtok(NULL, "\n")) {
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        ck_assert_ptr_nonnull(j);
+        long st = (long)json_integer_value(json_object_get(j, "step"));
+        if (json_is_number(json_object_get(j, "train_bpd")) && st >= 0 && st < nmax)
+            lr[st] = json_number_value(json_object_get(j, "lr"));
+        json_decref(j);
+    }
+    free(txt);
+}
+
+START_TEST(test_resume_onto_cosine_is_exact)
+{
+    /* what the long run does: constant, stopped at step 8, resumed with a cosine decay from there
+     * to step 16 (warm-up over the first 3 steps), = the cosine run in one go; and the same when
+     * the schedule comes from the checkpoint's options instead of the resume's flags */
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.idx", dir);
+#define COS " --lr-schedule cosine --decay-start 8 --lr-min 1e-4"
+    ck_assert_int_eq(run(TINY " --warmup 3 --log-every 1 --steps 16 --eval-every 5" COS " --out %s", data, path_in("A")), 0);
+    ck_assert_int_eq(run(TINY " --warmup 3 --log-every 1 --steps 8 --eval-every 5 --out %s", data, path_in("B")), 0);
+    ck_assert_int_eq(ckpt_step(path_in("B/checkpoint.safetensors")), 8);
+    ck_assert_int_eq(run(TINY " --resume --steps 16" COS " --out %s", data, path_in("B")), 0);
+    char *out = slurp(path_in("out"), NULL);
+    ck_assert_msg(strstr(out, "cosine decay over steps 9..16 to 0.0001") != NULL, "the schedule line: %s", out);
+    free(out);
+    ck_assert_int_eq(run(TINY " --warmup 3 --log-every 1 --steps 8 --eval-every 5" COS " --out %s", data, path_in("D")), 0);
+    ck_assert_int_eq(run(TINY " --resume --steps 16 --out %s", data, path_in("D")), 0);
+#undef COS
+    ck_assert_int_eq(run(TINY " --warmup 3 --log-every 1 --steps 16 --eval-every 0 --out %s", data, path_in("E")), 0);
+    size_t na, nb, nd, ne;
+    char *a = data_section(path_in("A/checkpoint.safetensors"), &na);
+    char *b = data_section(path_in("B/checkpoint.safetensors"), &nb);
+    char *d = data_section(path_in("D/checkpoint.safetensors"), &nd);
+    char *e = data_section(path_in("E/checkpoint.safetensors"), &ne);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_uint_eq(na, nd);
+    ck_assert_uint_eq(na, ne);
+    ck_assert_msg(memcmp(a, b, na) == 0, "resumed onto the cosine schedule: parameters or Adam moments differ");
+    ck_assert_msg(memcmp(a, d, na) == 0, "resumed with the checkpoint's cosine schedule: parameters or Adam moments differ");
+    ck_assert_msg(memcmp(a, e, na) != 0, "the cosine schedule changed nothing against the constant one");
+    free(a);
+    free(b);
+    free(d);
+    free(e);
+    /* the logged lr is the schedule's: warm-up 1/3, 2/3, then 1e-3 up to step 8, the cosine's
+     * middle at step 12 and lr_min at 16; the resumed runs log the same */
+    double la[17], lb[17], ld[17], le[17];
+    metrics_lr(path_in("A/metrics.jsonl"), la, 17);
+    metrics_lr(path_in("B/metrics.jsonl"), lb, 17);
+    metrics_lr(path_in("D/metrics.jsonl"), ld, 17);
+    metrics_lr(path_in("E/metrics.jsonl"), le, 17);
+    const double want[17] = {NAN, 1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, NAN, NAN, NAN, 5.5e-4, NAN, NAN, NAN, 1e-4};
+    for (int t = 1; t <= 16; t++) {
+        ck_assert_msg(isfinite(la[t]) && isfinite(lb[t]) && isfinite(ld[t]), "step %d: no lr logged", t);
+        if (isfinite(want[t])) ck_assert_msg(fabs(la[t] - want[t]) <= 1e-6 * want[t], "step %d: lr %g, not %g", t, la[t], want[t]);
+        ck_assert_double_eq(lb[t], la[t]);
+        ck_assert_double_eq(ld[t], la[t]);
+        if (t > 8) ck_assert_double_lt(la[t], la[t - 1]);
+        ck_assert_double_eq(le[t], t < 3 ? la[t] : 1e-3);   /* the constant run */
+    }
 }
 END_TEST
 
@@ -456,6 +593,15 @@ START_TEST(test_bad_options_and_data)
     ck_assert_ptr_nonnull(strstr(e, "--features"));
     free(e);
     ck_assert_int_eq(run("--lr -1"), 2);
+    ck_assert_int_eq(run("--lr-schedule step --out %s", path_in("X")), 2);
+    e = slurp(path_in("err"), NULL);
+    ck_assert_ptr_nonnull(strstr(e, "--lr-schedule must be constant, cosine or linear"));
+    free(e);
+    ck_assert_int_eq(run("--lr-schedule cosine --lr-min 0.01 --out %s", path_in("X")), 2);
+    e = slurp(path_in("err"), NULL);
+    ck_assert_ptr_nonnull(strstr(e, "--lr-min"));
+    free(e);
+    ck_assert_int_eq(run("--decay-start -5"), 2);
     ck_assert_int_eq(run("--batch"), 2);
     ck_assert_int_eq(run("--data %s/none --out %s", dir, path_in("X")), 1);
     e = slurp(path_in("err"), NULL);
@@ -472,7 +618,8 @@ START_TEST(test_bad_options_and_data)
     char *h = slurp(path_in("out"), NULL);
     const char *must[] = {"--scales", "--res-blocks", "--features", "--flow-batchnorm", "--alpha", "--lr", "--batch", "--l2",
                           "--clip", "--warmup", "--flip", "--threads", "--seed", "--steps", "--epochs", "--eval-every",
-                          "--out", "--resume", "--config", "default: 0.001"};
+                          "--out", "--resume", "--config", "default: 0.001", "--lr-schedule", "--decay-start", "--lr-min",
+                          "default: constant", "lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2"};
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++) ck_assert_msg(strstr(h, must[i]) != NULL, "--help lacks %s", must[i]);
     free(h);
 }
@@ -632,7 +779,9 @@ static Suite *train_suite(void)
     tcase_add_test(tc, test_idx_ok_and_gz);
     tcase_add_test(tc, test_idx_errors);
     tcase_add_test(tc, test_cifar_and_png_dirs);
+    tcase_add_test(tc, test_lr_schedule);
     tcase_add_test(tc, test_resume_is_exact);
+    tcase_add_test(tc, test_resume_onto_cosine_is_exact);
     tcase_add_test(tc, test_loss_falls_and_outputs);
     tcase_add_test(tc, test_resume_default_threads);
     tcase_add_test(tc, test_sigterm_saves_and_resumes);

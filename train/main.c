@@ -83,8 +83,7 @@ static double train_step(tr_run *r)
     memset(r->grad, 0, sizeof(float) * m->nparams);
     double loss = tr_forward_backward(r->ws, r->m, r->grad, r->xt, r->nb, 1);
     tr_dist_sum(r->dist, r->grad, m->nparams);   /* every process's share of the gradient */
-    const tr_adam ao = {.lr = r->o.lr, .beta1 = r->o.beta1, .beta2 = r->o.beta2, .eps = r->o.eps, .l2 = r->o.l2,
-                        .clip = r->o.clip, .warmup = r->o.warmup};
+    const tr_adam ao = tr_run_adam(r);
     const double gn = tr_adam_step(r->m, r->grad, r->am, r->av, r->step + 1, &ao);
     r->step++;
     return isfinite(gn) ? loss : NAN;
@@ -216,6 +215,17 @@ static int setup_options(tr_run *r, int argc, char **argv)
     o->resume = resume;
     if (strcmp(o->flip, "on") && strcmp(o->flip, "off") && strcmp(o->flip, "auto")) {
         tr_say("--flip must be on, off or auto, not '%s'", o->flip);
+        tr_free_run(r);
+        return EXIT_USAGE;
+    }
+    const int sched = tr_lr_schedule_id(o->lr_schedule);
+    if (sched < 0) {
+        tr_say("--lr-schedule must be constant, cosine or linear, not '%s'", o->lr_schedule);
+        tr_free_run(r);
+        return EXIT_USAGE;
+    }
+    if (sched != TR_LR_CONSTANT && o->lr_min > o->lr) {
+        tr_say("--lr-min %g is above --lr %g: the %s decay would raise the learning rate", o->lr_min, o->lr, o->lr_schedule);
         tr_free_run(r);
         return EXIT_USAGE;
     }
@@ -389,6 +399,22 @@ static int setup_out_files(tr_run *r, int *lock_fd)
     return 0;
 }
 
+/* the learning-rate schedule in one line: warm-up, then constant or the decay's steps */
+static void print_schedule(const tr_run *r)
+{
+    const tr_adam a = tr_run_adam(r);
+    const long s = a.decay_start > a.warmup ? a.decay_start : a.warmup;
+    char wu[64] = "";
+    if (a.warmup > 0) snprintf(wu, sizeof wu, ", linear warm-up over steps 1..%ld", a.warmup);
+    if (a.schedule == TR_LR_CONSTANT) printf("learning rate %g%s, then constant\n", a.lr, wu);
+    else if (s >= a.total)
+        printf("learning rate %g%s; no %s decay: it would start after step %ld, the run ends at step %ld\n", a.lr, wu,
+               r->o.lr_schedule, s, a.total);
+    else
+        printf("learning rate %g%s; %s decay over steps %ld..%ld to %g (step %ld: %.4g)\n", a.lr, wu, r->o.lr_schedule, s + 1,
+               a.total, a.lr_min, r->step + 1, tr_lr(&a, r->step + 1));
+}
+
 static void print_start(const tr_run *r)
 {
     const tr_opts *o = &r->o;
@@ -400,6 +426,7 @@ static void print_start(const tr_run *r)
     printf("model %s: %zu parameters, %.3f GFLOP/image forward; batch %d, %d threads, %ld steps/epoch, %s step %ld of %ld\n",
            cfgs, r->m->nparams, rnvp_model_flops(r->m) / 1e9, o->batch, r->threads, r->steps_per_epoch,
            o->resume ? "resuming at" : "starting at", r->step, r->total_steps);
+    print_schedule(r);
     if (r->dist->size > 1)
         printf("%d processes (MPI), %d images of each batch per process\n", r->dist->size, r->nb);
     printf("workspace %.1f MB, out %s\n", (tr_ws_bytes(r->ws) + rnvp_ctx_bytes(r->ectx)) / 1e6, o->out);
@@ -419,8 +446,10 @@ static void print_progress(const tr_run *r, double t, double ips, double train_b
     char bar[32];
     for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
     bar[w] = 0;
-    fprintf(stderr, "%s[%s] step %ld/%ld epoch %.2f  %.1f img/s  train %.4f bpd  test %.4f  elapsed %s  ETA %s%s",
-            tty ? "\r" : "", bar, r->step, r->total_steps, ep, ips, train_bpd, r->last_test, el, eta, tty ? "\033[K" : "\n");
+    const tr_adam a = tr_run_adam(r);
+    fprintf(stderr, "%s[%s] step %ld/%ld epoch %.2f  %.1f img/s  train %.4f bpd  test %.4f  lr %.3g  elapsed %s  ETA %s%s",
+            tty ? "\r" : "", bar, r->step, r->total_steps, ep, ips, train_bpd, r->last_test, tr_lr(&a, r->step), el, eta,
+            tty ? "\033[K" : "\n");
     fflush(stderr);
 }
 

@@ -1,5 +1,5 @@
-/* optim.c: the trainer's optimiser step (L2, clipping, Adam, warm-up); see optim.h.
- * Leaves out the loss, the data and the schedule beyond warm-up (main.c). */
+/* optim.c: the trainer's optimiser step (L2, clipping, Adam) and its learning-rate schedule
+ * (warm-up, decay); see optim.h. Leaves out the loss and the data (main.c). */
 #include "optim.h"
 #include "train.h"
 
@@ -10,6 +10,26 @@ int tr_decayed(const char *name)
 {
     size_t l = strlen(name);
     return (l >= 9 && !strcmp(name + l - 9, ".weight_g")) || (l >= 6 && !strcmp(name + l - 6, ".scale"));
+}
+
+double tr_lr(const tr_adam *o, long t)
+{
+    const double w = o->warmup > 0 && t < o->warmup ? (double)t / (double)o->warmup : 1.0;
+    const long s = o->decay_start > o->warmup ? o->decay_start : o->warmup;
+    if (o->schedule == TR_LR_CONSTANT || t <= s || o->total <= s) return o->lr * w;
+    double p = (double)(t - s) / (double)(o->total - s);
+    if (p > 1) p = 1;
+    const double base = o->schedule == TR_LR_COSINE ? o->lr_min + (o->lr - o->lr_min) * 0.5 * (1 + cos(M_PI * p))
+                                                     : o->lr - (o->lr - o->lr_min) * p;
+    return base * w;
+}
+
+int tr_lr_schedule_id(const char *name)
+{
+    static const char *names[] = {"constant", "cosine", "linear"};   /* in enum tr_lr_schedule's order */
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
 }
 
 double tr_adam_step(rnvp_model *m, float *grad, float *am, float *av, long t, const tr_adam *o)
@@ -29,9 +49,8 @@ double tr_adam_step(rnvp_model *m, float *grad, float *am, float *av, long t, co
     }
     const double gn = sqrt(nrm2);
     const double cs = o->clip > 0 && gn > o->clip ? o->clip / gn : 1.0;
-    /* Adam with bias correction, the learning rate warmed up linearly */
-    double lr = o->lr;
-    if (o->warmup > 0 && t < o->warmup) lr *= (double)t / (double)o->warmup;
+    /* Adam with bias correction, the learning rate of the schedule */
+    const double lr = tr_lr(o, t);
     const double b1 = o->beta1, b2 = o->beta2;
     const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
     const double a = lr * sqrt(c2) / c1;

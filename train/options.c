@@ -42,6 +42,9 @@ static const optdef OPTS[] = {
     {"l2", O_DBL, OFF(l2), 0, 1, "5e-5", "L2 penalty l2*sum(p^2) on every weight_g and scale, added to the bits/dim loss", 0},
     {"clip", O_DBL, OFF(clip), 0, 1e30, "100", "global gradient-norm clipping threshold (0: off)", 0},
     {"warmup", O_INT, OFF(warmup), 0, 100000000, "0", "linear learning-rate warm-up over this many steps", 0},
+    {"lr-schedule", O_STR, OFF(lr_schedule), 0, 0, "constant", "learning rate after warm-up and --decay-start: constant, cosine or linear decay to --lr-min at the last step (formula above)", 0},
+    {"decay-start", O_LONG, OFF(decay_start), 0, 1e12, "0", "the decay starts after step max(this, --warmup) (0: right after warm-up)", 0},
+    {"lr-min", O_DBL, OFF(lr_min), 0, 1, "0", "learning rate the decay reaches at the last step", 0},
     {"flip", O_STR, OFF(flip), 0, 0, "auto", "horizontal-flip augmentation: on, off, auto (on for Fashion-MNIST/MNIST folders and CIFAR-10)", 0},
     {"threads", O_INT, OFF(threads), 0, 256, "0", "threads (0: every core, shared evenly by the MPI processes on the machine)", 0},
     {"seed", O_U64, OFF(seed), 0, 0, "1", "seed of the initialisation, data order, noise and flips", 0},
@@ -76,6 +79,15 @@ static void usage(void)
            "  metrics.jsonl, curve.svg, samples_t1.0.png, samples_t0.7.png\n"
            "SIGINT / SIGTERM save the checkpoint and exit 0; --resume continues exactly.\n"
            "One trainer per --out at a time (" LOCK_NAME "); temporary files a killed run left there are removed at start.\n\n"
+           "Learning rate of step t = 1, 2, ... (the step logged after it), with T the last step (--steps, else\n"
+           "--epochs x steps per epoch), s = max(--decay-start, --warmup) and p = min(1, (t - s) / (T - s)):\n"
+           "  t < warmup                        lr * t / warmup\n"
+           "  t <= s, or T <= s, or constant    lr\n"
+           "  s < t, cosine                     lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2   (step T: lr_min)\n"
+           "  s < t, linear                     lr - (lr - lr_min) * p                           (step T: lr_min)\n"
+           "It depends only on the step and the options, which the checkpoint keeps: --resume continues it exactly,\n"
+           "and flags given with --resume change it from the next step on: --resume --lr-schedule cosine\n"
+           "--decay-start S --steps T, S the checkpoint's step, anneals a run from step S + 1 to T.\n\n"
            "Options (--name VALUE or --name=VALUE; booleans also as --name / --no-name):\n");
     for (int i = 0; i < NOPTS; i++) {
         const optdef *o = &OPTS[i];
@@ -101,7 +113,10 @@ static int set_opt(tr_opts *op, const optdef *o, const char *v, char *msg, size_
     errno = 0;
     switch (o->type) {
     case O_STR:
-        if (strlen(v) >= (o->off == OFF(features) ? 256u : o->off == OFF(flip) ? 8u : 1024u)) {
+        if (strlen(v) >= (o->off == OFF(features)      ? sizeof op->features
+                          : o->off == OFF(flip)        ? sizeof op->flip
+                          : o->off == OFF(lr_schedule) ? sizeof op->lr_schedule
+                                                       : 1024u)) {
             snprintf(msg, cap, "--%s: value too long", o->name);
             return -1;
         }

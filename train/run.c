@@ -32,6 +32,15 @@ char *tr_read_text(const char *path, size_t max)
     return b;
 }
 
+tr_adam tr_run_adam(const tr_run *r)
+{
+    const tr_opts *o = &r->o;
+    const int sched = tr_lr_schedule_id(o->lr_schedule);
+    return (tr_adam){.lr = o->lr, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .l2 = o->l2, .clip = o->clip,
+                     .warmup = o->warmup, .schedule = sched > 0 ? sched : TR_LR_CONSTANT, .decay_start = o->decay_start,
+                     .total = r->total_steps, .lr_min = o->lr_min};
+}
+
 /* ------------------------------------------------------------------ checkpoints */
 
 enum rnvp_status tr_save_checkpoint(tr_run *r, rnvp_error *err)
@@ -252,12 +261,12 @@ void tr_log_metrics(tr_run *r, double train_bpd, double test_bpd, double ips)
         tr_say("%s: %s (metrics not logged)", r->metrics, strerror(errno));
         return;
     }
-    double lr = r->o.lr;
-    if (r->o.warmup > 0 && r->step < r->o.warmup) lr *= (double)r->step / r->o.warmup;
+    const tr_adam a = tr_run_adam(r);
+    const double lr = tr_lr(&a, r->step);   /* the last step's */
     fprintf(f, "{\"step\":%ld,\"epoch\":%.4f", r->step, (double)r->step / r->steps_per_epoch);
     if (isfinite(train_bpd)) fprintf(f, ",\"train_bpd\":%.6f", train_bpd);
     if (isfinite(test_bpd)) fprintf(f, ",\"test_bpd\":%.6f", test_bpd);
-    fprintf(f, ",\"images_per_s\":%.2f,\"lr\":%.3g,\"time\":%.1f}\n", ips, lr, r->train_seconds + tr_now() - r->t_start_run);
+    fprintf(f, ",\"images_per_s\":%.2f,\"lr\":%.6g,\"time\":%.1f}\n", ips, lr, r->train_seconds + tr_now() - r->t_start_run);
     if (fclose(f)) tr_say("%s: %s", r->metrics, strerror(errno));
 }
 

@@ -6,6 +6,7 @@
 
 #include "data.h"
 #include "dist.h"
+#include "optim.h"
 #include "train.h"
 
 #include <jansson.h>
@@ -19,10 +20,10 @@
 /* ---- options (options.c) ---- */
 
 typedef struct tr_opts {
-    char data[1024], test[1024], out[1024], config[1024], features[256], flip[8];
+    char data[1024], test[1024], out[1024], config[1024], features[256], flip[8], lr_schedule[16];
     int scales, res_blocks, flow_bn, kernel, batch, threads, warmup, resume;
-    long steps, epochs, eval_every, eval_images, log_every, save_every;
-    double alpha, lr, beta1, beta2, eps, l2, clip, val_fraction;
+    long steps, epochs, eval_every, eval_images, log_every, save_every, decay_start;
+    double alpha, lr, lr_min, beta1, beta2, eps, l2, clip, val_fraction;
     unsigned long long seed;
 } tr_opts;
 
@@ -66,6 +67,9 @@ typedef struct tr_run {
 } tr_run;
 
 double tr_now(void);   /* CLOCK_MONOTONIC seconds */
+/* Adam's options and the learning-rate schedule of the run (its options, --lr-schedule already
+ * checked, and total_steps): tr_lr(&o, t) is the learning rate of step t. */
+tr_adam tr_run_adam(const tr_run *r);
 /* the file's first max bytes, NUL-terminated (malloc'ed), or NULL */
 char *tr_read_text(const char *path, size_t max);
 /* Writes r->ckpt atomically: the model, Adam's moments (train.adam_m, train.adam_v) and the

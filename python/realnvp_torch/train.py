@@ -7,10 +7,11 @@ writes, so either trainer can --resume the other's), metrics.jsonl and samples_t
 
 Same run as the C trainer: options of the same names and defaults, the same initialisation, data order, dequantisation
 noise and flips for a seed (realnvp_torch/rng.py), the same loss (mean bits/dim with batch statistics), L2 on weight_g
-and scale, global-norm clipping, Adam, warm-up, and the same exactly-zero gradients set to 0; evaluation on the test set
-with the C trainer's seeded noise. --batch is the global batch: process r of P takes images B*r/P .. B*(r+1)/P - 1 of
-every batch, and every batch norm (the s/t networks' and the flow's) all-reduces its sums and count across the processes,
-so P processes compute the step one process would (up to float32 summation order).
+and scale, global-norm clipping, Adam, the learning-rate schedule (warm-up, then constant, cosine or linear decay), and
+the same exactly-zero gradients set to 0; evaluation on the test set with the C trainer's seeded noise.
+--batch is the global batch: process r of P takes images B*r/P .. B*(r+1)/P - 1 of every batch, and every batch norm
+(the s/t networks' and the flow's) all-reduces its sums and count across the processes, so P processes compute the
+step one process would (up to float32 summation order).
 """
 import argparse
 import concurrent.futures
@@ -52,6 +53,10 @@ OPTIONS = [
     ("l2", float, 5e-5, "L2 penalty l2*sum(p^2) on every weight_g and scale, added to the bits/dim loss", 0),
     ("clip", float, 100.0, "global gradient-norm clipping threshold (0: off)", 0),
     ("warmup", int, 0, "linear learning-rate warm-up over this many steps", 0),
+    ("lr-schedule", str, "constant", "learning rate after warm-up and --decay-start: constant, cosine or linear decay "
+     "to --lr-min at the last step (the formula: bin/realnvp-train --help, docs/training.md)", 0),
+    ("decay-start", int, 0, "the decay starts after step max(this, --warmup) (0: right after warm-up)", 0),
+    ("lr-min", float, 0.0, "learning rate the decay reaches at the last step", 0),
     ("flip", str, "auto", "horizontal-flip augmentation: on, off, auto (on for Fashion-MNIST/MNIST folders and "
      "CIFAR-10)", 0),
     ("threads", int, 0, "CPU threads per process (0: the cores shared evenly by the processes on the machine)", 0),
@@ -70,6 +75,7 @@ TWIN_OPTIONS = [
     ("eval-batch", int, 100, "images per evaluation batch", 0),
 ]
 C_KEYS = [o[0] for o in OPTIONS]
+SCHEDULES = ("constant", "cosine", "linear")
 CKPT, MODEL, METRICS = "checkpoint.safetensors", "model.safetensors", "metrics.jsonl"
 
 
@@ -110,6 +116,11 @@ def resolve(given, saved):
         raise SystemExit(f"realnvp_torch.train: --flip must be on, off or auto, not '{o['flip']}'")
     if o["batch"] < 2:
         raise SystemExit("realnvp_torch.train: --batch must be at least 2 (batch norm uses batch statistics)")
+    if o["lr-schedule"] not in SCHEDULES:
+        raise SystemExit(f"realnvp_torch.train: --lr-schedule must be constant, cosine or linear, not '{o['lr-schedule']}'")
+    if o["lr-schedule"] != "constant" and o["lr-min"] > o["lr"]:
+        raise SystemExit(f"realnvp_torch.train: --lr-min {o['lr-min']:g} is above --lr {o['lr']:g}: the "
+                         f"{o['lr-schedule']} decay would raise the learning rate")
     return o
 
 
@@ -260,9 +271,37 @@ def free_gradients(model):
     return out
 
 
-def optimizer_step(opt, plist, decayed, free, o, t):
-    """L2, clipping and Adam as tr_adam_step (train/optim.c); t is the 1-based step. Returns the
-    gradient norm before clipping."""
+def scheduled_lr(o, t, total):
+    """The learning rate of step t (1-based, the step logged after it) of a run ending at step total: tr_lr
+    (train/optim.c), the same formula in the same order. With s = max(decay-start, warmup): lr * t / warmup before
+    the warm-up's end; lr up to step s (and always when constant or total <= s); then p = min(1, (t - s) / (total -
+    s)), cosine lr_min + (lr - lr_min) (1 + cos(pi p)) / 2 or linear lr - (lr - lr_min) p: lr_min at step total."""
+    w = t / o["warmup"] if o["warmup"] > 0 and t < o["warmup"] else 1.0
+    s = max(o["decay-start"], o["warmup"])
+    if o["lr-schedule"] == "constant" or t <= s or total <= s:
+        return o["lr"] * w
+    p = min(1.0, (t - s) / (total - s))
+    lo, hi = o["lr-min"], o["lr"]
+    base = lo + (hi - lo) * 0.5 * (1 + math.cos(math.pi * p)) if o["lr-schedule"] == "cosine" else hi - (hi - lo) * p
+    return base * w
+
+
+def schedule_line(o, step, total):
+    """The learning-rate schedule in one line, as bin/realnvp-train prints it at the start."""
+    s = max(o["decay-start"], o["warmup"])
+    wu = f", linear warm-up over steps 1..{o['warmup']}" if o["warmup"] > 0 else ""
+    if o["lr-schedule"] == "constant":
+        return f"learning rate {o['lr']:g}{wu}, then constant"
+    if s >= total:
+        return (f"learning rate {o['lr']:g}{wu}; no {o['lr-schedule']} decay: it would start after step {s}, the run "
+                f"ends at step {total}")
+    return (f"learning rate {o['lr']:g}{wu}; {o['lr-schedule']} decay over steps {s + 1}..{total} to {o['lr-min']:g} "
+            f"(step {step + 1}: {scheduled_lr(o, step + 1, total):.4g})")
+
+
+def optimizer_step(opt, plist, decayed, free, o, t, total):
+    """L2, clipping and Adam as tr_adam_step (train/optim.c); t is the 1-based step, total the run's last step
+    (for the learning-rate schedule). Returns the gradient norm before clipping and the learning rate."""
     with torch.no_grad():
         for p, start in free:
             p.grad[start:] = 0
@@ -273,7 +312,7 @@ def optimizer_step(opt, plist, decayed, free, o, t):
         for p in plist:
             g = p.grad * cs if cs != 1.0 else p.grad
             p.grad.copy_(torch.where(torch.isfinite(g), g, torch.zeros_like(g)))
-    lr = o["lr"] * (t / o["warmup"] if o["warmup"] > 0 and t < o["warmup"] else 1.0)
+    lr = scheduled_lr(o, t, total)
     for g in opt.param_groups:
         g["lr"] = lr
     opt.step()
@@ -382,6 +421,7 @@ def main(argv=None):
         print(f"model {config_json(cfg)}: {sum(p.numel() for p in plist)} parameters; batch {B}, device {device}, "
               f"{threads} threads, {spe} steps/epoch, {'resuming at' if saved else 'starting at'} step {run['step']} "
               f"of {total}")
+        print(schedule_line(o, run["step"], total))
         if size > 1:
             print(f"{size} processes (torch.distributed, {dist.get_backend()}), {nb} images of each batch on rank 0")
         sys.stdout.flush()
@@ -432,7 +472,7 @@ def main(argv=None):
         lp = net(xt)
         local = -lp.sum() / (B * D * math.log(2.0))
         (local * size).backward()    # DDP averages the processes' gradients: this makes it their sum
-        gn, lr = optimizer_step(opt, plist, decayed, free, o, t + 1)
+        gn, lr = optimizer_step(opt, plist, decayed, free, o, t + 1, total)
         loss = local.detach()
         if size > 1:
             dist.all_reduce(loss)
@@ -455,12 +495,12 @@ def main(argv=None):
         ips = (run["step"] - win_start) * B / max(now - win_t0, 1e-9)
         if now - last_print > 30 or run["step"] == total or run["step"] % o["log-every"] == 0:
             print(f"step {run['step']}/{total} epoch {run['step'] / spe:.2f}  {ips:.1f} img/s  train "
-                  f"{win_loss / max(win_n, 1):.4f} bpd", flush=True)
+                  f"{win_loss / max(win_n, 1):.4f} bpd  lr {lr:.3g}", flush=True)
             last_print = now
         if run["step"] % o["log-every"] == 0:
             metrics_line({"step": run["step"], "epoch": round(run["step"] / spe, 4),
                           "train_bpd": round(win_loss / win_n, 6) if win_n else None,
-                          "images_per_s": round(ips, 2), "lr": float(f"{lr:.3g}"),
+                          "images_per_s": round(ips, 2), "lr": float(f"{lr:.6g}"),
                           "time": round(run["seconds"] + now - run["t0"], 1)})
             win_loss, win_n, win_t0, win_start = 0.0, 0, time.time(), run["step"]
         if o["eval-every"] > 0 and run["step"] % o["eval-every"] == 0:
