@@ -28,6 +28,7 @@ struct srv_repo {
     srv_entry entries[SRV_MAX_MODELS];
     int n;
     atomic_llong model_bytes;    /* every live srv_model's bytes, served or still in use */
+    int scanned;                 /* the start-up scan is done (load_mu) */
 };
 
 /* a directory name usable as a model name: [A-Za-z0-9._-], not starting with '.', not {m}-decoder */
@@ -306,9 +307,12 @@ static int sync_entry(srv_repo *r, srv_entry *e, int force, char *err, size_t ca
         } else {
             fails++;
             atomic_fetch_add(&e->load_failures, 1);
-            snprintf(e->reason, sizeof e->reason, "version %ld (%.100s): %.190s", dv[i].v, dv[i].path, why);
+            if (r->o.model_repository)
+                snprintf(e->reason, sizeof e->reason, "version %ld (%.100s): %.190s", dv[i].v, dv[i].path, why);
+            else snprintf(e->reason, sizeof e->reason, "%s", why);   /* the library's message names the file */
             snprintf(err, cap, "%s", e->reason);
-            srv_log("model %s: cannot load %s%s", e->name, e->reason, old ? "; the loaded copy keeps serving" : "");
+            if (r->o.model_repository || r->scanned)   /* --model at start-up: main() says it, once */
+                srv_log("model %s: cannot load %s%s", e->name, e->reason, old ? "; the loaded copy keeps serving" : "");
             if (old) keep[nk++] = old;
         }
     }
@@ -353,6 +357,7 @@ int srv_repo_scan(srv_repo *r, char *err, size_t cap)
     if (!r->o.model_repository) {
         srv_entry *e = r->n ? &r->entries[0] : get_entry(r, "model");
         if (!e->unloaded) fails += sync_entry(r, e, 0, err, cap);
+        r->scanned = 1;
         pthread_mutex_unlock(&r->load_mu);
         return fails;
     }
@@ -403,6 +408,7 @@ int srv_repo_scan(srv_repo *r, char *err, size_t cap)
             sync_entry(r, e, 0, why, sizeof why);   /* drops every version: none on disk */
         }
     }
+    r->scanned = 1;
     pthread_mutex_unlock(&r->load_mu);
     return fails;
 }
