@@ -512,13 +512,15 @@ void srv_endpoint_simple(req *r)
         srv_req_reply_buf(r, 503, "application/json", &b, MHD_HTTP_HEADER_RETRY_AFTER, "1");
         return;
     case EP_METRICS: {
-        srv_gauges gv = {.queue_depth = srv_sched_depth(s->sc), .inflight = atomic_load(&s->inflight),
+        /* /metrics is open while the models load: s->sc and s->repo are set (by srv_server_load) only
+         * before ready turns on, and read only after ready was seen (the atomic orders them) */
+        srv_gauges gv = {.queue_depth = ready ? srv_sched_depth(s->sc) : 0, .inflight = atomic_load(&s->inflight),
                          .ready = ready && srv_repo_nready(s->repo) > 0, .draining = draining,
                          .mem_used = atomic_load(&s->mem_used), .mem_budget = s->o.memory_budget};
-        char names[1024];
-        srv_repo_names(s->repo, names, sizeof names);
+        char names[1024] = "";
+        if (ready) srv_repo_names(s->repo, names, sizeof names);
         srv_metrics_render(s->metrics, &b, &gv, names);
-        srv_repo_metrics(s->repo, &b);
+        if (ready) srv_repo_metrics(s->repo, &b);
         srv_req_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL, NULL);
         return;
     }

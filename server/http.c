@@ -201,7 +201,10 @@ static enum MHD_Result start_work(req *r)
     atomic_fetch_add(&r->s->suspended, 1);
     MHD_suspend_connection(r->conn);
     r->task.fn = task_prepare;
-    srv_pool_submit(r->s->pool, &r->task);
+    /* a load or unload holds the repository's load lock while it builds: on the work pool, two of them
+     * (or one and an index) would hold every work thread, and every other model's requests would wait */
+    int slow = r->ep == EP_V2_REPO_LOAD || r->ep == EP_V2_REPO_UNLOAD;
+    srv_pool_submit(slow ? r->s->loader : r->s->pool, &r->task);
     return MHD_YES;
 }
 

@@ -56,6 +56,7 @@ struct srv_server {
     srv_sched *sc;           /* the batch worker and the server-wide queue capacity */
     srv_repo *repo;          /* the models served (each version with its own queue on sc) */
     srv_pool *pool;
+    srv_pool *loader;        /* one thread for the repository's loads and unloads (they may take seconds) */
     srv_metrics *metrics;
     char *api_key;
     size_t api_key_len;

@@ -116,6 +116,8 @@ srv_server *srv_server_start(const srv_options *o, char *err, size_t cap)
     }
     s->pool = srv_pool_create(o->work_threads, err, cap);
     if (!s->pool) goto fail;
+    s->loader = srv_pool_create(1, err, cap);
+    if (!s->loader) goto fail;
     if (bind_socket(s, err, cap)) goto fail;
     if (srv_http_start(s, err, cap)) goto fail;
     return s;
@@ -245,6 +247,7 @@ void srv_server_free(srv_server *s)
     }
     if (s->listen_fd >= 0) close(s->listen_fd);
     srv_pool_free(s->pool);
+    srv_pool_free(s->loader);
     srv_repo_free(s->repo);   /* every request is done: each version goes now */
     srv_sched_free(s->sc);
     srv_metrics_free(s->metrics);

@@ -84,8 +84,12 @@ static int disk_versions(const srv_repo *r, const char *name, disk_version *out,
         disk_version dv = {.v = v};
         if (snprintf(dv.path, sizeof dv.path, "%s/%s/model.safetensors", dir, e->d_name) >= (int)sizeof dv.path) continue;
         if (!is_file(dv.path, &st)) continue;
-        int i = n < cap ? n++ : cap - 1;   /* past cap: the lowest are dropped below */
-        if (i == cap - 1 && n == cap && out[i].v > v) continue;
+        if (n == cap) {   /* full: the lowest goes, unless v is lower still */
+            if (v < out[0].v) continue;
+            memmove(out, out + 1, (size_t)(cap - 1) * sizeof *out);
+            n--;
+        }
+        int i = n++;
         out[i] = dv;
         for (; i > 0 && out[i - 1].v > out[i].v; i--) {   /* insertion: ascending */
             disk_version t = out[i - 1];
@@ -260,6 +264,15 @@ static srv_entry *get_entry(srv_repo *r, const char *name)
     return e;
 }
 
+/* e->reason (and, --model, e->name) are read under r->mu (srv_repo_acquire, ready_names) or load_mu
+ * (srv_repo_index, sync_entry): their writers hold both */
+static void set_reason(srv_repo *r, srv_entry *e, const char *reason)
+{
+    pthread_mutex_lock(&r->mu);
+    snprintf(e->reason, sizeof e->reason, "%s", reason);
+    pthread_mutex_unlock(&r->mu);
+}
+
 static int same_file(const srv_model *m, const disk_version *dv)
 {
     struct stat st;
@@ -284,7 +297,9 @@ static int sync_entry(srv_repo *r, srv_entry *e, int force, char *err, size_t ca
     srv_model *keep[SRV_MAX_VERSIONS], *drop[SRV_MAX_VERSIONS];
     int nk = 0, ndrop = 0, fails = 0;
     if (!nd) {
-        snprintf(e->reason, sizeof e->reason, "no model.safetensors found for '%s' in the repository", e->name);
+        char why[SRV_ERRLEN];
+        snprintf(why, sizeof why, "no model.safetensors found for '%s' in the repository", e->name);
+        set_reason(r, e, why);
         snprintf(err, cap, "%s", e->reason);
         fails = 1;
     }
@@ -303,13 +318,19 @@ static int sync_entry(srv_repo *r, srv_entry *e, int force, char *err, size_t ca
             atomic_fetch_add(&e->loads, 1);
             srv_log("model %s version %ld %s from %s (%d x %d x %d, batch workspace %.1f MiB)", m->name, m->version,
                     old ? "reloaded" : "loaded", m->path, m->W, m->H, m->C, (double)m->workspace / 1048576.0);
-            if (!r->o.model_repository) snprintf(e->name, sizeof e->name, "%s", m->name);
+            if (!r->o.model_repository) {
+                pthread_mutex_lock(&r->mu);
+                snprintf(e->name, sizeof e->name, "%s", m->name);
+                pthread_mutex_unlock(&r->mu);
+            }
         } else {
             fails++;
             atomic_fetch_add(&e->load_failures, 1);
+            char reason[SRV_ERRLEN];
             if (r->o.model_repository)
-                snprintf(e->reason, sizeof e->reason, "version %ld (%.100s): %.190s", dv[i].v, dv[i].path, why);
-            else snprintf(e->reason, sizeof e->reason, "%s", why);   /* the library's message names the file */
+                snprintf(reason, sizeof reason, "version %ld (%.100s): %.190s", dv[i].v, dv[i].path, why);
+            else snprintf(reason, sizeof reason, "%s", why);   /* the library's message names the file */
+            set_reason(r, e, reason);
             snprintf(err, cap, "%s", e->reason);
             if (r->o.model_repository || r->scanned)   /* --model at start-up: main() says it, once */
                 srv_log("model %s: cannot load %s%s", e->name, e->reason, old ? "; the loaded copy keeps serving" : "");
@@ -558,8 +579,8 @@ void srv_repo_names_json(srv_repo *r, srv_buf *b)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* the names of models in the repository folder not known yet (index: listed as not loaded) */
-static int unknown_on_disk(srv_repo *r, char names[][SRV_MODEL_NAMELEN], int cap)
+/* the names of the models in the repository folder (no lock: it reads only the options and the disk) */
+static int models_on_disk(const srv_repo *r, char names[][SRV_MODEL_NAMELEN], int cap)
 {
     if (!r->o.model_repository) return 0;
     DIR *d = opendir(r->o.model_repository);
@@ -567,7 +588,7 @@ static int unknown_on_disk(srv_repo *r, char names[][SRV_MODEL_NAMELEN], int cap
     int n = 0;
     for (struct dirent *de; (de = readdir(d)) && n < cap;) {
         disk_version one;
-        if (!good_name(de->d_name) || find_entry(r, de->d_name) || !disk_versions(r, de->d_name, &one, 1)) continue;
+        if (!good_name(de->d_name) || !disk_versions(r, de->d_name, &one, 1)) continue;
         snprintf(names[n++], SRV_MODEL_NAMELEN, "%.127s", de->d_name);
     }
     closedir(d);
@@ -576,9 +597,13 @@ static int unknown_on_disk(srv_repo *r, char names[][SRV_MODEL_NAMELEN], int cap
 
 void srv_repo_index(srv_repo *r, srv_buf *b, int ready_only)
 {
-    static char extra[SRV_MAX_MODELS][SRV_MODEL_NAMELEN];
-    pthread_mutex_lock(&r->load_mu);   /* entries are added under it */
-    int nx = ready_only ? 0 : unknown_on_disk(r, extra, SRV_MAX_MODELS);
+    /* Not under load_mu: a load holds it for as long as it builds (seconds for a large model), and the
+     * index runs on a work thread. The folder is listed first, without a lock; the entries are read
+     * under r->mu, which every writer of what is read here holds (get_entry, the swap, and the reason
+     * with 02-entry-reason-race.patch). */
+    enum { DISK_CAP = 2 * SRV_MAX_MODELS };
+    char (*disk)[SRV_MODEL_NAMELEN] = ready_only ? NULL : malloc(DISK_CAP * sizeof *disk);
+    int ndisk = disk ? models_on_disk(r, disk, DISK_CAP) : 0;
     pthread_mutex_lock(&r->mu);
     int first = 1;
     srv_buf_printf(b, "[");
@@ -599,16 +624,17 @@ void srv_repo_index(srv_repo *r, srv_buf *b, int ready_only)
             first = 0;
         }
     }
-    for (int i = 0; i < nx; i++) {
+    for (int i = 0; i < ndisk; i++) {
+        if (find_entry(r, disk[i])) continue;   /* known: listed above */
         srv_buf_printf(b, "%s{\"name\": ", first ? "" : ", ");
-        srv_buf_json_string(b, extra[i]);
+        srv_buf_json_string(b, disk[i]);
         srv_buf_printf(b, ", \"state\": \"UNAVAILABLE\", \"reason\": \"not loaded (new in the repository: SIGHUP or "
                           "load it)\"}");
         first = 0;
     }
     srv_buf_printf(b, "]\n");
     pthread_mutex_unlock(&r->mu);
-    pthread_mutex_unlock(&r->load_mu);
+    free(disk);
 }
 
 void srv_repo_metrics(srv_repo *r, srv_buf *b)

@@ -542,7 +542,10 @@ START_TEST(reloads_under_load)
         usleep(150000);
         int corrupt = k % 2 == 1, by_api = k % 4 < 2;
         if (corrupt && k % 4 == 1) write_file(path, orig, na / 2);               /* truncated */
-        else if (corrupt) write_file(path, "\x10\0\0\0\0\0\0\0{\"a\": 1}      ", 24);   /* garbage */
+        else if (corrupt) {   /* garbage: a 16-byte header {"a": 1} and 8 blanks, 24 bytes (the literal's NUL not written) */
+            static const char junk[] = "\x10\0\0\0\0\0\0\0{\"a\": 1}        ";
+            write_file(path, junk, sizeof junk - 1);
+        }
         else if (k % 4 == 0) write_file(path, mod, nb);
         else write_file(path, orig, na);
         double fails0 = metric(s.port, "realnvp_model_load_failures_total{model=\"m\"} ");
