@@ -1,8 +1,9 @@
 /* conv.c: inference convolutions in the (C, N, H, W) layout. Two kernels: on AVX-512 CPUs a
  * direct one (the columns are cut into 32-wide strips; each thread builds a strip's im2col panel
  * with the preceding batch norm + ReLU fused in, then multiplies it by the weights in registers
- * and adds the bias on the way out); elsewhere one im2col over the whole batch and one
- * OpenBLAS cblas_sgemm. Leaves out training (train/layers.c). */
+ * and adds the bias on the way out), an AVX2 one alike, and Winograd for some 3x3 layers
+ * (core/winograd.c); elsewhere one im2col over the whole batch and one OpenBLAS cblas_sgemm.
+ * Leaves out training (train/layers.c). */
 #include "internal.h"
 #include "tpool.h"
 
@@ -553,7 +554,9 @@ int rnvpi_conv_choose(void)
 {
     const char *e = getenv("REALNVP_CONV");
     if (e && !strcmp(e, "blas")) return RNVPI_CONV_BLAS;
-    if (e && !strcmp(e, "avx2") && rnvpi_conv_avx2_available()) return RNVPI_CONV_AVX2;
+    if (e && !strcmp(e, "avx2") && rnvpi_conv_avx2_available()) return RNVPI_CONV_AVX2_DIRECT;
+    if (e && !strcmp(e, "winograd") && rnvpi_conv_avx2_available() && rnvpi_winograd_available())
+        return RNVPI_CONV_WINOGRAD;
     if (rnvpi_conv_direct_available()) return RNVPI_CONV_AVX512;
     return rnvpi_conv_avx2_available() ? RNVPI_CONV_AVX2 : RNVPI_CONV_BLAS;
 }
@@ -596,7 +599,10 @@ size_t rnvpi_conv_guard_floats(const conv_i *cv, int W)
 
 size_t rnvpi_conv_panel_floats(int cin, int kh, int kw)
 {
-    return (size_t)cin * kh * kw * RNVP_CONV_STRIP;
+    const size_t direct = (size_t)cin * kh * kw * RNVP_CONV_STRIP;
+    if (kh != 3 || kw != 3) return direct;
+    const size_t wino = rnvpi_winograd_panel_floats(cin);
+    return wino > direct ? wino : direct;
 }
 
 
@@ -610,11 +616,17 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
                       int N, int H, int W, int accumulate)
 {
 #ifdef HAVE_AVX512_KERNEL
-    if (ws->direct == RNVPI_CONV_AVX2 || ws->direct == RNVPI_CONV_AVX512) {
-        struct direct_job j = {.kernel = ws->direct, .out = out, .in = in, .res = accumulate ? out : NULL,
+    if (cv->wino && cv->kh == 3 && cv->kw == 3 &&
+        (ws->direct == RNVPI_CONV_WINOGRAD || (ws->direct == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(cv, N, H, W)))) {
+        rnvpi_conv_winograd(out, in, cv, pre, accumulate ? out : NULL, ws, N, H, W);
+        return;
+    }
+    if (ws->direct != RNVPI_CONV_BLAS) {
+        const int kernel = ws->direct == RNVPI_CONV_AVX512 ? RNVPI_CONV_AVX512 : RNVPI_CONV_AVX2;
+        struct direct_job j = {.kernel = kernel, .out = out, .in = in, .res = accumulate ? out : NULL,
                                .cv = cv, .pre = pre, .P = (ptrdiff_t)N * H * W, .H = H, .W = W,
                                .accumulate = accumulate, .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};
-        direct_run(&j, ws->direct == RNVPI_CONV_AVX2 ? NR2 : NR, ws);
+        direct_run(&j, kernel == RNVPI_CONV_AVX2 ? NR2 : NR, ws);
         return;
     }
 #endif
@@ -624,6 +636,7 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)
 {
     size_t blas = sz_mul(sz_mul((size_t)cv->cin * cv->kh * cv->kw, (size_t)N), (size_t)H * W);
-    size_t direct = sz_add(rnvpi_conv_panel_floats(cv->cin, cv->kh, cv->kw), 16);
+    /* the direct kernel's panel, not Winograd's: a context's Winograd panels are in ws->panel */
+    size_t direct = sz_add((size_t)cv->cin * cv->kh * cv->kw * RNVP_CONV_STRIP, 16);
     return blas > direct ? blas : direct;
 }

@@ -155,7 +155,13 @@ void rnvp_ctx_free(rnvp_ctx *ctx)
 size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx)
 {
-    return ctx->ws.direct == RNVPI_CONV_AVX512 ? "avx512-direct" : ctx->ws.direct == RNVPI_CONV_AVX2 ? "avx2-direct" : "openblas";
+    switch (ctx->ws.direct) {
+    case RNVPI_CONV_AVX512: return "avx512-direct";
+    case RNVPI_CONV_AVX2: return "avx2-direct+winograd";   /* Winograd on the layers where it wins */
+    case RNVPI_CONV_AVX2_DIRECT: return "avx2-direct";
+    case RNVPI_CONV_WINOGRAD: return "winograd";
+    default: return "openblas";
+    }
 }
 int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
 

@@ -51,6 +51,8 @@ typedef struct conv_i {
     int cout, cin, kh, kw;
     float *w;       /* (cout, cin*kh*kw) */
     float *b;       /* (cout) */
+    float *wino;    /* (16, cout, cin) Winograd F(2x2,3x3) weights G w G^T (rnvpi_winograd_weights) of a
+                       3x3 convolution, NULL: none (the Winograd kernel is not used) */
 } conv_i;
 
 /* A batch norm as a per-channel affine map y = a*x + c (inference). */
@@ -258,14 +260,18 @@ typedef struct net_ws {
     struct tpool *tp;      /* threads of the direct kernel, NULL: the caller's only */
     float *panel;          /* (threads, panel_floats) 64-byte aligned, NULL: one panel in col */
     size_t panel_floats;   /* per thread, a multiple of 16, >= rnvpi_conv_panel_floats of every conv */
-    int direct;            /* the kernel: RNVPI_CONV_BLAS (0), RNVPI_CONV_AVX512 (rnvpi_conv_direct_available())
-                              or RNVPI_CONV_AVX2 (rnvpi_conv_avx2_available()) */
+    int direct;            /* the kernel: RNVPI_CONV_BLAS (0), RNVPI_CONV_AVX512 (rnvpi_conv_direct_available()),
+                              RNVPI_CONV_AVX2 (rnvpi_conv_avx2_available(); Winograd for the 3x3 layers
+                              where rnvpi_winograd_wins), RNVPI_CONV_WINOGRAD (Winograd for every 3x3
+                              layer with wino weights, AVX2 direct for the rest) or
+                              RNVPI_CONV_AVX2_DIRECT (the AVX2 direct kernel for every layer) */
     size_t guard;          /* floats readable before and after each convolution input (netin, h,
                               t, the flow state x and tmp): >= rnvpi_conv_guard_floats lets the direct
                               kernel use plain loads */
 } net_ws;
 
-enum { RNVPI_CONV_BLAS = 0, RNVPI_CONV_AVX512 = 1, RNVPI_CONV_AVX2 = 2 };
+enum { RNVPI_CONV_BLAS = 0, RNVPI_CONV_AVX512 = 1, RNVPI_CONV_AVX2 = 2, RNVPI_CONV_WINOGRAD = 3,
+       RNVPI_CONV_AVX2_DIRECT = 4 };
 
 /* Columns per strip of the direct kernel. */
 #define RNVP_CONV_STRIP 32
@@ -298,15 +304,17 @@ void rnvpi_tap_masks(float *mask, int kh, int kw, int H, int W);
 /* Floats of ws->col either kernel needs for one thread (SIZE_MAX: does not fit). The panel
  * and guard sizes are small by the config's limits (kernel <= 15, features <= 4096). */
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W);
-/* Floats of one thread's panel (K, RNVP_CONV_STRIP) for the direct kernel. */
+/* Floats of one thread's panel: (K, RNVP_CONV_STRIP) for the direct kernel, for a 3x3 one at least
+ * rnvpi_winograd_panel_floats(cin) (the Winograd kernel runs in the same panels). */
 size_t rnvpi_conv_panel_floats(int cin, int kh, int kw);
 /* Floats the direct kernel may read beyond either end of cv's input planes (width W). */
 size_t rnvpi_conv_guard_floats(const conv_i *cv, int W);
 /* 1 when this CPU can run the direct kernel (AVX-512F, built for x86-64 with GCC or clang). */
 int rnvpi_conv_direct_available(void);
-/* The kernel to use: the AVX-512 direct one where the CPU has it, else the AVX2 one, else
- * OpenBLAS; REALNVP_CONV=blas, avx2 or avx512 (also: direct) overrides the choice (a kernel the
- * CPU lacks falls back to the default). */
+/* The kernel to use: the AVX-512 direct one where the CPU has it, else the AVX2 one (with
+ * Winograd on the 3x3 layers where rnvpi_winograd_wins), else OpenBLAS; REALNVP_CONV=blas,
+ * avx2 (the AVX2 direct kernel only: RNVPI_CONV_AVX2_DIRECT), winograd (on every 3x3 layer) or
+ * avx512 (also: direct) overrides the choice (a kernel the CPU lacks falls back to the default). */
 int rnvpi_conv_choose(void);
 /* 1 when it can run the AVX2 direct kernel (AVX2 and FMA): strips of 16 columns, each one's
  * im2col panel built in L1 (masked loads: no guard zone) and multiplied in registers. */
@@ -316,6 +324,29 @@ int rnvpi_conv_avx2_available(void);
  * floats (aligned inside). Call only when rnvpi_conv_avx2_available(). */
 void rnvpi_conv_avx2_chunk(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                            float *panel, int n0, int nb, int N, int H, int W);
+
+/* ---- Winograd F(2x2,3x3) for 3x3 stride-1 pad-1 convolutions (core/winograd.c), AVX2 + FMA ---- */
+/* u (16, cout, cin) = G w G^T per (o, c) of w (cout, cin, 3, 3), computed in double. */
+void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin);
+/* ut (16, cin, cout) = the Winograd weights of w' (cin, cout, 3, 3), w'[c][o][a][b] =
+ * w[o][c][2-a][2-b] (the input gradient's convolution: d in = w' * d out), from u (16, cout, cin)
+ * = rnvpi_winograd_weights of w; a permutation of u's values, no rounding. */
+void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin);
+/* Floats of one thread's Winograd panel (transform buffers of one block of tiles), 16 of them
+ * slack to align inside; rnvpi_conv_panel_floats of a 3x3 convolution includes it. */
+size_t rnvpi_winograd_panel_floats(int cin);
+/* 1 when this CPU can run it (AVX2 and FMA). */
+int rnvpi_winograd_available(void);
+/* The automatic choice (ws->direct == RNVPI_CONV_AVX2): 1 where Winograd beat the AVX2 direct
+ * kernel in bench/bench_core --conv-shapes on this shape (docs/benchmarks.md). */
+int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W);
+/* out (cout, N, H, W) = res (0 when NULL; may be out) + b + w * pre(in) for a 3x3 convolution with
+ * cv->wino set, pre as rnvpi_conv_forward_i; on ws's threads with their panels, or (ws->panel
+ * NULL) on the caller with its panel in ws->col, which must then hold
+ * rnvpi_winograd_panel_floats(cin) floats (more than rnvpi_conv_col_floats for few channels: the
+ * contexts always give panels). in and out must not overlap. */
+void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                         const net_ws *ws, int N, int H, int W);
 
 /* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
 void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,

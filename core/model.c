@@ -323,6 +323,15 @@ enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, ke
         for (int j = 0; j < K; j++)
             ni += (size_t)c->F * c->F * (c->conv_a[j].kh * c->conv_a[j].kw + c->conv_b[j].kh * c->conv_b[j].kw) + 2 * (size_t)c->F + 2 * (size_t)c->F;
         ni += 2 * (size_t)c->F + (size_t)2 * c->Ct * c->F * c->out_conv.kh * c->out_conv.kw + 2 * (size_t)c->Ct + c->Ct;
+        /* the Winograd weights (16, cout, cin) of each 3x3 convolution (at most 16/9 of its
+         * weights: the sum stays below 3 nparams, which fits in size_t; calloc checks the bytes) */
+        const conv_p *all[2] = {&c->in_conv, &c->out_conv};
+        for (int i = 0; i < 2; i++)
+            if (all[i]->kh == 3 && all[i]->kw == 3) ni += (size_t)16 * all[i]->cout * all[i]->cin;
+        for (int j = 0; j < K; j++) {
+            if (c->conv_a[j].kh == 3 && c->conv_a[j].kw == 3) ni += (size_t)16 * c->F * c->F;
+            if (c->conv_b[j].kh == 3 && c->conv_b[j].kw == 3) ni += (size_t)16 * c->F * c->F;
+        }
     }
     m->ninfer = ni;
     *out = m;
@@ -393,6 +402,7 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
             dst[i]->kh = src[i]->kh; dst[i]->kw = src[i]->kw;
             dst[i]->w = TAKE((size_t)src[i]->cout * src[i]->cin * src[i]->kh * src[i]->kw);
             dst[i]->b = TAKE((size_t)src[i]->cout);
+            dst[i]->wino = src[i]->kh == 3 && src[i]->kw == 3 ? TAKE((size_t)16 * src[i]->cout * src[i]->cin) : NULL;
         }
         for (int j = 0; j < c->K; j++) {
             conv_p *sj[2] = {&c->conv_a[j], &c->conv_b[j]};
@@ -402,6 +412,7 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
                 dj[i]->kh = sj[i]->kh; dj[i]->kw = sj[i]->kw;
                 dj[i]->w = TAKE((size_t)sj[i]->cout * sj[i]->cin * sj[i]->kh * sj[i]->kw);
                 dj[i]->b = TAKE((size_t)sj[i]->cout);
+                dj[i]->wino = sj[i]->kh == 3 && sj[i]->kw == 3 ? TAKE((size_t)16 * sj[i]->cout * sj[i]->cin) : NULL;
             }
             c->i_bn_a[j].c = c->F;
             c->i_bn_a[j].a = TAKE((size_t)c->F);
@@ -418,11 +429,13 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
 
 /* ---------------------------------------------------------------- folding */
 
-/* w = g * v / ||v|| per output channel, times mul[o] when mul != NULL; bias b*mul + add. */
+/* w = g * v / ||v|| per output channel, times mul[o] when mul != NULL; bias b*mul + add; the
+ * Winograd weights of w where the convolution has them. */
 static void fold_conv(conv_i *dst, const conv_p *src, const float *mul, const float *add)
 {
     rnvpi_wn_weights(dst->w, NULL, src, mul);
     for (int o = 0; o < src->cout; o++) dst->b[o] = (float)((mul ? mul[o] : 1.0) * src->b[o] + (add ? add[o] : 0.0));
+    if (dst->wino) rnvpi_winograd_weights(dst->wino, dst->w, dst->cout, dst->cin);
 }
 
 /* bn(x) with the running statistics as a x + s */

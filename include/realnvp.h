@@ -174,9 +174,10 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
  * SIZE_MAX when m is NULL, max_batch is outside 1..RNVP_MAX_BATCH, or the size does not fit in
  * size_t (every sum and product is checked). The model keeps ownership of everything. */
 size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
-/* The context's convolution kernel ("avx512-direct", "avx2-direct" or "openblas"; the environment
- * variable REALNVP_CONV=blas, avx2 or avx512 overrides the CPU's choice) and its thread count (the
- * pool's threads with the caller; 1 when OpenBLAS does the threading). */
+/* The context's convolution kernel ("avx512-direct"; "avx2-direct+winograd", the AVX2 default:
+ * Winograd F(2x2,3x3) on the 3x3 layers where it wins; "avx2-direct", "winograd" or "openblas"; the
+ * environment variable REALNVP_CONV=blas, avx2, winograd or avx512 overrides the CPU's choice) and
+ * its thread count (the pool's threads with the caller; 1 when OpenBLAS does the threading). */
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx);
 int rnvp_ctx_threads(const rnvp_ctx *ctx);
 

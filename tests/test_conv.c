@@ -1,6 +1,7 @@
-/* test_conv.c: the inference convolution kernels (core/conv.c) against a naive double-precision
- * convolution: OpenBLAS im2col + sgemm, and the AVX-512 direct kernel on one and two threads, with
- * and without guard zones; then whole flows run with each kernel. Leaves out timing (bench/). */
+/* test_conv.c: the inference convolution kernels (core/conv.c, core/winograd.c) against a naive
+ * double-precision convolution: OpenBLAS im2col + sgemm, the AVX-512 and AVX2 direct kernels and
+ * Winograd F(2x2,3x3) on one and two threads, with and without guard zones; then whole flows run
+ * with each kernel, and the shipped model through Winograd. Leaves out timing (bench/). */
 #include "internal.h"
 #include "tpool.h"
 
@@ -62,7 +63,7 @@ static const char *mode_name[MODES] = {"blas", "avx2 1 thread", "avx2 2 threads"
 static void check_shape(const struct shape *sh, enum mode mode)
 {
     const int K = sh->cin * sh->kh * sh->kw, P = sh->N * sh->H * sh->W;
-    const size_t G = rnvpi_conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL}, sh->W);
+    const size_t G = rnvpi_conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL, NULL}, sh->W);
     float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
     float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
     float *inb = malloc(sizeof(float) * ((size_t)sh->cin * P + 2 * G));
@@ -76,7 +77,7 @@ static void check_shape(const struct shape *sh, enum mode mode)
     float *in = inb + G;
     for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
     for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = frand();
-    conv_i cv = {sh->cout, sh->cin, sh->kh, sh->kw, w, b};
+    conv_i cv = {sh->cout, sh->cin, sh->kh, sh->kw, w, b, NULL};
     affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
     const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
     conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
@@ -142,7 +143,7 @@ START_TEST(avx2_chunks_match)
     for (int i = 0; i < cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
     for (int i = 0; i < cin * P; i++) in[i] = frand();
     for (int i = 0; i < cout * P; i++) res[i] = frand();
-    conv_i cv = {cout, cin, kh, kw, w, b};
+    conv_i cv = {cout, cin, kh, kw, w, b, NULL};
     affine_i pre = {cin, a, s};
     rnvpi_conv_blas(o1, in, &cv, &pre, res, col, NULL, 0, N, N, H, W);
     for (int n0 = 0; n0 < N; n0 += 2) rnvpi_conv_avx2_chunk(o2, in, &cv, &pre, res, panel, n0, N - n0 < 2 ? N - n0 : 2, N, H, W);
@@ -187,6 +188,205 @@ START_TEST(flow_kernels_agree)
 }
 END_TEST
 
+
+/* ---- Winograd F(2x2,3x3) ----
+ * Error analysis (measured with this test's shapes, |w| <= 1, |x| <= 1, pre scale <= 1.5): the
+ * error of a float convolution against the double reference, divided by the scale
+ * sum_terms |w||x| <= |b| + 9 cin 1.6 the direct kernels are checked with, is about 2-4e-8 for
+ * both the AVX2 direct kernel and Winograd (F(2,3)'s transforms only add, subtract and halve: its
+ * rounding grows by a small constant, not with the size), and the two kernels agree with each
+ * other to about the same. Checked at 1e-6 of that scale, the direct kernels' tolerance; relative
+ * to the reference's largest output the error is below 1e-6 as well. */
+struct wshape {
+    int cout, cin, N, H, W, pre, acc;   /* pre: 0 none, 1 relu only, 2 affine + relu */
+};
+static const struct wshape wshapes[] = {
+    {32, 32, 3, 7, 5, 2, 0},     /* odd H and W: partial tiles on both borders, tiles across images */
+    {13, 5, 2, 6, 6, 1, 1},      /* cout, cin not multiples of 8, residual */
+    {4, 3, 1, 2, 2, 0, 0},       /* one tile */
+    {7, 9, 1, 1, 3, 2, 1},       /* one row: half-empty tiles */
+    {64, 64, 2, 14, 14, 2, 1},   /* the benchmark's scale-1 block conv */
+    {32, 2, 3, 28, 28, 0, 0},    /* in_conv of a checkerboard coupling */
+    {11, 17, 5, 9, 13, 2, 0},    /* odd everything, several blocks */
+    {6, 33, 1, 3, 3, 1, 1},      /* fewer tiles than a block */
+};
+
+static double wino_worst_err = 0, wino_worst_rel = 0, direct_worst_err = 0, wino_direct_diff = 0;
+
+static void check_winograd(const struct wshape *sh, int threads)
+{
+    const int K = sh->cin * 9, P = sh->N * sh->H * sh->W;
+    float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
+    float *u = malloc(sizeof(float) * 16 * (size_t)sh->cout * sh->cin);
+    float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
+    float *in = malloc(sizeof(float) * (size_t)sh->cin * P);
+    float *out = malloc(sizeof(float) * (size_t)sh->cout * P), *out0 = malloc(sizeof(float) * (size_t)sh->cout * P);
+    float *outd = malloc(sizeof(float) * (size_t)sh->cout * P);
+    double *ref = malloc(sizeof(double) * (size_t)sh->cout * P);
+    for (int i = 0; i < sh->cout * K; i++) w[i] = frand();
+    for (int i = 0; i < sh->cout; i++) b[i] = frand();
+    for (int i = 0; i < sh->cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
+    for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
+    for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = outd[i] = frand();
+    rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
+    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, u}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL};
+    affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
+    const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
+    conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
+
+    const size_t pf = (rnvpi_conv_panel_floats(sh->cin, 3, 3) + 15) / 16 * 16;
+    size_t colf = rnvpi_conv_col_floats(&cv, sh->N, sh->H, sh->W);
+    if (colf < rnvpi_winograd_panel_floats(sh->cin)) colf = rnvpi_winograd_panel_floats(sh->cin);
+    ck_assert(pf >= rnvpi_winograd_panel_floats(sh->cin));
+    float *col = malloc(sizeof(float) * colf), *panel = aligned_alloc(64, sizeof(float) * 2 * pf);
+    /* NaN in the buffers: whatever the kernel reads of them before writing must not matter */
+    for (size_t i = 0; i < colf; i++) col[i] = NAN;
+    for (size_t i = 0; i < 2 * pf; i++) panel[i] = NAN;
+    net_ws ws = {.col = col, .direct = RNVPI_CONV_WINOGRAD};
+    tpool *tp = NULL;
+    if (threads > 1) {
+        tp = rnvpi_tpool_create(threads);
+        ck_assert_ptr_nonnull(tp);
+        ws.tp = tp;
+        ws.panel = panel;
+        ws.panel_floats = pf;
+    }
+    rnvpi_conv_forward_acc(out, in, &cv, pre, &ws, sh->N, sh->H, sh->W, sh->acc);
+    rnvpi_conv_forward_acc(outd, in, &cd, pre, &ws, sh->N, sh->H, sh->W, sh->acc);   /* no wino: AVX2 */
+    double worst = 0, worstd = 0, diff = 0, maxref = 0, maxabs = 0;
+    for (int o = 0; o < sh->cout; o++) {
+        const double scale = fabs(b[o]) + (double)K * 1.6;   /* |w| <= 1, |pre(x)| <= 1.6 */
+        for (int p = 0; p < P; p++) {
+            const size_t i = (size_t)o * P + p;
+            const double e = fabs(out[i] - ref[i]) / scale, ed = fabs(outd[i] - ref[i]) / scale;
+            const double dd = fabs((double)out[i] - outd[i]) / scale;
+            if (!(e <= worst)) worst = e;   /* also NaN */
+            if (!(ed <= worstd)) worstd = ed;
+            if (!(dd <= diff)) diff = dd;
+            if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
+            if (!(fabs(out[i] - ref[i]) <= maxabs)) maxabs = fabs(out[i] - ref[i]);
+        }
+    }
+    if (worst > wino_worst_err) wino_worst_err = worst;
+    if (worstd > direct_worst_err) direct_worst_err = worstd;
+    if (diff > wino_direct_diff) wino_direct_diff = diff;
+    if (maxabs / maxref > wino_worst_rel) wino_worst_rel = maxabs / maxref;
+    ck_assert_msg(worst < 1e-6 && diff < 1e-6 && maxabs <= 1e-6 * maxref,
+                  "winograd %d thread(s): %d->%d N=%d %dx%d pre=%d acc=%d: error %.3g (direct %.3g, "
+                  "apart %.3g, relative to max |out| %.3g)", threads, sh->cin, sh->cout, sh->N, sh->H, sh->W,
+                  sh->pre, sh->acc, worst, worstd, diff, maxabs / maxref);
+    rnvpi_tpool_free(tp);
+    free(panel); free(col); free(w); free(b); free(u); free(a); free(s); free(in); free(out); free(out0);
+    free(outd); free(ref);
+}
+
+START_TEST(winograd_matches_reference)
+{
+    if (!rnvpi_winograd_available()) {
+        fprintf(stderr, "test_conv: no AVX2 on this CPU: Winograd is not checked\n");
+        return;
+    }
+    for (size_t i = 0; i < sizeof wshapes / sizeof wshapes[0]; i++) {
+        check_winograd(&wshapes[i], 1);
+        check_winograd(&wshapes[i], 2);
+    }
+    fprintf(stderr, "test_conv: winograd error / sum|terms| %.3g (avx2 direct %.3g, apart %.3g), "
+            "/ max|out| %.3g\n", wino_worst_err, direct_worst_err, wino_direct_diff, wino_worst_rel);
+}
+END_TEST
+
+/* The weight transform against its definition on one kernel. */
+START_TEST(winograd_weights_exact)
+{
+    const float w[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};   /* (1, 1, 3, 3) */
+    float u[16];
+    rnvpi_winograd_weights(u, w, 1, 1);
+    /* G g G^T by hand: rows G g = [1 2 3], [6 7.5 9], [2 2.5 3], [7 8 9] */
+    const float e[16] = {1, 3, 1, 3, 6, 11.25f, 3.75f, 9, 2, 3.75f, 1.25f, 3, 7, 12, 4, 9};
+    for (int i = 0; i < 16; i++) ck_assert_float_eq(u[i], e[i]);
+}
+END_TEST
+
+/* Whole flows with REALNVP_CONV=winograd: the same log_prob as the AVX2 direct kernel
+ * (REALNVP_CONV=avx2) to 1e-6 relative on a small model with odd sizes and on the shipped
+ * Fashion-MNIST model, and decode(encode(x)) = x pixel for pixel. */
+static void flow_winograd_vs_default(const rnvp_model *m, const uint8_t *px, int n, const char *what)
+{
+    const int D = rnvp_model_dim(m);
+    uint8_t *back = malloc((size_t)n * D);
+    float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
+    double *lp1 = malloc(sizeof(double) * n), *lp2 = malloc(sizeof(double) * n);
+    rnvp_ctx *cw = NULL, *cd = NULL;
+    rnvp_error e;
+    setenv("REALNVP_CONV", "avx2", 1);
+    ck_assert(rnvp_ctx_create(&cd, m, n, &e) == RNVP_OK);
+    setenv("REALNVP_CONV", "winograd", 1);
+    ck_assert(rnvp_ctx_create(&cw, m, n, &e) == RNVP_OK);
+    unsetenv("REALNVP_CONV");
+    ck_assert(rnvp_encode(cd, z1, lp1, px, NULL, n, &e) == RNVP_OK);
+    ck_assert(rnvp_encode(cw, z2, lp2, px, NULL, n, &e) == RNVP_OK);
+    double worst = 0, zw = 0;
+    for (int i = 0; i < n; i++) {
+        const double r = fabs(lp1[i] - lp2[i]) / fabs(lp1[i]);
+        if (!(r <= worst)) worst = r;
+        ck_assert_msg(r <= 1e-6, "%s image %d: avx2 direct %.9g winograd %.9g", what, i, lp1[i], lp2[i]);
+    }
+    for (int i = 0; i < n * D; i++) {
+        const double d = fabs(z1[i] - z2[i]) / (1 + fabs(z1[i]));
+        if (!(d <= zw)) zw = d;
+    }
+    ck_assert_msg(zw <= 1e-4, "%s: latents %.3g apart", what, zw);
+    ck_assert(rnvp_decode(cw, back, z2, n, &e) == RNVP_OK);
+    ck_assert_mem_eq(back, px, (size_t)n * D);
+    fprintf(stderr, "test_conv: %s: winograd vs avx2 direct log_prob %.3g relative, latents %.3g, "
+            "decode(encode(x)) exact\n", what, worst, zw);
+    rnvp_ctx_free(cw);
+    rnvp_ctx_free(cd);
+    free(back); free(z1); free(z2); free(lp1); free(lp2);
+}
+
+START_TEST(flow_winograd_agrees)
+{
+    if (!rnvpi_winograd_available()) return;
+    rnvp_config cfg = {.height = 10, .width = 6, .channels = 3, .num_scales = 2, .res_blocks = 2,
+                       .features = {9, 17}, .alpha = 0.05, .bn_eps = 1e-5, .flow_batchnorm = 1,
+                       .flow_bn_eps = 1e-4, .kernel = 3};
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    ck_assert_msg(rnvp_model_init(&m, &cfg, 11, &e) == RNVP_OK, "%s", e.msg);
+    const int n = 5, D = rnvp_model_dim(m);
+    uint8_t *px = malloc((size_t)n * D);
+    for (int i = 0; i < n * D; i++) px[i] = (uint8_t)(rnvpi_splitmix64(&rs) & 255);
+    flow_winograd_vs_default(m, px, n, "10x6x3 random model");
+    rnvp_model_free(m);
+    free(px);
+}
+END_TEST
+
+/* The shipped model on its own samples (realistic images) and on noise. */
+START_TEST(shipped_model_winograd_agrees)
+{
+    if (!rnvpi_winograd_available()) return;
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
+        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
+        return;
+    }
+    const int n = 8, D = rnvp_model_dim(m);
+    uint8_t *px = malloc((size_t)n * D);
+    rnvp_ctx *c = NULL;
+    unsetenv("REALNVP_CONV");
+    ck_assert(rnvp_ctx_create(&c, m, n, &e) == RNVP_OK);
+    ck_assert(rnvp_sample(c, px, NULL, n - 2, 0.8, 5, &e) == RNVP_OK);
+    rnvp_ctx_free(c);
+    for (int i = (n - 2) * D; i < n * D; i++) px[i] = (uint8_t)(rnvpi_splitmix64(&rs) & 255);
+    flow_winograd_vs_default(m, px, n, "fashion-mnist model");
+    rnvp_model_free(m);
+    free(px);
+}
+END_TEST
+
 static Suite *conv_suite(void)
 {
     Suite *s = suite_create("conv");
@@ -195,6 +395,10 @@ static Suite *conv_suite(void)
     tcase_add_test(tc, conv_kernels_match_reference);
     tcase_add_test(tc, avx2_chunks_match);
     tcase_add_test(tc, flow_kernels_agree);
+    tcase_add_test(tc, winograd_matches_reference);
+    tcase_add_test(tc, winograd_weights_exact);
+    tcase_add_test(tc, flow_winograd_agrees);
+    tcase_add_test(tc, shipped_model_winograd_agrees);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -232,7 +232,7 @@ struct conv_job {
 static void conv_forward_job(void *v, int t, int nt)
 {
     const struct conv_job *j = v;
-    const conv_i cv = {j->cout, j->cin, j->kh, j->kw, (float *)j->w, (float *)j->b};
+    const conv_i cv = {.cout = j->cout, .cin = j->cin, .kh = j->kh, .kw = j->kw, .w = (float *)j->w, .b = (float *)j->b};
     float *col = j->cs->col + (size_t)t * j->cs->col_floats;
     for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
         const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;

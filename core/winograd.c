@@ -1,0 +1,368 @@
+/* winograd.c: Winograd F(2x2,3x3) inference convolutions for the 3x3 stride-1 "same" layers in the
+ * (C, N, H, W) layout (AVX2 + FMA), with the preceding batch norm + ReLU fused into the input
+ * transform and the bias + residual into the output transform; and the weight transform done once
+ * when the weights are folded. Leaves out the other kernels and the kernel choice (conv.c).
+ *
+ * Per output channel k and 2x2 output tile: Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A with
+ * d_c the tile's 4x4 input patch (padding 1), i.e. 16 independent GEMMs (K x C) x (C x tiles), one
+ * per position xi of the 4x4 transformed tile. Tiles never cross images, so an image's result
+ * does not depend on the batch, the block or the thread. */
+#include "internal.h"
+#include "tpool.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_WINOGRAD 1
+#endif
+
+#define TB 16   /* tiles per block: two 8-float registers */
+#define WMR 6   /* output channels per register block: 12 accumulators */
+
+void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin)
+{
+    /* u[xi][o][c] = (G g G^T)[xi] with g = w[o][c] (3x3), in double, rounded once */
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    for (int o = 0; o < cout; o++)
+        for (int c = 0; c < cin; c++) {
+            const float *g = w + ((size_t)o * cin + c) * 9;
+            double t[4][3];   /* G g */
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++)
+                    u[((size_t)(i * 4 + j) * cout + o) * cin + c] =
+                        (float)(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
+        }
+}
+
+size_t rnvpi_winograd_panel_floats(int cin)
+{
+    /* V (16, cin, TB), M (16, WMR, TB), the transposition buffer (TB, 16), 16 to align */
+    return (size_t)16 * TB * cin + 16 * WMR * TB + TB * 16 + 16;
+}
+
+int rnvpi_winograd_available(void)
+{
+#ifdef HAVE_WINOGRAD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W)
+{
+    /* bench/bench_conv_shapes.c, 2 threads, AVX2 (docs/benchmarks.md): Winograd is 1.1-1.9x faster
+     * on the 32- and 64-channel block convolutions of planes of 14x14 and more, even or slower on
+     * 32 channels at 7x7 (a 7x7 plane fills 49 of its 64 tile positions), and about 2x slower on
+     * the in_convs of 2-5 input channels, where the transforms outweigh the multiplications */
+    (void)N;
+    return cv->cin >= 32 && cv->cout >= 32 && ((H >= 14 && W >= 14) || cv->cin >= 64);
+}
+
+#ifdef HAVE_WINOGRAD
+#define AVX2F __attribute__((target("avx2,fma")))
+
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* One tile of a block: where its 4x4 input patch and 2x2 output start (plane offsets, the
+ * patch's may be negative), which patch rows / columns lie inside the image (bits), and how many
+ * output rows / columns do (a partial tile at an odd border). */
+struct tile {
+    ptrdiff_t in_off, out_off;
+    unsigned rows, cols;
+    int orows, ocols;
+    int32_t cmask[4];   /* -1 for the patch columns inside the image */
+};
+
+static void tile_info(struct tile *tl, ptrdiff_t q, int H, int W, int th, int tw)
+{
+    const ptrdiff_t per = (ptrdiff_t)th * tw, n = q / per;
+    const int rem = (int)(q % per), ti = rem / tw, tj = rem % tw, i0 = 2 * ti - 1, j0 = 2 * tj - 1;
+    const ptrdiff_t base = n * H * W;
+    tl->in_off = base + (ptrdiff_t)i0 * W + j0;
+    tl->out_off = base + (ptrdiff_t)(2 * ti) * W + 2 * tj;
+    tl->rows = tl->cols = 0;
+    for (int r = 0; r < 4; r++) {
+        if (i0 + r >= 0 && i0 + r < H) tl->rows |= 1u << r;
+        const int in = j0 + r >= 0 && j0 + r < W;
+        if (in) tl->cols |= 1u << r;
+        tl->cmask[r] = in ? -1 : 0;
+    }
+    tl->orows = 2 * ti + 1 < H ? 2 : 1;
+    tl->ocols = 2 * tj + 1 < W ? 2 : 1;
+}
+
+/* 8x8 transposition: dst[j * ds + i] = src[i * ss + j]. */
+AVX2F static inline __attribute__((always_inline)) void transpose8(float *dst, ptrdiff_t ds, const float *src,
+                                                                   ptrdiff_t ss)
+{
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ss), r2 = _mm256_loadu_ps(src + 2 * ss),
+           r3 = _mm256_loadu_ps(src + 3 * ss), r4 = _mm256_loadu_ps(src + 4 * ss),
+           r5 = _mm256_loadu_ps(src + 5 * ss), r6 = _mm256_loadu_ps(src + 6 * ss),
+           r7 = _mm256_loadu_ps(src + 7 * ss);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee),
+           s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee),
+           s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee),
+           s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ds, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+/* V (16, cin, TB): V[xi][c][t] = (B^T pre(d) B)[xi] for the block's nt tiles (zero for t >= nt),
+ * d the 4x4 patch of channel c, pre as in rnvpi_conv_forward_i, padding 0 (not pre(0)). A patch
+ * row inside the image is one 4-float load (when it stays inside the input buffer; else built
+ * value by value), its columns outside the image masked to 0 after pre (bitwise, so even NaN).
+ * tmp (TB, 16): one tile's 16 values per row, transposed into V. */
+AVX2F static void input_block(float *restrict V, float *restrict tmp, const float *in, const affine_i *pre,
+                              int cin, ptrdiff_t P, int W, const struct tile *tl, int nt)
+{
+    const ptrdiff_t end = (ptrdiff_t)cin * P;
+    const __m128 zero = _mm_setzero_ps();
+    const __m128 sgn = _mm_castsi128_ps(_mm_setr_epi32(INT32_MIN, 0, INT32_MIN, INT32_MIN));
+    const int affine = pre && pre->a;
+    memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB - nt));
+    for (int c = 0; c < cin; c++) {
+        const __m128 a = _mm_set1_ps(affine ? pre->a[c] : 1.0f), s = _mm_set1_ps(affine ? pre->s[c] : 0.0f);
+        for (int t = 0; t < nt; t++) {
+            const struct tile *p = &tl[t];
+            __m128 u[4];
+            for (int r = 0; r < 4; r++) {
+                if (!(p->rows >> r & 1)) {   /* a padding row */
+                    u[r] = zero;
+                    continue;
+                }
+                const ptrdiff_t o = (ptrdiff_t)c * P + p->in_off + (ptrdiff_t)r * W;
+                __m128 x;
+                if (o >= 0 && o + 4 <= end) {
+                    x = _mm_loadu_ps(in + o);
+                } else {   /* at the buffer's ends: only the columns inside the image */
+                    float v[4];
+                    for (int j = 0; j < 4; j++) v[j] = p->cols >> j & 1 ? in[o + j] : 0.0f;
+                    x = _mm_loadu_ps(v);
+                }
+                if (affine) x = _mm_fmadd_ps(a, x, s);
+                if (pre) x = _mm_max_ps(x, zero);
+                if (p->cols != 15) x = _mm_and_ps(x, _mm_loadu_ps((const float *)p->cmask));
+                /* the row times B: [d0 - d2, d1 + d2, d2 - d1, d1 - d3] */
+                const __m128 l = _mm_shuffle_ps(x, x, _MM_SHUFFLE(1, 2, 1, 0));
+                const __m128 h = _mm_shuffle_ps(x, x, _MM_SHUFFLE(3, 1, 2, 2));
+                u[r] = _mm_add_ps(l, _mm_xor_ps(h, sgn));
+            }
+            /* B^T times the rows */
+            float *d = tmp + t * 16;
+            _mm_storeu_ps(d, _mm_sub_ps(u[0], u[2]));
+            _mm_storeu_ps(d + 4, _mm_add_ps(u[1], u[2]));
+            _mm_storeu_ps(d + 8, _mm_sub_ps(u[2], u[1]));
+            _mm_storeu_ps(d + 12, _mm_sub_ps(u[1], u[3]));
+        }
+        const ptrdiff_t ds = (ptrdiff_t)cin * TB;
+        float *v = V + (ptrdiff_t)c * TB;
+        transpose8(v, ds, tmp, 16);
+        transpose8(v + 8, ds, tmp + 8 * 16, 16);
+        transpose8(v + 8 * ds, ds, tmp + 8, 16);
+        transpose8(v + 8 * ds + 8, ds, tmp + 8 * 16 + 8, 16);
+    }
+}
+
+/* M rows 0..mr-1 (stride TB) = u (mr, cin) x v (cin, TB): each value one FMA chain over c. The
+ * accumulators are named variables (an array of them ends up on the stack with gcc 12). */
+AVX2F static inline __attribute__((always_inline)) void gemm_kernel(float *M, const float *u, int cin,
+                                                                    const float *v, int mr)
+{
+    const __m256 z = _mm256_setzero_ps();
+    __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z, a41 = z, a50 = z,
+           a51 = z;
+    const float *w0 = u, *w1 = u + cin, *w2 = u + 2 * (ptrdiff_t)cin, *w3 = u + 3 * (ptrdiff_t)cin,
+                *w4 = u + 4 * (ptrdiff_t)cin, *w5 = u + 5 * (ptrdiff_t)cin;
+    for (int c = 0; c < cin; c++) {
+        const __m256 x0 = _mm256_load_ps(v + (ptrdiff_t)c * TB);
+        const __m256 x1 = _mm256_load_ps(v + (ptrdiff_t)c * TB + 8);
+#define STEPW(r)                                              \
+    if (mr > r) {                                             \
+        const __m256 wv = _mm256_broadcast_ss(w##r + c);      \
+        a##r##0 = _mm256_fmadd_ps(wv, x0, a##r##0);           \
+        a##r##1 = _mm256_fmadd_ps(wv, x1, a##r##1);           \
+    }
+        STEPW(0) STEPW(1) STEPW(2) STEPW(3) STEPW(4) STEPW(5)
+    }
+#define STOREW(r)                                        \
+    if (mr > r) {                                        \
+        _mm256_store_ps(M + r * TB, a##r##0);            \
+        _mm256_store_ps(M + r * TB + 8, a##r##1);        \
+    }
+    STOREW(0) STOREW(1) STOREW(2) STOREW(3) STOREW(4) STOREW(5)
+#undef STEPW
+#undef STOREW
+}
+
+/* M (16, WMR, TB) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block. */
+AVX2F static void gemm_rows(float *M, const float *U, int cout, int cin, const float *V, int o0, int mr)
+{
+    for (int xi = 0; xi < 16; xi++) {
+        const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
+        const float *v = V + (ptrdiff_t)xi * cin * TB;
+        float *m = M + xi * WMR * TB;
+        switch (mr) {
+        case 6: gemm_kernel(m, u, cin, v, 6); break;
+        case 5: gemm_kernel(m, u, cin, v, 5); break;
+        case 4: gemm_kernel(m, u, cin, v, 4); break;
+        case 3: gemm_kernel(m, u, cin, v, 3); break;
+        case 2: gemm_kernel(m, u, cin, v, 2); break;
+        default: gemm_kernel(m, u, cin, v, 1); break;
+        }
+    }
+}
+
+/* out[o0 + r] (+ res) = A^T M_r A + b for r < mr, the block's nt tiles; only the output
+ * positions inside the image are written (partial tiles at odd borders). res may be out. */
+AVX2F static void output_block(float *out, const float *res, const float *M, const float *b, int o0, int mr,
+                               ptrdiff_t P, int W, const struct tile *tl, int nt)
+{
+    for (int r = 0; r < mr; r++) {
+        const __m256 bias = _mm256_set1_ps(b[o0 + r]);
+        float *op = out + (ptrdiff_t)(o0 + r) * P;
+        const float *rp = res ? res + (ptrdiff_t)(o0 + r) * P : NULL;
+        for (int h = 0; h < nt; h += 8) {
+            __m256 m[16];
+            for (int xi = 0; xi < 16; xi++) m[xi] = _mm256_load_ps(M + (xi * WMR + r) * TB + h);
+            __m256 s0[4], s1[4];   /* A^T M */
+            for (int j = 0; j < 4; j++) {
+                s0[j] = _mm256_add_ps(_mm256_add_ps(m[j], m[4 + j]), m[8 + j]);
+                s1[j] = _mm256_sub_ps(_mm256_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            float o[4][8];   /* (A^T M A)[i][j] + b for the 8 tiles */
+            _mm256_storeu_ps(o[0], _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s0[0], s0[1]), s0[2]), bias));
+            _mm256_storeu_ps(o[1], _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s0[1], s0[2]), s0[3]), bias));
+            _mm256_storeu_ps(o[2], _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s1[0], s1[1]), s1[2]), bias));
+            _mm256_storeu_ps(o[3], _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s1[1], s1[2]), s1[3]), bias));
+            const int e = nt - h < 8 ? nt - h : 8;
+            for (int l = 0; l < e; l++) {
+                const struct tile *p = &tl[h + l];
+                float *d = op + p->out_off;
+                const float *q = rp ? rp + p->out_off : NULL;
+                if (p->orows == 2 && p->ocols == 2) {
+                    if (q) {
+                        const float q0 = q[0], q1 = q[1], q2 = q[W], q3 = q[W + 1];
+                        d[0] = q0 + o[0][l]; d[1] = q1 + o[1][l]; d[W] = q2 + o[2][l]; d[W + 1] = q3 + o[3][l];
+                    } else {
+                        d[0] = o[0][l]; d[1] = o[1][l]; d[W] = o[2][l]; d[W + 1] = o[3][l];
+                    }
+                    continue;
+                }
+                for (int i = 0; i < p->orows; i++)
+                    for (int j = 0; j < p->ocols; j++) {
+                        const ptrdiff_t k = (ptrdiff_t)i * W + j;
+                        d[k] = q ? q[k] + o[2 * i + j][l] : o[2 * i + j][l];
+                    }
+            }
+        }
+    }
+}
+
+struct wino_job {
+    float *out;
+    const float *in, *res;
+    const conv_i *cv;
+    const affine_i *pre;
+    int H, W, th, tw;
+    ptrdiff_t P, T;            /* columns N*H*W, tiles N*th*tw */
+    float *panel;              /* (threads, panel_floats) */
+    size_t panel_floats;
+    ptrdiff_t blocks, grain;   /* blocks of TB tiles in all; blocks per claim */
+    atomic_llong next;         /* first block not yet claimed */
+};
+
+/* Blocks b0 .. b1-1 on one thread, its panel: V, M, tmp. */
+AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t b0, ptrdiff_t b1)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout;
+    float *V = align64(panel);                       /* (16, cin, TB) */
+    float *M = V + (ptrdiff_t)16 * cin * TB;         /* (16, WMR, TB) */
+    float *tmp = M + 16 * WMR * TB;                  /* (TB, 16) */
+    struct tile tl[TB];
+    for (ptrdiff_t bk = b0; bk < b1; bk++) {
+        const ptrdiff_t q0 = bk * TB;
+        const int nt = j->T - q0 < TB ? (int)(j->T - q0) : TB;
+        for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
+        input_block(V, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt);
+        for (int o0 = 0; o0 < cout; o0 += WMR) {
+            const int mr = cout - o0 < WMR ? cout - o0 : WMR;
+            gemm_rows(M, cv->wino, cout, cin, V, o0, mr);
+            output_block(j->out, j->res, M, cv->b, o0, mr, j->P, j->W, tl, nt);
+        }
+    }
+}
+
+static void wino_job_run(void *arg, int t, int nt)
+{
+    struct wino_job *j = arg;
+    float *panel = j->panel + (size_t)t * j->panel_floats;
+    (void)nt;
+    for (;;) {
+        const ptrdiff_t b0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
+        if (b0 >= j->blocks) break;
+        wino_blocks(j, panel, b0, b0 + j->grain < j->blocks ? b0 + j->grain : j->blocks);
+    }
+}
+#endif
+
+void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                         const net_ws *ws, int N, int H, int W)
+{
+#ifdef HAVE_WINOGRAD
+    struct wino_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .H = H, .W = W,
+                         .th = (H + 1) / 2, .tw = (W + 1) / 2, .P = (ptrdiff_t)N * H * W};
+    j.T = (ptrdiff_t)N * j.th * j.tw;
+    j.blocks = (j.T + TB - 1) / TB;
+    atomic_init(&j.next, 0);
+    if (ws->panel) {
+        /* about 4 claims per thread: balance against the cost of a claim */
+        const ptrdiff_t g = j.blocks / (4 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
+        j.grain = g < 1 ? 1 : g;
+        j.panel = ws->panel;
+        j.panel_floats = ws->panel_floats;
+        rnvpi_tpool_run_shared(ws->tp, wino_job_run, &j);
+    } else {   /* one thread, its panel in col */
+        j.grain = j.blocks;
+        j.panel = ws->col;
+        j.panel_floats = 0;
+        wino_job_run(&j, 0, 1);
+    }
+#else
+    (void)out; (void)in; (void)cv; (void)pre; (void)res; (void)ws; (void)N; (void)H; (void)W;
+#endif
+}
+
+void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin)
+{
+    /* w' = w transposed and flipped: w'[c][o][a][b] = w[o][c][2-a][2-b], i.e. R g R with R the
+     * 3x3 reversal. G R = Pi G with Pi swapping rows 0 and 3 of G (G's rows 1 and 2 are
+     * symmetric, rows 0 and 3 each other's mirror), so G (R g R) G^T = Pi (G g G^T) Pi^T: the
+     * same values, permuted and transposed, exactly (no rounding) */
+    static const int pi[4] = {3, 1, 2, 0};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            const float *s = u + (size_t)(pi[i] * 4 + pi[j]) * cout * cin;   /* (cout, cin) */
+            float *d = ut + (size_t)(i * 4 + j) * cin * cout;                   /* (cin, cout) */
+            for (int o = 0; o < cout; o++)
+                for (int c = 0; c < cin; c++) d[(size_t)c * cout + o] = s[(size_t)o * cin + c];
+        }
+}
