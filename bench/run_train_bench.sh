@@ -8,6 +8,11 @@
 #   bench/run_train_bench.sh                       # defaults below: the shipped architecture
 #   ROUNDS=3 SECONDS_PER=20 THREADS=2 BATCH=64 bench/run_train_bench.sh
 #   ONLY_CHECK=1 bench/run_train_bench.sh           # redo the check, reuse the last timings
+#   BEFORE_CONV=avx2 bench/run_train_bench.sh       # each round also times C with REALNVP_CONV=avx2
+#                                                   # (the kernels before Winograd): before / after
+#   ARCH='--scales 3 --res-blocks 4 --features 32,64,64 --flow-batchnorm 1' CFG='{...}' \
+#       bench/run_train_bench.sh                    # another architecture; CFG: the same as JSON
+#                                                   # (for the loss/gradient check)
 #
 # Writes everything to bench/out/ (gitignored); the table also goes to bench/out/train_table.md.
 set -euo pipefail
@@ -23,7 +28,7 @@ BATCH=${BATCH:-64}
 CHECK_N=${CHECK_N:-16}               # images in the loss/gradient check's batch
 # the shipped architecture (models/fashion-mnist): keep in step with its training command
 ARCH=${ARCH:---scales 3 --res-blocks 2 --features 32,32,32 --flow-batchnorm 1}
-CFG='{"height":28,"width":28,"channels":1,"num_scales":3,"res_blocks":2,"features":[32,32,32],"alpha":0.05,"bn_eps":1e-5,"flow_batchnorm":true,"flow_bn_eps":1e-4}'
+[ -n "${CFG:-}" ] || CFG='{"height":28,"width":28,"channels":1,"num_scales":3,"res_blocks":2,"features":[32,32,32],"alpha":0.05,"bn_eps":1e-5,"flow_batchnorm":true,"flow_bn_eps":1e-4}'
 OUT=${OUT:-bench/out}                 # results (bench/out is gitignored)
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -33,12 +38,19 @@ make -s bin/bench_train bin/realnvp
 cp bin/bench_train "$OUT/bench_train.bin"
 cp bin/realnvp "$OUT/realnvp.bin"
 [ "${ONLY_CHECK:-0}" = 1 ] && ROUNDS_RUN=0 || ROUNDS_RUN=$ROUNDS   # ONLY_CHECK=1: reuse the timings
-[ "$ROUNDS_RUN" = 0 ] || rm -f "$OUT"/train_c_*.json "$OUT"/train_torch_*.json
+[ "$ROUNDS_RUN" = 0 ] || rm -f "$OUT"/train_c_*.json "$OUT"/train_torch_*.json "$OUT"/train_cb_*.json
+BEFORE_CONV=${BEFORE_CONV:-}          # REALNVP_CONV of a "before" C run in each round, empty: none
 
 # ---- speed, interleaved (both sides: OpenBLAS kernels chosen the same way, see
 # rnvp_blas_select_core and torch_baseline.openblas_select_core; THREADS threads; same batch)
 # shellcheck disable=SC2086
 for r in $(seq 1 "$ROUNDS_RUN"); do
+    if [ -n "$BEFORE_CONV" ]; then
+        echo "round $r/$ROUNDS: C, REALNVP_CONV=$BEFORE_CONV ($(($(date +%s) - T0)) s)" >&2
+        REALNVP_CONV=$BEFORE_CONV "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" \
+            --seconds "$SECONDS_PER" --warmup "$WARMUP" --min-steps "$MIN_STEPS" --seed "$r" $ARCH \
+            > "$OUT/train_cb_$r.json"
+    fi
     echo "round $r/$ROUNDS: C ($(($(date +%s) - T0)) s)" >&2
     "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER" \
         --warmup "$WARMUP" --min-steps "$MIN_STEPS" --seed "$r" $ARCH > "$OUT/train_c_$r.json"
@@ -56,10 +68,10 @@ CHECK_RC=0
 "$PY" bench/torch_train.py --check "$OUT/train_check.safetensors" --c-bin "$OUT/bench_train.bin" \
     --n "$CHECK_N" --threads "$THREADS" --out "$OUT/train_check_result.json" > /dev/null || CHECK_RC=$?
 
-"$PY" - "$OUT" "$ROUNDS" "$(($(date +%s) - T0))" <<'EOF' | tee "$OUT/train_table.md"
-import json, sys
+"$PY" - "$OUT" "$ROUNDS" "$(($(date +%s) - T0))" "$BEFORE_CONV" <<'EOF' | tee "$OUT/train_table.md"
+import json, os, sys
 import numpy as np
-out, rounds, elapsed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, rounds, elapsed, before = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 c = [json.load(open(f"{out}/train_c_{r}.json")) for r in range(1, rounds + 1)]
 t = [json.load(open(f"{out}/train_torch_{r}.json")) for r in range(1, rounds + 1)]
 med = lambda xs: float(np.median(xs))
@@ -82,6 +94,22 @@ cratios = [b / a for a, b in zip(cc, tc)]
 print(f"| **median** | **{med(ci):.2f}** | **{med(ti):.2f}** | **{med(ratios):.2f}x** | "
       f"**{med(cc):.1f}** | **{med(tc):.1f}** | **{med(cratios):.2f}x** |")
 print()
+if before and all(os.path.exists(f"{out}/train_cb_{r}.json") for r in range(1, rounds + 1)):
+    b = [json.load(open(f"{out}/train_cb_{r}.json")) for r in range(1, rounds + 1)]
+    bi, bc = [x["images_per_s"] for x in b], [x["cpu_ms_per_image"] for x in b]
+    print(f"Before (REALNVP_CONV={before}) and after (the default kernels) in the same rounds, run "
+          f"before / after / torch in each round:\n")
+    print(f"| round | before images/s | after images/s | torch images/s | after / before | before / torch | "
+          f"after / torch | CPU ms/image before / after / torch |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = [(bi[r], ci[r], ti[r], bc[r], cc[r], tc[r]) for r in range(rounds)]
+    for r, (x, y, z, u, v, w) in enumerate(rows):
+        print(f"| {r + 1} | {x:.2f} | {y:.2f} | {z:.2f} | {y / x:.2f}x | {x / z:.2f}x | {y / z:.2f}x | "
+              f"{u:.1f} / {v:.1f} / {w:.1f} |")
+    print(f"| **median** | **{med(bi):.2f}** | **{med(ci):.2f}** | **{med(ti):.2f}** | "
+          f"**{med([y / x for x, y, *_ in rows]):.2f}x** | **{med([x / z for x, y, z, *_ in rows]):.2f}x** | "
+          f"**{med([y / z for x, y, z, *_ in rows]):.2f}x** | **{med(bc):.1f} / {med(cc):.1f} / {med(tc):.1f}** |")
+    print()
 print("| memory | C | torch |")
 print("|---|---|---|")
 print(f"| peak RSS (max over rounds) | {max(x['peak_rss_mb'] for x in c):.0f} MB | "

@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "tpool.h"
 
+#include <cblas.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -365,4 +366,112 @@ void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin
             for (int o = 0; o < cout; o++)
                 for (int c = 0; c < cin; c++) d[(size_t)c * cout + o] = s[(size_t)o * cin + c];
         }
+}
+
+/* ---- the weight gradient (training): forward out[o] = sum_t A^T [ sum_c U[o][c] .* V_t[c] ] A
+ * =>  dU[xi][o][c] = sum_t dM_t[xi][o] V_t[xi][c], dM_t = A dY_t A^T (dY_t the tile's 2x2 of
+ * dout, 0 outside the image), and dw = G^T dU G per (o, c) ---- */
+
+size_t rnvpi_winograd_wgrad_floats(int cin, int cout, int tc)
+{
+    /* V and dM of a chunk (16, cin, tc) and (16, cout, tc); one block's V (16, cin, TB) and tmp
+     * (TB, 16); 16 to align */
+    return (size_t)16 * tc * (cin + cout) + (size_t)16 * cin * TB + TB * 16 + 16;
+}
+
+void rnvpi_winograd_wgrad_fold(float *dw, const float *dut, int cout, int cin)
+{
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    for (int o = 0; o < cout; o++)
+        for (int c = 0; c < cin; c++) {
+            double t[4][3];   /* dU G, dU[i][j] = dut[i*4+j][c][o] */
+            for (int i = 0; i < 4; i++)
+                for (int b = 0; b < 3; b++) {
+                    double s = 0;
+                    for (int j = 0; j < 4; j++)
+                        s += (double)dut[((size_t)(i * 4 + j) * cin + c) * cout + o] * G[j][b];
+                    t[i][b] = s;
+                }
+            float *g = dw + ((size_t)o * cin + c) * 9;
+            /* forward: U = G g G^T  =>  dg[a][b] += sum_i G[i][a] (dU G)[i][b] */
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    g[a * 3 + b] += (float)(G[0][a] * t[0][b] + G[1][a] * t[1][b] + G[2][a] * t[2][b] +
+                                            G[3][a] * t[3][b]);
+        }
+}
+
+#ifdef HAVE_WINOGRAD
+/* dM (16, cout, ldm) columns t0 .. t0+TB-1 = A dY A^T of the block's tiles (0 for t >= nt). */
+AVX2F static void grad_output_block(float *dM, ptrdiff_t ldm, const float *dout, int cout, ptrdiff_t P, int W,
+                                    const struct tile *tl, int nt)
+{
+    float y[4][TB];   /* y00, y01, y10, y11 of each tile, 0 outside the image and for t >= nt */
+    memset(y, 0, sizeof y);
+    const ptrdiff_t xs = (ptrdiff_t)cout * ldm;   /* from one xi to the next */
+    for (int o = 0; o < cout; o++) {
+        const float *dp = dout + (ptrdiff_t)o * P;
+        for (int t = 0; t < nt; t++) {
+            const struct tile *p = &tl[t];
+            const float *q = dp + p->out_off;
+            y[0][t] = q[0];
+            y[1][t] = p->ocols == 2 ? q[1] : 0.0f;
+            y[2][t] = p->orows == 2 ? q[W] : 0.0f;
+            y[3][t] = p->orows == 2 && p->ocols == 2 ? q[W + 1] : 0.0f;
+        }
+        float *m = dM + (ptrdiff_t)o * ldm;
+        for (int h = 0; h < TB; h += 8) {
+            const __m256 y00 = _mm256_loadu_ps(y[0] + h), y01 = _mm256_loadu_ps(y[1] + h),
+                         y10 = _mm256_loadu_ps(y[2] + h), y11 = _mm256_loadu_ps(y[3] + h);
+            const __m256 z = _mm256_setzero_ps();
+            /* A dY (A's rows [1 0], [1 1], [1 -1], [0 -1]), then times A^T on the right */
+            const __m256 r[4][2] = {{y00, y01},
+                                    {_mm256_add_ps(y00, y10), _mm256_add_ps(y01, y11)},
+                                    {_mm256_sub_ps(y00, y10), _mm256_sub_ps(y01, y11)},
+                                    {_mm256_sub_ps(z, y10), _mm256_sub_ps(z, y11)}};
+            for (int i = 0; i < 4; i++) {
+                float *mi = m + 4 * i * xs + h;
+                _mm256_storeu_ps(mi, r[i][0]);
+                _mm256_storeu_ps(mi + xs, _mm256_add_ps(r[i][0], r[i][1]));
+                _mm256_storeu_ps(mi + 2 * xs, _mm256_sub_ps(r[i][0], r[i][1]));
+                _mm256_storeu_ps(mi + 3 * xs, _mm256_sub_ps(z, r[i][1]));
+            }
+        }
+    }
+}
+#endif
+
+void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const affine_i *pre, int cin, int cout,
+                          float *buf, int tc, ptrdiff_t q0, ptrdiff_t q1, int N, int H, int W)
+{
+#ifdef HAVE_WINOGRAD
+    const int th = (H + 1) / 2, tw = (W + 1) / 2;
+    const ptrdiff_t P = (ptrdiff_t)N * H * W;
+    tc -= tc % TB;
+    if (tc < TB) tc = TB;
+    float *Vc = align64(buf);                        /* (16, cin, tc) */
+    float *dMc = Vc + (ptrdiff_t)16 * cin * tc;      /* (16, cout, tc) */
+    float *Vb = dMc + (ptrdiff_t)16 * cout * tc;     /* (16, cin, TB) */
+    float *tmp = Vb + (ptrdiff_t)16 * cin * TB;      /* (TB, 16) */
+    struct tile tl[TB];
+    for (ptrdiff_t c0 = q0; c0 < q1; c0 += tc) {
+        const int n = q1 - c0 < tc ? (int)(q1 - c0) : tc;   /* tiles in this chunk */
+        for (int t0 = 0; t0 < n; t0 += TB) {
+            const int nt = n - t0 < TB ? n - t0 : TB;
+            for (int t = 0; t < nt; t++) tile_info(&tl[t], c0 + t0 + t, H, W, th, tw);
+            input_block(Vb, tmp, in, pre, cin, P, W, tl, nt);
+            for (int r = 0; r < 16 * cin; r++)
+                memcpy(Vc + (ptrdiff_t)r * tc + t0, Vb + (ptrdiff_t)r * TB, sizeof(float) * TB);
+            grad_output_block(dMc + t0, tc, dout, cout, P, W, tl, nt);
+        }
+        /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout) */
+        for (int xi = 0; xi < 16; xi++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cin, cout, n, 1.0f,
+                        Vc + (ptrdiff_t)xi * cin * tc, tc, dMc + (ptrdiff_t)xi * cout * tc, tc, 1.0f,
+                        dut + (ptrdiff_t)xi * cin * cout, cout);
+    }
+#else
+    (void)dut; (void)dout; (void)in; (void)pre; (void)cin; (void)cout; (void)buf; (void)tc;
+    (void)q0; (void)q1; (void)N; (void)H; (void)W;
+#endif
 }

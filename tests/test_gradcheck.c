@@ -10,6 +10,12 @@
  *   round-off of J amplified by 1/h, plus O(h^2) truncation).
  * - Chunked / threaded convolution: forward and backward against a direct float64 loop on a
  *   size that takes several chunks per thread, 1 and 2 threads. Tolerance 1e-5 (observed 4e-7).
+ * - Winograd F(2x2,3x3) convolution (forward with pre and residual, input gradient, weight
+ *   gradient) against the im2col one and a float64 loop on odd sizes, 1 and 2 threads:
+ *   normwise 1e-5 as above, and per output 16 u sum|w x| (observed <= 2.1; test_conv_winograd).
+ *   The default kernels (Winograd where it wins) against REALNVP_CONV=avx2 and blas on a
+ *   14x14 model with 32 / 64 features: loss 1e-6 relative, gradients 1e-5 of the largest
+ *   (observed 6e-8, 3e-7; test_model_winograd_default).
  * - Whole model: the float32 gradient of tr_forward_backward's loss against central
  *   differences (h = 1e-6) of a float64 reference of the loss written from docs/model.md with
  *   naive loops (ref_loss below; it shares no code with the trainer). Float32 differences of
@@ -95,7 +101,7 @@ static double conv_obj(void *v)
 {
     struct conv_ctx *c = v;
     tr_wn_forward(&c->wn, &c->p);
-    tr_conv_forward(c->out, c->in, c->use_pre ? &c->pre : NULL, c->wn.w, c->p.b, NULL, &c->cs, c->p.cout,
+    tr_conv_forward(c->out, c->in, c->use_pre ? &c->pre : NULL, c->wn.w, NULL, c->p.b, NULL, &c->cs, c->p.cout,
                  c->p.cin, c->p.kh, c->p.kw, c->N, c->H, c->W);
     return dot(c->out, c->r, (size_t)c->p.cout * c->N * c->H * c->W);
 }
@@ -132,7 +138,7 @@ static void conv_case(int cin, int cout, int kh, int kw, int use_pre, const char
     float *dw = falloc(cout * K), *dv = falloc(cout * K), *dg = falloc(cout), *db = falloc(cout);
     float *din = falloc(cin * P), *dx = falloc(cin * P);
     conv_obj(&c);
-    tr_conv_backward(din, dw, db, c.r, c.in, use_pre ? &c.pre : NULL, c.wn.w, &c.cs, 1, cout, cin, kh, kw,
+    tr_conv_backward(din, dw, db, c.r, c.in, use_pre ? &c.pre : NULL, c.wn.w, NULL, &c.cs, 1, cout, cin, kh, kw,
                   c.N, c.H, c.W);
     tr_wn_backward(dv, dg, dw, &c.p, &c.wn);
     /* din is the gradient of pre(in): chain relu(a x + s) for the input check */
@@ -195,8 +201,8 @@ static void conv_chunks_case(int nt)
     memcpy(din0, din, sizeof(float) * cin * P);
     memcpy(dw0, dw, sizeof(float) * cout * K);
     memcpy(db0, db, sizeof(float) * cout);
-    tr_conv_forward(out, in, &pre, w, b, res, &cs, cout, cin, kh, kw, N, H, W);
-    tr_conv_backward(din, dw, db, dout, in, &pre, w, &cs, 1, cout, cin, kh, kw, N, H, W);
+    tr_conv_forward(out, in, &pre, w, NULL, b, res, &cs, cout, cin, kh, kw, N, H, W);
+    tr_conv_backward(din, dw, db, dout, in, &pre, w, NULL, &cs, 1, cout, cin, kh, kw, N, H, W);
     double *rdin = calloc(cin * P, sizeof(double)), *rdw = calloc(cout * K, sizeof(double));
     double e_out = 0, e_din = 0, e_dw = 0, e_db = 0, m_out = 0, m_din = 0, m_dw = 0, m_db = 0;
     for (int o = 0; o < cout; o++) {
@@ -250,6 +256,148 @@ START_TEST(test_conv_chunks)
 {
     conv_chunks_case(1);
     conv_chunks_case(2);
+}
+END_TEST
+
+/* The Winograd F(2x2,3x3) forward (with bn-relu pre and residual), input gradient and weight
+ * gradient (both accumulated into random starting values) of a 3x3
+ * "same" convolution against the chunked im2col one and a float64 loop, on odd sizes with
+ * channel counts that are not multiples of 8 (partial tiles at the borders, partial register
+ * blocks), serially and with two threads; din both accumulated (+=) and overwritten.
+ * Tolerance: normwise max|err| / max|ref| < 1e-5, as the chunked conv above. Error analysis: each
+ * output is a sum of n = 9 cin products; the direct sum's rounding error is at most n u sum|w x|
+ * (u = 2^-24), typically sqrt(n) u. Winograd rounds the weight transform once (from double),
+ * adds 4 roundings in the input transform and 3 + 3 in the output transform, and its transforms
+ * (row sums 2 for B, 1.5 for G, 3 for A) can magnify errors by a constant; the test prints the
+ * worst error per output in units of u sum_terms |w x| for both paths: observed <= 4 for
+ * im2col + sgemm and <= 2.1 for Winograd (normwise 1e-7 .. 6e-7). Asserted: normwise < 1e-5 (the
+ * tolerance of every other conv test here) and, per output, < 16 u sum|terms| for Winograd (the
+ * data are fixed by the seed; the worst-case bound of a plain sum is n u, n = 9 cin = 45 .. 315). */
+static void conv_winograd_case(int cin, int cout, int N, int H, int W, int nt)
+{
+    const int kh = 3, kw = 3;
+    const size_t K = (size_t)cin * 9, HW = (size_t)H * W, P = N * HW;
+    conv_scratch cs = {.tp = rnvpi_tpool_create(nt), .dw_floats = cout * K,
+                       .col_floats = tr_conv_ws_floats_wino(cout, cin, kh, kw, N, H, W, nt)};
+    cs.col = falloc(nt * cs.col_floats);
+    cs.dcol = falloc(nt * cs.col_floats);
+    cs.dwp = falloc(nt * cs.dw_floats);
+    cs.mask = falloc((size_t)kh * kw * H * W);
+    cs.winot = falloc((size_t)16 * cin * cout);
+    cs.zeros = falloc(cin);
+    cs.dut_floats = (size_t)16 * cin * cout;
+    cs.dut = falloc(nt * cs.dut_floats);
+    float *w = falloc(cout * K), *u = falloc((size_t)16 * cout * cin), *b = falloc(cout);
+    float *in = falloc(cin * P), *res = falloc(cout * P), *dout = falloc(cout * P);
+    float *out_c = falloc(cout * P), *out_w = falloc(cout * P);
+    float *din0 = falloc(cin * P), *din_c = falloc(cin * P), *din_w = falloc(cin * P), *din_w0 = falloc(cin * P);
+    float *dw_c = falloc(cout * K), *dw_w = falloc(cout * K), *db_c = falloc(cout), *db_w = falloc(cout);
+    float *dw0 = falloc(cout * K), *db0 = falloc(cout);
+    affine_i pre = {cin, falloc(cin), falloc(cin)};
+    fill(w, cout * K, -0.2f, 0.2f); fill(b, cout, -1, 1); fill(in, cin * P, -1, 1);
+    fill(res, cout * P, -1, 1); fill(dout, cout * P, -1, 1); fill(din0, cin * P, -1, 1);
+    fill(pre.a, cin, 0.5f, 1.5f); fill(pre.s, cin, -0.3f, 0.3f);
+    fill(dw0, cout * K, -1, 1); fill(db0, cout, -1, 1);   /* the backward accumulates */
+    memcpy(dw_c, dw0, sizeof(float) * cout * K); memcpy(dw_w, dw0, sizeof(float) * cout * K);
+    memcpy(db_c, db0, sizeof(float) * cout); memcpy(db_w, db0, sizeof(float) * cout);
+    rnvpi_winograd_weights(u, w, cout, cin);
+    /* forward: chunked im2col + sgemm (cs.kernel 0) against Winograd */
+    tr_conv_forward(out_c, in, &pre, w, NULL, b, res, &cs, cout, cin, kh, kw, N, H, W);
+    tr_conv_forward(out_w, in, &pre, w, u, b, res, &cs, cout, cin, kh, kw, N, H, W);
+    /* backward, accumulating into din0's values, and overwriting */
+    memcpy(din_c, din0, sizeof(float) * cin * P);
+    memcpy(din_w, din0, sizeof(float) * cin * P);
+    tr_conv_backward(din_c, dw_c, db_c, dout, in, &pre, w, NULL, &cs, 1, cout, cin, kh, kw, N, H, W);
+    tr_conv_backward(din_w, dw_w, db_w, dout, in, &pre, w, u, &cs, 1, cout, cin, kh, kw, N, H, W);
+    ck_assert_msg(!memcmp(db_c, db_w, sizeof(float) * cout), "db is the same sum either way");
+    fill(din_w0, cin * P, -1, 1);   /* overwritten: its values must not matter */
+    float *dw_s = falloc(cout * K), *db_s = falloc(cout);
+    tr_conv_backward(din_w0, dw_s, db_s, dout, in, &pre, w, u, &cs, 0, cout, cin, kh, kw, N, H, W);
+    free(dw_s);
+    free(db_s);
+    /* float64 references and the magnitudes sum_terms |w x| of each output */
+    double *rout = calloc(cout * P, sizeof(double)), *aout = calloc(cout * P, sizeof(double));
+    double *rdin = calloc(cin * P, sizeof(double)), *adin = calloc(cin * P, sizeof(double));
+    double *rdw = calloc(cout * K, sizeof(double));
+    for (int o = 0; o < cout; o++)
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++) {
+                    const size_t op = o * P + n * HW + i * W + j;
+                    double sum = (double)b[o] + res[op], mag = fabs(b[o]) + fabs(res[op]);
+                    for (int ci = 0; ci < cin; ci++)
+                        for (int di = 0; di < 3; di++)
+                            for (int dj = 0; dj < 3; dj++) {
+                                const int si = i + di - 1, sj = j + dj - 1;
+                                if (si < 0 || si >= H || sj < 0 || sj >= W) continue;
+                                const size_t ip = ci * P + n * HW + si * W + sj;
+                                const double x = fmax(0.0, (double)pre.a[ci] * in[ip] + pre.s[ci]);
+                                const double wv = w[o * K + (ci * 3 + di) * 3 + dj];
+                                sum += wv * x;
+                                mag += fabs(wv * x);
+                                /* din is the gradient of pre(in): every tap, the ReLU not chained */
+                                rdin[ip] += wv * dout[op];
+                                adin[ip] += fabs(wv * dout[op]);
+                                rdw[o * K + (ci * 3 + di) * 3 + dj] += x * dout[op];
+                            }
+                    rout[op] = sum;
+                    aout[op] = mag;
+                }
+    double e_oc = 0, e_ow = 0, m_o = 0, e_dc = 0, e_dw = 0, e_d0 = 0, m_d = 0;
+    double u_oc = 0, u_ow = 0, u_dc = 0, u_dw = 0;   /* worst error / (u sum|terms|) */
+    const double ulp = ldexp(1.0, -24);
+    for (size_t i = 0; i < cout * P; i++) {
+        e_oc = fmax(e_oc, fabs(out_c[i] - rout[i]));
+        e_ow = fmax(e_ow, fabs(out_w[i] - rout[i]));
+        m_o = fmax(m_o, fabs(rout[i]));
+        if (aout[i] > 0) {
+            u_oc = fmax(u_oc, fabs(out_c[i] - rout[i]) / (ulp * aout[i]));
+            u_ow = fmax(u_ow, fabs(out_w[i] - rout[i]) / (ulp * aout[i]));
+        }
+    }
+    for (size_t i = 0; i < cin * P; i++) {
+        const double r = rdin[i] + din0[i];
+        e_dc = fmax(e_dc, fabs(din_c[i] - r));
+        e_dw = fmax(e_dw, fabs(din_w[i] - r));
+        e_d0 = fmax(e_d0, fabs(din_w0[i] - rdin[i]));
+        m_d = fmax(m_d, fabs(rdin[i]));
+        if (adin[i] > 0) {
+            u_dc = fmax(u_dc, fabs(din_c[i] - r) / (ulp * (adin[i] + fabs(din0[i]))));
+            u_dw = fmax(u_dw, fabs(din_w[i] - r) / (ulp * (adin[i] + fabs(din0[i]))));
+        }
+    }
+    double e_wc = 0, e_ww = 0, m_w = 0;
+    for (size_t i = 0; i < cout * K; i++) {
+        e_wc = fmax(e_wc, fabs(dw_c[i] - dw0[i] - rdw[i]));
+        e_ww = fmax(e_ww, fabs(dw_w[i] - dw0[i] - rdw[i]));
+        m_w = fmax(m_w, fabs(rdw[i]));
+    }
+    printf("  winograd %dx%d, cin %d cout %d, N %d, %d thread(s): rel err out im2col %.1e winograd %.1e; "
+           "din (+=) im2col %.1e winograd %.1e, din (=) winograd %.1e; worst per output in u sum|terms|: "
+           "out %.2f / %.2f, din %.2f / %.2f; dw (+=) im2col %.1e winograd %.1e\n", H, W, cin, cout, N, nt,
+           e_oc / m_o, e_ow / m_o, e_dc / m_d, e_dw / m_d, e_d0 / m_d, u_oc, u_ow, u_dc, u_dw, e_wc / m_w, e_ww / m_w);
+    ck_assert(e_oc / m_o < 1e-5 && e_ow / m_o < 1e-5);
+    ck_assert(e_dc / m_d < 1e-5 && e_dw / m_d < 1e-5 && e_d0 / m_d < 1e-5);
+    ck_assert(u_ow < 16 && u_dw < 16);
+    ck_assert(e_wc / m_w < 1e-5 && e_ww / m_w < 1e-5);
+    rnvpi_tpool_free(cs.tp);
+    free(cs.col); free(cs.dcol); free(cs.dwp); free(cs.mask); free(cs.winot); free(cs.zeros); free(cs.dut);
+    free(dw0); free(db0); free(rdw);
+    free(w); free(u); free(b); free(in); free(res); free(dout); free(out_c); free(out_w); free(din0);
+    free(din_c); free(din_w); free(din_w0); free(dw_c); free(dw_w); free(db_c); free(db_w); free(pre.a);
+    free(pre.s); free(rout); free(aout); free(rdin); free(adin);
+}
+
+START_TEST(test_conv_winograd)
+{
+    if (!rnvpi_winograd_available()) {
+        printf("  winograd: this CPU lacks AVX2 + FMA, skipped\n");
+        return;
+    }
+    conv_winograd_case(35, 37, 3, 9, 11, 1);
+    conv_winograd_case(35, 37, 3, 9, 11, 2);
+    conv_winograd_case(5, 3, 2, 7, 6, 2);     /* a few channels: one partial register block */
+    conv_winograd_case(13, 66, 1, 1, 3, 1);   /* a 1-row plane: every tile partial */
 }
 END_TEST
 
@@ -807,6 +955,60 @@ START_TEST(test_model_s3)
 }
 END_TEST
 
+/* The trainer's default kernels (Winograd on the 3x3 layers where rnvpi_winograd_wins: here
+ * 32 features on 14 x 14 and 64 on 7 x 7, odd planes with partial tiles) against the AVX2 direct
+ * + im2col ones (REALNVP_CONV=avx2) and the portable ones (blas) on one batch: the loss to 1e-6
+ * relative and every gradient entry within 1e-5 of the largest (the tolerance of the thread-count
+ * comparison in model_case), and the loss against the float64 reference to 1e-5 as above. */
+START_TEST(test_model_winograd_default)
+{
+    rnvp_config cfg = tiny_config(14, 14, 1, 2, 1, 32, 64, 1);
+    rnvp_model *m;
+    rnvp_error err;
+    rnvp_set_num_threads(2);
+    ck_assert_msg(rnvp_model_init(&m, &cfg, 5, &err) == RNVP_OK, "%s", err.msg);
+    const int N = 4;
+    float *xt = falloc((size_t)N * m->D);
+    fill(xt, (size_t)N * m->D, 0.01f, 0.99f);
+    const char *modes[3] = {NULL, "avx2", "blas"};
+    float *g[3];
+    double loss[3];
+    size_t bytes[3];
+    const char *old = getenv("REALNVP_CONV");
+    char *saved = old ? strdup(old) : NULL;
+    for (int k = 0; k < 3; k++) {
+        if (modes[k]) setenv("REALNVP_CONV", modes[k], 1); else unsetenv("REALNVP_CONV");
+        tr_ws *ws;
+        ck_assert_msg(tr_ws_create(&ws, m, N, &err) == RNVP_OK, "%s", err.msg);
+        bytes[k] = tr_ws_bytes(ws);
+        g[k] = falloc(m->nparams);
+        loss[k] = tr_forward_backward(ws, m, g[k], xt, N, 0);
+        tr_ws_free(ws);
+    }
+    if (saved) setenv("REALNVP_CONV", saved, 1); else unsetenv("REALNVP_CONV");
+    free(saved);
+    /* the default workspace holds the Winograd weights where this CPU runs them */
+    if (rnvpi_winograd_available()) ck_assert_uint_gt(bytes[0], bytes[1]);
+    double *pr = calloc(m->nparams, sizeof(double));
+    for (size_t i = 0; i < m->nparams; i++) pr[i] = m->params[i];
+    const double rl = ref_loss(m, pr, xt, N);
+    double gscale = 0, e[3] = {0, 0, 0};
+    for (size_t i = 0; i < m->nparams; i++) gscale = fmax(gscale, fabs(g[1][i]));
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < m->nparams; i++) e[k] = fmax(e[k], fabs(g[k][i] - g[1][i]) / gscale);
+    printf("  model 14x14x1 S=2 K=1 F=32,64 flow-bn, 2 threads: loss default %.8f, avx2 %+.1e, blas %+.1e, "
+           "float64 ref %+.1e; gradients vs avx2 max|d|/max|g|: default %.1e, blas %.1e (workspace %zu / %zu "
+           "bytes)\n", loss[0], loss[1] - loss[0], loss[2] - loss[0], rl - loss[0], e[0], e[2], bytes[0],
+           bytes[1]);
+    ck_assert(fabs(loss[0] - loss[1]) < 1e-6 * fabs(loss[1]) && fabs(loss[2] - loss[1]) < 1e-6 * fabs(loss[1]));
+    ck_assert(fabs(rl - loss[0]) < 1e-5 * fabs(rl));
+    ck_assert(e[0] < 1e-5 && e[2] < 1e-5);
+    for (int k = 0; k < 3; k++) free(g[k]);
+    free(xt); free(pr);
+    rnvp_model_free(m);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- consistency with the core */
 
 START_TEST(test_matches_inference)
@@ -886,6 +1088,7 @@ int main(void)
     TCase *tl = tcase_create("layers");
     tcase_add_test(tl, test_conv);
     tcase_add_test(tl, test_conv_chunks);
+    tcase_add_test(tl, test_conv_winograd);
     tcase_add_test(tl, test_bn);
     tcase_add_test(tl, test_logit);
     tcase_add_test(tl, test_squeeze_split_prior);
@@ -898,6 +1101,7 @@ int main(void)
     tcase_add_test(tm, test_model_8x8_s2);
     tcase_add_test(tm, test_model_rgb);
     tcase_add_test(tm, test_model_s3);
+    tcase_add_test(tm, test_model_winograd_default);
     tcase_add_test(tm, test_matches_inference);
     tcase_add_test(tm, test_init_trainable);
     suite_add_tcase(s, tm);

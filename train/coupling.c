@@ -13,10 +13,14 @@ void *tr_arena_take(arena *a, size_t bytes)
 
 #define TAKE_F(a, n) ((float *)tr_arena_take((a), sizeof(float) * (size_t)(n)))
 
-static void carve_wn(wn_saved *w, arena *a, const conv_p *p)
+/* wino only for a convolution that runs on the Winograd kernel (tr_conv_winograd). */
+static void carve_wn(wn_saved *w, arena *a, const conv_p *p, int kernel, int N, int H, int W)
 {
     w->w = TAKE_F(a, (size_t)p->cout * p->cin * p->kh * p->kw);
     w->inv_norm = TAKE_F(a, p->cout);
+    w->wino = tr_conv_winograd(kernel, p->cout, p->cin, p->kh, p->kw, N, H, W)
+                  ? TAKE_F(a, (size_t)16 * p->cout * p->cin)   /* (16, cout, cin) */
+                  : NULL;
 }
 
 static void carve_bn(bn_saved *b, arena *a, int C)
@@ -30,7 +34,7 @@ static void carve_bn(bn_saved *b, arena *a, int C)
     b->red = tr_arena_take(a, sizeof(double) * (size_t)(2 * C + 1));
 }
 
-void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
+void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int kernel, int N)
 {
     const size_t P = (size_t)N * c->H * c->W;
     const int K = c->K, F = c->F;
@@ -45,12 +49,12 @@ void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N)
     const int counting = a->base == NULL;
     wn_saved dummy_wn;
     bn_saved dummy_bn;
-    carve_wn(&n->in, a, &c->in_conv);
-    carve_wn(&n->out, a, &c->out_conv);
+    carve_wn(&n->in, a, &c->in_conv, kernel, N, c->H, c->W);
+    carve_wn(&n->out, a, &c->out_conv, kernel, N, c->H, c->W);
     carve_bn(&n->bn_out, a, F);
     for (int j = 0; j < K; j++) {
-        carve_wn(counting ? &dummy_wn : &n->a[j], a, &c->conv_a[j]);
-        carve_wn(counting ? &dummy_wn : &n->b[j], a, &c->conv_b[j]);
+        carve_wn(counting ? &dummy_wn : &n->a[j], a, &c->conv_a[j], kernel, N, c->H, c->W);
+        carve_wn(counting ? &dummy_wn : &n->b[j], a, &c->conv_b[j], kernel, N, c->H, c->W);
         carve_bn(counting ? &dummy_bn : &n->bn_a[j], a, F);
         carve_bn(counting ? &dummy_bn : &n->bn_b[j], a, F);
     }
@@ -81,7 +85,7 @@ static void net_forward(net_saved *sv, const coupling *c, double eps, const conv
     const conv_p *ci = &c->in_conv, *co = &c->out_conv;
     tr_wn_forward(&sv->in, ci);
     /* h = in_conv(input) */
-    tr_conv_forward(sv->h[0], sv->inp, NULL, sv->in.w, ci->b, NULL, cs, F, ci->cin, ci->kh, ci->kw,
+    tr_conv_forward(sv->h[0], sv->inp, NULL, sv->in.w, sv->in.wino, ci->b, NULL, cs, F, ci->cin, ci->kh, ci->kw,
                  N, H, W);
     for (int j = 0; j < K; j++) {
         const conv_p *ca = &c->conv_a[j], *cb = &c->conv_b[j];
@@ -89,16 +93,16 @@ static void net_forward(net_saved *sv, const coupling *c, double eps, const conv
         tr_wn_forward(&sv->b[j], cb);
         /* h = h + conv_b(relu(bn_b(conv_a(relu(bn_a(h)))))) */
         tr_bn_forward(&sv->bn_a[j], sv->h[j], &c->bn_a[j], eps, upd, F, P, cs->tp, cs->comm);
-        tr_conv_forward(sv->u[j], sv->h[j], &sv->bn_a[j].aff, sv->a[j].w, ca->b, NULL, cs, F, F,
+        tr_conv_forward(sv->u[j], sv->h[j], &sv->bn_a[j].aff, sv->a[j].w, sv->a[j].wino, ca->b, NULL, cs, F, F,
                      ca->kh, ca->kw, N, H, W);
         tr_bn_forward(&sv->bn_b[j], sv->u[j], &c->bn_b[j], eps, upd, F, P, cs->tp, cs->comm);
-        tr_conv_forward(sv->h[j + 1], sv->u[j], &sv->bn_b[j].aff, sv->b[j].w, cb->b, sv->h[j], cs, F,
-                     F, cb->kh, cb->kw, N, H, W);
+        tr_conv_forward(sv->h[j + 1], sv->u[j], &sv->bn_b[j].aff, sv->b[j].w, sv->b[j].wino, cb->b, sv->h[j],
+                        cs, F, F, cb->kh, cb->kw, N, H, W);
     }
     tr_wn_forward(&sv->out, co);
     /* out = out_conv(relu(bn_out(h))) */
     tr_bn_forward(&sv->bn_out, sv->h[K], &c->bn_out, eps, upd, F, P, cs->tp, cs->comm);
-    tr_conv_forward(sv->st, sv->h[K], &sv->bn_out.aff, sv->out.w, co->b, NULL, cs, co->cout, F,
+    tr_conv_forward(sv->st, sv->h[K], &sv->bn_out.aff, sv->out.w, sv->out.wino, co->b, NULL, cs, co->cout, F,
                  co->kh, co->kw, N, H, W);
 }
 
@@ -111,7 +115,7 @@ static void wconv_backward(float *din, float *grad, const float *base, const flo
                            const wn_saved *wn, int acc, coupling_scratch *ws, int N, int H, int W)
 {
     memset(ws->dw, 0, sizeof(float) * (size_t)p->cout * p->cin * p->kh * p->kw);
-    tr_conv_backward(din, ws->dw, GRAD(p->b), dout, in, pre, wn->w, &ws->cs, acc, p->cout, p->cin,
+    tr_conv_backward(din, ws->dw, GRAD(p->b), dout, in, pre, wn->w, wn->wino, &ws->cs, acc, p->cout, p->cin,
                   p->kh, p->kw, N, H, W);
     tr_wn_backward(GRAD(p->v), GRAD(p->g), ws->dw, p, wn);
 }

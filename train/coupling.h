@@ -40,8 +40,9 @@ typedef struct arena {
 } arena;
 void *tr_arena_take(arena *a, size_t bytes);
 
-/* Lays out sv's buffers and K-long arrays for coupling c and batch N in a. */
-void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int N);
+/* Lays out sv's buffers and K-long arrays for coupling c and batch N in a; kernel
+ * (conv_scratch.kernel) decides which convolutions get Winograd weights (wn_saved.wino). */
+void tr_coupling_carve(coupling_saved *sv, arena *a, const coupling *c, int kernel, int N);
 
 /* y (C, N, H, W) = the coupling (and its flow batch norm when c->fbn_mean) applied to
  * x (C, N, H, W); ld (N) += the log-dets. cs: the convolutions' scratch and thread pool.

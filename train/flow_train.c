@@ -8,7 +8,7 @@
  * Threads: tr_ws_create makes a pool of openblas_get_num_threads() threads. During
  * tr_forward_backward OpenBLAS is set to 1 thread (process-wide; restored on return) and the
  * pool's threads run single-threaded gemms on their own chunks of the batch, the batch norms'
- * channels and the im2col / col2im passes: one workspace must not be used by two threads, and
+ * channels, the im2col / col2im passes and the Winograd passes (core/winograd.c): one workspace must not be used by two threads, and
  * no other thread should call OpenBLAS meanwhile. */
 #include "train.h"
 
@@ -61,7 +61,7 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     w->ld = tr_arena_take(a, sizeof(double) * (size_t)N);
     w->lp = tr_arena_take(a, sizeof(double) * (size_t)N);
     w->dld = tr_arena_take(a, sizeof(double) * (size_t)N);
-    size_t fp = 0, ctp = 0, cinp = 0, dw = 0, col = 0, mask = 0;
+    size_t fp = 0, ctp = 0, cinp = 0, dw = 0, col = 0, mask = 0, winot = 0, zeros = 0;
     coupling_saved dummy;
     for (int k = 0; k < L; k++) {
         const coupling *c = &m->cp[k];
@@ -78,7 +78,7 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
             if (drop)
                 for (int i = 0; i < c->C / 2; i++) drop[i] = rnvpi_split_drop(i, c->C / 4);
         }
-        tr_coupling_carve(counting ? &dummy : &w->cs[k], a, c, N);
+        tr_coupling_carve(counting ? &dummy : &w->cs[k], a, c, w->scr.cs.kernel, N);
         fp = max_sz(fp, (size_t)c->F * P);
         ctp = max_sz(ctp, 2 * (size_t)c->Ct * P);
         cinp = max_sz(cinp, (size_t)c->Cin * P);
@@ -88,6 +88,12 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
             dw = max_sz(dw, (size_t)p->cout * p->cin * p->kh * p->kw);
             mask = max_sz(mask, (size_t)p->kh * p->kw * c->H * c->W);
             col = max_sz(col, tr_conv_ws_floats(p->cin, p->kh, p->kw, N, c->H, c->W, w->threads));
+            if (tr_conv_winograd(w->scr.cs.kernel, p->cout, p->cin, p->kh, p->kw, N, c->H, c->W)) {
+                col = max_sz(col, tr_conv_ws_floats_wino(p->cout, p->cin, p->kh, p->kw, N, c->H, c->W,
+                                                         w->threads));
+                winot = max_sz(winot, (size_t)16 * p->cout * p->cin);
+                zeros = max_sz(zeros, (size_t)p->cin);
+            }
         }
     }
     w->da = tr_arena_take(a, sizeof(float) * (size_t)m->D * N);
@@ -98,6 +104,12 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     w->scr.cs.dcol = tr_arena_take(a, sizeof(float) * col * w->threads);
     w->scr.cs.dwp = tr_arena_take(a, sizeof(float) * dw * (w->threads - 1));
     w->scr.cs.mask = tr_arena_take(a, sizeof(float) * mask);
+    w->scr.cs.winot = tr_arena_take(a, sizeof(float) * winot);   /* (16, cin, cout) */
+    w->scr.cs.zeros = tr_arena_take(a, sizeof(float) * zeros);   /* (cin) */
+    winot = (winot + 15) & ~(size_t)15;
+    w->scr.cs.dut = tr_arena_take(a, sizeof(float) * winot * w->threads);   /* (threads, 16 cin cout) */
+    w->scr.cs.dut_floats = winot;
+    if (!counting && zeros) memset(w->scr.cs.zeros, 0, sizeof(float) * zeros);
     w->scr.cs.col_floats = col;
     w->scr.cs.dw_floats = dw;
     w->scr.dw = tr_arena_take(a, sizeof(float) * dw);
@@ -106,6 +118,18 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
     w->scr.dr = tr_arena_take(a, sizeof(float) * fp);
     w->scr.dst = tr_arena_take(a, sizeof(float) * ctp);
     w->scr.dinp = tr_arena_take(a, sizeof(float) * cinp);
+}
+
+/* The convolutions' kernel (conv_scratch.kernel): the AVX2 direct one where the CPU has it (also
+ * on AVX-512 CPUs: the trainer has no AVX-512 path), with Winograd on the 3x3 layers where
+ * rnvpi_winograd_wins (as inference), else the portable one; REALNVP_CONV=blas forces the portable
+ * one, avx2 the AVX2 direct one alone, winograd Winograd on every 3x3 layer. */
+static int train_kernel(void)
+{
+    const int k = rnvpi_conv_choose();
+    if (k == RNVPI_CONV_BLAS || !rnvpi_conv_avx2_available()) return RNVPI_CONV_BLAS;
+    if (k == RNVPI_CONV_AVX2_DIRECT || !rnvpi_winograd_available()) return RNVPI_CONV_AVX2_DIRECT;
+    return k == RNVPI_CONV_WINOGRAD ? RNVPI_CONV_WINOGRAD : RNVPI_CONV_AVX2;
 }
 
 enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, rnvp_error *err)
@@ -119,6 +143,7 @@ enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, r
     w->threads = openblas_get_num_threads();
     if (w->threads > 1) w->tp = rnvpi_tpool_create(w->threads);
     w->threads = rnvpi_tpool_size(w->tp);
+    w->scr.cs.kernel = train_kernel();   /* the carve gives Winograd weights by it */
     arena a = {NULL, 0};
     ws_carve(w, &a, m, max_batch);
     w->block = aligned_alloc(64, (a.used + 63) & ~(size_t)63);
@@ -132,10 +157,6 @@ enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, r
     arena b = {w->block, 0};
     ws_carve(w, &b, m, max_batch);
     w->scr.cs.tp = w->tp;
-    /* the forward's convolutions: the AVX2 direct kernel where the CPU has it (also on AVX-512
-     * CPUs: the trainer has no AVX-512 path), else the portable one; REALNVP_CONV=blas forces it */
-    w->scr.cs.kernel = rnvpi_conv_choose() != RNVPI_CONV_BLAS && rnvpi_conv_avx2_available() ? RNVPI_CONV_AVX2
-                                                                                        : RNVPI_CONV_BLAS;
     w->m = m;
     w->max_batch = max_batch;
     *out = w;

@@ -12,6 +12,7 @@
 void tr_wn_forward(wn_saved *sv, const conv_p *p)
 {
     rnvpi_wn_weights(sv->w, sv->inv_norm, p, NULL);
+    if (sv->wino) rnvpi_winograd_weights(sv->wino, sv->w, p->cout, p->cin);   /* w changes every step */
 }
 
 void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv)
@@ -167,6 +168,26 @@ size_t tr_conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt)
     return col > panel ? col : panel;
 }
 
+int tr_conv_winograd(int kernel, int cout, int cin, int kh, int kw, int N, int H, int W)
+{
+    if (kh != 3 || kw != 3) return 0;
+    const conv_i cv = {.cout = cout, .cin = cin, .kh = kh, .kw = kw};
+    return kernel == RNVPI_CONV_WINOGRAD || (kernel == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(&cv, N, H, W));
+}
+
+/* Tiles per chunk of the Winograd weight gradient: its V and dM (16 (cin + cout) floats per
+ * tile, 512 KB at 32 + 32 channels) stay in a core's L2. */
+#define WGRAD_TILES 128
+
+size_t tr_conv_ws_floats_wino(int cout, int cin, int kh, int kw, int N, int H, int W, int nt)
+{
+    size_t f = tr_conv_ws_floats(cin, kh, kw, N, H, W, nt);
+    const size_t pw = rnvpi_winograd_panel_floats(cin > cout ? cin : cout) + 16;   /* aligned inside */
+    const size_t gw = rnvpi_winograd_wgrad_floats(cin, cout, WGRAD_TILES);
+    f = f > pw ? f : pw;
+    return f > gw ? f : gw;
+}
+
 /* mask[q] ? v : 0, with v loaded unconditionally (so that the select vectorises) */
 static inline float keep_if(float mask, float v) { return mask != 0.0f ? v : 0.0f; }
 
@@ -236,17 +257,30 @@ static void conv_forward_job(void *v, int t, int nt)
     float *col = j->cs->col + (size_t)t * j->cs->col_floats;
     for (int n0 = t * j->nb; n0 < j->N; n0 += nt * j->nb) {
         const int m = j->N - n0 < j->nb ? j->N - n0 : j->nb;
-        if (j->cs->kernel == RNVPI_CONV_AVX2)
+        if (j->cs->kernel != RNVPI_CONV_BLAS)
             rnvpi_conv_avx2_chunk(j->out, j->in, &cv, j->pre, j->res, col, n0, m, j->N, j->H, j->W);
         else
             rnvpi_conv_blas(j->out, j->in, &cv, j->pre, j->res, col, j->cs->mask, n0, m, j->N, j->H, j->W);
     }
 }
 
-void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
-                  const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
+/* The threads' cols as the Winograd kernel's panels. */
+static net_ws wino_ws(const conv_scratch *cs)
+{
+    return (net_ws){.tp = cs->tp, .panel = cs->col, .panel_floats = cs->col_floats};
+}
+
+void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *wino,
+                  const float *b, const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
                   int N, int H, int W)
 {
+    if (wino) {
+        const conv_i cv = {.cout = cout, .cin = cin, .kh = kh, .kw = kw, .w = (float *)w, .b = (float *)b,
+                           .wino = (float *)wino};
+        const net_ws ws = wino_ws(cs);
+        rnvpi_conv_winograd(out, in, &cv, pre, res, &ws, N, H, W);
+        return;
+    }
     const int nt = rnvpi_tpool_size(cs->tp);
     struct conv_job j = {.out = out, .in = in, .w = w, .b = b, .res = res, .pre = pre, .cs = cs,
                          .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H, .W = W,
@@ -297,11 +331,48 @@ static void conv_backward_job(void *v, int t, int nt)
     }
 }
 
+/* Thread t's share of the Winograd weight gradient: db[o] for o = t mod nt, and dU^T of a fixed
+ * range of tiles (the same split every step: the sum's order does not change) into its dut. */
+static void wgrad_job(void *v, int t, int nt)
+{
+    const struct conv_job *j = v;
+    const size_t P = (size_t)j->N * j->H * j->W;
+    /* forward: out = bias (+ res) + ...  =>  db[o] += sum_p dout[o][p] */
+    for (int o = t; o < j->cout; o += nt) j->db[o] += (float)sum_f(j->dout + o * P, P);
+    const ptrdiff_t T = (ptrdiff_t)j->N * ((j->H + 1) / 2) * ((j->W + 1) / 2);   /* tiles */
+    float *dut = j->cs->dut + (size_t)t * j->cs->dut_floats;   /* (16, cin, cout) */
+    memset(dut, 0, sizeof(float) * 16 * (size_t)j->cin * j->cout);
+    float *buf = j->cs->col + (size_t)t * j->cs->col_floats;   /* rnvpi_winograd_wgrad_floats */
+    rnvpi_winograd_wgrad(dut, j->dout, j->in, j->pre, j->cin, j->cout, buf, WGRAD_TILES, T * t / nt,
+                         T * (t + 1) / nt, j->N, j->H, j->W);
+}
+
 void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
-                   const affine_i *pre, const float *w, const conv_scratch *cs, int acc, int cout,
-                   int cin, int kh, int kw, int N, int H, int W)
+                   const affine_i *pre, const float *w, const float *wino, const conv_scratch *cs, int acc,
+                   int cout, int cin, int kh, int kw, int N, int H, int W)
 {
     const int nt = rnvpi_tpool_size(cs->tp);
+    if (wino && din) {
+        /* forward: out[o] (3x3, padding 1) = sum_c w[o][c] * pre(in)[c] + b[o]
+         * =>  din[c] (+)= sum_o w'[c][o] * dout[o], w'[c][o][a][b] = w[o][c][2-a][2-b]: the same
+         * kind of 3x3 "same" convolution, cout -> cin channels, no pre, no bias; += through the
+         * kernel's residual (res = din) when acc, else = */
+        rnvpi_winograd_weights_adjoint(cs->winot, wino, cout, cin);
+        const conv_i adj = {.cout = cin, .cin = cout, .kh = 3, .kw = 3, .b = cs->zeros, .wino = cs->winot};
+        const net_ws ws = wino_ws(cs);
+        rnvpi_conv_winograd(din, dout, &adj, NULL, acc ? din : NULL, &ws, N, H, W);
+    }
+    if (wino) {
+        /* forward: out (tile t) = A^T [ sum_c U[o][c] .* V_t[c] ] A + b, U = G w G^T
+         * =>  dU[xi][o][c] += sum_t (A dout_t A^T)[xi] V_t[xi][c];  dw += G^T dU G */
+        struct conv_job j = {.db = db, .in = in, .dout = dout, .pre = pre, .cs = cs, .cout = cout, .cin = cin,
+                             .N = N, .H = H, .W = W};
+        rnvpi_tpool_run(cs->tp, wgrad_job, &j);
+        const size_t nu = (size_t)16 * cin * cout;
+        for (int t = 1; t < nt; t++) add_to(cs->dut, cs->dut + (size_t)t * cs->dut_floats, nu);
+        rnvpi_winograd_wgrad_fold(dw, cs->dut, cout, cin);
+        return;
+    }
     struct conv_job j = {.din = din, .dw = dw, .db = db, .in = in, .dout = dout, .w = w, .pre = pre,
                          .cs = cs, .acc = acc, .cout = cout, .cin = cin, .kh = kh, .kw = kw, .N = N, .H = H,
                          .W = W, .nb = tr_conv_chunk(cin, kh, kw, N, H, W, nt)};

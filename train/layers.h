@@ -29,8 +29,11 @@ typedef struct tr_comm {
 typedef struct wn_saved {
     float *w;          /* (cout, cin*kh*kw) the effective weight */
     float *inv_norm;   /* (cout) 1 / ||v[o]|| */
+    float *wino;       /* (16, cout, cin) G w G^T (rnvpi_winograd_weights) of a 3x3 convolution that
+                          runs on the Winograd kernel (tr_conv_winograd), else NULL */
 } wn_saved;
 
+/* w (and wino, when not NULL: transformed once per step, after the fold) from v and g. */
 void tr_wn_forward(wn_saved *sv, const conv_p *p);
 /* dv (cout, cin*kh*kw) +=, dg (cout) += from dw (cout, cin*kh*kw), the gradient of w. */
 void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, const wn_saved *sv);
@@ -38,11 +41,16 @@ void tr_wn_backward(float *dv, float *dg, const float *dw, const conv_p *p, cons
 /* ---- convolution, stride 1, zero padding (kh/2, kw/2), bias ----
  * out = w * pre(in) + b, where pre(x) = relu(a[c]*x + s[c]) per input channel when pre != NULL
  * (a batch norm + ReLU fused into the im2col), else pre(x) = x. The forward is one of the core's
- * kernels run on chunks (conv_scratch.kernel: rnvpi_conv_avx2_chunk or rnvpi_conv_blas); the
- * backward recomputes the core's rnvpi_im2col. The batch is cut into chunks
- * of images (tr_conv_chunk) small enough for the im2col buffer to stay in a core's cache; the
- * pool's threads take the chunks in turn, each with its own buffers and a single-threaded
- * cblas_sgemm: out[:, chunk] (cout, Q) = w (cout, K) x col (K, Q), K = cin*kh*kw. */
+ * kernels run on chunks (conv_scratch.kernel: rnvpi_conv_avx2_chunk or rnvpi_conv_blas), or the
+ * Winograd kernel (rnvpi_conv_winograd, its own split of the batch's tiles over the threads) for
+ * the 3x3 convolutions where tr_conv_winograd says so; the backward recomputes the core's
+ * rnvpi_im2col and gets the weight gradient from sgemm and the input gradient from sgemm +
+ * col2im, or, for those 3x3 convolutions, the input gradient from the Winograd kernel on the
+ * adjoint weights and the weight gradient in Winograd form (rnvpi_winograd_wgrad). The batch
+ * is cut into chunks of images (tr_conv_chunk) small enough for the im2col buffer to stay in a
+ * core's cache; the pool's threads take the chunks in turn, each with its own buffers and a
+ * single-threaded cblas_sgemm: out[:, chunk] (cout, Q) = w (cout, K) x col (K, Q),
+ * K = cin*kh*kw. */
 
 /* Per-thread scratch of the convolutions. Thread t uses col and dcol + t * col_floats, and
  * (t > 0) dwp + (t - 1) * dw_floats for its share of the weight gradient. */
@@ -54,11 +62,32 @@ typedef struct conv_scratch {
     size_t col_floats;  /* >= tr_conv_ws_floats(..., threads) of every convolution run */
     size_t dw_floats;   /* >= cout*cin*kh*kw of every convolution run */
     const tr_comm *comm;  /* the processes of a data-parallel run, NULL: one */
-    int kernel;           /* the forward's kernel: RNVPI_CONV_AVX2 (each thread's col is its
-                             panel) or RNVPI_CONV_BLAS (0: im2col + sgemm). The backward passes
-                             are im2col + sgemm (+ col2im) either way: the input gradient as a
-                             transposed convolution on the AVX2 kernel took 1.2x the CPU time */
+    int kernel;           /* the forward's kernel: RNVPI_CONV_BLAS (0: im2col + sgemm), or the AVX2
+                             direct one (each thread's col is its panel) with the Winograd kernel
+                             on the 3x3 convolutions where rnvpi_winograd_wins
+                             (RNVPI_CONV_AVX2, the default), on none (RNVPI_CONV_AVX2_DIRECT,
+                             REALNVP_CONV=avx2) or on all (RNVPI_CONV_WINOGRAD,
+                             REALNVP_CONV=winograd). The backward passes are im2col + sgemm
+                             (+ col2im) except where the forward ran on Winograd, whose
+                             backward is Winograd too (the input gradient as a transposed
+                             convolution on the AVX2 direct kernel took 1.2x the CPU time of
+                             sgemm + col2im; on Winograd it takes less) */
+    float *winot;         /* (16, cin, cout) of the largest Winograd convolution: the adjoint
+                             weights (rnvpi_winograd_weights_adjoint), rebuilt by each backward */
+    float *zeros;         /* (cin) of the widest Winograd convolution, all 0: the input
+                             gradient's convolution has no bias */
+    float *dut;           /* (threads, dut_floats): each thread's Winograd weight gradient dU^T */
+    size_t dut_floats;    /* >= 16 cin cout of every Winograd convolution run */
 } conv_scratch;
+
+/* 1 when the convolution (cout, cin, kh, kw) on N images of H x W runs on the Winograd kernel
+ * under `kernel` (conv_scratch.kernel): a 3x3 one, and rnvpi_winograd_wins (RNVPI_CONV_AVX2) or
+ * always (RNVPI_CONV_WINOGRAD). Decided once per workspace (for its largest batch). */
+int tr_conv_winograd(int kernel, int cout, int cin, int kh, int kw, int N, int H, int W);
+/* Floats of one thread's col when it must also hold a Winograd panel for the convolution and
+ * for its input gradient (cin and cout input channels) and the weight gradient's chunk
+ * (rnvpi_winograd_wgrad_floats): >= tr_conv_ws_floats. */
+size_t tr_conv_ws_floats_wino(int cout, int cin, int kh, int kw, int N, int H, int W, int nt);
 
 /* Images per chunk for a (cin*kh*kw)-row im2col of H*W columns per image, nt threads. */
 int tr_conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt);
@@ -66,17 +95,20 @@ int tr_conv_chunk(int cin, int kh, int kw, int N, int H, int W, int nt);
 size_t tr_conv_ws_floats(int cin, int kh, int kw, int N, int H, int W, int nt);
 
 /* out: (cout, N, H, W) (overwritten) = conv + b (+ res); in: (cin, N, H, W); w: (cout,
- * cin*kh*kw); b: (cout); res: (cout, N, H, W) a residual added to the output, or NULL.
- * Nothing needs saving but in and pre. */
-void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *b,
-                  const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
+ * cin*kh*kw); wino: (16, cout, cin) w's Winograd weights (wn_saved.wino; each thread's col must
+ * then hold tr_conv_ws_floats_wino) or NULL: the chunked kernels; b: (cout); res: (cout, N, H, W)
+ * a residual added to the output, or NULL. Nothing needs saving but in and pre. */
+void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *wino,
+                  const float *b, const float *res, const conv_scratch *cs, int cout, int cin, int kh, int kw,
                   int N, int H, int W);
 /* Accumulates dw (cout, cin*kh*kw) += and db (cout) +=. din (cin, N, H, W) gets d pre(in) (the
  * gradient with respect to the convolution's actual input pre(in), NOT in: the caller chains the
  * ReLU / batch norm): din += when acc, din = (overwritten) when acc == 0, skipped when
- * din == NULL. dout: (cout, N, H, W). The im2col is recomputed. */
+ * din == NULL. dout: (cout, N, H, W). The im2col is recomputed. wino: as tr_conv_forward; when
+ * not NULL, din comes from the Winograd kernel on the adjoint weights (cs->winot, cs->zeros) and
+ * dw from rnvpi_winograd_wgrad (cs->dut), with no im2col. */
 void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
-                   const affine_i *pre, const float *w, const conv_scratch *cs, int acc, int cout,
+                   const affine_i *pre, const float *w, const float *wino, const conv_scratch *cs, int acc, int cout,
                    int cin, int kh, int kw, int N, int H, int W);
 
 /* ---- batch norm (training mode) followed by ReLU ----
