@@ -3,7 +3,7 @@
 Leaves out training itself (bin/realnvp-train) and evaluation (the numbers come from the run's own files).
 
 Usage (from the repository root):
-  tools/publish_model.py --run RUN_DIR --out models/fashion-mnist [--state] [--note TEXT]
+  tools/publish_model.py --run RUN_DIR --out models/fashion-mnist [--state] [--note TEXT] [--history FILE]
 
 Reads RUN_DIR/best.safetensors (metadata: test_bits_per_dim, steps, created, dataset),
 RUN_DIR/checkpoint.safetensors (metadata: train_state, train_options) and RUN_DIR/metrics.jsonl,
@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--note", default="", help="a paragraph added to the card (machine, status of the run)")
     ap.add_argument("--exe", default="bin/realnvp")
     ap.add_argument("--train-exe", default="bin/realnvp-train", help="read for its option defaults (--help)")
+    ap.add_argument("--history", default="", help="a markdown file listing every start of the run (the exact commands, "
+                    "resumes included), put in the card and copied to OUT/train-state/HISTORY.md")
     a = ap.parse_args()
 
     best, ckpt = os.path.join(a.run, "best.safetensors"), os.path.join(a.run, "checkpoint.safetensors")
@@ -108,6 +110,15 @@ def main():
         atomic_copy(ckpt, os.path.join(a.out, "train-state", "checkpoint.safetensors"))
         atomic_copy(os.path.join(a.run, "metrics.jsonl"), os.path.join(a.out, "train-state", "metrics.jsonl"))
 
+    if a.history:
+        atomic_copy(a.history, os.path.join(a.out, "train-state", "HISTORY.md"))
+        history = open(a.history).read().split("\n", 1)[1].strip()   # without its title
+    else:
+        history = "```sh\n%s\n```" % command(opts, train_defaults(a.train_exe))
+    params = re.search(r"^parameters\s+(\d+)", info, re.M)
+    flops = re.search(r"^FLOPs/image\s+([0-9.e+]+)", info, re.M)
+    params = int(params.group(1)) if params else 0
+    flops = float(flops.group(1)) if flops else 0.0
     cfg = json.loads(bm.get("config", cm["config"]))
     hours = state["train_seconds"] / 3600.0
     train_at = {m["step"]: m["train_bpd"] for m in metrics if "train_bpd" in m}   # the running train bits/dim logged at that step
@@ -126,6 +137,9 @@ the 60,000 Fashion-MNIST training images (Debian's `dataset-fashion-mnist`,
 | run so far | step {step}, epoch {epoch:.2f}, {hours:.2f} h of training |
 | config | `{cfgj}` |
 | training speed | median {ips:.0f} images/s (2 threads, shared 2-vCPU machine) |
+| parameters | {params:,} |
+| FLOPs per image | {gflops:.3f} GFLOP forward (log p, encode, decode); a training step about 3x that per image |
+| compute | {hours:.2f} h wall-clock of the trainer (metrics.jsonl `time`, every resume); CPU time was not recorded, at most 2 threads x the wall-clock |
 | file | `model.safetensors` (inference tensors only; `best.safetensors` of the run), created {created} |
 
 {note}
@@ -146,15 +160,22 @@ Temperature 1.0 and 0.7 (the run's last evaluation):
 
 ## How it was made
 
-```sh
-{cmd}
-```
+{history}
 
 Adam (lr 1e-3, betas 0.9/0.999), batch 64, L2 5e-5 on the weight-norm gains and scales,
 gradient clipping at global norm 100; full test-set evaluation every {ee} steps, where the best
 checkpoint is kept. `models/fashion-mnist/train-state/checkpoint.safetensors` (when present) is
 the run's resumable state: copy it (and `metrics.jsonl` beside it) to `runs/{outname}/` and add `--resume`
 to continue exactly. `tools/publish_model.py` wrote this card from the run's files.
+
+## Compared with published Fashion-MNIST results
+
+Test bits/dim on Fashion-MNIST (lower is better); only figures with a source.
+
+| model | parameters | test bits/dim | source |
+|---|---:|---:|---|
+| this model (Real NVP, 3 scales, 2 residual blocks, 32 features) | {params:,} | {tbpd:.3f} | this card |
+| Glow | about 69 M | 3.141 | Kirichenko, Izmailov and Wilson, "Why normalizing flows fail to detect out-of-distribution data", NeurIPS 2020 (arXiv:2006.08545), their Fashion-MNIST Glow |
 
 ## `realnvp info`
 
@@ -164,7 +185,8 @@ to continue exactly. `tools/publish_model.py` wrote this card from the run's fil
            bstep=bm.get("steps", "?"), step=state["step"], epoch=state["epoch"], hours=hours,
            cfgj=json.dumps(cfg, separators=(",", ":")), ips=statistics.median(ips) if ips else float("nan"),
            created=bm.get("created", "?"), note=a.note, rows=rows, cmd=command(opts, train_defaults(a.train_exe)), ee=opts.get("eval-every"),
-           outname=os.path.basename(str(opts.get("out", "train")).rstrip("/")), info=info)
+           outname=os.path.basename(str(opts.get("out", "train")).rstrip("/")), info=info, history=history,
+           params=params, gflops=flops / 1e9)
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(card)
     print("publish_model: %s: test %.4f bits/dim at step %s" % (a.out, float(bm["test_bits_per_dim"]), bm.get("steps")))
