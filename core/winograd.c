@@ -128,13 +128,22 @@ AVX2F static inline __attribute__((always_inline)) void transpose8(float *dst, p
     _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
-/* V (16, cin, TB): V[xi][c][t] = (B^T pre(d) B)[xi] for the block's nt tiles (zero for t >= nt),
- * d the 4x4 patch of channel c, pre as in rnvpi_conv_forward_i, padding 0 (not pre(0)). A patch
- * row inside the image is one 4-float load (when it stays inside the input buffer; else built
- * value by value), its columns outside the image masked to 0 after pre (bitwise, so even NaN).
- * tmp (TB, 16): one tile's 16 values per row, transposed into V. */
-AVX2F static void input_block(float *restrict V, float *restrict tmp, const float *in, const affine_i *pre,
-                              int cin, ptrdiff_t P, int W, const struct tile *tl, int nt)
+/* One patch row times B: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]. */
+AVX2F static inline __attribute__((always_inline)) __m128 row_b(__m128 x, __m128 sgn)
+{
+    const __m128 l = _mm_shuffle_ps(x, x, _MM_SHUFFLE(1, 2, 1, 0));
+    const __m128 h = _mm_shuffle_ps(x, x, _MM_SHUFFLE(3, 1, 2, 2));
+    return _mm_add_ps(l, _mm_xor_ps(h, sgn));
+}
+
+/* V (16, cin, ld) columns 0..TB-1: V[xi][c][t] = (B^T pre(d) B)[xi] for the block's nt tiles
+ * (zero for t >= nt), d the 4x4 patch of channel c, pre as in rnvpi_conv_forward_i, padding 0
+ * (not pre(0)). A patch row inside the image is one 4-float load (when it stays inside the input
+ * buffer; else built value by value), its columns outside the image masked to 0 after pre
+ * (bitwise, so even NaN); a patch wholly inside the image (most of them) takes a branch-free
+ * path with the same arithmetic. tmp (TB, 16): one tile's 16 values per row, transposed into V. */
+AVX2F static void input_block(float *restrict V, ptrdiff_t ld, float *restrict tmp, const float *in,
+                              const affine_i *pre, int cin, ptrdiff_t P, int W, const struct tile *tl, int nt)
 {
     const ptrdiff_t end = (ptrdiff_t)cin * P;
     const __m128 zero = _mm_setzero_ps();
@@ -143,30 +152,50 @@ AVX2F static void input_block(float *restrict V, float *restrict tmp, const floa
     memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB - nt));
     for (int c = 0; c < cin; c++) {
         const __m128 a = _mm_set1_ps(affine ? pre->a[c] : 1.0f), s = _mm_set1_ps(affine ? pre->s[c] : 0.0f);
+        const float *ic = in + (ptrdiff_t)c * P;
         for (int t = 0; t < nt; t++) {
             const struct tile *p = &tl[t];
             __m128 u[4];
-            for (int r = 0; r < 4; r++) {
-                if (!(p->rows >> r & 1)) {   /* a padding row */
-                    u[r] = zero;
-                    continue;
+            if ((p->rows & p->cols) == 15) {   /* inside the image, so inside the buffer */
+                const float *q = ic + p->in_off;
+                __m128 x0 = _mm_loadu_ps(q), x1 = _mm_loadu_ps(q + W), x2 = _mm_loadu_ps(q + 2 * W),
+                       x3 = _mm_loadu_ps(q + 3 * W);
+                if (affine) {
+                    x0 = _mm_fmadd_ps(a, x0, s);
+                    x1 = _mm_fmadd_ps(a, x1, s);
+                    x2 = _mm_fmadd_ps(a, x2, s);
+                    x3 = _mm_fmadd_ps(a, x3, s);
                 }
-                const ptrdiff_t o = (ptrdiff_t)c * P + p->in_off + (ptrdiff_t)r * W;
-                __m128 x;
-                if (o >= 0 && o + 4 <= end) {
-                    x = _mm_loadu_ps(in + o);
-                } else {   /* at the buffer's ends: only the columns inside the image */
-                    float v[4];
-                    for (int j = 0; j < 4; j++) v[j] = p->cols >> j & 1 ? in[o + j] : 0.0f;
-                    x = _mm_loadu_ps(v);
+                if (pre) {
+                    x0 = _mm_max_ps(x0, zero);
+                    x1 = _mm_max_ps(x1, zero);
+                    x2 = _mm_max_ps(x2, zero);
+                    x3 = _mm_max_ps(x3, zero);
                 }
-                if (affine) x = _mm_fmadd_ps(a, x, s);
-                if (pre) x = _mm_max_ps(x, zero);
-                if (p->cols != 15) x = _mm_and_ps(x, _mm_loadu_ps((const float *)p->cmask));
-                /* the row times B: [d0 - d2, d1 + d2, d2 - d1, d1 - d3] */
-                const __m128 l = _mm_shuffle_ps(x, x, _MM_SHUFFLE(1, 2, 1, 0));
-                const __m128 h = _mm_shuffle_ps(x, x, _MM_SHUFFLE(3, 1, 2, 2));
-                u[r] = _mm_add_ps(l, _mm_xor_ps(h, sgn));
+                u[0] = row_b(x0, sgn);
+                u[1] = row_b(x1, sgn);
+                u[2] = row_b(x2, sgn);
+                u[3] = row_b(x3, sgn);
+            } else {
+                for (int r = 0; r < 4; r++) {
+                    if (!(p->rows >> r & 1)) {   /* a padding row */
+                        u[r] = zero;
+                        continue;
+                    }
+                    const ptrdiff_t o = (ptrdiff_t)c * P + p->in_off + (ptrdiff_t)r * W;
+                    __m128 x;
+                    if (o >= 0 && o + 4 <= end) {
+                        x = _mm_loadu_ps(in + o);
+                    } else {   /* at the buffer's ends: only the columns inside the image */
+                        float v[4];
+                        for (int j = 0; j < 4; j++) v[j] = p->cols >> j & 1 ? in[o + j] : 0.0f;
+                        x = _mm_loadu_ps(v);
+                    }
+                    if (affine) x = _mm_fmadd_ps(a, x, s);
+                    if (pre) x = _mm_max_ps(x, zero);
+                    if (p->cols != 15) x = _mm_and_ps(x, _mm_loadu_ps((const float *)p->cmask));
+                    u[r] = row_b(x, sgn);
+                }
             }
             /* B^T times the rows */
             float *d = tmp + t * 16;
@@ -175,8 +204,8 @@ AVX2F static void input_block(float *restrict V, float *restrict tmp, const floa
             _mm_storeu_ps(d + 8, _mm_sub_ps(u[2], u[1]));
             _mm_storeu_ps(d + 12, _mm_sub_ps(u[1], u[3]));
         }
-        const ptrdiff_t ds = (ptrdiff_t)cin * TB;
-        float *v = V + (ptrdiff_t)c * TB;
+        const ptrdiff_t ds = (ptrdiff_t)cin * ld;
+        float *v = V + (ptrdiff_t)c * ld;
         transpose8(v, ds, tmp, 16);
         transpose8(v + 8, ds, tmp + 8 * 16, 16);
         transpose8(v + 8 * ds, ds, tmp + 8, 16);
@@ -305,7 +334,7 @@ AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t 
         const ptrdiff_t q0 = bk * TB;
         const int nt = j->T - q0 < TB ? (int)(j->T - q0) : TB;
         for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
-        input_block(V, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt);
+        input_block(V, TB, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt);
         for (int o0 = 0; o0 < cout; o0 += WMR) {
             const int mr = cout - o0 < WMR ? cout - o0 : WMR;
             gemm_rows(M, cv->wino, cout, cin, V, o0, mr);
@@ -376,8 +405,9 @@ void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin
 
 size_t rnvpi_winograd_wgrad_floats(int cin, int cout, int tc)
 {
-    /* V and dM of a chunk (16, cin, tc) and (16, cout, tc); one block's V (16, cin, TB) and tmp
-     * (TB, 16); 16 to align */
+    /* V and dM of a chunk (16, cin, tc) and (16, cout, tc); tmp (TB, 16); 16 to align. The
+     * (16, cin, TB) of a block's own V is no longer used (input_block writes into the chunk):
+     * kept so that the workspace layout does not change */
     return (size_t)16 * tc * (cin + cout) + (size_t)16 * cin * TB + TB * 16 + 16;
 }
 
@@ -453,17 +483,14 @@ void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const 
     if (tc < TB) tc = TB;
     float *Vc = align64(buf);                        /* (16, cin, tc) */
     float *dMc = Vc + (ptrdiff_t)16 * cin * tc;      /* (16, cout, tc) */
-    float *Vb = dMc + (ptrdiff_t)16 * cout * tc;     /* (16, cin, TB) */
-    float *tmp = Vb + (ptrdiff_t)16 * cin * TB;      /* (TB, 16) */
+    float *tmp = dMc + (ptrdiff_t)16 * cout * tc;    /* (TB, 16); input_block writes into Vc directly */
     struct tile tl[TB];
     for (ptrdiff_t c0 = q0; c0 < q1; c0 += tc) {
         const int n = q1 - c0 < tc ? (int)(q1 - c0) : tc;   /* tiles in this chunk */
         for (int t0 = 0; t0 < n; t0 += TB) {
             const int nt = n - t0 < TB ? n - t0 : TB;
             for (int t = 0; t < nt; t++) tile_info(&tl[t], c0 + t0 + t, H, W, th, tw);
-            input_block(Vb, tmp, in, pre, cin, P, W, tl, nt);
-            for (int r = 0; r < 16 * cin; r++)
-                memcpy(Vc + (ptrdiff_t)r * tc + t0, Vb + (ptrdiff_t)r * TB, sizeof(float) * TB);
+            input_block(Vc + t0, tc, tmp, in, pre, cin, P, W, tl, nt);   /* TB columns: tc % TB == 0 */
             grad_output_block(dMc + t0, tc, dout, cout, P, W, tl, nt);
         }
         /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout) */
