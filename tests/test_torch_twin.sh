@@ -34,9 +34,9 @@ t0=$(date +%s)
 fail=0
 ok() { echo "  ok: $*"; }
 bad() { echo "  FAILED: $*"; fail=1; }
-run() {   # run LOG CMD...: runs with a 300 s limit; its status
+run() {   # run LOG CMD...: runs with a ${LIMIT:-300} s limit; its status
   local log=$1; shift
-  timeout 300 "$@" >"$log" 2>&1
+  timeout "${LIMIT:-300}" "$@" >"$log" 2>&1
 }
 
 # ---- data: 512 8x8 grey images (IDX), 160 32x32 RGB images (CIFAR-10 batches), PNGs to score
@@ -216,9 +216,20 @@ echo "3. torch.distributed.run --nproc_per_node 2 (gloo) = one process"
 run "$T/one.log" "$PY" -m realnvp_torch.train $COMMON --threads 1 --steps 10 --out "$T/one" || bad "one process failed: $(tail -5 "$T/one.log")"
 # --redirects 1 --tee 1: Debian's torch 1.13 on Python 3.11 fails with torchrun's default "0" (Std.from_str);
 # a free port of our own, so that another run on the machine does not meet this one
-PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-run "$T/two.log" "$PY" -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port "$PORT" \
-    --redirects 1 --tee 1 -m realnvp_torch.train $COMMON --threads 1 --steps 10 --out "$T/two" || bad "2 processes failed: $(tail -8 "$T/two.log")"
+two() {
+  local port
+  port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  rm -rf "$T/two"
+  LIMIT=${TWIN_TWO_LIMIT:-180} run "$T/two.log" "$PY" -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port "$port" \
+      --redirects 1 --tee 1 -m realnvp_torch.train $COMMON --threads 1 --steps 10 --out "$T/two"
+}
+# Debian's torch 1.13 (gloo) has, rarely and only under heavy load, left both workers hanging after their
+# last step (in its barrier/teardown), until the time limit: such a run is started once more, said here;
+# the comparison below is the same either way, and a second failure fails the test
+if ! two; then
+  echo "  note: the 2-process run did not finish within ${TWIN_TWO_LIMIT:-180} s (its log: $(tail -2 "$T/two.log" | tr '\n' ' ')); once more"
+  two || bad "2 processes failed twice: $(tail -8 "$T/two.log")"
+fi
 grep -q "2 processes (torch.distributed, gloo)" "$T/two.log" || bad "the 2-process run did not say it ran 2 processes: $(head -5 "$T/two.log")"
 if out=$(compare "$T/two" "$T/one" 1e-5 1e-4); then ok "$out"; else bad "$out"; fi
 
