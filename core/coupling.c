@@ -43,11 +43,10 @@ void rnvpi_coupling_forward(float *x, double *ld, const coupling *c, int N, net_
     const float *netin;
     float *xt = transformed_part(x, c, N, ws, &netin);   /* (Ct, N, H, W) */
     st_net(ws->out, netin, c, N, ws);
-    rnvpi_affine_forward(xt, ld, xt, ws->out, c->scale, q, c->Ct, N, c->H, c->W);
-    if (c->fbn_mean) {
-        rnvpi_fbn_normalize(xt, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
+    /* the affine map and the flow batch norm in one pass */
+    rnvpi_affine_forward(xt, ld, xt, ws->out, c->scale, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
+    if (c->fbn_mean)
         for (int n = 0; n < N; n++) ld[n] += c->fbn_logdet;
-    }
 }
 
 void rnvpi_coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
@@ -56,8 +55,7 @@ void rnvpi_coupling_inverse(float *y, const coupling *c, int N, net_ws *ws)
     const float *netin;
     float *yt = transformed_part(y, c, N, ws, &netin);   /* the conditioning part is unchanged */
     st_net(ws->out, netin, c, N, ws);
-    if (c->fbn_mean) rnvpi_fbn_denormalize(yt, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
-    rnvpi_affine_inverse(yt, yt, ws->out, c->scale, q, c->Ct, N, c->H, c->W);
+    rnvpi_affine_inverse(yt, yt, ws->out, c->scale, c->fbn_mean, c->fbn_inv_std, q, c->Ct, N, c->H, c->W);
 }
 
 /* Floats of workspace a coupling needs for N images, per buffer (SIZE_MAX: does not fit). */

@@ -225,21 +225,22 @@ void rnvpi_checker_input(float *netin, const float *x, int C, int parity, int N,
 
 /* The coupling's affine map on x: (Ct, N, H, W) with st: (2Ct, N, H, W) the s/t network's output
  * (s_raw then t): s = scale[c] tanh(s_raw), y = x exp(s) + t on the transformed elements, y = x
- * elsewhere; ld (N) += the sum of s over image n's transformed elements. y may be x. */
+ * elsewhere; ld (N) += the sum of s over image n's transformed elements. y may be x. With mean
+ * != NULL the flow batch norm follows in the same pass, y <- (y - mean[c]) inv_std[c] (inference:
+ * the running statistics; its constant log-det is the caller's), bitwise as two passes would. */
 void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
-                          int parity, int Ct, int N, int H, int W);
-/* Its inverse, x = (y - t) exp(-s) on the transformed elements; x may be y. */
-void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float *scale, int parity,
-                          int Ct, int N, int H, int W);
+                          const float *mean, const float *inv_std, int parity, int Ct, int N, int H, int W);
+/* Its inverse, x = (y - t) exp(-s) on the transformed elements, after y <- y / inv_std[c] + mean[c]
+ * (in double) when mean != NULL; x may be y. */
+void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float *scale, const float *mean,
+                          const float *inv_std, int parity, int Ct, int N, int H, int W);
 
 /* Flow batch norm (docs/model.md 2.5) on the transformed elements of x (Ct, N, H, W), in place:
- * x <- (x - mean[c]) inv_std[c]; the inverse x <- x / inv_std[c] + mean[c] (in double). Its
+ * x <- (x - mean[c]) inv_std[c] (at inference fused into rnvpi_affine_forward / _inverse). Its
  * log-det per image, -0.5 cnt sum_c ln(var[c] + eps) with cnt transformed elements per channel,
  * is rnvpi_fbn_logdet (var: the batch's in training, the running one at inference). */
 void rnvpi_fbn_normalize(float *x, const float *mean, const float *inv_std, int parity, int Ct, int N,
                          int H, int W);
-void rnvpi_fbn_denormalize(float *x, const float *mean, const float *inv_std, int parity, int Ct, int N,
-                           int H, int W);
 static inline double rnvpi_fbn_logdet1(double var, double eps, int cnt)
 {
     return -0.5 * log(var + eps) * cnt;

@@ -1,6 +1,6 @@
 /* ops.c: the flow's operations that inference (core/) and training (train/) share, each written
- * once: squeeze, the checkerboard net input, the affine coupling map and its inverse, the flow
- * batch norm's normalisation, weight normalisation (declared in internal.h with the inline ones).
+ * once: squeeze, the checkerboard net input, the affine coupling map and its inverse (with the
+ * flow batch norm at inference fused in: one pass), the flow batch norm's normalisation, weight normalisation (declared in internal.h with the inline ones).
  * Leaves out convolutions (conv.c), the couplings' order (flow.c) and backward passes (train/). */
 #include "internal.h"
 
@@ -68,7 +68,7 @@ void rnvpi_checker_input(float *netin, const float *x, int C, int parity, int N,
 }
 
 void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st, const float *scale,
-                          int parity, int Ct, int N, int H, int W)
+                          const float *mean, const float *inv_std, int parity, int Ct, int N, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
     if (x != y) memcpy(y, x, sizeof(float) * Ct * P);   /* y = x where not transformed */
@@ -79,6 +79,18 @@ void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st,
             const float *sr = st + off, *t = st + Ct * P + off, *xc = x + off;
             float *yc = y + off;
             const float sc = scale[c];
+            if (mean) {   /* the flow batch norm fused in: one pass over the elements */
+                const float m = mean[c], is = inv_std[c];
+                for (int i = 0; i < H; i++)
+                    for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
+                        const int q = i * W + j;
+                        const float s = sc * tanhf(sr[q]);
+                        const float v = xc[q] * expf(s) + t[q];   /* as below */
+                        yc[q] = (v - m) * is;                     /* as rnvpi_fbn_normalize */
+                        sum += s;
+                    }
+                continue;
+            }
             for (int i = 0; i < H; i++)
                 for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
                     const int q = i * W + j;
@@ -92,13 +104,15 @@ void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st,
     }
 }
 
-void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float *scale, int parity,
-                          int Ct, int N, int H, int W)
+void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float *scale, const float *mean,
+                          const float *inv_std, int parity, int Ct, int N, int H, int W)
 {
     const size_t HW = (size_t)H * W, P = (size_t)N * HW;
     if (x != y) memcpy(x, y, sizeof(float) * Ct * P);
     for (int c = 0; c < Ct; c++) {
         const float sc = scale[c];
+        /* the flow batch norm's inverse first, y <- y sqrt(var + eps) + mean (in double) */
+        const double sd = mean ? 1.0 / inv_std[c] : 1.0, m = mean ? mean[c] : 0.0;
         for (int n = 0; n < N; n++) {
             const size_t off = c * P + n * HW;
             const float *sr = st + off, *t = st + Ct * P + off, *yc = y + off;
@@ -107,7 +121,8 @@ void rnvpi_affine_inverse(float *x, const float *y, const float *st, const float
                 for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
                     const int q = i * W + j;
                     const float s = sc * tanhf(sr[q]);
-                    xc[q] = (yc[q] - t[q]) * expf(-s);   /* x = (y - t) exp(-s) */
+                    const float v = mean ? (float)(yc[q] * sd + m) : yc[q];
+                    xc[q] = (v - t[q]) * expf(-s);   /* x = (y - t) exp(-s) */
                 }
         }
     }
@@ -126,21 +141,6 @@ void rnvpi_fbn_normalize(float *x, const float *mean, const float *inv_std, int 
             for (int i = 0; i < H; i++)
                 for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity))
                     xc[i * W + j] = (xc[i * W + j] - m) * is;   /* x <- (x - mean) inv_std */
-        }
-    }
-}
-
-void rnvpi_fbn_denormalize(float *x, const float *mean, const float *inv_std, int parity, int Ct, int N,
-                           int H, int W)
-{
-    const size_t HW = (size_t)H * W, P = (size_t)N * HW;
-    for (int c = 0; c < Ct; c++) {
-        const double sd = 1.0 / inv_std[c], m = mean[c];
-        for (int n = 0; n < N; n++) {
-            float *xc = x + c * P + n * HW;
-            for (int i = 0; i < H; i++)
-                for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity))
-                    xc[i * W + j] = (float)(xc[i * W + j] * sd + m);   /* x sqrt(var + eps) + mean */
         }
     }
 }

@@ -569,7 +569,7 @@ static double aff_obj(void *v)
         memcpy(c->y, c->x, sizeof(float) * n);
         tr_fbn_forward(&c->sv, c->y, c->ld, NULL, NULL, 1e-4, 0, c->parity, c->Ct, c->N, c->H, c->W, NULL);
     } else {
-        rnvpi_affine_forward(c->y, c->ld, c->x, c->st, c->scale, c->parity, c->Ct, c->N, c->H, c->W);
+        rnvpi_affine_forward(c->y, c->ld, c->x, c->st, c->scale, NULL, NULL, c->parity, c->Ct, c->N, c->H, c->W);
     }
     double J = dot(c->y, c->r, n);
     for (int i = 0; i < c->N; i++) J += c->rl[i] * c->ld[i];

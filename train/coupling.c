@@ -173,7 +173,7 @@ void tr_coupling_train_forward(coupling_saved *sv, float *y, double *ld, const f
     net_forward(n, c, cfg->bn_eps, cs, update_stats, N);
     const size_t to = t_off(c) * P;
     const int mq = rnvpi_mask_parity(c);
-    rnvpi_affine_forward(y + to, ld, x + to, n->st, c->scale, mq, Ct, N, H, W);
+    rnvpi_affine_forward(y + to, ld, x + to, n->st, c->scale, NULL, NULL, mq, Ct, N, H, W);
     if (c->fbn_mean)
         tr_fbn_forward(&sv->fbn, y + to, ld, c->fbn_mean, c->fbn_var, cfg->flow_bn_eps, update_stats, mq, Ct, N,
                        H, W, cs->comm);
