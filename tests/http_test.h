@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* (every function is static and marked unused: a test uses what it needs, without -Wunused-function warnings) */
@@ -280,6 +281,33 @@ __attribute__((unused)) static void http(resp *r, int port, const char *method, 
     if (fd < 0) return;
     http_on(fd, r, method, path, extra_headers, body, blen);
     close(fd);
+}
+
+/* the value after line_prefix in GET /metrics (start the prefix with "\n" when the name is another's suffix);
+ * -1 when the line is missing or there is no reply (a draining server accepts no new connection) */
+__attribute__((unused)) static long http_metric(int port, const char *line_prefix)
+{
+    resp r;
+    http(&r, port, "GET", "/metrics", NULL, NULL, 0);
+    const char *p = r.status == 200 && r.body ? strstr(r.body, line_prefix) : NULL;
+    long v = p ? atol(p + strlen(line_prefix)) : -1;
+    resp_free(&r);
+    return v;
+}
+
+/* Polls http_metric every 2 ms until its value is in [lo, hi] or ms milliseconds have passed; the last value.
+ * For a state a test must reach before its next step (work queued, a request finished, memory given back),
+ * instead of a fixed sleep that a slower machine (ASan) can outlast: the caller asserts on the value. */
+__attribute__((unused)) static long http_metric_await(int port, const char *line_prefix, long lo, long hi, int ms)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        long v = http_metric(port, line_prefix);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((v >= lo && v <= hi) || (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= ms) return v;
+        usleep(2000);
+    }
 }
 
 /* a multipart/form-data body of the PNGs png[idx[i]] (plen[idx[i]] bytes), part i named f<i> with the

@@ -967,7 +967,8 @@ START_TEST(test_limits)
     ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
     resp_free(&r);
     free(many);
-    usleep(50000);
+    /* given back as the server finishes the request, which may be just after the client has the reply */
+    http_metric_await(s.port, "\nrealnvp_memory_used_bytes ", 0, 0, 20000);
     resp m;
     http(&m, s.port, "GET", "/metrics", NULL, NULL, 0);
     ck_assert_msg(strstr(m.body, "\nrealnvp_memory_used_bytes 0\n"), "memory not given back");
@@ -1050,7 +1051,8 @@ START_TEST(test_queue_and_drain)
                                                     "log_prob"), bin, 4 * D, {0}};
     pthread_t t;
     pthread_create(&t, NULL, call_thread, &a);
-    usleep(300000);
+    /* the second request is sent once the first is seen queued (its batch waits 1 s to fill) */
+    ck_assert_msg(http_metric_await(s.port, "\nrealnvp_queue_depth ", 4, 5, 20000) >= 4, "the first request was not queued");
     resp r;
     json_t *hdr = json_pack("{s:[o], s:[{s:s}]}", "inputs", binary_image_input(2), "outputs", "name", "log_prob");
     post_binary(&r, s.port, mpath("", "/infer"), hdr, bin, 2 * D);
@@ -1074,10 +1076,17 @@ START_TEST(test_queue_and_drain)
     http_on(kb, &r, "GET", "/v2/health/live", NULL, NULL, 0);
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
-    usleep(300000);
+    /* b is queued (seen, not assumed after a sleep) before the signal; its batch would wait 10 s */
+    ck_assert_msg(http_metric_await(s.port, "\nrealnvp_queue_depth ", 1, 1L << 30, 20000) >= 1, "the request was not queued");
     kill(s.pid, SIGTERM);
-    usleep(100000);
-    http_on(kb, &r, "GET", "/v2/health/ready", NULL, NULL, 0);   /* (each reply closes its connection now) */
+    /* ready turns false once the signal is handled (true until then, however long the machine takes;
+     * b keeps the server draining meanwhile). While ready, kb stays open; the first 503 closes it. */
+    int polls = 0;
+    do {
+        if (polls++) usleep(1000);
+        resp_free(&r);
+        http_on(kb, &r, "GET", "/v2/health/ready", NULL, NULL, 0);
+    } while (r.status == 200 && polls < 10000);
     close(kb);
     ck_assert_int_eq(r.status, 503);
     json_t *j = body_json(&r);

@@ -124,6 +124,22 @@ static long metric(int port, const char *line_prefix)
     return v;
 }
 
+/* how long a test waits for a state it must reach (http_metric_await): only a failing test waits that long */
+#define AWAIT_MS 20000
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* reads one response on fd (after its request was sent by hand) */
+static void read_resp(int fd, resp *r)
+{
+    http_on(fd, r, "GET", "", NULL, NULL, (size_t)-1);   /* (size_t)-1: send nothing, only read */
+}
+
 /* ---- fixture ---- */
 
 static void setup(void)
@@ -687,7 +703,11 @@ START_TEST(test_limits_small)
     ck_assert_int_eq(start_server(&s, NULL, "--model %s --per-ip-limit 2 --conn-timeout-s 1", model_path), 0);
     int c1 = connect_port(s.port), c2 = connect_port(s.port);
     ck_assert(c1 >= 0 && c2 >= 0);
-    usleep(100000);
+    for (int k = 0; k < 2; k++) {   /* both accepted by the server (answered), not only by the kernel */
+        http_on(k ? c2 : c1, &r, "GET", "/healthz", NULL, NULL, 0);
+        ck_assert_int_eq(r.status, 200);
+        resp_free(&r);
+    }
     int c3 = connect_port(s.port);   /* the kernel accepts it; the server closes it at once */
     ck_assert_int_ge(c3, 0);
     struct timeval tv = {5, 0};
@@ -825,13 +845,14 @@ START_TEST(test_queue_full_and_timeout)
 {
     NEED_SETUP();
     /* the worker waits up to 1 s for a batch to fill: a first request of 10 images holds the
-     * queue (capacity 12), so a second one of 10 cannot fit: 503 + Retry-After */
+     * queue (capacity 12), so a second one of 10 cannot fit: 503 + Retry-After. The second is
+     * sent once the first is seen queued (not after a fixed sleep a slow machine can outlast). */
     server s;
     ck_assert_int_eq(start_server(&s, NULL, "--model %s --queue-size 12 --max-delay-us 1000000", model_path), 0);
     call a = {s.port, "GET", "/sample?n=10&seed=1", NULL, NULL, 0, {0}, 0};
     pthread_t t;
     pthread_create(&t, NULL, call_thread, &a);
-    usleep(300000);
+    ck_assert_msg(http_metric_await(s.port, "\nrealnvp_queue_depth ", 10, 12, AWAIT_MS) >= 10, "the first request was not queued");
     resp r;
     http(&r, s.port, "GET", "/sample?n=10&seed=2", NULL, NULL, 0);
     assert_error(&r, 503, "queue_full", "second request");
@@ -1007,12 +1028,22 @@ START_TEST(test_shutdown_under_load)
     NEED_SETUP();
     server s;
     ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 20000 --drain-timeout-s 20", model_path), 0);
-    /* a request held in the queue across the signal, and a keep-alive connection to ask /readyz */
+    /* a request held across the signal: an upload cut short, seen received (the inflight gauge
+     * counts it and the /metrics request), which keeps the drain open until it ends; and a
+     * keep-alive connection to ask /readyz */
     int ka = connect_port(s.port);
     resp r;
     http_on(ka, &r, "GET", "/readyz", NULL, NULL, 0);
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
+    char hd[200];
+    int hl = snprintf(hd, sizeof hd, "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %zu\r\n\r\n",
+                      png_len[2]);
+    int up = connect_port(s.port);
+    ck_assert_int_ge(up, 0);
+    ck_assert_int_eq(write_all(up, hd, (size_t)hl), 0);
+    ck_assert_int_eq(write_all(up, pngs[2], 10), 0);
+    ck_assert_msg(http_metric_await(s.port, "\nrealnvp_inflight_requests ", 2, 2, AWAIT_MS) == 2, "the upload was not received");
     enum { N = 16 };
     load_arg l[N];
     pthread_t t[N];
@@ -1022,11 +1053,24 @@ START_TEST(test_shutdown_under_load)
     }
     usleep(400000);
     kill(s.pid, SIGTERM);
-    usleep(5000);
-    http_on(ka, &r, "GET", "/readyz", NULL, NULL, 0);
-    ck_assert_msg(r.status == 503 || r.status == 0, "readyz while draining: %d", r.status);
+    /* /readyz turns 503 once the signal is handled (200 until then, for however long the machine
+     * takes); the held upload keeps the server draining, so the connection stays to answer it */
+    double t_sig = now_s();
+    int polls = 0;
+    do {
+        if (polls++) usleep(1000);
+        resp_free(&r);
+        http_on(ka, &r, "GET", "/readyz", NULL, NULL, 0);
+    } while (r.status == 200 && now_s() - t_sig < AWAIT_MS / 1000.0);
+    ck_assert_msg(r.status == 503, "readyz while draining: %d (after %d requests in %.3f s)", r.status, polls, now_s() - t_sig);
     resp_free(&r);
     close(ka);
+    /* the upload ends during the drain: refused */
+    ck_assert_int_eq(write_all(up, pngs[2] + 10, png_len[2] - 10), 0);
+    read_resp(up, &r);
+    close(up);
+    assert_error(&r, 503, "draining", "upload finished during the drain");
+    resp_free(&r);
     int st = wait_server(&s, 30000);
     for (int i = 0; i < N; i++) __atomic_store_n(&l[i].stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
@@ -1396,25 +1440,12 @@ static int send_raw(int port, const char *src, const void *data, size_t len)
     return fd;
 }
 
-/* reads one response on fd (after its request was sent by hand) */
-static void read_resp(int fd, resp *r)
-{
-    http_on(fd, r, "GET", "", NULL, NULL, (size_t)-1);   /* (size_t)-1: send nothing, only read */
-}
-
 typedef struct timed_call {
     int port;
     const char *src, *path;
     resp r;
     double t_done;
 } timed_call;
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static void *timed_get(void *arg)
 {
@@ -1432,20 +1463,34 @@ static void *timed_get(void *arg)
 START_TEST(test_fair_queue)
 {
     NEED_SETUP();
-    /* one image per batch, so the order of batches is the order the queue serves clients in */
+    /* one image per batch, so the order of batches is the order the queue serves clients in. The
+     * bundled 28 x 28 model: its decodes take about 12 ms each here, so the heavy request lasts
+     * seconds (3000 decodes of the 8 x 8 test model took 0.4 s here, which a machine ten times
+     * faster finishes about when the light client used to be sent, 30 ms after it) */
     server s;
-    ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-batch 1 --max-samples 4096 --max-jobs-per-request 4096 "
-                                            "--queue-size 8192", model_path), 0);
-    /* a heavy client (127.0.0.1: 3000 decodes in one request), then a light one from 127.0.0.2 */
-    timed_call heavy = {s.port, "127.0.0.1", "/sample?n=3000&format=json&seed=1", {0}, 0};
+    ck_assert_int_eq(start_server(&s, NULL, "--model models/fashion-mnist/model.safetensors --max-batch 1 "
+                                            "--max-samples 4096 --max-jobs-per-request 4096 --queue-size 8192"), 0);
+    /* a heavy client (127.0.0.1: 160 decodes in one request), then, once its decodes are seen
+     * queued, a light one from 127.0.0.2 */
+    enum { HEAVY = 160 };
+    char heavy_path[64];
+    snprintf(heavy_path, sizeof heavy_path, "/sample?n=%d&format=json&seed=1", HEAVY);
+    timed_call heavy = {s.port, "127.0.0.1", heavy_path, {0}, 0};
     timed_call light = {s.port, "127.0.0.2", "/sample?n=2&format=json&seed=2", {0}, 0};
     pthread_t th, tl;
+    double t_heavy = now_s();
     pthread_create(&th, NULL, timed_get, &heavy);
-    usleep(30000);
+    long queued = http_metric_await(s.port, "\nrealnvp_queue_depth ", HEAVY / 2, HEAVY, AWAIT_MS);
     double t_light = now_s();
+    if (queued < HEAVY / 2) pthread_join(th, NULL);
+    ck_assert_msg(queued >= HEAVY / 2, "the heavy request was not seen queued (depth %ld; its status %d after %.3f s)", queued,
+                  heavy.r.status, heavy.t_done - t_heavy);
     pthread_create(&tl, NULL, timed_get, &light);
     pthread_join(tl, NULL);
     pthread_join(th, NULL);
+    fprintf(stderr, "test_fair_queue: the light client was sent %.3f s after the heavy one (%ld of its %d decodes "
+                    "waiting), answered in %.3f s; the heavy one took %.3f s more\n",
+            t_light - t_heavy, queued, HEAVY, light.t_done - t_light, heavy.t_done - light.t_done);
     ck_assert_int_eq(heavy.r.status, 200);
     ck_assert_int_eq(light.r.status, 200);
     /* round-robin: the light client's 2 images ran between the heavy one's, long before its end */
@@ -1501,15 +1546,16 @@ END_TEST
 START_TEST(test_cancel_disconnected)
 {
     NEED_SETUP();
-    /* the worker waits 600 ms for a batch to fill; the client leaves after 100 ms */
+    /* the worker waits 600 ms for a batch to fill; the client leaves once its 10 images are seen
+     * queued, and its jobs are dropped when their batch would start (the 499 is counted last) */
     server s;
     ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 600000", model_path), 0);
     const char req[] = "GET /sample?n=10 HTTP/1.1\r\nHost: x\r\n\r\n";
     int fd = send_raw(s.port, NULL, req, sizeof req - 1);
     ck_assert_int_ge(fd, 0);
-    usleep(100000);
+    ck_assert_int_eq(http_metric_await(s.port, "\nrealnvp_queue_depth ", 10, 10, AWAIT_MS), 10);
     close(fd);
-    usleep(900000);
+    http_metric_await(s.port, "realnvp_requests_total{endpoint=\"sample\",status=\"499\"} ", 1, 1L << 30, AWAIT_MS);
     ck_assert_int_eq(metric(s.port, "\nrealnvp_cancelled_total "), 10);
     ck_assert_int_eq(metric(s.port, "realnvp_images_total{op=\"decode\"} "), 0);
     ck_assert_int_eq(metric(s.port, "realnvp_requests_total{endpoint=\"sample\",status=\"499\"} "), 1);
@@ -1546,9 +1592,8 @@ START_TEST(test_memory_budget)
                       700000);
     int a = send_raw(s.port, NULL, hd, (size_t)hl);
     ck_assert_int_ge(a, 0);
-    write_all(a, big, 1000);   /* holds its 700 kB buffer */
-    usleep(100000);
-    ck_assert_int_ge(metric(s.port, "\nrealnvp_memory_used_bytes "), 700000);
+    write_all(a, big, 1000);   /* holds its 700 kB buffer (once the server has read that much) */
+    ck_assert_int_ge(http_metric_await(s.port, "\nrealnvp_memory_used_bytes ", 700000, 1L << 30, AWAIT_MS), 700000);
     int b = send_raw(s.port, NULL, hd, (size_t)hl);
     read_resp(b, &r);
     close(b);
@@ -1560,8 +1605,8 @@ START_TEST(test_memory_budget)
     assert_error(&r, 400, "bad_png", "first body");
     resp_free(&r);
     free(big);
-    usleep(50000);
-    ck_assert_int_eq(metric(s.port, "\nrealnvp_memory_used_bytes "), 0);   /* everything given back */
+    /* everything given back (once the server has finished the request, just after its reply) */
+    ck_assert_int_eq(http_metric_await(s.port, "\nrealnvp_memory_used_bytes ", 0, 0, AWAIT_MS), 0);
     ck_assert_int_ge(metric(s.port, "realnvp_rejected_total{reason=\"memory_budget\"} "), 2);
     /* /decode JSON of empty arrays is refused before Jansson builds its tree */
     size_t n = 300000;
@@ -1598,8 +1643,9 @@ START_TEST(test_read_timeout)
     ck_assert_int_eq(r.status, 0);
     ck_assert_msg(now_s() - t0 < 3.0, "closed after %.2f s for --read-timeout-s 1", now_s() - t0);
     resp_free(&r);
-    ck_assert_int_eq(metric(s.port, "realnvp_requests_total{endpoint=\"log_prob\",status=\"408\"} "), 1);
-    ck_assert_int_eq(metric(s.port, "\nrealnvp_memory_used_bytes "), 0);
+    /* counted and given back as the server finishes the request, which may be just after the client sees the close */
+    ck_assert_int_eq(http_metric_await(s.port, "realnvp_requests_total{endpoint=\"log_prob\",status=\"408\"} ", 1, 1L << 30, AWAIT_MS), 1);
+    ck_assert_int_eq(http_metric_await(s.port, "\nrealnvp_memory_used_bytes ", 0, 0, AWAIT_MS), 0);
     ck_assert_int_eq(stop_server(&s), 0);
 }
 END_TEST
@@ -1622,6 +1668,12 @@ START_TEST(test_drain_bounded)
     /* a full queue at SIGTERM: the batch would wait 10 s to fill, the drain allows 2 s */
     server s;
     ck_assert_int_eq(start_server(&s, NULL, "--model %s --max-delay-us 10000000 --drain-timeout-s 2", model_path), 0);
+    /* a keep-alive client (accepted: it has had an answer) */
+    int ka = connect_port(s.port);
+    resp r;
+    http_on(ka, &r, "GET", "/healthz", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
     enum { N = 6 };
     drain_client c[N];
     pthread_t t[N];
@@ -1633,22 +1685,22 @@ START_TEST(test_drain_bounded)
         ck_assert_int_ge(c[i].fd, 0);
         pthread_create(&t[i], NULL, drain_reader, &c[i]);
     }
-    /* a keep-alive client, and a slow upload that finishes during the drain */
-    int ka = connect_port(s.port);
-    resp r;
-    http_on(ka, &r, "GET", "/healthz", NULL, NULL, 0);
-    ck_assert_int_eq(r.status, 200);
-    resp_free(&r);
+    /* every request queued (seen, not assumed after a fixed sleep) */
+    ck_assert_int_eq(http_metric_await(s.port, "\nrealnvp_queue_depth ", N * 4, N * 4, AWAIT_MS), N * 4);
+    /* a slow upload that finishes during the drain: seen received (the inflight gauge counts the N
+     * queued requests, it and the /metrics request) before the signal, as a connection not yet
+     * accepted then would be refused, not answered */
     char hd[200];
     int hl = snprintf(hd, sizeof hd, "POST /log_prob HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %zu\r\n\r\n",
                       png_len[0]);
     int up = send_raw(s.port, NULL, hd, (size_t)hl);
+    ck_assert_int_ge(up, 0);
     write_all(up, pngs[0], 10);
-    usleep(200000);
-    ck_assert_int_eq(metric(s.port, "\nrealnvp_queue_depth "), N * 4);
+    ck_assert_int_eq(http_metric_await(s.port, "\nrealnvp_inflight_requests ", N + 2, N + 2, AWAIT_MS), N + 2);
     double t0 = now_s();
     kill(s.pid, SIGTERM);
-    usleep(100000);
+    /* the drain has begun once /metrics no longer answers 1 (0, or -1: no new connection accepted) */
+    ck_assert_int_le(http_metric_await(s.port, "\nrealnvp_ready ", -1, 0, AWAIT_MS), 0);
     http_on(ka, &r, "POST", "/log_prob", "Content-Type: image/png\r\n", pngs[1], png_len[1]);   /* new work: refused */
     assert_error(&r, 503, "draining", "keep-alive request during the drain");
     resp_free(&r);
@@ -1689,22 +1741,35 @@ START_TEST(test_small_defects)
     assert_error(&r, 400, "bad_parameter", "/healthz?x=1");
     resp_free(&r);
     /* a client that drops after its request line: counted under its endpoint, as 499 */
-    long before = metric(PORT, "realnvp_requests_total{endpoint=\"info\",status=\"499\"} ");
+    const char *c499 = "realnvp_requests_total{endpoint=\"info\",status=\"499\"} ";
+    long before = metric(PORT, c499);
+    before = before < 0 ? 0 : before;
     int fd = send_raw(PORT, NULL, "GET /info HTTP/1.1\r\nHo", 22);
-    usleep(50000);
+    /* the server has its request line (the inflight gauge counts it and the /metrics request)
+     * before the client drops, and counts the 499 when it notices: both awaited, not slept on */
+    ck_assert_int_eq(http_metric_await(PORT, "\nrealnvp_inflight_requests ", 2, 2, AWAIT_MS), 2);
     close(fd);
-    usleep(100000);
-    ck_assert_int_eq(metric(PORT, "realnvp_requests_total{endpoint=\"info\",status=\"499\"} "), (before < 0 ? 0 : before) + 1);
+    ck_assert_int_eq(http_metric_await(PORT, c499, before + 1, 1L << 30, AWAIT_MS), before + 1);
     http(&r, PORT, "GET", "/metrics", NULL, NULL, 0);
     ck_assert_msg(!strstr(r.body, "status=\"0\""), "%s", r.body);
     resp_free(&r);
-    /* the method is written to the access log without control bytes */
+    /* the method is written to the access log without control bytes: the log is read once it has
+     * the request's line (written as the server finishes the request, just after its reply) */
+    size_t log0 = 0;
+    free(slurp(main_srv.log, &log0));
     fd = send_raw(PORT, NULL, "G\x01T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 35);
     read_resp(fd, &r);
     close(fd);
     resp_free(&r);
-    usleep(50000);
-    char *log = slurp(main_srv.log, NULL);
+    char *log = NULL;
+    const char *tail = "";
+    for (double t0 = now_s(); now_s() - t0 < AWAIT_MS / 1000.0; usleep(2000)) {
+        free(log);
+        log = slurp(main_srv.log, NULL);
+        tail = log && strlen(log) >= log0 ? log + log0 : "";
+        if (strstr(tail, " /healthz\" ")) break;
+    }
+    ck_assert_msg(strstr(tail, " /healthz\" "), "the request was not logged: %s", tail);
     ck_assert_msg(!strchr(log, '\x01'), "a control byte reached the access log");
     free(log);
     /* the model name as a Prometheus label value: only \\ \" and \n are escapes there */
