@@ -150,9 +150,15 @@ AVX2F static void input_block(float *restrict V, ptrdiff_t ld, float *restrict t
     const __m128 sgn = _mm_castsi128_ps(_mm_setr_epi32(INT32_MIN, 0, INT32_MIN, INT32_MIN));
     const int affine = pre && pre->a;
     memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB - nt));
+    /* the block's patches lie in [lo, hi) of each channel's plane: prefetched one channel ahead
+     * (channels are P floats apart, a stride the hardware prefetchers do not follow) */
+    ptrdiff_t lo = tl[0].in_off, hi = tl[nt - 1].in_off + 3 * (ptrdiff_t)W + 4;
+    if (lo < 0) lo = 0;
     for (int c = 0; c < cin; c++) {
         const __m128 a = _mm_set1_ps(affine ? pre->a[c] : 1.0f), s = _mm_set1_ps(affine ? pre->s[c] : 0.0f);
         const float *ic = in + (ptrdiff_t)c * P;
+        if (c + 1 < cin)
+            for (ptrdiff_t o = lo; o < hi && (c + 1) * P + o < end; o += 16) _mm_prefetch((const char *)(ic + P + o), _MM_HINT_T0);
         for (int t = 0; t < nt; t++) {
             const struct tile *p = &tl[t];
             __m128 u[4];
