@@ -16,6 +16,7 @@ step one process would (up to float32 summation order).
 import argparse
 import concurrent.futures
 import datetime
+import faulthandler
 import json
 import math
 import os
@@ -337,6 +338,8 @@ def evaluate(model, test, limit, eval_batch, device):
 
 
 def main(argv=None):
+    # SIGUSR1 prints every thread's Python stack to stderr: where a run that seems stuck is
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     given = parse(sys.argv[1:] if argv is None else argv)
     out = given.get("out", dict((n, d) for n, _, d, _, _ in OPTIONS)["out"])
     ckpt = os.path.join(out, CKPT)
