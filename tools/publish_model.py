@@ -8,7 +8,7 @@ Usage (from the repository root):
 Reads RUN_DIR/best.safetensors (metadata: test_bits_per_dim, steps, created, dataset),
 RUN_DIR/checkpoint.safetensors (metadata: train_state, train_options) and RUN_DIR/metrics.jsonl,
 and writes OUT/model.safetensors, OUT/samples_t1.0.png, OUT/samples_t0.7.png, OUT/curve.svg and
-OUT/README.md. --state also copies the resumable checkpoint to OUT/train-state/ (about 3x the model)
+OUT/README.md. --state also copies the resumable checkpoint (about 3x the model), best.safetensors and metrics.jsonl to OUT/train-state/
 so a later session can continue the same run exactly with `realnvp-train --resume`.
 """
 import argparse
@@ -100,14 +100,16 @@ def main():
     metrics = [json.loads(l) for l in open(os.path.join(a.run, "metrics.jsonl")) if l.strip()]
     evals = [m for m in metrics if "test_bpd" in m]
     ips = [m["images_per_s"] for m in metrics if "images_per_s" in m and m.get("step", 0) > 200]
-    info = subprocess.run([a.exe, "info", best], check=True, capture_output=True, text=True).stdout
-
     atomic_copy(best, os.path.join(a.out, "model.safetensors"))
+    # the published file's info, under the path a reader of the card uses
+    info = subprocess.run([a.exe, "info", os.path.join(a.out, "model.safetensors")], check=True,
+                          capture_output=True, text=True).stdout
     for n in ("samples_t1.0.png", "samples_t0.7.png", "curve.svg"):
         if os.path.exists(os.path.join(a.run, n)):
             atomic_copy(os.path.join(a.run, n), os.path.join(a.out, n))
     if a.state:
         atomic_copy(ckpt, os.path.join(a.out, "train-state", "checkpoint.safetensors"))
+        atomic_copy(best, os.path.join(a.out, "train-state", "best.safetensors"))
         atomic_copy(os.path.join(a.run, "metrics.jsonl"), os.path.join(a.out, "train-state", "metrics.jsonl"))
 
     if a.history:
@@ -174,7 +176,7 @@ Test bits/dim on Fashion-MNIST (lower is better); only figures with a source.
 
 | model | parameters | test bits/dim | source |
 |---|---:|---:|---|
-| this model (Real NVP, 3 scales, 2 residual blocks, 32 features) | {params:,} | {tbpd:.3f} | this card |
+| this model (Real NVP, 3 scales, 2 residual blocks, 32 features) | {params:,} | {tbpd:.4f} | this card |
 | Glow | about 69 M | 3.141 | Kirichenko, Izmailov and Wilson, "Why normalizing flows fail to detect out-of-distribution data", NeurIPS 2020 (arXiv:2006.08545), their Fashion-MNIST Glow |
 
 ## `realnvp info`
