@@ -79,24 +79,14 @@ void rnvpi_affine_forward(float *y, double *ld, const float *x, const float *st,
             const float *sr = st + off, *t = st + Ct * P + off, *xc = x + off;
             float *yc = y + off;
             const float sc = scale[c];
-            if (mean) {   /* the flow batch norm fused in: one pass over the elements */
-                const float m = mean[c], is = inv_std[c];
-                for (int i = 0; i < H; i++)
-                    for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
-                        const int q = i * W + j;
-                        const float s = sc * tanhf(sr[q]);
-                        const float v = xc[q] * expf(s) + t[q];   /* as below */
-                        yc[q] = (v - m) * is;                     /* as rnvpi_fbn_normalize */
-                        sum += s;
-                    }
-                continue;
-            }
+            const float m = mean ? mean[c] : 0.0f, is = mean ? inv_std[c] : 1.0f;
             for (int i = 0; i < H; i++)
                 for (int j = RNVPI_ROW_START(parity, i); j < W; j += RNVPI_ROW_STEP(parity)) {
                     const int q = i * W + j;
                     /* s = scale tanh(s_raw); y = x exp(s) + t; ld += s */
                     const float s = sc * tanhf(sr[q]);
-                    yc[q] = xc[q] * expf(s) + t[q];
+                    const float v = xc[q] * expf(s) + t[q];
+                    yc[q] = mean ? (v - m) * is : v;   /* the flow batch norm, as rnvpi_fbn_normalize */
                     sum += s;
                 }
         }
