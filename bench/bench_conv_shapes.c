@@ -1,7 +1,9 @@
-/* bench_conv_shapes.c: one 3x3 convolution at a time, the AVX2 direct kernel against Winograd
- * F(2x2,3x3) (core/winograd.c), on the layer shapes of the shipped and the 1 GFLOP/image models;
- * interleaved rounds, medians, 2 threads; the data behind rnvpi_winograd_wins. Leaves out whole
- * flows (bench_core.c). Not in the Makefile; build and run by hand:
+/* bench_conv_shapes.c: one 3x3 convolution at a time, the direct kernel against Winograd F(2x2,3x3)
+ * (core/winograd.c), on the layer shapes of the shipped and the 1 GFLOP/image models; interleaved
+ * rounds, medians, 2 threads; the data behind rnvpi_winograd_wins (AVX2: the AVX2 kernels) and
+ * rnvpi_winograd512_wins (AVX-512: its direct kernel against the AVX-512 Winograd; and the direct
+ * kernel's bf16 variant where the CPU has AVX512_BF16). Leaves out whole flows (bench_core.c). Not in the
+ * Makefile; build and run by hand:
  *
  *   make build/librnvp.a && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Icore bench/bench_conv_shapes.c \
  *       build/librnvp.a -lopenblas -ljansson -lpng -lz -lm -lpthread -o /tmp/bench_conv_shapes
@@ -10,6 +12,7 @@
 #include "internal.h"
 #include "tpool.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,40 +61,65 @@ int main(int argc, char **argv)
     };
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
     tpool *tp = threads > 1 ? rnvpi_tpool_create(threads) : NULL;
-    printf("| cin | cout | HxW | N | pre/res | avx2 direct ms | winograd ms | direct / winograd |\n"
-           "|---:|---:|---|---:|---|---:|---:|---:|\n");
+    const int avx512 = rnvpi_conv_direct_available() && rnvpi_winograd512_available(), bf16 = rnvpi_bf16_available();
+    if (avx512)
+        printf("| cin | cout | HxW | N | pre/res | avx512 direct ms | winograd ms | direct / winograd |%s\n"
+               "|---:|---:|---|---:|---|---:|---:|---:|%s\n",
+               bf16 ? " direct bf16 ms | direct / bf16 |" : "", bf16 ? "---:|---:|" : "");
+    else
+        printf("| cin | cout | HxW | N | pre/res | avx2 direct ms | winograd ms | direct / winograd |\n"
+               "|---:|---:|---|---:|---|---:|---:|---:|\n");
     uint64_t rs = 1;
     for (int si = 0; si < ns; si++) {
         const struct shp *sh = &shapes[si];
         const size_t P = (size_t)sh->N * sh->H * sh->W;
         float *w = malloc(sizeof(float) * sh->cout * sh->cin * 9), *b = malloc(sizeof(float) * sh->cout);
         float *u = malloc(sizeof(float) * 16 * sh->cout * sh->cin);
+        uint32_t *ub = malloc(sizeof(uint32_t) * sh->cout * ((sh->cin * 9 + 1) / 2));
         float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
-        float *in = malloc(sizeof(float) * sh->cin * P), *out = malloc(sizeof(float) * sh->cout * P);
+        /* the input between guard zones of zeros, as in a context (the AVX-512 direct kernel's
+         * plain loads read into them) */
+        const conv_i shape = {sh->cout, sh->cin, 3, 3, NULL, NULL, NULL, NULL};
+        const size_t guard = (rnvpi_conv_guard_floats(&shape, sh->W) + 15) / 16 * 16;
+        float *inb = calloc(sh->cin * P + 2 * guard, sizeof(float)), *in = inb + guard;
+        float *out = malloc(sizeof(float) * sh->cout * P);
         for (int i = 0; i < sh->cout * sh->cin * 9; i++) w[i] = (float)(rnvpi_uniform(&rs) - 0.5);
         for (int i = 0; i < sh->cout; i++) b[i] = 0.1f;
         for (int i = 0; i < sh->cin; i++) a[i] = 1.0f, s[i] = 0.1f;
         for (size_t i = 0; i < sh->cin * P; i++) in[i] = (float)(rnvpi_uniform(&rs) - 0.5);
         memset(out, 0, sizeof(float) * sh->cout * P);
         rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
-        conv_i cw = {sh->cout, sh->cin, 3, 3, w, b, u}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL};
+        rnvpi_bf16_pairs(ub, w, sh->cout, sh->cin * 9);
+        conv_i cw = {sh->cout, sh->cin, 3, 3, w, b, u, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, ub};
         affine_i pa = {sh->cin, a, s};
         const size_t pf = (rnvpi_conv_panel_floats(sh->cin, 3, 3) + 15) / 16 * 16;
         float *panel = aligned_alloc(64, sizeof(float) * pf * (threads > 1 ? threads : 1));
-        net_ws ws = {.tp = tp, .panel = panel, .panel_floats = pf, .direct = RNVPI_CONV_WINOGRAD};
-        if (!tp) ws.col = panel, ws.panel = NULL;
-        double td[64], tw[64];
-        for (int r = 0; r < rounds && r < 64; r++) {   /* interleaved: direct, winograd, ... */
-            td[r] = time_conv(out, in, &cd, sh->pre ? &pa : NULL, &ws, sh->N, sh->H, sh->W, sh->acc);
-            tw[r] = time_conv(out, in, &cw, sh->pre ? &pa : NULL, &ws, sh->N, sh->H, sh->W, sh->acc);
+        /* AVX-512: direct (cd) with RNVPI_CONV_AVX512 (bf16: its bf16 variant), Winograd (cw) with
+         * RNVPI_CONV_WINOGRAD and the AVX-512 Winograd kernels; AVX2: RNVPI_CONV_WINOGRAD for both
+         * (cd has no Winograd weights, so it runs on the AVX2 direct kernel) */
+        net_ws wd = {.tp = tp, .panel = panel, .panel_floats = pf, .guard = guard,
+                     .direct = avx512 ? RNVPI_CONV_AVX512 : RNVPI_CONV_WINOGRAD, .wino_kind = RNVPI_WINO_OFF};
+        net_ws ww = {.tp = tp, .panel = panel, .panel_floats = pf, .guard = guard, .direct = RNVPI_CONV_WINOGRAD,
+                     .wino_kind = avx512 ? RNVPI_WINO_AVX512 : RNVPI_WINO_AVX2};
+        net_ws wb = wd;
+        wb.bf16 = 1;
+        if (!tp) wd.col = ww.col = wb.col = panel, wd.panel = ww.panel = wb.panel = NULL;
+        double td[64], tw[64], tb[64];
+        for (int r = 0; r < rounds && r < 64; r++) {   /* interleaved: direct, winograd, (bf16), ... */
+            td[r] = time_conv(out, in, &cd, sh->pre ? &pa : NULL, &wd, sh->N, sh->H, sh->W, sh->acc);
+            tw[r] = time_conv(out, in, &cw, sh->pre ? &pa : NULL, &ww, sh->N, sh->H, sh->W, sh->acc);
+            tb[r] = bf16 ? time_conv(out, in, &cd, sh->pre ? &pa : NULL, &wb, sh->N, sh->H, sh->W, sh->acc) : 0;
         }
         qsort(td, (size_t)rounds, sizeof(double), cmpd);
         qsort(tw, (size_t)rounds, sizeof(double), cmpd);
-        const double md = td[rounds / 2], mw = tw[rounds / 2];
-        printf("| %d | %d | %dx%d | %d | %s | %.4f | %.4f | %.2f |\n", sh->cin, sh->cout, sh->H, sh->W, sh->N,
+        qsort(tb, (size_t)rounds, sizeof(double), cmpd);
+        const double md = td[rounds / 2], mw = tw[rounds / 2], mb = tb[rounds / 2];
+        printf("| %d | %d | %dx%d | %d | %s | %.4f | %.4f | %.2f |", sh->cin, sh->cout, sh->H, sh->W, sh->N,
                sh->pre ? (sh->acc ? "bn+relu, res" : "bn+relu") : "-", 1e3 * md, 1e3 * mw, md / mw);
+        if (avx512 && bf16) printf(" %.4f | %.2f |", 1e3 * mb, md / mb);
+        printf("\n");
         fflush(stdout);
-        free(w); free(b); free(u); free(a); free(s); free(in); free(out); free(panel);
+        free(w); free(b); free(u); free(ub); free(a); free(s); free(inb); free(out); free(panel);
     }
     rnvpi_tpool_free(tp);
     return 0;

@@ -66,9 +66,9 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_core --model PATH [--threads N] [--batches 1,16,64] [--seconds S]\n"
-            "                  [--ops log_prob,encode,decode,sample] [--json]\n"
+            "                  [--ops log_prob,encode,decode,sample] [--precision fp32|bf16] [--json]\n"
             "       bench_core --model PATH --gemm-ceiling [--threads N] [--batches ...] [--seconds S]\n"
-            "       bench_core --model PATH --check-raw FILE.u8 --n N [--z-out FILE.f32]\n"
+            "       bench_core --model PATH --check-raw FILE.u8 --n N [--z-out FILE.f32] [--precision P]\n"
             "       bench_core --init CONFIG_JSON [--seed N] -o PATH\n");
     exit(2);
 }
@@ -197,6 +197,8 @@ static int do_gemm_ceiling(rnvp_model *m, const int *batches, int nb, double sec
     return 0;
 }
 
+static enum rnvp_precision precision;   /* --precision, for every context */
+
 static int do_check(rnvp_model *m, const char *raw, int n, const char *zout)
 {
     const rnvp_config *c = rnvp_model_config(m);
@@ -215,6 +217,7 @@ static int do_check(rnvp_model *m, const char *raw, int n, const char *zout)
     rnvp_ctx *ctx;
     rnvp_error e;
     if (rnvp_ctx_create(&ctx, m, n, &e) != RNVP_OK) die("ctx", &e);
+    if (rnvp_ctx_set_precision(ctx, precision, &e) != RNVP_OK) die("--precision", &e);
     double *lp = xmalloc(sizeof(double) * (size_t)n), *bpd = xmalloc(sizeof(double) * (size_t)n);
     double *lp2 = xmalloc(sizeof(double) * (size_t)n);
     float *z = xmalloc(sizeof(float) * bytes);
@@ -267,6 +270,10 @@ int main(int argc, char **argv)
         else if (ARG("--z-out")) zout = v;
         else if (ARG("--init")) init_cfg = v;
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
+        else if (ARG("--precision")) {
+            rnvp_error pe;
+            if (rnvp_precision_parse(&precision, v, &pe) != RNVP_OK) die("--precision", &pe);
+        }
         else if (ARG("-o")) out = v;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--gemm-ceiling")) gemm_only = 1;
@@ -332,6 +339,7 @@ int main(int argc, char **argv)
         const int n = batches[bi];
         rnvp_ctx *ctx;
         if (rnvp_ctx_create(&ctx, m, n, &e) != RNVP_OK) die("ctx", &e);
+        if (rnvp_ctx_set_precision(ctx, precision, &e) != RNVP_OK) die("--precision", &e);
         if (!json && bi == 0)
             printf("(convolutions: %s kernel, %d threads per context)\n", rnvp_ctx_conv_kernel(ctx),
                    rnvp_ctx_threads(ctx));
@@ -375,10 +383,10 @@ int main(int argc, char **argv)
                 printf("%s\n  {\"op\": \"%s\", \"batch\": %d, \"images_per_s\": %.6g, "
                        "\"ms_per_batch\": %.6g, \"gflops\": %.4g, \"repeats\": %d, "
                        "\"ctx_bytes\": %zu, \"peak_rss_mb\": %.2f, \"conv_kernel\": \"%s\", "
-                       "\"ctx_threads\": %d}",
+                       "\"ctx_threads\": %d, \"precision\": \"%s\"}",
                        first ? "" : ",", op_names[o], n, ips, med * 1e3, gf, r,
                        rnvp_ctx_bytes(ctx), peak_rss_mb(), rnvp_ctx_conv_kernel(ctx),
-                       rnvp_ctx_threads(ctx));
+                       rnvp_ctx_threads(ctx), rnvp_precision_name(rnvp_ctx_precision(ctx)));
             else
                 printf("%-10s%6d%12.1f%11.3f%10.2f%9d%10.2f%10.1f\n", op_names[o], n, ips,
                        med * 1e3, gf, r, ctx_mb, peak_rss_mb());

@@ -365,6 +365,8 @@ def main():
     ap.add_argument("--ops", default="log_prob,encode,decode,sample")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--check", metavar="random|IMG_DIR")
+    ap.add_argument("--check-raw", metavar="FILE.u8",
+                    help="log_prob in float64 only, of the (N, C, H, W) uint8 images in FILE (u = 0.5), to --out")
     ap.add_argument("--out", metavar="FILE.json")
     ap.add_argument("--write-images", metavar="DIR")
     ap.add_argument("--init-random", metavar="PATH")
@@ -388,6 +390,16 @@ def main():
     model, meta, _ = load_model(a.model)
     C, H, W = model.C, model.H, model.W
 
+    if a.check_raw:
+        imgs = np.fromfile(a.check_raw, dtype=np.uint8).reshape(-1, C, H, W)
+        m64 = model.double()
+        lp64 = []
+        with torch.inference_mode():
+            for i in range(0, len(imgs), 500):
+                lp64 += [float(v) for v in m64.log_prob(torch.from_numpy(imgs[i:i + 500]))]
+        with open(a.out, "w") as f:
+            json.dump({"model": a.model, "n": len(imgs), "log_prob_float64": lp64}, f)
+        return 0
     if a.check:
         if a.check == "random":
             names = [f"img{i:02d}.png" for i in range(16)]

@@ -125,10 +125,20 @@ static int parse_double(const char *opt, const char *s, double lo, double hi, do
 
 /* Options every subcommand accepts. Returns 1 when argv[*i] was one (and handled), 0 if not,
  * -1 on an error (printed), 2 when --help was asked for. */
+static enum rnvp_precision cli_precision;   /* --precision, else REALNVP_PRECISION, else fp32 */
+
 static int common_option(int argc, char **argv, int *i)
 {
     const char *v;
-    int r = match(argc, argv, i, "--threads", NULL, 1, &v);
+    int r = match(argc, argv, i, "--precision", NULL, 1, &v);
+    if (r < 0) return -1;
+    if (r) {
+        rnvp_error e;
+        if (rnvp_precision_parse(&cli_precision, v, &e)) return usage_error("--precision: %s", e.msg), -1;
+        if (rnvp_precision_check(cli_precision, &e)) return usage_error("--precision %s: %s", v, e.msg), -1;
+        return 1;
+    }
+    r = match(argc, argv, i, "--threads", NULL, 1, &v);
     if (r < 0) return -1;
     if (r) {
         long t;
@@ -195,6 +205,11 @@ static rnvp_ctx *make_ctx(const rnvp_model *m, int batch)
     rnvp_error e;
     if (rnvp_ctx_create(&c, m, batch, &e)) {
         fail("%s", e.msg);
+        return NULL;
+    }
+    if (rnvp_ctx_set_precision(c, cli_precision, &e)) {
+        fail("%s", e.msg);
+        rnvp_ctx_free(c);
         return NULL;
     }
     return c;
@@ -309,7 +324,7 @@ out0:
 /* ---- log-prob ---- */
 
 static const char help_log_prob[] =
-    "Usage: realnvp log-prob --model MODEL [--json] [--batch N] [--threads N] IMG.png...\n"
+    "Usage: realnvp log-prob --model MODEL [--json] [--batch N] [--threads N] [--precision P] IMG.png...\n"
     "\n"
     "The exact log-likelihood of each 8-bit image under the model: log_prob in nats (of the\n"
     "discrete image, docs/model.md 3) and bits/dim = -log_prob / (D ln 2). Dequantization is\n"
@@ -330,6 +345,8 @@ static const char help_log_prob[] =
     "  --json         JSON lines instead of the table\n"
     "  --batch N      images per batch through one context (1..4096, default 16)\n"
     "  --threads N    BLAS threads\n"
+    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
+    "                  docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct lp_opts {
@@ -450,7 +467,7 @@ out0:
 /* ---- encode ---- */
 
 static const char help_encode[] =
-    "Usage: realnvp encode --model MODEL [--threads N] IMG.png...\n"
+    "Usage: realnvp encode --model MODEL [--threads N] [--precision P] IMG.png...\n"
     "\n"
     "Prints the latent code z = f(x) of each image (deterministic dequantization, u = 0.5) as one\n"
     "JSON object. With one image:\n"
@@ -466,6 +483,8 @@ static const char help_encode[] =
     "Options:\n"
     "  --model MODEL  the checkpoint (required)\n"
     "  --threads N    BLAS threads\n"
+    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
+    "                  docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct model_opt {
@@ -596,7 +615,7 @@ out0:
 /* ---- decode ---- */
 
 static const char help_decode[] =
-    "Usage: realnvp decode --model MODEL [--cols C] [--threads N] LATENTS.json -o OUT.png\n"
+    "Usage: realnvp decode --model MODEL [--cols C] [--threads N] [--precision P] LATENTS.json -o OUT.png\n"
     "\n"
     "Writes the images x = f^-1(z) of latent codes as a PNG. LATENTS.json (\"-\": standard input)\n"
     "is what `realnvp encode` prints: an object whose \"latents\" is an array of D numbers (one\n"
@@ -611,6 +630,8 @@ static const char help_decode[] =
     "  -o, --output OUT.png  the PNG to write (required)\n"
     "  --cols C              grid columns for several images (default: about the square root)\n"
     "  --threads N           BLAS threads\n"
+    "  --precision P         fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
+    "                         docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help            this text\n";
 
 typedef struct out_opts {
@@ -765,7 +786,7 @@ out0:
 /* ---- sample ---- */
 
 static const char help_sample[] =
-    "Usage: realnvp sample --model MODEL [-n N] [--temp T] [--seed S] [--cols C] [--threads N] -o GRID.png\n"
+    "Usage: realnvp sample --model MODEL [-n N] [--temp T] [--seed S] [--cols C] [--threads N] [--precision P] -o GRID.png\n"
     "\n"
     "Draws N images from the model, x = f^-1(z) with z ~ N(0, T^2 I), and writes them as one PNG:\n"
     "a grid of C columns with a 2-pixel white border between tiles (N = 1: the bare image).\n"
@@ -780,6 +801,8 @@ static const char help_sample[] =
     "  --seed S               seed (0..2^64-1, default 1)\n"
     "  --cols C               grid columns (default: about the square root of N)\n"
     "  --threads N            BLAS threads\n"
+    "  --precision P          fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
+    "                          docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help             this text\n";
 
 static int sample_opt(void *st, int argc, char **argv, int *i)
@@ -840,7 +863,7 @@ out0:
 /* ---- interpolate ---- */
 
 static const char help_interpolate[] =
-    "Usage: realnvp interpolate --model MODEL [--steps N] [--mode linear|spherical] -o STRIP.png A.png B.png\n"
+    "Usage: realnvp interpolate --model MODEL [--steps N] [--mode linear|spherical] [--precision P] -o STRIP.png A.png B.png\n"
     "\n"
     "Encodes A and B (u = 0.5), decodes N evenly spaced points between their latent codes and\n"
     "writes them as one PNG strip (N columns, 2-pixel borders). linear: (1-t) zA + t zB;\n"
@@ -854,6 +877,8 @@ static const char help_interpolate[] =
     "  --mode M                linear (default) or spherical\n"
     "  --cols C                columns (default: N, one row)\n"
     "  --threads N             BLAS threads\n"
+    "  --precision P           fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
+    "                           docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help              this text\n";
 
 typedef struct interp_opts {
@@ -1041,8 +1066,11 @@ static const char help_main[] =
     "  init       write a randomly initialised model from a config\n"
     "  help CMD   the same as realnvp CMD --help\n"
     "\n"
-    "Options (--threads is also accepted after the command):\n"
+    "Options (--threads and --precision are also accepted after the command):\n"
     "  --threads N  BLAS threads, 1..1024 (default: OPENBLAS_NUM_THREADS, else every core)\n"
+    "  --precision P  fp32 (default) or bf16: the convolutions' arithmetic for log-prob, encode,\n"
+    "               decode, sample and interpolate; bf16 needs AVX512_BF16 and is refused without\n"
+    "               it (docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help   this text\n"
     "  --version    the version and the OpenBLAS kernels in use\n"
     "\n"
@@ -1073,6 +1101,12 @@ static const command *find_command(const char *name)
 int main(int argc, char **argv)
 {
     rnvp_blas_select_core(argv);
+    const char *env_precision = getenv("REALNVP_PRECISION");
+    if (env_precision && *env_precision) {
+        rnvp_error e;
+        if (rnvp_precision_parse(&cli_precision, env_precision, &e) || rnvp_precision_check(cli_precision, &e))
+            return usage_error("REALNVP_PRECISION=%s: %s", env_precision, e.msg);
+    }
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *v;

@@ -196,23 +196,27 @@ static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintp
  * inside the image; a tap reads inside when both are. */
 __attribute__((unused)) static void strip_masks(uint32_t *rowok, uint32_t *colok, int kh, int kw, int H, int W, ptrdiff_t p0, int nv)
 {
+    /* one image row at a time: its columns c0 .. c1-1 of the strip are columns j0 .. of row i */
     const int ph = kh / 2, pw = kw / 2, HW = H * W;
     memset(rowok, 0, sizeof(uint32_t) * (size_t)kh);
     memset(colok, 0, sizeof(uint32_t) * (size_t)kw);
-    int q = (int)(p0 % HW), i = q / W, j = q % W;
-    for (int c = 0; c < nv; c++) {
-        for (int di = 0; di < kh; di++) {
-            const int ii = i + di - ph;
-            if (ii >= 0 && ii < H) rowok[di] |= 1u << c;
-        }
+    const int q = (int)(p0 % HW);
+    int i = q / W, j0 = q % W;
+    for (int c0 = 0; c0 < nv;) {
+        const int c1 = c0 + (W - j0) < nv ? c0 + (W - j0) : nv;
+        const uint32_t seg = (uint32_t)(((1ull << (c1 - c0)) - 1) << c0);
+        for (int di = 0; di < kh; di++)
+            if (i + di - ph >= 0 && i + di - ph < H) rowok[di] |= seg;
         for (int dj = 0; dj < kw; dj++) {
-            const int jj = j + dj - pw;
-            if (jj >= 0 && jj < W) colok[dj] |= 1u << c;
+            /* column j = j0 + (c - c0) reads j + dj - pw: inside for j in [pw - dj, W + pw - dj) */
+            int a = pw - dj - j0, b = W + pw - dj - j0;   /* as c - c0 */
+            if (a < 0) a = 0;
+            if (b > c1 - c0) b = c1 - c0;
+            if (a < b) colok[dj] |= (uint32_t)(((1ull << (b - a)) - 1) << (c0 + a));
         }
-        if (++j == W) {
-            j = 0;
-            if (++i == H) i = 0;
-        }
+        c0 = c1;
+        j0 = 0;
+        if (++i == H) i = 0;
     }
 }
 
@@ -226,23 +230,22 @@ __attribute__((unused)) static void strip_masks(uint32_t *rowok, uint32_t *colok
 #define PF 4                 /* prefetch distance of the im2col, in strips */
 #endif
 
-/* panel (K, NR) = im2col of columns p0 .. p0+nv-1 (nv <= NR; the rest zero) of in (cin, P),
+/* panel ((ci1-ci0) kh kw, NR) = im2col of input channels ci0 .. ci1-1, columns p0 .. p0+nv-1 (nv <=
+ * NR; the rest zero; rowok and colok from strip_masks) of in (cin, P),
  * P = N*H*W, each value passed through relu(a*x + s) (pre->a == NULL: relu only) when pre != NULL.
  * A tap whose source falls outside its image reads as zero (padding). guarded: the plane set may
  * be read (garbage, masked away) up to (kh/2)*W + kw/2 + NR floats beyond either end, so plain
  * loads are used; else masked loads, which never touch those addresses but are slow on some
  * CPUs (AMD Zen: several times slower than plain loads here). */
-AVX512 static void strip_im2col(float *restrict panel, const float *in, const affine_i *pre, int cin,
-                                int kh, int kw, ptrdiff_t P, int H, int W, ptrdiff_t p0, int nv,
-                                int guarded)
+AVX512 static void strip_im2col(float *restrict panel, const float *in, const affine_i *pre, int ci0, int ci1,
+                                int kh, int kw, ptrdiff_t P, int W, ptrdiff_t p0, const uint32_t *rowok,
+                                const uint32_t *colok, int guarded)
 {
     const int ph = kh / 2, pw = kw / 2;
-    uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
-    strip_masks(rowok, colok, kh, kw, H, W, p0, nv);
     const __m512 zero = _mm512_setzero_ps();
     const int affine = pre && pre->a;
     float *dst = panel;
-    for (int ci = 0; ci < cin; ci++) {
+    for (int ci = ci0; ci < ci1; ci++) {
         const __m512 a = _mm512_set1_ps(affine ? pre->a[ci] : 1.0f);
         const __m512 s = _mm512_set1_ps(affine ? pre->s[ci] : 0.0f);
         const float *src = in + ci * P + p0;
@@ -335,6 +338,59 @@ AVX512 static void strip_rows(float *out, ptrdiff_t ldo, const float *w, int K, 
     }
 }
 
+/* ---- AVX512_BF16: the same strips with the panel and the weights rounded to bf16, pairs of k
+ * per 32-bit word (rnvpi_bf16_pack32, rnvpi_bf16_pairs); each output one chain of pair dot
+ * products (vdpbf16ps: the products exact in float32, accumulated in float32) over k2. */
+#define AVX512BF __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+
+AVX512BF static inline __attribute__((always_inline)) void strip_kernel_bf16(
+    float *out, ptrdiff_t ldo, const uint32_t *w, int K2, const float *b, const uint32_t *panel, int mr,
+    __mmask16 m0, __mmask16 m1, int accumulate)
+{
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_set1_ps(b[r]);
+    for (int k = 0; k < K2; k++) {
+        const __m512bh x0 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR));
+        const __m512bh x1 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR + 16));
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w[(ptrdiff_t)r * K2 + k]);
+            c0[r] = _mm512_dpbf16_ps(c0[r], a, x0);
+            c1[r] = _mm512_dpbf16_ps(c1[r], a, x1);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        float *o = out + r * ldo;
+        if (accumulate) {
+            c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[r]);
+            c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[r]);
+        }
+        _mm512_mask_storeu_ps(o, m0, c0[r]);
+        _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+    }
+}
+
+#define KERNEL_CASE_BF16(n) \
+    case n: strip_kernel_bf16(out, ldo, w, K2, b, panel, n, m0, m1, accumulate); break
+
+AVX512BF static void strip_rows_bf16(float *out, ptrdiff_t ldo, const uint32_t *w, int K2, const float *b,
+                                   const uint32_t *panel, int cout, __mmask16 m0, __mmask16 m1, int accumulate)
+{
+    int o = 0;
+    for (; o + MR <= cout; o += MR)
+        strip_kernel_bf16(out + o * ldo, ldo, w + (ptrdiff_t)o * K2, K2, b + o, panel, MR, m0, m1, accumulate);
+    if (o == cout) return;
+    out += o * ldo;
+    w += (ptrdiff_t)o * K2;
+    b += o;
+    switch (cout - o) {
+        KERNEL_CASE_BF16(1); KERNEL_CASE_BF16(2); KERNEL_CASE_BF16(3); KERNEL_CASE_BF16(4);
+        KERNEL_CASE_BF16(5); KERNEL_CASE_BF16(6); KERNEL_CASE_BF16(7);
+    }
+}
+
 /* One convolution on a direct kernel: what its strips need, and their schedule. Thread t claims
  * runs of `grain` neighbouring strips (they share source rows in cache) until none is left; a
  * thread that starts late finds less work, so a descheduled one costs little. */
@@ -346,6 +402,7 @@ struct direct_job {
     const affine_i *pre;
     ptrdiff_t P;
     int H, W, accumulate, guarded;   /* AVX-512's */
+    int bf16;                  /* AVX-512: the bf16 kernel (cv->w_bf16) */
     float *panel;              /* (threads, panel_floats) */
     size_t panel_floats;
     ptrdiff_t strips, grain;   /* strips in all; strips per claim */
@@ -361,7 +418,24 @@ AVX512 static void direct512_strips(const struct direct_job *j, float *panel, pt
         const ptrdiff_t p0 = s * NR;
         const int nv = j->P - p0 < NR ? (int)(j->P - p0) : NR;
         const uint32_t m = nv == 32 ? 0xffffffffu : (1u << nv) - 1;
-        strip_im2col(panel, j->in, j->pre, cv->cin, cv->kh, cv->kw, j->P, j->H, j->W, p0, nv, j->guarded);
+        uint32_t rowok[RNVP_MAX_KERNEL], colok[RNVP_MAX_KERNEL];   /* bit c: column p0 + c is inside */
+        strip_masks(rowok, colok, cv->kh, cv->kw, j->H, j->W, p0, nv);
+        if (j->bf16) {
+            /* two input channels at a time (an even number of rows, so pairs never straddle two
+             * pieces) into the float panel's start, then packed while in L1 into the pairs after
+             * the float panel (rnvpi_conv_panel_floats) */
+            uint32_t *pb = (uint32_t *)(panel + (ptrdiff_t)K * NR);
+            const int taps = cv->kh * cv->kw;
+            for (int c = 0; c < cv->cin; c += 2) {
+                const int c1 = c + 2 < cv->cin ? c + 2 : cv->cin;
+                strip_im2col(panel, j->in, j->pre, c, c1, cv->kh, cv->kw, j->P, j->W, p0, rowok, colok, j->guarded);
+                rnvpi_bf16_pack32(pb + (ptrdiff_t)(c * taps / 2) * NR, panel, (c1 - c) * taps);
+            }
+            strip_rows_bf16(j->out + p0, j->P, cv->w_bf16, (K + 1) / 2, cv->b, pb, cv->cout, (__mmask16)(m & 0xffff),
+                            (__mmask16)(m >> 16), j->accumulate);
+            continue;
+        }
+        strip_im2col(panel, j->in, j->pre, 0, cv->cin, cv->kh, cv->kw, j->P, j->W, p0, rowok, colok, j->guarded);
         strip_rows(j->out + p0, j->P, cv->w, K, cv->b, panel, cv->cout, (__mmask16)(m & 0xffff),
                    (__mmask16)(m >> 16), j->accumulate);
     }
@@ -599,7 +673,8 @@ size_t rnvpi_conv_guard_floats(const conv_i *cv, int W)
 
 size_t rnvpi_conv_panel_floats(int cin, int kh, int kw)
 {
-    const size_t direct = (size_t)cin * kh * kw * RNVP_CONV_STRIP;
+    /* the panel (K, strip), then its bf16 pairs ((K+1)/2, strip) */
+    const size_t K = (size_t)cin * kh * kw, direct = (K + (K + 1) / 2) * RNVP_CONV_STRIP;
     if (kh != 3 || kw != 3) return direct;
     const size_t wino = rnvpi_winograd_panel_floats(cin);
     return wino > direct ? wino : direct;
@@ -617,7 +692,8 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
 {
 #ifdef HAVE_AVX512_KERNEL
     if (cv->wino && cv->kh == 3 && cv->kw == 3 &&
-        (ws->direct == RNVPI_CONV_WINOGRAD || (ws->direct == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(cv, N, H, W)))) {
+        (ws->direct == RNVPI_CONV_WINOGRAD || (ws->direct == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(cv, N, H, W)) ||
+         (ws->direct == RNVPI_CONV_AVX512 && ws->wino_kind != RNVPI_WINO_OFF && rnvpi_winograd512_wins(cv, N, H, W)))) {
         rnvpi_conv_winograd(out, in, cv, pre, accumulate ? out : NULL, ws, N, H, W);
         return;
     }
@@ -625,7 +701,8 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
         const int kernel = ws->direct == RNVPI_CONV_AVX512 ? RNVPI_CONV_AVX512 : RNVPI_CONV_AVX2;
         struct direct_job j = {.kernel = kernel, .out = out, .in = in, .res = accumulate ? out : NULL,
                                .cv = cv, .pre = pre, .P = (ptrdiff_t)N * H * W, .H = H, .W = W,
-                               .accumulate = accumulate, .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W)};
+                               .accumulate = accumulate, .guarded = ws->guard >= rnvpi_conv_guard_floats(cv, W),
+                               .bf16 = kernel == RNVPI_CONV_AVX512 && ws->bf16 && cv->w_bf16};
         direct_run(&j, kernel == RNVPI_CONV_AVX2 ? NR2 : NR, ws);
         return;
     }
@@ -636,7 +713,9 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)
 {
     size_t blas = sz_mul(sz_mul((size_t)cv->cin * cv->kh * cv->kw, (size_t)N), (size_t)H * W);
-    /* the direct kernel's panel, not Winograd's: a context's Winograd panels are in ws->panel */
-    size_t direct = sz_add((size_t)cv->cin * cv->kh * cv->kw * RNVP_CONV_STRIP, 16);
+    /* the direct kernel's panel and its bf16 pairs, not Winograd's: a context's Winograd panels
+     * are in ws->panel */
+    const size_t K = (size_t)cv->cin * cv->kh * cv->kw;
+    size_t direct = sz_add((K + (K + 1) / 2) * RNVP_CONV_STRIP, 16);
     return blas > direct ? blas : direct;
 }

@@ -120,6 +120,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
         f += (size_t)threads * panel;
     }
     c->ws.direct = direct;
+    c->ws.wino_kind = rnvpi_winograd_kind();
     c->ws.tp = tp;
     double *d = (double *)f;
     c->ld = d;
@@ -156,7 +157,8 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx)
 {
     switch (ctx->ws.direct) {
-    case RNVPI_CONV_AVX512: return "avx512-direct";
+    case RNVPI_CONV_AVX512:   /* Winograd on the layers where it wins */
+        return ctx->ws.wino_kind == RNVPI_WINO_OFF ? "avx512-direct" : "avx512-direct+winograd";
     case RNVPI_CONV_AVX2: return "avx2-direct+winograd";   /* Winograd on the layers where it wins */
     case RNVPI_CONV_AVX2_DIRECT: return "avx2-direct";
     case RNVPI_CONV_WINOGRAD: return "winograd";
@@ -164,6 +166,52 @@ const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx)
     }
 }
 int rnvp_ctx_threads(const rnvp_ctx *ctx) { return ctx->threads; }
+
+enum rnvp_status rnvp_precision_check(enum rnvp_precision p, rnvp_error *err)
+{
+    if (p == RNVP_PRECISION_FP32) return RNVP_OK;
+    if (p != RNVP_PRECISION_BF16) return rnvpi_fail(err, RNVP_ERR_ARG, "unknown precision %d", (int)p);
+    if (!rnvpi_bf16_available())
+        return rnvpi_fail(err, RNVP_ERR_UNSUPPORTED,
+                          "precision bf16 needs a CPU with AVX-512 (F, BW, DQ, VL) and AVX512_BF16; this one lacks "
+                          "them (use fp32)");
+    return RNVP_OK;
+}
+
+enum rnvp_status rnvp_ctx_set_precision(rnvp_ctx *ctx, enum rnvp_precision p, rnvp_error *err)
+{
+    enum rnvp_status st = rnvp_precision_check(p, err);
+    if (st) return st;
+    if (p == RNVP_PRECISION_FP32) {
+        ctx->ws.bf16 = 0;
+        return RNVP_OK;
+    }
+    if (ctx->ws.direct != RNVPI_CONV_AVX512)
+        return rnvpi_fail(err, RNVP_ERR_UNSUPPORTED, "precision bf16 needs the AVX-512 kernels, and this context uses "
+                          "the %s kernel (REALNVP_CONV is set)", rnvp_ctx_conv_kernel(ctx));
+    if (!ctx->m->bf16)
+        return rnvpi_fail(err, RNVP_ERR_UNSUPPORTED, "precision bf16: the model was loaded without its bf16 weights");
+    ctx->ws.bf16 = 1;
+    return RNVP_OK;
+}
+
+enum rnvp_precision rnvp_ctx_precision(const rnvp_ctx *ctx)
+{
+    return ctx->ws.bf16 ? RNVP_PRECISION_BF16 : RNVP_PRECISION_FP32;
+}
+
+enum rnvp_status rnvp_precision_parse(enum rnvp_precision *out, const char *name, rnvp_error *err)
+{
+    if (name && !strcmp(name, "fp32")) *out = RNVP_PRECISION_FP32;
+    else if (name && !strcmp(name, "bf16")) *out = RNVP_PRECISION_BF16;
+    else return rnvpi_fail(err, RNVP_ERR_ARG, "precision '%s': use fp32 or bf16", name ? name : "(null)");
+    return RNVP_OK;
+}
+
+const char *rnvp_precision_name(enum rnvp_precision p)
+{
+    return p == RNVP_PRECISION_FP32 ? "fp32" : p == RNVP_PRECISION_BF16 ? "bf16" : NULL;
+}
 
 /* ---------------------------------------------------------------- the flow */
 

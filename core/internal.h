@@ -53,6 +53,9 @@ typedef struct conv_i {
     float *b;       /* (cout) */
     float *wino;    /* (16, cout, cin) Winograd F(2x2,3x3) weights G w G^T (rnvpi_winograd_weights) of a
                        3x3 convolution, NULL: none (the Winograd kernel is not used) */
+    uint32_t *w_bf16;      /* (cout, (cin*kh*kw+1)/2) w rounded to bf16, pairs along cin*kh*kw
+                              (rnvpi_bf16_pairs), for a convolution of 16 or more input channels
+                              where the CPU has AVX512_BF16; NULL: none */
 } conv_i;
 
 /* A batch norm as a per-channel affine map y = a*x + c (inference). */
@@ -93,6 +96,8 @@ struct rnvp_model {
     size_t nparams;
     float *infer;              /* (ninfer) folded inference weights */
     size_t ninfer;
+    int bf16;                  /* 1: the infer block also holds bf16 weights (conv_i.w_bf16), made
+                                  where the CPU has AVX512_BF16 (rnvpi_bf16_available) */
     int nmeta;
     char **meta_keys, **meta_vals;
 };
@@ -266,6 +271,11 @@ typedef struct net_ws {
                               where rnvpi_winograd_wins), RNVPI_CONV_WINOGRAD (Winograd for every 3x3
                               layer with wino weights, AVX2 direct for the rest) or
                               RNVPI_CONV_AVX2_DIRECT (the AVX2 direct kernel for every layer) */
+    int wino_kind;         /* the Winograd kernels: RNVPI_WINO_AVX2 (0), RNVPI_WINO_AVX512 (the same
+                              results, 32 tiles per block), or RNVPI_WINO_OFF (REALNVP_WINOGRAD=off:
+                              no Winograd in AVX-512 contexts; elsewhere as RNVPI_WINO_AVX512) */
+    int bf16;              /* 1: precision bf16 (rnvp_ctx_set_precision): the AVX-512 direct kernel's
+                              bf16 variant for the convolutions with w_bf16 */
     size_t guard;          /* floats readable before and after each convolution input (netin, h,
                               t, the flow state x and tmp): >= rnvpi_conv_guard_floats lets the direct
                               kernel use plain loads */
@@ -273,6 +283,7 @@ typedef struct net_ws {
 
 enum { RNVPI_CONV_BLAS = 0, RNVPI_CONV_AVX512 = 1, RNVPI_CONV_AVX2 = 2, RNVPI_CONV_WINOGRAD = 3,
        RNVPI_CONV_AVX2_DIRECT = 4 };
+enum { RNVPI_WINO_AVX2 = 0, RNVPI_WINO_AVX512 = 1, RNVPI_WINO_OFF = 2 };
 
 /* Columns per strip of the direct kernel. */
 #define RNVP_CONV_STRIP 32
@@ -348,9 +359,25 @@ void rnvpi_winograd_wgrad_fold(float *dw, const float *dut, int cout, int cin);
 size_t rnvpi_winograd_panel_floats(int cin);
 /* 1 when this CPU can run it (AVX2 and FMA). */
 int rnvpi_winograd_available(void);
+/* 1 when it can run the AVX-512 Winograd kernels (AVX-512 F, BW, DQ, VL); and the bf16 kernels
+ * (also AVX512_BF16: rnvpi_bf16_pack32 and the direct kernel's bf16 variant). */
+int rnvpi_winograd512_available(void);
+int rnvpi_bf16_available(void);
+/* The Winograd kernels a context uses in fp32: RNVPI_WINO_AVX512 where available, else
+ * RNVPI_WINO_AVX2; REALNVP_WINOGRAD=avx2 forces the AVX2 ones (the results are the same), off
+ * keeps AVX-512 contexts on the direct kernel alone (RNVPI_WINO_OFF). */
+int rnvpi_winograd_kind(void);
+/* dst (rows, (K+1)/2) = src (rows, K) rounded to bf16 (nearest even; NaN stays NaN), elements 2k
+ * (low half) and 2k+1 (high half, 0 past K) of a row in one word: the weights of the bf16 kernels. */
+void rnvpi_bf16_pairs(uint32_t *dst, const float *src, int rows, int K);
+/* The same for a panel, vectorised (AVX512_BF16: call only when rnvpi_bf16_available()): dst
+ * ((rows+1)/2, 32) from src (rows, 32), pairs of rows per column; both 64-byte aligned. */
+void rnvpi_bf16_pack32(uint32_t *dst, const float *src, int rows);
 /* The automatic choice (ws->direct == RNVPI_CONV_AVX2): 1 where Winograd beat the AVX2 direct
  * kernel in bench/bench_core --conv-shapes on this shape (docs/benchmarks.md). */
 int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W);
+/* The same against the AVX-512 direct kernel (ws->direct == RNVPI_CONV_AVX512, fp32). */
+int rnvpi_winograd512_wins(const conv_i *cv, int N, int H, int W);
 /* out (cout, N, H, W) = res (0 when NULL; may be out) + b + w * pre(in) for a 3x3 convolution with
  * cv->wino set, pre as rnvpi_conv_forward_i; on ws's threads with their panels, or (ws->panel
  * NULL) on the caller with its panel in ws->col, which must then hold

@@ -222,6 +222,40 @@ static void default_kernel(const rnvp_config *cfg, int K, int conv, int *kh, int
     *kh = *kw = conv == 1 + 2 * K ? 1 : k;
 }
 
+/* The bf16 kernels' weights are made for convolutions of this many input channels or more (the
+ * first coupling convolutions, of the image's 1-12 channels, stay float32 throughout). */
+#define BF16_MIN_CIN 16
+
+/* Floats of a convolution's derived weights in the infer block beyond w and b: the Winograd ones
+ * (16, cout, cin) of a 3x3 convolution and, when bf16, the bf16 pairs of w (a float per word). At
+ * most 16/9 + 1/2 of its weights: the sum stays below 4 nparams, which fits in size_t; calloc
+ * checks the bytes. */
+static size_t extra_floats(const conv_p *p, int bf16)
+{
+    const int wino = p->kh == 3 && p->kw == 3;
+    bf16 = bf16 && p->cin >= BF16_MIN_CIN;
+    size_t n = wino ? (size_t)16 * p->cout * p->cin : 0;
+    if (bf16) n += (size_t)p->cout * (((size_t)p->cin * p->kh * p->kw + 1) / 2);
+    return n;
+}
+
+/* dst's derived weights (wino, w_bf16) taken from the infer block at *q (extra_floats) */
+static void take_extra(conv_i *dst, const conv_p *p, float **q, int bf16)
+{
+    const int wino = p->kh == 3 && p->kw == 3;
+    bf16 = bf16 && p->cin >= BF16_MIN_CIN;
+    dst->wino = NULL;
+    dst->w_bf16 = NULL;
+    if (wino) {
+        dst->wino = *q;
+        *q += (size_t)16 * p->cout * p->cin;
+    }
+    if (bf16) {
+        dst->w_bf16 = (uint32_t *)*q;
+        *q += (size_t)p->cout * (((size_t)p->cin * p->kh * p->kw + 1) / 2);
+    }
+}
+
 enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, kernel_fn kfn, void *user,
                               rnvp_error *err)
 {
@@ -231,6 +265,7 @@ enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, ke
     rnvp_model *m = calloc(1, sizeof *m);
     if (!m) return rnvpi_fail(err, RNVP_ERR_NOMEM, "out of memory");
     m->cfg = *cfg;
+    m->bf16 = rnvpi_bf16_available();
     int S = cfg->num_scales, K = cfg->res_blocks;
     m->S = S;
     m->L = 6 * (S - 1) + 4;
@@ -323,15 +358,10 @@ enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, ke
         for (int j = 0; j < K; j++)
             ni += (size_t)c->F * c->F * (c->conv_a[j].kh * c->conv_a[j].kw + c->conv_b[j].kh * c->conv_b[j].kw) + 2 * (size_t)c->F + 2 * (size_t)c->F;
         ni += 2 * (size_t)c->F + (size_t)2 * c->Ct * c->F * c->out_conv.kh * c->out_conv.kw + 2 * (size_t)c->Ct + c->Ct;
-        /* the Winograd weights (16, cout, cin) of each 3x3 convolution (at most 16/9 of its
-         * weights: the sum stays below 3 nparams, which fits in size_t; calloc checks the bytes) */
+        /* the derived weights of each convolution (extra_floats) */
         const conv_p *all[2] = {&c->in_conv, &c->out_conv};
-        for (int i = 0; i < 2; i++)
-            if (all[i]->kh == 3 && all[i]->kw == 3) ni += (size_t)16 * all[i]->cout * all[i]->cin;
-        for (int j = 0; j < K; j++) {
-            if (c->conv_a[j].kh == 3 && c->conv_a[j].kw == 3) ni += (size_t)16 * c->F * c->F;
-            if (c->conv_b[j].kh == 3 && c->conv_b[j].kw == 3) ni += (size_t)16 * c->F * c->F;
-        }
+        for (int i = 0; i < 2; i++) ni += extra_floats(all[i], m->bf16);
+        for (int j = 0; j < K; j++) ni += extra_floats(&c->conv_a[j], m->bf16) + extra_floats(&c->conv_b[j], m->bf16);
     }
     m->ninfer = ni;
     *out = m;
@@ -402,7 +432,7 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
             dst[i]->kh = src[i]->kh; dst[i]->kw = src[i]->kw;
             dst[i]->w = TAKE((size_t)src[i]->cout * src[i]->cin * src[i]->kh * src[i]->kw);
             dst[i]->b = TAKE((size_t)src[i]->cout);
-            dst[i]->wino = src[i]->kh == 3 && src[i]->kw == 3 ? TAKE((size_t)16 * src[i]->cout * src[i]->cin) : NULL;
+            take_extra(dst[i], src[i], &q, m->bf16);
         }
         for (int j = 0; j < c->K; j++) {
             conv_p *sj[2] = {&c->conv_a[j], &c->conv_b[j]};
@@ -412,7 +442,7 @@ enum rnvp_status rnvpi_model_alloc(rnvp_model *m, rnvp_error *err)
                 dj[i]->kh = sj[i]->kh; dj[i]->kw = sj[i]->kw;
                 dj[i]->w = TAKE((size_t)sj[i]->cout * sj[i]->cin * sj[i]->kh * sj[i]->kw);
                 dj[i]->b = TAKE((size_t)sj[i]->cout);
-                dj[i]->wino = sj[i]->kh == 3 && sj[i]->kw == 3 ? TAKE((size_t)16 * sj[i]->cout * sj[i]->cin) : NULL;
+                take_extra(dj[i], sj[i], &q, m->bf16);
             }
             c->i_bn_a[j].c = c->F;
             c->i_bn_a[j].a = TAKE((size_t)c->F);
@@ -436,6 +466,7 @@ static void fold_conv(conv_i *dst, const conv_p *src, const float *mul, const fl
     rnvpi_wn_weights(dst->w, NULL, src, mul);
     for (int o = 0; o < src->cout; o++) dst->b[o] = (float)((mul ? mul[o] : 1.0) * src->b[o] + (add ? add[o] : 0.0));
     if (dst->wino) rnvpi_winograd_weights(dst->wino, dst->w, dst->cout, dst->cin);
+    if (dst->w_bf16) rnvpi_bf16_pairs(dst->w_bf16, dst->w, dst->cout, dst->cin * dst->kh * dst->kw);
 }
 
 /* bn(x) with the running statistics as a x + s */

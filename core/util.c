@@ -26,6 +26,7 @@ const char *rnvp_status_name(enum rnvp_status s)
     case RNVP_ERR_ARG: return "argument";
     case RNVP_ERR_SIZE: return "size";
     case RNVP_ERR_NOMEM: return "out of memory";
+    case RNVP_ERR_UNSUPPORTED: return "unsupported";
     }
     return "unknown";
 }

@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -23,6 +24,11 @@
 
 #define TB 16   /* tiles per block: two 8-float registers */
 #define WMR 6   /* output channels per register block: 12 accumulators */
+#define TB5 32  /* AVX-512: tiles per block, two 16-float registers */
+#define WMR5 8  /* AVX-512: output channels per register block: 16 accumulators */
+#ifndef PFC
+#define PFC 1   /* AVX-512: input channels the prefetch of the input transform runs ahead */
+#endif
 
 void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin)
 {
@@ -44,8 +50,11 @@ void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin)
 
 size_t rnvpi_winograd_panel_floats(int cin)
 {
-    /* V (16, cin, TB), M (16, WMR, TB), the transposition buffer (TB, 16), 16 to align */
-    return (size_t)16 * TB * cin + 16 * WMR * TB + TB * 16 + 16;
+    /* AVX2: V (16, cin, TB), M (16, WMR, TB), the transposition buffer (TB, 16); AVX-512: V
+     * (16, cin, TB5), M (16, WMR5, TB5), (TB5, 16); 16 to align */
+    const size_t avx2 = (size_t)16 * TB * cin + 16 * WMR * TB + TB * 16;
+    const size_t avx512 = (size_t)16 * TB5 * cin + 16 * WMR5 * TB5 + TB5 * 16;
+    return (avx2 > avx512 ? avx2 : avx512) + 16;
 }
 
 int rnvpi_winograd_available(void)
@@ -58,6 +67,58 @@ int rnvpi_winograd_available(void)
 #endif
 }
 
+int rnvpi_winograd512_available(void)
+{
+#ifdef HAVE_WINOGRAD
+    __builtin_cpu_init();
+    return rnvpi_winograd_available() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+int rnvpi_bf16_available(void)
+{
+#ifdef HAVE_WINOGRAD
+    return rnvpi_winograd512_available() && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+int rnvpi_winograd_kind(void)
+{
+    const char *e = getenv("REALNVP_WINOGRAD");
+    if (e && !strcmp(e, "avx2")) return RNVPI_WINO_AVX2;
+    if (e && !strcmp(e, "off")) return RNVPI_WINO_OFF;
+    return rnvpi_winograd512_available() ? RNVPI_WINO_AVX512 : RNVPI_WINO_AVX2;
+}
+
+/* x rounded to bf16, nearest even (NaN stays a quiet NaN): the upper 16 bits */
+static uint16_t bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void rnvpi_bf16_pairs(uint32_t *dst, const float *src, int rows, int K)
+{
+    const int K2 = (K + 1) / 2;
+    for (int o = 0; o < rows; o++) {
+        const float *s = src + (size_t)o * K;
+        uint32_t *d = dst + (size_t)o * K2;
+        for (int k2 = 0; k2 < K2; k2++) {
+            const uint32_t lo = bf16_round(s[2 * k2]);
+            const uint32_t hi = 2 * k2 + 1 < K ? bf16_round(s[2 * k2 + 1]) : 0;
+            d[k2] = lo | hi << 16;
+        }
+    }
+}
+
 int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W)
 {
     /* bench/bench_conv_shapes.c, 2 threads, AVX2 (docs/benchmarks.md): Winograd is 1.1-1.9x faster
@@ -68,6 +129,18 @@ int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W)
      * the 1 GFLOP model 52.0 vs 44.4 images/s at batch 1, 54.3 vs 55.6 at 2, 58.4 vs 63.4 at 4; the
      * shipped model 159 vs 150 at 1, 165 vs 162 at 2, 188 vs 208 at 16: from 4 images on. */
     return N >= 4 && cv->cin >= 32 && cv->cout >= 32 && ((H >= 14 && W >= 14) || cv->cin >= 64);
+}
+
+int rnvpi_winograd512_wins(const conv_i *cv, int N, int H, int W)
+{
+    /* bench/bench_conv_shapes.c on an AMD EPYC Zen 5 (2 vCPUs, full-width AVX-512: 413 GFLOP/s of
+     * FMAs on 2 threads): the AVX-512 direct kernel beat the AVX-512 Winograd on every shape of
+     * the two models (Winograd 0.37-0.95x of its speed; the transforms, on 4-float rows, cost more
+     * than the multiplications they save), so AVX-512 contexts keep the direct kernel. It stays
+     * for REALNVP_CONV=winograd and the trainer (which runs the AVX2 direct kernel and Winograd,
+     * now with these kernels on AVX-512 CPUs). */
+    (void)cv; (void)N; (void)H; (void)W;
+    return 0;
 }
 
 #ifdef HAVE_WINOGRAD
@@ -83,6 +156,8 @@ struct tile {
     unsigned rows, cols;
     int orows, ocols;
     int32_t cmask[4];   /* -1 for the patch columns inside the image */
+    ptrdiff_t row;      /* n * th + ti: tiles with the same row lie side by side */
+    int j0;             /* the patch's first column (-1 at the left border) */
 };
 
 static void tile_info(struct tile *tl, ptrdiff_t q, int H, int W, int th, int tw)
@@ -101,6 +176,8 @@ static void tile_info(struct tile *tl, ptrdiff_t q, int H, int W, int th, int tw
     }
     tl->orows = 2 * ti + 1 < H ? 2 : 1;
     tl->ocols = 2 * tj + 1 < W ? 2 : 1;
+    tl->row = n * th + ti;
+    tl->j0 = j0;
 }
 
 /* 8x8 transposition: dst[j * ds + i] = src[i * ss + j]. */
@@ -136,86 +213,95 @@ AVX2F static inline __attribute__((always_inline)) __m128 row_b(__m128 x, __m128
     return _mm_add_ps(l, _mm_xor_ps(h, sgn));
 }
 
-/* V (16, cin, ld) columns 0..TB-1: V[xi][c][t] = (B^T pre(d) B)[xi] for the block's nt tiles
- * (zero for t >= nt), d the 4x4 patch of channel c, pre as in rnvpi_conv_forward_i, padding 0
- * (not pre(0)). A patch row inside the image is one 4-float load (when it stays inside the input
- * buffer; else built value by value), its columns outside the image masked to 0 after pre
- * (bitwise, so even NaN); a patch wholly inside the image (most of them) takes a branch-free
- * path with the same arithmetic. tmp (TB, 16): one tile's 16 values per row, transposed into V. */
-AVX2F static void input_block(float *restrict V, ptrdiff_t ld, float *restrict tmp, const float *in,
-                              const affine_i *pre, int cin, ptrdiff_t P, int W, const struct tile *tl, int nt)
+/* d (16) = B^T pre(patch) B of one tile's 4x4 patch of channel c (ic = in + c P; in holds
+ * [0, end)), padding 0 (not pre(0)). A patch row inside the image is one 4-float load (when it
+ * stays inside the input buffer; else built value by value), its columns outside the image
+ * masked to 0 after pre (bitwise, so even NaN); a patch wholly inside the image (most of them)
+ * takes a branch-free path with the same arithmetic. */
+AVX2F static inline __attribute__((always_inline)) void tile_in(float *d, const float *in, const float *ic,
+                                                                ptrdiff_t end, int W,
+                                                                const struct tile *p, __m128 a, __m128 s,
+                                                                int affine, int pre)
 {
-    const ptrdiff_t end = (ptrdiff_t)cin * P;
     const __m128 zero = _mm_setzero_ps();
     const __m128 sgn = _mm_castsi128_ps(_mm_setr_epi32(INT32_MIN, 0, INT32_MIN, INT32_MIN));
+    const ptrdiff_t P = ic - in;
+    __m128 u[4];
+    if ((p->rows & p->cols) == 15) {   /* inside the image, so inside the buffer */
+        const float *q = ic + p->in_off;
+        __m128 x0 = _mm_loadu_ps(q), x1 = _mm_loadu_ps(q + W), x2 = _mm_loadu_ps(q + 2 * W),
+               x3 = _mm_loadu_ps(q + 3 * W);
+        if (affine) {
+            x0 = _mm_fmadd_ps(a, x0, s);
+            x1 = _mm_fmadd_ps(a, x1, s);
+            x2 = _mm_fmadd_ps(a, x2, s);
+            x3 = _mm_fmadd_ps(a, x3, s);
+        }
+        if (pre) {
+            x0 = _mm_max_ps(x0, zero);
+            x1 = _mm_max_ps(x1, zero);
+            x2 = _mm_max_ps(x2, zero);
+            x3 = _mm_max_ps(x3, zero);
+        }
+        u[0] = row_b(x0, sgn);
+        u[1] = row_b(x1, sgn);
+        u[2] = row_b(x2, sgn);
+        u[3] = row_b(x3, sgn);
+    } else {
+        for (int r = 0; r < 4; r++) {
+            if (!(p->rows >> r & 1)) {   /* a padding row */
+                u[r] = zero;
+                continue;
+            }
+            const ptrdiff_t o = P + p->in_off + (ptrdiff_t)r * W;
+            __m128 x;
+            if (o >= 0 && o + 4 <= end) {
+                x = _mm_loadu_ps(in + o);
+            } else {   /* at the buffer's ends: only the columns inside the image */
+                float v[4];
+                for (int j = 0; j < 4; j++) v[j] = p->cols >> j & 1 ? in[o + j] : 0.0f;
+                x = _mm_loadu_ps(v);
+            }
+            if (affine) x = _mm_fmadd_ps(a, x, s);
+            if (pre) x = _mm_max_ps(x, zero);
+            if (p->cols != 15) x = _mm_and_ps(x, _mm_loadu_ps((const float *)p->cmask));
+            u[r] = row_b(x, sgn);
+        }
+    }
+    /* B^T times the rows */
+    _mm_storeu_ps(d, _mm_sub_ps(u[0], u[2]));
+    _mm_storeu_ps(d + 4, _mm_add_ps(u[1], u[2]));
+    _mm_storeu_ps(d + 8, _mm_sub_ps(u[2], u[1]));
+    _mm_storeu_ps(d + 12, _mm_sub_ps(u[1], u[3]));
+}
+
+/* V (16, cin, ld) columns 0..tb-1 (tb: TB, or TB5 for the AVX-512 kernels): V[xi][c][t] =
+ * (B^T pre(d) B)[xi] for the block's nt tiles (zero for t >= nt), d the 4x4 patch of channel c,
+ * pre as in rnvpi_conv_forward_i (tile_in). tmp (tb, 16): one tile's 16 values per row,
+ * transposed into V. */
+AVX2F static void input_block(float *restrict V, ptrdiff_t ld, float *restrict tmp, const float *in,
+                              const affine_i *pre, int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
+                              int tb)
+{
+    const ptrdiff_t end = (ptrdiff_t)cin * P;
     const int affine = pre && pre->a;
-    memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB - nt));
+    memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(tb - nt));
     /* the block's patches lie in [lo, hi) of each channel's plane: prefetched one channel ahead
      * (channels are P floats apart, a stride the hardware prefetchers do not follow) */
     ptrdiff_t lo = tl[0].in_off, hi = tl[nt - 1].in_off + 3 * (ptrdiff_t)W + 4;
     if (lo < 0) lo = 0;
     for (int c = 0; c < cin; c++) {
-        const __m128 a = _mm_set1_ps(affine ? pre->a[c] : 1.0f), s = _mm_set1_ps(affine ? pre->s[c] : 0.0f);
+        const __m128 a = _mm_set1_ps(affine ? pre->a[c] : 1.0f), sv = _mm_set1_ps(affine ? pre->s[c] : 0.0f);
         const float *ic = in + (ptrdiff_t)c * P;
         if (c + 1 < cin)
             for (ptrdiff_t o = lo; o < hi && (c + 1) * P + o < end; o += 16) _mm_prefetch((const char *)(ic + P + o), _MM_HINT_T0);
-        for (int t = 0; t < nt; t++) {
-            const struct tile *p = &tl[t];
-            __m128 u[4];
-            if ((p->rows & p->cols) == 15) {   /* inside the image, so inside the buffer */
-                const float *q = ic + p->in_off;
-                __m128 x0 = _mm_loadu_ps(q), x1 = _mm_loadu_ps(q + W), x2 = _mm_loadu_ps(q + 2 * W),
-                       x3 = _mm_loadu_ps(q + 3 * W);
-                if (affine) {
-                    x0 = _mm_fmadd_ps(a, x0, s);
-                    x1 = _mm_fmadd_ps(a, x1, s);
-                    x2 = _mm_fmadd_ps(a, x2, s);
-                    x3 = _mm_fmadd_ps(a, x3, s);
-                }
-                if (pre) {
-                    x0 = _mm_max_ps(x0, zero);
-                    x1 = _mm_max_ps(x1, zero);
-                    x2 = _mm_max_ps(x2, zero);
-                    x3 = _mm_max_ps(x3, zero);
-                }
-                u[0] = row_b(x0, sgn);
-                u[1] = row_b(x1, sgn);
-                u[2] = row_b(x2, sgn);
-                u[3] = row_b(x3, sgn);
-            } else {
-                for (int r = 0; r < 4; r++) {
-                    if (!(p->rows >> r & 1)) {   /* a padding row */
-                        u[r] = zero;
-                        continue;
-                    }
-                    const ptrdiff_t o = (ptrdiff_t)c * P + p->in_off + (ptrdiff_t)r * W;
-                    __m128 x;
-                    if (o >= 0 && o + 4 <= end) {
-                        x = _mm_loadu_ps(in + o);
-                    } else {   /* at the buffer's ends: only the columns inside the image */
-                        float v[4];
-                        for (int j = 0; j < 4; j++) v[j] = p->cols >> j & 1 ? in[o + j] : 0.0f;
-                        x = _mm_loadu_ps(v);
-                    }
-                    if (affine) x = _mm_fmadd_ps(a, x, s);
-                    if (pre) x = _mm_max_ps(x, zero);
-                    if (p->cols != 15) x = _mm_and_ps(x, _mm_loadu_ps((const float *)p->cmask));
-                    u[r] = row_b(x, sgn);
-                }
-            }
-            /* B^T times the rows */
-            float *d = tmp + t * 16;
-            _mm_storeu_ps(d, _mm_sub_ps(u[0], u[2]));
-            _mm_storeu_ps(d + 4, _mm_add_ps(u[1], u[2]));
-            _mm_storeu_ps(d + 8, _mm_sub_ps(u[2], u[1]));
-            _mm_storeu_ps(d + 12, _mm_sub_ps(u[1], u[3]));
-        }
+        for (int t = 0; t < nt; t++) tile_in(tmp + t * 16, in, ic, end, W, &tl[t], a, sv, affine, pre != NULL);
         const ptrdiff_t ds = (ptrdiff_t)cin * ld;
         float *v = V + (ptrdiff_t)c * ld;
-        transpose8(v, ds, tmp, 16);
-        transpose8(v + 8, ds, tmp + 8 * 16, 16);
-        transpose8(v + 8 * ds, ds, tmp + 8, 16);
-        transpose8(v + 8 * ds + 8, ds, tmp + 8 * 16 + 8, 16);
+        for (int t0 = 0; t0 < tb; t0 += 8) {
+            transpose8(v + t0, ds, tmp + t0 * 16, 16);
+            transpose8(v + 8 * ds + t0, ds, tmp + t0 * 16 + 8, 16);
+        }
     }
 }
 
@@ -268,6 +354,34 @@ AVX2F static void gemm_rows(float *M, const float *U, int cout, int cin, const f
     }
 }
 
+/* The e tiles' 2x2 outputs o[i*2 + j][l] (row stride os) into op (+ the residual rp, which may be
+ * op), only the positions inside the image. */
+static inline __attribute__((always_inline)) void store_tiles(float *op, const float *rp, const float *o,
+                                                              int os, const struct tile *tl, int e, int W)
+{
+    for (int l = 0; l < e; l++) {
+        const struct tile *p = &tl[l];
+        float *d = op + p->out_off;
+        const float *q = rp ? rp + p->out_off : NULL;
+        const float o0 = o[l], o1 = o[os + l], o2 = o[2 * os + l], o3 = o[3 * os + l];
+        if (p->orows == 2 && p->ocols == 2) {
+            if (q) {
+                const float q0 = q[0], q1 = q[1], q2 = q[W], q3 = q[W + 1];
+                d[0] = q0 + o0; d[1] = q1 + o1; d[W] = q2 + o2; d[W + 1] = q3 + o3;
+            } else {
+                d[0] = o0; d[1] = o1; d[W] = o2; d[W + 1] = o3;
+            }
+            continue;
+        }
+        const float ov[4] = {o0, o1, o2, o3};
+        for (int i = 0; i < p->orows; i++)
+            for (int j = 0; j < p->ocols; j++) {
+                const ptrdiff_t k = (ptrdiff_t)i * W + j;
+                d[k] = q ? q[k] + ov[2 * i + j] : ov[2 * i + j];
+            }
+    }
+}
+
 /* out[o0 + r] (+ res) = A^T M_r A + b for r < mr, the block's nt tiles; only the output
  * positions inside the image are written (partial tiles at odd borders). res may be out. */
 AVX2F static void output_block(float *out, const float *res, const float *M, const float *b, int o0, int mr,
@@ -290,25 +404,261 @@ AVX2F static void output_block(float *out, const float *res, const float *M, con
             _mm256_storeu_ps(o[1], _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s0[1], s0[2]), s0[3]), bias));
             _mm256_storeu_ps(o[2], _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s1[0], s1[1]), s1[2]), bias));
             _mm256_storeu_ps(o[3], _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s1[1], s1[2]), s1[3]), bias));
-            const int e = nt - h < 8 ? nt - h : 8;
-            for (int l = 0; l < e; l++) {
-                const struct tile *p = &tl[h + l];
-                float *d = op + p->out_off;
-                const float *q = rp ? rp + p->out_off : NULL;
-                if (p->orows == 2 && p->ocols == 2) {
-                    if (q) {
-                        const float q0 = q[0], q1 = q[1], q2 = q[W], q3 = q[W + 1];
-                        d[0] = q0 + o[0][l]; d[1] = q1 + o[1][l]; d[W] = q2 + o[2][l]; d[W + 1] = q3 + o[3][l];
-                    } else {
-                        d[0] = o[0][l]; d[1] = o[1][l]; d[W] = o[2][l]; d[W + 1] = o[3][l];
-                    }
+            store_tiles(op, rp, o[0], 8, tl + h, nt - h < 8 ? nt - h : 8, W);
+        }
+    }
+}
+
+/* ---- AVX-512: blocks of TB5 = 32 tiles (two 16-float registers), WMR5 output channels per
+ * register block; per output value the same input transform, FMA chain over c and output
+ * transform as the AVX2 kernels above, so the results are bitwise those of the AVX2 kernels.
+ * And the bf16 packing of the direct kernel's panels (conv.c). ---- */
+
+#define AVX512W __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define AVX512BF __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")))
+
+/* M rows 0..mr-1 (stride TB5) = u (mr, cin) x v (cin, TB5), each value one FMA chain over c. */
+AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, const float *u, int cin,
+                                                                        const float *v, int mr)
+{
+    const __m512 z = _mm512_setzero_ps();
+    __m512 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z, a41 = z, a50 = z,
+           a51 = z, a60 = z, a61 = z, a70 = z, a71 = z;
+    const float *w0 = u, *w1 = u + cin, *w2 = u + 2 * (ptrdiff_t)cin, *w3 = u + 3 * (ptrdiff_t)cin,
+                *w4 = u + 4 * (ptrdiff_t)cin, *w5 = u + 5 * (ptrdiff_t)cin, *w6 = u + 6 * (ptrdiff_t)cin,
+                *w7 = u + 7 * (ptrdiff_t)cin;
+    for (int c = 0; c < cin; c++) {
+        const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * TB5);
+        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * TB5 + 16);
+#define STEPW(r)                                              \
+    if (mr > r) {                                             \
+        const __m512 wv = _mm512_set1_ps(w##r[c]);            \
+        a##r##0 = _mm512_fmadd_ps(wv, x0, a##r##0);           \
+        a##r##1 = _mm512_fmadd_ps(wv, x1, a##r##1);           \
+    }
+        STEPW(0) STEPW(1) STEPW(2) STEPW(3) STEPW(4) STEPW(5) STEPW(6) STEPW(7)
+#undef STEPW
+    }
+#define STOREW(r)                                        \
+    if (mr > r) {                                        \
+        _mm512_store_ps(M + r * TB5, a##r##0);           \
+        _mm512_store_ps(M + r * TB5 + 16, a##r##1);      \
+    }
+    STOREW(0) STOREW(1) STOREW(2) STOREW(3) STOREW(4) STOREW(5) STOREW(6) STOREW(7)
+#undef STOREW
+}
+
+/* M (16, WMR5, TB5) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block. */
+AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *U, int cout, int cin, const float *V, int o0, int mr)
+{
+    for (int xi = 0; xi < 16; xi++) {
+        const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
+        const float *v = V + (ptrdiff_t)xi * cin * TB5;
+        float *m = M + xi * WMR5 * TB5;
+        if (mr == WMR5) gemm5_kernel(m, u, cin, v, WMR5);
+        else gemm5_kernel(m, u, cin, v, mr);
+    }
+}
+
+/* dst ((rows+1)/2, 32) = src (rows, 32) rounded to bf16 (nearest even), rows 2k and 2k+1 of each
+ * column in one 32-bit word (the low half row 2k); a missing row 2k+1 (odd rows) is 0. */
+AVX512BF void rnvpi_bf16_pack32(uint32_t *dst, const float *src, int rows)
+{
+    /* vpermw index: word 2t from the even row (words 0..15 of cvtne2ps_pbh's result), word
+     * 2t+1 from the odd one (words 16..31) */
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int k = 0; k < rows; k += 2) {
+        const float *e = src + (ptrdiff_t)k * 32;
+        uint32_t *d = dst + (ptrdiff_t)(k / 2) * 32;
+        for (int h = 0; h < 32; h += 16) {
+            const __m512 lo = _mm512_load_ps(e + h);
+            const __m512 hi = k + 1 < rows ? _mm512_load_ps(e + 32 + h) : _mm512_setzero_ps();
+            const __m512i p = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_store_si512((void *)(d + h), _mm512_permutexvar_epi16(idx, p));
+        }
+    }
+}
+
+/* A block's tiles for the AVX-512 transforms. Input: an item is a group of 4 neighbouring tiles of
+ * one tile row (k = 4: their patches are columns j0 .. j0+9 of 4 image rows, one 16-float load
+ * per row) or a single tile (k = 1, tile_in). Output: a run is k <= 16 neighbouring tiles of one
+ * tile row inside one 16-tile half of the block, their 2x2 outputs one stretch of 2k floats in
+ * each of two image rows (masked stores). */
+struct in_item {
+    int t, k;
+    unsigned rows;
+    __mmask16 cols;   /* the group's columns inside the image */
+};
+struct out_run {
+    int h, l0;        /* the half (0 or 16) and the run's first tile in it */
+    ptrdiff_t off;    /* output offset of (the first tile's top-left) - 2 l0 */
+    uint32_t m0, m1;  /* lanes 0..31 of the interleaved pair written in the top / bottom row */
+};
+
+static int plan_items(struct in_item *it, const struct tile *tl, int nt, int W)
+{
+    int n = 0;
+    for (int t = 0; t < nt;) {
+        if (t + 3 < nt && tl[t + 3].row == tl[t].row && tl[t + 3].j0 == tl[t].j0 + 6) {
+            __mmask16 m = 0;
+            for (int x = 0; x < 10; x++)
+                if (tl[t].j0 + x >= 0 && tl[t].j0 + x < W) m |= (__mmask16)(1u << x);
+            it[n++] = (struct in_item){.t = t, .k = 4, .rows = tl[t].rows, .cols = m};
+            t += 4;
+        } else {
+            it[n++] = (struct in_item){.t = t, .k = 1};
+            t++;
+        }
+    }
+    return n;
+}
+
+static int plan_runs(struct out_run *ru, const struct tile *tl, int nt)
+{
+    int n = 0;
+    for (int h = 0; h < nt; h += 16) {
+        const int e = nt - h < 16 ? nt : h + 16;
+        for (int t = h; t < e;) {
+            int k = 1;
+            while (t + k < e && tl[t + k].row == tl[t].row && tl[t + k].j0 == tl[t].j0 + 2 * k) k++;
+            const int l0 = t - h;
+            uint32_t m = (uint32_t)(((1ull << (2 * k)) - 1) << (2 * l0));
+            if (tl[t + k - 1].ocols == 1) m &= ~(1u << (2 * (l0 + k) - 1));
+            ru[n++] = (struct out_run){.h = h, .l0 = l0, .off = tl[t].out_off - 2 * l0, .m0 = m,
+                                       .m1 = tl[t].orows == 2 ? m : 0};
+            t += k;
+        }
+    }
+    return n;
+}
+
+/* One 4-float row of B for the 4 tiles of a group at once (row_b per 128-bit lane). */
+AVX512W static inline __attribute__((always_inline)) __m512 row_b4(__m512 x, __m512 sgn)
+{
+    const __m512 l = _mm512_shuffle_ps(x, x, _MM_SHUFFLE(1, 2, 1, 0));
+    const __m512 h = _mm512_shuffle_ps(x, x, _MM_SHUFFLE(3, 1, 2, 2));
+    return _mm512_add_ps(l, _mm512_xor_ps(h, sgn));
+}
+
+/* input_block for TB5 tiles with the items of plan_items: the same values, bit for bit (the same
+ * operations per value, on 4 tiles per register). */
+AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, float *restrict tmp, const float *in, const affine_i *pre,
+                                 int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
+                                 const struct in_item *it, int ni)
+{
+    const ptrdiff_t end = (ptrdiff_t)cin * P;
+    const int affine = pre && pre->a;
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 sgn = _mm512_castsi512_ps(_mm512_set4_epi32(INT32_MIN, INT32_MIN, 0, INT32_MIN));
+    const __m512i spread = _mm512_setr_epi32(0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9);
+    memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB5 - nt));
+    ptrdiff_t lo = tl[0].in_off, hi = tl[nt - 1].in_off + 3 * (ptrdiff_t)W + 4;
+    if (lo < 0) lo = 0;
+    for (int c = 0; c < cin; c++) {
+        const float av = affine ? pre->a[c] : 1.0f, sv = affine ? pre->s[c] : 0.0f;
+        const __m128 a4 = _mm_set1_ps(av), s4 = _mm_set1_ps(sv);
+        const __m512 a16 = _mm512_set1_ps(av), s16 = _mm512_set1_ps(sv);
+        const float *ic = in + (ptrdiff_t)c * P;
+        if (c + PFC < cin)
+            for (ptrdiff_t o = lo; o < hi && (c + PFC) * P + o < end; o += 16) _mm_prefetch((const char *)(ic + PFC * P + o), _MM_HINT_T0);
+        for (int i = 0; i < ni; i++) {
+            const struct in_item *g = &it[i];
+            if (g->k == 1) {
+                tile_in(tmp + g->t * 16, in, ic, end, W, &tl[g->t], a4, s4, affine, pre != NULL);
+                continue;
+            }
+            __m512 u[4];
+            for (int r = 0; r < 4; r++) {
+                if (!(g->rows >> r & 1)) {   /* a padding row */
+                    u[r] = zero;
                     continue;
                 }
-                for (int i = 0; i < p->orows; i++)
-                    for (int j = 0; j < p->ocols; j++) {
-                        const ptrdiff_t k = (ptrdiff_t)i * W + j;
-                        d[k] = q ? q[k] + o[2 * i + j][l] : o[2 * i + j][l];
+                const ptrdiff_t o = (ptrdiff_t)c * P + tl[g->t].in_off + (ptrdiff_t)r * W;
+                __m512 x;
+                if (o >= 0 && o + 16 <= end) {
+                    x = _mm512_loadu_ps(in + o);
+                } else {   /* at the buffer's ends: only the lanes inside it */
+                    __mmask16 m = g->cols;
+                    for (int l = 0; l < 16; l++)
+                        if (o + l < 0 || o + l >= end) m &= (__mmask16)~(1u << l);
+                    x = _mm512_maskz_loadu_ps(m, in + o);
+                }
+                if (affine) x = _mm512_fmadd_ps(a16, x, s16);
+                x = pre ? _mm512_maskz_max_ps(g->cols, x, zero) : _mm512_maskz_mov_ps(g->cols, x);
+                u[r] = row_b4(_mm512_permutexvar_ps(spread, x), sgn);
+            }
+            /* B^T times the rows, each tile's 16 values into its row of tmp */
+            const __m512 d0 = _mm512_sub_ps(u[0], u[2]), d1 = _mm512_add_ps(u[1], u[2]),
+                         d2 = _mm512_sub_ps(u[2], u[1]), d3 = _mm512_sub_ps(u[1], u[3]);
+            float *d = tmp + g->t * 16;
+#define PUT(k)                                                          \
+    _mm_storeu_ps(d + 16 * (k), _mm512_extractf32x4_ps(d0, k));        \
+    _mm_storeu_ps(d + 16 * (k) + 4, _mm512_extractf32x4_ps(d1, k));    \
+    _mm_storeu_ps(d + 16 * (k) + 8, _mm512_extractf32x4_ps(d2, k));    \
+    _mm_storeu_ps(d + 16 * (k) + 12, _mm512_extractf32x4_ps(d3, k));
+            PUT(0) PUT(1) PUT(2) PUT(3)
+#undef PUT
+        }
+        const ptrdiff_t ds = (ptrdiff_t)cin * TB5;
+        float *v = V + (ptrdiff_t)c * TB5;
+        for (int t0 = 0; t0 < TB5; t0 += 8) {
+            transpose8(v + t0, ds, tmp + t0 * 16, 16);
+            transpose8(v + 8 * ds + t0, ds, tmp + t0 * 16 + 8, 16);
+        }
+    }
+}
+
+/* output_block for M (16, WMR5, TB5), 16 tiles per step, written by the runs of plan_runs: the
+ * same values as output_block, bit for bit. */
+AVX512W __attribute__((noinline)) static void output5_block(float *out, const float *res, const float *M, const float *b, int cout, int o0,
+                                  int mr, ptrdiff_t P, int W, const struct out_run *ru, int nr, ptrdiff_t plo,
+                                  ptrdiff_t phi)
+{
+    const ptrdiff_t rend = (ptrdiff_t)cout * P;
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int r = 0; r < mr; r++) {
+        const __m512 bias = _mm512_set1_ps(b[o0 + r]);
+        float *op = out + (ptrdiff_t)(o0 + r) * P;
+        const float *rp = res ? res + (ptrdiff_t)(o0 + r) * P : NULL;
+        /* the next block's outputs [plo, phi) of this plane: its 128 planes (residual and output)
+         * are more streams than the hardware prefetchers follow */
+        for (ptrdiff_t o = plo; o < phi; o += 16) {
+            if (rp) _mm_prefetch((const char *)(rp + o), _MM_HINT_T0);
+            __builtin_prefetch(op + o, 1, 3);
+        }
+        for (int i = 0; i < nr;) {
+            const int h = ru[i].h;
+            __m512 m[16];
+            for (int xi = 0; xi < 16; xi++) m[xi] = _mm512_load_ps(M + (xi * WMR5 + r) * TB5 + h);
+            __m512 s0[4], s1[4];   /* A^T M */
+            for (int j = 0; j < 4; j++) {
+                s0[j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
+                s1[j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            /* (A^T M A)[i][j] + b for the 16 tiles, then each row's pair interleaved tile by tile */
+            const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), bias);
+            const __m512 y01 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), bias);
+            const __m512 y10 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), bias);
+            const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), bias);
+            const __m512 e[4] = {_mm512_permutex2var_ps(y00, lo, y01), _mm512_permutex2var_ps(y00, hi, y01),
+                                 _mm512_permutex2var_ps(y10, lo, y11), _mm512_permutex2var_ps(y10, hi, y11)};
+            for (; i < nr && ru[i].h == h; i++) {
+                const struct out_run *u = &ru[i];
+                for (int k = 0; k < 4; k++) {   /* top row lanes 0-15, 16-31; bottom row the same */
+                    const uint32_t mm = k < 2 ? u->m0 : u->m1;
+                    const __mmask16 m16 = (__mmask16)(k & 1 ? mm >> 16 : mm & 0xffff);
+                    if (!m16) continue;
+                    const ptrdiff_t off = u->off + (k & 1) * 16 + (k < 2 ? 0 : W);
+                    __m512 v = e[k];
+                    if (rp) {   /* a plain load where all 16 lanes lie in res (masked loads are slow on AMD Zen) */
+                        const ptrdiff_t a = (ptrdiff_t)(o0 + r) * P + off;
+                        v = _mm512_add_ps(a >= 0 && a + 16 <= rend ? _mm512_loadu_ps(rp + off)
+                                                                   : _mm512_maskz_loadu_ps(m16, rp + off), v);
                     }
+                    _mm512_mask_storeu_ps(op + off, m16, v);
+                }
             }
         }
     }
@@ -320,10 +670,11 @@ struct wino_job {
     const conv_i *cv;
     const affine_i *pre;
     int H, W, th, tw;
+    int kind;                  /* RNVPI_WINO_AVX2 or RNVPI_WINO_AVX512 */
     ptrdiff_t P, T;            /* columns N*H*W, tiles N*th*tw */
     float *panel;              /* (threads, panel_floats) */
     size_t panel_floats;
-    ptrdiff_t blocks, grain;   /* blocks of TB tiles in all; blocks per claim */
+    ptrdiff_t blocks, grain;   /* blocks of TB (TB5) tiles in all; blocks per claim */
     atomic_llong next;         /* first block not yet claimed */
 };
 
@@ -340,11 +691,45 @@ AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t 
         const ptrdiff_t q0 = bk * TB;
         const int nt = j->T - q0 < TB ? (int)(j->T - q0) : TB;
         for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
-        input_block(V, TB, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt);
+        input_block(V, TB, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt, TB);
         for (int o0 = 0; o0 < cout; o0 += WMR) {
             const int mr = cout - o0 < WMR ? cout - o0 : WMR;
             gemm_rows(M, cv->wino, cout, cin, V, o0, mr);
             output_block(j->out, j->res, M, cv->b, o0, mr, j->P, j->W, tl, nt);
+        }
+    }
+}
+
+/* The AVX-512 blocks, panel: V (16, cin, TB5), M (16, WMR5, TB5), tmp (TB5, 16). */
+AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff_t b0, ptrdiff_t b1)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout;
+    float *V = align64(panel);
+    float *M = V + (ptrdiff_t)16 * cin * TB5;
+    float *tmp = M + 16 * WMR5 * TB5;
+    struct tile tl[TB5];
+    struct in_item it[TB5];
+    struct out_run ru[TB5];
+    for (ptrdiff_t bk = b0; bk < b1; bk++) {
+        const ptrdiff_t q0 = bk * TB5;
+        const int nt = j->T - q0 < TB5 ? (int)(j->T - q0) : TB5;
+        for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
+        const int ni = plan_items(it, tl, nt, j->W), nr = plan_runs(ru, tl, nt);
+        ptrdiff_t plo = 0, phi = 0;   /* the next block's outputs, prefetched */
+        if (q0 + TB5 < j->T) {
+            struct tile a, z;
+            tile_info(&a, q0 + TB5, j->H, j->W, j->th, j->tw);
+            tile_info(&z, j->T - q0 - TB5 < TB5 ? j->T - 1 : q0 + 2 * TB5 - 1, j->H, j->W, j->th, j->tw);
+            plo = a.out_off;
+            phi = z.out_off + j->W + 2;
+            if (phi > j->P) phi = j->P;
+        }
+        input5_block(V, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
+        for (int o0 = 0; o0 < cout; o0 += WMR5) {
+            const int mr = cout - o0 < WMR5 ? cout - o0 : WMR5;
+            gemm5_rows(M, cv->wino, cout, cin, V, o0, mr);
+            output5_block(j->out, j->res, M, cv->b, cout, o0, mr, j->P, j->W, ru, nr, plo, phi);
         }
     }
 }
@@ -357,7 +742,9 @@ static void wino_job_run(void *arg, int t, int nt)
     for (;;) {
         const ptrdiff_t b0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
         if (b0 >= j->blocks) break;
-        wino_blocks(j, panel, b0, b0 + j->grain < j->blocks ? b0 + j->grain : j->blocks);
+        const ptrdiff_t b1 = b0 + j->grain < j->blocks ? b0 + j->grain : j->blocks;
+        if (j->kind == RNVPI_WINO_AVX2) wino_blocks(j, panel, b0, b1);
+        else wino5_blocks(j, panel, b0, b1);
     }
 }
 #endif
@@ -368,8 +755,11 @@ void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const af
 #ifdef HAVE_WINOGRAD
     struct wino_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .H = H, .W = W,
                          .th = (H + 1) / 2, .tw = (W + 1) / 2, .P = (ptrdiff_t)N * H * W};
+    j.kind = ws->wino_kind;
+    if (j.kind == RNVPI_WINO_OFF) j.kind = rnvpi_winograd512_available() ? RNVPI_WINO_AVX512 : RNVPI_WINO_AVX2;
+    const int tb = j.kind == RNVPI_WINO_AVX2 ? TB : TB5;
     j.T = (ptrdiff_t)N * j.th * j.tw;
-    j.blocks = (j.T + TB - 1) / TB;
+    j.blocks = (j.T + tb - 1) / tb;
     atomic_init(&j.next, 0);
     if (ws->panel) {
         /* about 4 claims per thread: balance against the cost of a claim */
@@ -496,7 +886,7 @@ void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const 
         for (int t0 = 0; t0 < n; t0 += TB) {
             const int nt = n - t0 < TB ? n - t0 : TB;
             for (int t = 0; t < nt; t++) tile_info(&tl[t], c0 + t0 + t, H, W, th, tw);
-            input_block(Vc + t0, tc, tmp, in, pre, cin, P, W, tl, nt);   /* TB columns: tc % TB == 0 */
+            input_block(Vc + t0, tc, tmp, in, pre, cin, P, W, tl, nt, TB);   /* TB columns: tc % TB == 0 */
             grad_output_block(dMc + t0, tc, dout, cout, P, W, tl, nt);
         }
         /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout) */

@@ -61,7 +61,8 @@ enum rnvp_status {
     RNVP_ERR_FORMAT,  /* malformed checkpoint, PNG, JSON or config */
     RNVP_ERR_ARG,     /* a bad argument (n <= 0, temp < 0, NaN latents, ...) */
     RNVP_ERR_SIZE,    /* an image whose size does not match the model */
-    RNVP_ERR_NOMEM    /* an allocation failed */
+    RNVP_ERR_NOMEM,   /* an allocation failed */
+    RNVP_ERR_UNSUPPORTED   /* this CPU cannot do what was asked (rnvp_ctx_set_precision) */
 };
 
 typedef struct rnvp_error {
@@ -180,6 +181,29 @@ size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
  * its thread count (the pool's threads with the caller; 1 when OpenBLAS does the threading). */
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx);
 int rnvp_ctx_threads(const rnvp_ctx *ctx);
+
+/* The arithmetic of a context's convolutions. RNVP_PRECISION_FP32, the default, is the
+ * reference: float32 throughout (docs/model.md's 1e-4 bound with room to spare). BF16, opt-in,
+ * rounds the Winograd-transformed inputs and weights of the 3x3 convolutions with 16 or more
+ * input and output channels (nearly all the work) to bfloat16 (8 significant bits) and
+ * multiplies them with AVX512_BF16 dot products, accumulating in float32; everything else stays
+ * float32. Faster, and less exact: docs/benchmarks.md#bf16 has the measured error of log p
+ * against float64 and the bits/dim difference on a test set next to the speed. */
+enum rnvp_precision { RNVP_PRECISION_FP32 = 0, RNVP_PRECISION_BF16 = 1 };
+/* Sets the context's precision for the calls that follow (any time; no allocation). BF16 is
+ * RNVP_ERR_UNSUPPORTED, with a message saying what is missing, where the CPU lacks AVX-512
+ * (F, BW, DQ, VL) with AVX512_BF16, where the context uses the OpenBLAS kernels
+ * (REALNVP_CONV=blas) or the model was loaded without its bf16 weights; the context is then
+ * unchanged. A bad value is RNVP_ERR_ARG. */
+enum rnvp_status rnvp_ctx_set_precision(rnvp_ctx *ctx, enum rnvp_precision p, rnvp_error *err);
+/* Whether this CPU can run precision p at all (for a program to refuse an option at start):
+ * RNVP_OK, RNVP_ERR_UNSUPPORTED or RNVP_ERR_ARG with a message, as rnvp_ctx_set_precision. */
+enum rnvp_status rnvp_precision_check(enum rnvp_precision p, rnvp_error *err);
+enum rnvp_precision rnvp_ctx_precision(const rnvp_ctx *ctx);
+/* "fp32" / "bf16" to the enum (RNVP_ERR_ARG naming the accepted values otherwise), and back
+ * (NULL for a value outside the enum). */
+enum rnvp_status rnvp_precision_parse(enum rnvp_precision *out, const char *name, rnvp_error *err);
+const char *rnvp_precision_name(enum rnvp_precision p);
 
 /* Set the number of threads the BLAS uses (process-wide: OpenBLAS keeps it globally), and so
  * the number of threads of contexts created afterwards (see the memory model above). */

@@ -30,7 +30,7 @@ static srv_options o = {
     .max_samples = 256, .max_draws = 64, .access_log = "-", .conn_timeout_s = 30, .max_connections = 512,
     .per_ip_limit = 128, .drain_timeout_s = 30, .memory_budget = 128L << 20, .read_timeout_s = 60,
     .max_jobs_per_request = 256, .work_threads = 2, .max_workspace_bytes = 256L << 20, .model_versions = "latest",
-    .model_memory = 1L << 30,
+    .model_memory = 1L << 30, .precision = "fp32",
 };
 
 static const opt opts[] = {
@@ -43,6 +43,8 @@ static const opt opts[] = {
      "loaded models in all (weights, batch workspaces; a reload holds two copies until the swap); a load past it fails"},
     {"--model-name", "REALNVP_MODEL_NAME", "NAME", T_STR, &o.model_name, 0, 0,
      "with --model: the model's name in paths and replies (default: metadata name, else the file or directory name)"},
+    {"--precision", "REALNVP_PRECISION", "P", T_STR, &o.precision, 0, 0,
+     "fp32 (the reference) or bf16 (AVX512_BF16 CPUs only, refused elsewhere; faster, less exact: docs/benchmarks.md#bf16)"},
     {"--host", "REALNVP_HOST", "ADDR", T_STR, &o.host, 0, 0, "address to listen on (0.0.0.0: all interfaces)"},
     {"--port", "REALNVP_PORT", "N", T_INT, &o.port, 0, 65535, "TCP port (0: any free port, printed at startup)"},
     {"--http-threads", "REALNVP_HTTP_THREADS", "N", T_INT, &o.http_threads, 1, 256, "libmicrohttpd thread pool size"},
@@ -193,6 +195,11 @@ static int parse(int argc, char **argv)
         return 2;
     }
     o.all_versions = !strcmp(o.model_versions, "all");
+    rnvp_error pe;
+    if (rnvp_precision_parse(&o.prec, o.precision, &pe) || rnvp_precision_check(o.prec, &pe)) {
+        fprintf(stderr, "realnvp-server: --precision %s: %s\n", o.precision, pe.msg);
+        return 2;
+    }
     if (!o.compute_threads) o.compute_threads = (int)sysconf(_SC_NPROCESSORS_ONLN) > 0 ? (int)sysconf(_SC_NPROCESSORS_ONLN) : 1;
     if (o.access_log && !*o.access_log) o.access_log = "-";
     return 0;
@@ -307,10 +314,10 @@ int main(int argc, char **argv)
     }
     fprintf(stderr,
             "realnvp-server: listening on http://%s%s%s:%d (max batch %d, max delay %ld us, queue %d, memory budget %ld MiB, "
-            "%d HTTP + %d work + %d compute threads, OpenBLAS %s)\n",
+            "%d HTTP + %d work + %d compute threads, OpenBLAS %s, precision %s)\n",
             strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", srv_server_port(s), o.max_batch,
             o.max_delay_us, o.queue_size, o.memory_budget >> 20, o.http_threads, o.work_threads, o.compute_threads,
-            rnvp_blas_core());
+            rnvp_blas_core(), rnvp_precision_name(o.prec));
     int sig;
     /* SIGHUP rescans here, on the main thread (loads are serialised with the repository API's) */
     while ((sig = next_event(&waitmask)) == 0 || sig == SIGHUP)

@@ -515,7 +515,8 @@ static void queue_free_memory(srv_queue *q)
     free(q);
 }
 
-srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms, rnvp_error *err)
+srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms,
+                            enum rnvp_precision prec, rnvp_error *err)
 {
     srv_queue *q = calloc(1, sizeof *q);
     if (!q) {
@@ -541,7 +542,7 @@ srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_u
         queue_free_memory(q);
         return NULL;
     }
-    if (rnvp_ctx_create(&q->ctx, m, q->max_batch, err)) {
+    if (rnvp_ctx_create(&q->ctx, m, q->max_batch, err) || rnvp_ctx_set_precision(q->ctx, prec, err)) {
         queue_free_memory(q);
         return NULL;
     }

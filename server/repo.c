@@ -205,7 +205,7 @@ static srv_model *model_build(srv_repo *r, srv_entry *e, const disk_version *dv,
         free(m);
         return NULL;
     }
-    m->q = srv_queue_create(r->sc, m->model, r->o.max_delay_us, r->o.request_timeout_ms, &re);
+    m->q = srv_queue_create(r->sc, m->model, r->o.max_delay_us, r->o.request_timeout_ms, r->o.prec, &re);
     if (!m->q) {
         snprintf(err, cap, "cannot start the batching queue: %.200s", re.msg);
         atomic_fetch_sub(&r->model_bytes, (long long)m->bytes);

@@ -25,6 +25,8 @@ typedef struct srv_options {
     const char *model;          /* REALNVP_MODEL, checkpoint path (or model_repository) */
     const char *model_repository;   /* REALNVP_MODEL_REPOSITORY, DIR/<name>/[<version>/]model.safetensors */
     const char *model_versions; /* REALNVP_MODEL_VERSIONS, "latest" or "all" */
+    const char *precision;      /* REALNVP_PRECISION, "fp32" or "bf16" */
+    enum rnvp_precision prec;   /* precision, parsed */
     int all_versions;           /* model_versions is "all" */
     long model_memory;          /* REALNVP_MODEL_MEMORY_BYTES, loaded models in all, 1 GiB */
     const char *model_name;     /* REALNVP_MODEL_NAME, "model" in replies; NULL: derived (--model only) */
@@ -315,7 +317,8 @@ void srv_sched_free(srv_sched *sc);
 
 /* A queue for model m on sc, with its own context and batch buffers (sized for sc's max_batch).
  * The model must outlive the queue. NULL with err on failure. */
-srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms, rnvp_error *err);
+srv_queue *srv_queue_create(srv_sched *sc, const rnvp_model *m, long max_delay_us, long timeout_ms,
+                            enum rnvp_precision prec, rnvp_error *err);
 /* Enqueue all of g's jobs or none (g stays owned by the caller; the queue hands it back through
  * g->done). Returns 0, -1 when the server's capacity lacks room, -2 when the scheduler is closed;
  * nothing is enqueued then. */
