@@ -8,6 +8,7 @@
 #   bench/run_core_bench.sh                  # defaults below
 #   ROUNDS=5 SECONDS_PER=3 BATCHES=1,16,64 THREADS=2 bench/run_core_bench.sh
 #   C_BASE=/tmp/old/bin/bench_core bench/run_core_bench.sh   # also an older build, same rounds
+#   C_BF16=1 bench/run_core_bench.sh         # also this build with --precision bf16 (AVX512_BF16 CPUs)
 #
 # With C_BASE (a bench_core built from another commit, e.g. `git archive OLD | tar -x -C DIR &&
 # make -C DIR bin/bench_core`), that build runs in every round right after this one, and the
@@ -24,6 +25,7 @@ BATCHES=${BATCHES:-1,16,64}
 THREADS=${THREADS:-2}
 JIT=${JIT:-1}                          # 1: also time torch.jit (traced, frozen, optimize_for_inference)
 C_BASE=${C_BASE:-}                     # optional: an older bin/bench_core to compare with
+C_BF16=${C_BF16:-0}                    # 1: also this build at --precision bf16, every round
 OUT=bench/out
 MODEL=${MODEL:-$OUT/bench28.safetensors}
 CFG='{"height":28,"width":28,"channels":1,"num_scales":3,"res_blocks":4,"features":[32,64,64],"alpha":0.05,"bn_eps":1e-5,"flow_batchnorm":true,"flow_bn_eps":1e-4}'
@@ -56,6 +58,13 @@ for r in $(seq 1 "$ROUNDS"); do
             --seconds "$SECONDS_PER" --json > "$OUT/cbase_$r.json"
     else
         rm -f "$OUT/cbase_$r.json"
+    fi
+    if [ "$C_BF16" = 1 ]; then
+        echo "round $r/$ROUNDS: C bf16" >&2
+        bin/bench_core --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" \
+            --seconds "$SECONDS_PER" --precision bf16 --json > "$OUT/cbf16_$r.json"
+    else
+        rm -f "$OUT/cbf16_$r.json"
     fi
     echo "round $r/$ROUNDS: torch" >&2
     "$PY" bench/torch_baseline.py --model "$MODEL" --threads "$THREADS" --batches "$BATCHES" \
@@ -99,6 +108,8 @@ J = [json.load(open(f"{out}/torchjit_{r}.json")) for r in range(1, rounds + 1)
 
 B = [json.load(open(f"{out}/cbase_{r}.json")) for r in range(1, rounds + 1)
      if os.path.exists(f"{out}/cbase_{r}.json")]
+F = [json.load(open(f"{out}/cbf16_{r}.json")) for r in range(1, rounds + 1)
+     if os.path.exists(f"{out}/cbf16_{r}.json")]
 
 def cells(runs):
     d = {}
@@ -106,7 +117,7 @@ def cells(runs):
         for row in run["results"]:
             d.setdefault((row["op"], row["batch"]), []).append(row)
     return d
-c, t, j, bb = cells(C), cells(T), cells(J), cells(B)
+c, t, j, bb, ff = cells(C), cells(T), cells(J), cells(B), cells(F)
 c0, t0 = C[0], T[0]
 print(f"Model `{model}`: {c0['dim']} dims, {c0['params']} parameters, "
       f"{c0['flops_per_image'] / 1e9:.3f} GFLOP per image (forward). "
@@ -116,8 +127,10 @@ print(f"Model `{model}`: {c0['dim']} dims, {c0['params']} parameters, "
       f"Median of {rounds} interleaved rounds, each the median of its timed calls.\n")
 hj = "torch jit images/s | C / torch jit | " if J else ""
 hb = "C base images/s | C / C base | " if B else ""
-print(f"| op | batch | C images/s | torch images/s | C / torch | {hj}{hb}C ms/batch | C GFLOP/s | C spread | torch spread |")
-print("|---|---:|---:|---:|---:|" + ("---:|---:|" if J else "") + ("---:|---:|" if B else "") + "---:|---:|---:|---:|")
+hf = "C bf16 images/s | bf16 / C | " + ("bf16 / torch jit | " if J else "") if F else ""
+print(f"| op | batch | C images/s | torch images/s | C / torch | {hj}{hb}{hf}C ms/batch | C GFLOP/s | C spread | torch spread |")
+print("|---|---:|---:|---:|---:|" + ("---:|---:|" if J else "") + ("---:|---:|" if B else "")
+      + (("---:|---:|" + ("---:|" if J else "")) if F else "") + "---:|---:|---:|---:|")
 for key in sorted(c, key=lambda k: (["log_prob", "encode", "decode", "sample"].index(k[0]), k[1])):
     cr, tr = c[key], t.get(key, [])
     ci = [r["images_per_s"] for r in cr]
@@ -137,7 +150,12 @@ for key in sorted(c, key=lambda k: (["log_prob", "encode", "decode", "sample"].i
         bi = [r["images_per_s"] for r in bb.get(key, [])]
         bm = float(np.median(bi)) if bi else float("nan")
         cb = f"{bm:.1f} | {cm / bm:.2f}x | "
-    print(f"| {key[0]} | {key[1]} | {cm:.1f} | {tm:.1f} | {cm / tm:.2f}x | {cj}{cb}{cms:.2f} | {gf:.1f} | {sp(ci)} | {sp(ti)} |")
+    cf = ""
+    if F:
+        fi = [r["images_per_s"] for r in ff.get(key, [])]
+        fm = float(np.median(fi)) if fi else float("nan")
+        cf = f"{fm:.1f} | {fm / cm:.2f}x | " + (f"{fm / jm:.2f}x | " if J else "")
+    print(f"| {key[0]} | {key[1]} | {cm:.1f} | {tm:.1f} | {cm / tm:.2f}x | {cj}{cb}{cf}{cms:.2f} | {gf:.1f} | {sp(ci)} | {sp(ti)} |")
 ctx = {}
 for run in C:
     for row in run["results"]:

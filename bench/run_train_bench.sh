@@ -10,6 +10,8 @@
 #   ONLY_CHECK=1 bench/run_train_bench.sh           # redo the check, reuse the last timings
 #   BEFORE_CONV=avx2 bench/run_train_bench.sh       # each round also times C with REALNVP_CONV=avx2
 #                                                   # (the kernels before Winograd): before / after
+#   BEFORE_WINOGRAD=avx2 bench/run_train_bench.sh   # ... with REALNVP_WINOGRAD=avx2 (the AVX2
+#                                                   # Winograd kernels on an AVX-512 CPU)
 #   ARCH='--scales 3 --res-blocks 4 --features 32,64,64 --flow-batchnorm 1' CFG='{...}' \
 #       bench/run_train_bench.sh                    # another architecture; CFG: the same as JSON
 #                                                   # (for the loss/gradient check)
@@ -40,14 +42,16 @@ cp bin/realnvp "$OUT/realnvp.bin"
 [ "${ONLY_CHECK:-0}" = 1 ] && ROUNDS_RUN=0 || ROUNDS_RUN=$ROUNDS   # ONLY_CHECK=1: reuse the timings
 [ "$ROUNDS_RUN" = 0 ] || rm -f "$OUT"/train_c_*.json "$OUT"/train_torch_*.json "$OUT"/train_cb_*.json
 BEFORE_CONV=${BEFORE_CONV:-}          # REALNVP_CONV of a "before" C run in each round, empty: none
+BEFORE_WINOGRAD=${BEFORE_WINOGRAD:-}  # REALNVP_WINOGRAD of that run (with or without BEFORE_CONV)
+BEFORE=${BEFORE_CONV:+REALNVP_CONV=$BEFORE_CONV}${BEFORE_WINOGRAD:+ REALNVP_WINOGRAD=$BEFORE_WINOGRAD}
 
 # ---- speed, interleaved (both sides: OpenBLAS kernels chosen the same way, see
 # rnvp_blas_select_core and torch_baseline.openblas_select_core; THREADS threads; same batch)
 # shellcheck disable=SC2086
 for r in $(seq 1 "$ROUNDS_RUN"); do
-    if [ -n "$BEFORE_CONV" ]; then
-        echo "round $r/$ROUNDS: C, REALNVP_CONV=$BEFORE_CONV ($(($(date +%s) - T0)) s)" >&2
-        REALNVP_CONV=$BEFORE_CONV "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" \
+    if [ -n "$BEFORE" ]; then
+        echo "round $r/$ROUNDS: C, $BEFORE ($(($(date +%s) - T0)) s)" >&2
+        env $BEFORE "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" \
             --seconds "$SECONDS_PER" --warmup "$WARMUP" --min-steps "$MIN_STEPS" --seed "$r" $ARCH \
             > "$OUT/train_cb_$r.json"
     fi
@@ -68,7 +72,7 @@ CHECK_RC=0
 "$PY" bench/torch_train.py --check "$OUT/train_check.safetensors" --c-bin "$OUT/bench_train.bin" \
     --n "$CHECK_N" --threads "$THREADS" --out "$OUT/train_check_result.json" > /dev/null || CHECK_RC=$?
 
-"$PY" - "$OUT" "$ROUNDS" "$(($(date +%s) - T0))" "$BEFORE_CONV" <<'EOF' | tee "$OUT/train_table.md"
+"$PY" - "$OUT" "$ROUNDS" "$(($(date +%s) - T0))" "$BEFORE" <<'EOF' | tee "$OUT/train_table.md"
 import json, os, sys
 import numpy as np
 out, rounds, elapsed, before = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -97,7 +101,7 @@ print()
 if before and all(os.path.exists(f"{out}/train_cb_{r}.json") for r in range(1, rounds + 1)):
     b = [json.load(open(f"{out}/train_cb_{r}.json")) for r in range(1, rounds + 1)]
     bi, bc = [x["images_per_s"] for x in b], [x["cpu_ms_per_image"] for x in b]
-    print(f"Before (REALNVP_CONV={before}) and after (the default kernels) in the same rounds, run "
+    print(f"Before ({before}) and after (the default kernels) in the same rounds, run "
           f"before / after / torch in each round:\n")
     print(f"| round | before images/s | after images/s | torch images/s | after / before | before / torch | "
           f"after / torch | CPU ms/image before / after / torch |")

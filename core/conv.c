@@ -1,9 +1,9 @@
 /* conv.c: inference convolutions in the (C, N, H, W) layout. Two kernels: on AVX-512 CPUs a
  * direct one (the columns are cut into 32-wide strips; each thread builds a strip's im2col panel
  * with the preceding batch norm + ReLU fused in, then multiplies it by the weights in registers
- * and adds the bias on the way out), an AVX2 one alike, and Winograd for some 3x3 layers
- * (core/winograd.c); elsewhere one im2col over the whole batch and one OpenBLAS cblas_sgemm.
- * Leaves out training (train/layers.c). */
+ * and adds the bias on the way out; with AVX512_BF16 also a bf16 variant, precision bf16), an
+ * AVX2 one alike, and Winograd for some 3x3 layers (core/winograd.c); elsewhere one im2col over
+ * the whole batch and one OpenBLAS cblas_sgemm. Leaves out training (train/layers.c). */
 #include "internal.h"
 #include "tpool.h"
 

@@ -175,7 +175,8 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
  * SIZE_MAX when m is NULL, max_batch is outside 1..RNVP_MAX_BATCH, or the size does not fit in
  * size_t (every sum and product is checked). The model keeps ownership of everything. */
 size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
-/* The context's convolution kernel ("avx512-direct"; "avx2-direct+winograd", the AVX2 default:
+/* The context's convolution kernel ("avx512-direct", or "avx512-direct-bf16" at precision bf16;
+ * "avx2-direct+winograd", the AVX2 default:
  * Winograd F(2x2,3x3) on the 3x3 layers where it wins; "avx2-direct", "winograd" or "openblas"; the
  * environment variable REALNVP_CONV=blas, avx2, winograd or avx512 overrides the CPU's choice) and
  * its thread count (the pool's threads with the caller; 1 when OpenBLAS does the threading). */
@@ -184,11 +185,14 @@ int rnvp_ctx_threads(const rnvp_ctx *ctx);
 
 /* The arithmetic of a context's convolutions. RNVP_PRECISION_FP32, the default, is the
  * reference: float32 throughout (docs/model.md's 1e-4 bound with room to spare). BF16, opt-in,
- * rounds the Winograd-transformed inputs and weights of the 3x3 convolutions with 16 or more
- * input and output channels (nearly all the work) to bfloat16 (8 significant bits) and
+ * rounds the inputs and weights of the convolutions with 16 or more input channels (all but the
+ * first of each coupling network: nearly all the work) to bfloat16 (8 significant bits) and
  * multiplies them with AVX512_BF16 dot products, accumulating in float32; everything else stays
- * float32. Faster, and less exact: docs/benchmarks.md#bf16 has the measured error of log p
- * against float64 and the bits/dim difference on a test set next to the speed. */
+ * float32. Faster, and less exact: log p moves by about 1e-4 to 1e-3 of itself, and
+ * decode(encode(x)) may miss a few pixels by a level or two (the inverse pass's network inputs
+ * differ from the forward pass's by float32 rounding, which bf16 rounding can magnify);
+ * docs/benchmarks.md#bf16 has the measured error against float64 and the bits/dim on a test set
+ * next to the speed. */
 enum rnvp_precision { RNVP_PRECISION_FP32 = 0, RNVP_PRECISION_BF16 = 1 };
 /* Sets the context's precision for the calls that follow (any time; no allocation). BF16 is
  * RNVP_ERR_UNSUPPORTED, with a message saying what is missing, where the CPU lacks AVX-512

@@ -156,10 +156,11 @@ void srv_server_info(const srv_server *s, const srv_model *m, srv_buf *b)
                       "\"request_timeout_ms\": %ld, \"max_body_bytes\": %ld, \"max_samples\": %d, \"max_draws\": %d, "
                       "\"max_jobs_per_request\": %d, \"memory_budget_bytes\": %ld, \"model_memory_bytes\": %ld, "
                       "\"read_timeout_s\": %d, \"compute_threads\": %d, \"http_threads\": %d, \"work_threads\": %d, "
-                      "\"api_key_required\": %s}}\n",
+                      "\"api_key_required\": %s, \"precision\": \"%s\"}}\n",
                    o->max_batch, o->max_delay_us, o->queue_size, o->request_timeout_ms, o->max_body_bytes, o->max_samples,
                    o->max_draws, o->max_jobs_per_request, o->memory_budget, o->model_memory, o->read_timeout_s,
-                   o->compute_threads, o->http_threads, o->work_threads, s->api_key ? "true" : "false");
+                   o->compute_threads, o->http_threads, o->work_threads, s->api_key ? "true" : "false",
+                   rnvp_precision_name(o->prec));
 }
 
 int srv_server_load(srv_server *s, char *err, size_t cap)

@@ -517,6 +517,46 @@ START_TEST(test_decode_errors)
 }
 END_TEST
 
+/* --precision: bf16 where the CPU has AVX512_BF16 (log p close to fp32's on the shipped model,
+ * whose 32-channel convolutions then run in bf16), else refused with exit status 2 and one line
+ * naming what is missing; a bad value is a usage error everywhere */
+START_TEST(test_precision)
+{
+    NEED_SETUP();
+    const char *shipped = "models/fashion-mnist/model.safetensors", *png = "tests/fuzz/corpus_png/grey28.png";
+    rnvp_error e;
+    ck_assert_int_eq(run("log-prob --model %s --json %s", shipped, png), 0);
+    char *o = out_text();
+    json_t *j = json_loads(o, JSON_DISABLE_EOF_CHECK, NULL);
+    ck_assert_ptr_nonnull(j);
+    const double l32 = json_real_value(json_object_get(j, "log_prob"));
+    json_decref(j);
+    free(o);
+    const int st = run("log-prob --precision bf16 --model %s --json %s", shipped, png);
+    if (rnvp_precision_check(RNVP_PRECISION_BF16, &e) == RNVP_OK) {
+        ck_assert_int_eq(st, 0);
+        o = out_text();
+        j = json_loads(o, JSON_DISABLE_EOF_CHECK, NULL);
+        ck_assert_ptr_nonnull(j);
+        const double l16 = json_real_value(json_object_get(j, "log_prob"));
+        ck_assert_msg(l16 != l32 && fabs(l16 - l32) <= 1e-3 * fabs(l32), "bf16 %.17g fp32 %.17g", l16, l32);
+        json_decref(j);
+        free(o);
+    } else {
+        ck_assert_int_eq(st, 2);
+        assert_one_line_error("--precision bf16 without AVX512_BF16");
+        char *er = err_text();
+        ck_assert_msg(strstr(er, "AVX512_BF16"), "%s", er);
+        free(er);
+    }
+    ck_assert_int_eq(run("--precision fp16 info %s", model), 2);
+    assert_one_line_error("--precision fp16");
+    char *er = err_text();
+    ck_assert_msg(strstr(er, "fp32 or bf16"), "%s", er);
+    free(er);
+}
+END_TEST
+
 START_TEST(test_bad_arguments)
 {
     NEED_SETUP();
@@ -627,6 +667,7 @@ static Suite *cli_suite(void)
     tcase_add_test(t, test_encode_decode);
     tcase_add_test(t, test_decode_errors);
     tcase_add_test(t, test_bad_arguments);
+    tcase_add_test(t, test_precision);
     tcase_add_test(t, test_help_version);
     suite_add_tcase(s, t);
     return s;

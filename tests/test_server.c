@@ -1123,6 +1123,29 @@ START_TEST(test_startup_failures)
     ck_assert_int_eq(st, 2);
     ck_assert_int_eq(start_server(&s, &st, "%s", ""), -1);
     ck_assert_int_eq(st, 2);
+    /* --precision: a bad value, and bf16 on a CPU without AVX512_BF16, refused at start */
+    ck_assert_int_eq(start_server(&s, &st, "--model %s --precision fp16", model_path), -1);
+    ck_assert_int_eq(st, 2);
+    e = slurp(s.err, NULL);
+    ck_assert_msg(strstr(e, "fp32 or bf16"), "%s", e);
+    free(e);
+    {
+        rnvp_error pe;
+        if (rnvp_precision_check(RNVP_PRECISION_BF16, &pe) != RNVP_OK) {
+            ck_assert_int_eq(start_server(&s, &st, "--model %s --precision bf16", model_path), -1);
+            ck_assert_int_eq(st, 2);
+            e = slurp(s.err, NULL);
+            ck_assert_msg(strstr(e, "AVX512_BF16"), "%s", e);
+            free(e);
+        } else {   /* serves, and says so in /info */
+            ck_assert_int_eq(start_server(&s, NULL, "--model %s --precision bf16", model_path), 0);
+            resp r;
+            http(&r, s.port, "GET", "/info", NULL, NULL, 0);
+            ck_assert_msg(r.status == 200 && strstr(r.body, "\"precision\": \"bf16\""), "%d %s", r.status, r.body);
+            resp_free(&r);
+            stop_server(&s);
+        }
+    }
     /* --help lists every flag with its default and variable */
     snprintf(cmd, sizeof cmd, "%s --help >%s 2>&1", exe, path_in("h.txt"));
     st = system(cmd);
@@ -1132,7 +1155,8 @@ START_TEST(test_startup_failures)
                              "--compute-threads", "--max-batch N", "[64]", "--max-delay-us", "[0]", "--memory-budget-bytes", "[134217728]",
                              "--max-jobs-per-request", "[256]", "--read-timeout-s", "[60]", "--max-workspace-bytes", "--work-threads", "--queue-size", "[1024]",
                              "--request-timeout-ms", "--max-body-bytes", "[8388608]", "--max-samples", "[256]",
-                             "--api-key-file", "--access-log", "REALNVP_MODEL", "REALNVP_PORT"};
+                             "--api-key-file", "--access-log", "REALNVP_MODEL", "REALNVP_PORT", "--precision P", "[fp32]",
+                             "REALNVP_PRECISION"};
     for (size_t i = 0; i < sizeof needles / sizeof *needles; i++)
         ck_assert_msg(strstr(h, needles[i]), "--help lacks %s", needles[i]);
     free(h);
