@@ -6,6 +6,7 @@
 #
 #   bench/conv_share.sh                        # the 1 GFLOP model, log_prob, batches 1,16,64
 #   MODEL=models/fashion-mnist/model.safetensors OPS=log_prob,sample bench/conv_share.sh
+#   PRECISION=bf16 bench/conv_share.sh        # bench_core --precision bf16 (AVX512_BF16 CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ for op in "${ops[@]}"; do
     for b in "${bs[@]}"; do
         data="$OUT/conv_share.$op.$b.data"
         perf record -q -F 999 -o "$data" bin/bench_core --model "$MODEL" --threads "$THREADS" --batches "$b" \
-            --seconds "$SECONDS_PER" --ops "$op" > /dev/null 2>&1
+            --seconds "$SECONDS_PER" --ops "$op" --precision "${PRECISION:-fp32}" > /dev/null 2>&1
         # one line per (dso, symbol): samples, dso, symbol
         perf report -i "$data" --no-children --sort dso,sym --stdio -F sample,dso,sym 2>/dev/null |
             awk -v op="$op" -v b="$b" -v convf="$OUT/conv_share.conv" -v poolf="$OUT/conv_share.pool" '
