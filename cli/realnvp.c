@@ -346,7 +346,7 @@ static const char help_log_prob[] =
     "  --batch N      images per batch through one context (1..4096, default 16)\n"
     "  --threads N    BLAS threads\n"
     "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                  docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                 docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct lp_opts {
@@ -484,7 +484,7 @@ static const char help_encode[] =
     "  --model MODEL  the checkpoint (required)\n"
     "  --threads N    BLAS threads\n"
     "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                  docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                 docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct model_opt {
@@ -631,7 +631,7 @@ static const char help_decode[] =
     "  --cols C              grid columns for several images (default: about the square root)\n"
     "  --threads N           BLAS threads\n"
     "  --precision P         fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                         docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                        docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help            this text\n";
 
 typedef struct out_opts {
@@ -802,7 +802,7 @@ static const char help_sample[] =
     "  --cols C               grid columns (default: about the square root of N)\n"
     "  --threads N            BLAS threads\n"
     "  --precision P          fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                          docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                         docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help             this text\n";
 
 static int sample_opt(void *st, int argc, char **argv, int *i)
@@ -878,7 +878,7 @@ static const char help_interpolate[] =
     "  --cols C                columns (default: N, one row)\n"
     "  --threads N             BLAS threads\n"
     "  --precision P           fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                           docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                          docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help              this text\n";
 
 typedef struct interp_opts {
@@ -1069,8 +1069,8 @@ static const char help_main[] =
     "Options (--threads and --precision are also accepted after the command):\n"
     "  --threads N  BLAS threads, 1..1024 (default: OPENBLAS_NUM_THREADS, else every core)\n"
     "  --precision P  fp32 (default) or bf16: the convolutions' arithmetic for log-prob, encode,\n"
-    "               decode, sample and interpolate; bf16 needs AVX512_BF16 and is refused without\n"
-    "               it (docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "                 decode, sample and interpolate; bf16 needs AVX512_BF16 and is refused without\n"
+    "                 it (docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
     "  -h, --help   this text\n"
     "  --version    the version and the OpenBLAS kernels in use\n"
     "\n"
