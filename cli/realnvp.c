@@ -126,6 +126,9 @@ static int parse_double(const char *opt, const char *s, double lo, double hi, do
 /* Options every subcommand accepts. Returns 1 when argv[*i] was one (and handled), 0 if not,
  * -1 on an error (printed), 2 when --help was asked for. */
 static enum rnvp_precision cli_precision;   /* --precision, else REALNVP_PRECISION, else fp32 */
+static char cli_precision_err[400];          /* REALNVP_PRECISION's error, reported by make_ctx (so
+                                                --help, info and init still run) unless --precision
+                                                replaces it */
 
 static int common_option(int argc, char **argv, int *i)
 {
@@ -136,6 +139,7 @@ static int common_option(int argc, char **argv, int *i)
         rnvp_error e;
         if (rnvp_precision_parse(&cli_precision, v, &e)) return usage_error("--precision: %s", e.msg), -1;
         if (rnvp_precision_check(cli_precision, &e)) return usage_error("--precision %s: %s", v, e.msg), -1;
+        cli_precision_err[0] = 0;
         return 1;
     }
     r = match(argc, argv, i, "--threads", NULL, 1, &v);
@@ -203,6 +207,10 @@ static rnvp_ctx *make_ctx(const rnvp_model *m, int batch)
 {
     rnvp_ctx *c = NULL;
     rnvp_error e;
+    if (cli_precision_err[0]) {
+        fail("%s", cli_precision_err);
+        return NULL;
+    }
     if (rnvp_ctx_create(&c, m, batch, &e)) {
         fail("%s", e.msg);
         return NULL;
@@ -1104,8 +1112,10 @@ int main(int argc, char **argv)
     const char *env_precision = getenv("REALNVP_PRECISION");
     if (env_precision && *env_precision) {
         rnvp_error e;
-        if (rnvp_precision_parse(&cli_precision, env_precision, &e) || rnvp_precision_check(cli_precision, &e))
-            return usage_error("REALNVP_PRECISION=%s: %s", env_precision, e.msg);
+        if (rnvp_precision_parse(&cli_precision, env_precision, &e) || rnvp_precision_check(cli_precision, &e)) {
+            snprintf(cli_precision_err, sizeof cli_precision_err, "REALNVP_PRECISION=%.40s: %s", env_precision, e.msg);
+            cli_precision = RNVP_PRECISION_FP32;
+        }
     }
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {

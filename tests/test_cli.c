@@ -525,6 +525,8 @@ START_TEST(test_precision)
     NEED_SETUP();
     const char *shipped = "models/fashion-mnist/model.safetensors", *png = "tests/fuzz/corpus_png/grey28.png";
     rnvp_error e;
+    unsetenv("REALNVP_CONV");   /* bf16 needs the default (AVX-512) kernels */
+    unsetenv("REALNVP_PRECISION");
     ck_assert_int_eq(run("log-prob --model %s --json %s", shipped, png), 0);
     char *o = out_text();
     json_t *j = json_loads(o, JSON_DISABLE_EOF_CHECK, NULL);
@@ -554,6 +556,15 @@ START_TEST(test_precision)
     char *er = err_text();
     ck_assert_msg(strstr(er, "fp32 or bf16"), "%s", er);
     free(er);
+    /* a bad REALNVP_PRECISION stops what computes (exit 1, one line), not info or --help */
+    setenv("REALNVP_PRECISION", "fp16", 1);
+    ck_assert_int_eq(run("info %s", model), 0);
+    ck_assert_int_eq(run("log-prob --model %s %s", shipped, png), 1);
+    assert_one_line_error("REALNVP_PRECISION=fp16");
+    er = err_text();
+    ck_assert_msg(strstr(er, "REALNVP_PRECISION=fp16") && strstr(er, "fp32 or bf16"), "%s", er);
+    free(er);
+    unsetenv("REALNVP_PRECISION");
 }
 END_TEST
 
