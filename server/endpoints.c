@@ -506,6 +506,7 @@ void srv_endpoint_simple(req *r)
         if (ready && !draining && srv_repo_nready(s->repo) > 0) {
             srv_buf_printf(&b, "{\"status\": \"ready\"}\n");
             srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+            r->out.keep = 1;   /* decided before any drain: the drain's own close is for its 503s */
             return;
         }
         srv_buf_printf(&b, "{\"status\": \"%s\"}\n", draining ? "draining" : ready ? "no_model_loaded" : "loading");

@@ -130,7 +130,7 @@ static enum MHD_Result send_reply(req *r)
     o->data = NULL;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, o->ctype);
     if (o->hname) MHD_add_response_header(resp, o->hname, o->hval);
-    if (atomic_load(&r->s->draining)) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (atomic_load(&r->s->draining) && !o->keep) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->status = o->status;
     r->bytes = o->len;
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)o->status, resp);

@@ -83,6 +83,9 @@ typedef struct srv_reply {
     size_t len;
     const char *hname;    /* an extra header, or NULL */
     char hval[40];
+    int keep;             /* 1: no "Connection: close" even while draining (a reply decided
+                             before the drain began, e.g. /readyz's 200: its connection stays up
+                             to be told 503 next) */
 } srv_reply;
 
 typedef struct req {
