@@ -286,6 +286,24 @@ AVX512 static void strip_im2col(float *restrict panel, const float *in, const af
     }
 }
 
+/* out rows 0..mr-1 (stride ldo), the strip's columns selected by m0/m1: (out +) c0, c1 (each
+ * kernel's last step) */
+AVX512 static inline __attribute__((always_inline)) void strip_store(float *out, ptrdiff_t ldo, __m512 *c0,
+                                                                   __m512 *c1, int mr, __mmask16 m0,
+                                                                   __mmask16 m1, int accumulate)
+{
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        float *o = out + r * ldo;
+        if (accumulate) {
+            c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[r]);
+            c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[r]);
+        }
+        _mm512_mask_storeu_ps(o, m0, c0[r]);
+        _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
+    }
+}
+
 /* out rows 0..mr-1 (stride ldo), columns of the strip selected by m0/m1:
  * out (+)= b + w (mr, K) x panel (K, NR). Each output is one FMA chain over k = 0..K-1, the same
  * whatever the strip, the batch or the thread. */
@@ -306,36 +324,31 @@ AVX512 static inline __attribute__((always_inline)) void strip_kernel(
             c1[r] = _mm512_fmadd_ps(a, x1, c1[r]);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < mr; r++) {
-        float *o = out + r * ldo;
-        if (accumulate) {
-            c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[r]);
-            c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[r]);
-        }
-        _mm512_mask_storeu_ps(o, m0, c0[r]);
-        _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
-    }
+    strip_store(out, ldo, c0, c1, mr, m0, m1, accumulate);
 }
 
-#define KERNEL_CASE(n) \
-    case n: strip_kernel(out, ldo, w, K, b, panel, n, m0, m1, accumulate); break
+/* The body of strip_rows and strip_rows_bf16: `kernel` for all cout rows, MR at a time (K: a
+ * weight row's length, in floats or in bf16 pairs). */
+#define KERNEL_CASE(kernel, n) \
+    case n: kernel(out, ldo, w, K, b, panel, n, m0, m1, accumulate); break
+#define STRIP_ROWS_BODY(kernel)                                                                          \
+    int o = 0;                                                                                          \
+    for (; o + MR <= cout; o += MR)                                                                     \
+        kernel(out + o * ldo, ldo, w + (ptrdiff_t)o * K, K, b + o, panel, MR, m0, m1, accumulate);      \
+    if (o == cout) return;                                                                              \
+    out += o * ldo;                                                                                     \
+    w += (ptrdiff_t)o * K;                                                                              \
+    b += o;                                                                                             \
+    switch (cout - o) {                                                                                 \
+        KERNEL_CASE(kernel, 1); KERNEL_CASE(kernel, 2); KERNEL_CASE(kernel, 3); KERNEL_CASE(kernel, 4); \
+        KERNEL_CASE(kernel, 5); KERNEL_CASE(kernel, 6); KERNEL_CASE(kernel, 7);                         \
+    }
 
 /* strip_kernel for all cout rows, MR at a time. */
 AVX512 static void strip_rows(float *out, ptrdiff_t ldo, const float *w, int K, const float *b,
                               const float *panel, int cout, __mmask16 m0, __mmask16 m1, int accumulate)
 {
-    int o = 0;
-    for (; o + MR <= cout; o += MR)
-        strip_kernel(out + o * ldo, ldo, w + (ptrdiff_t)o * K, K, b + o, panel, MR, m0, m1, accumulate);
-    if (o == cout) return;
-    out += o * ldo;
-    w += (ptrdiff_t)o * K;
-    b += o;
-    switch (cout - o) {
-        KERNEL_CASE(1); KERNEL_CASE(2); KERNEL_CASE(3); KERNEL_CASE(4);
-        KERNEL_CASE(5); KERNEL_CASE(6); KERNEL_CASE(7);
-    }
+    STRIP_ROWS_BODY(strip_kernel)
 }
 
 /* ---- AVX512_BF16: the same strips with the panel and the weights rounded to bf16, pairs of k
@@ -360,35 +373,14 @@ AVX512BF static inline __attribute__((always_inline)) void strip_kernel_bf16(
             c1[r] = _mm512_dpbf16_ps(c1[r], a, x1);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < mr; r++) {
-        float *o = out + r * ldo;
-        if (accumulate) {
-            c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[r]);
-            c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[r]);
-        }
-        _mm512_mask_storeu_ps(o, m0, c0[r]);
-        _mm512_mask_storeu_ps(o + 16, m1, c1[r]);
-    }
+    strip_store(out, ldo, c0, c1, mr, m0, m1, accumulate);
 }
 
-#define KERNEL_CASE_BF16(n) \
-    case n: strip_kernel_bf16(out, ldo, w, K2, b, panel, n, m0, m1, accumulate); break
-
-AVX512BF static void strip_rows_bf16(float *out, ptrdiff_t ldo, const uint32_t *w, int K2, const float *b,
+/* strip_kernel_bf16 for all cout rows, MR at a time (K: pairs per weight row). */
+AVX512BF static void strip_rows_bf16(float *out, ptrdiff_t ldo, const uint32_t *w, int K, const float *b,
                                    const uint32_t *panel, int cout, __mmask16 m0, __mmask16 m1, int accumulate)
 {
-    int o = 0;
-    for (; o + MR <= cout; o += MR)
-        strip_kernel_bf16(out + o * ldo, ldo, w + (ptrdiff_t)o * K2, K2, b + o, panel, MR, m0, m1, accumulate);
-    if (o == cout) return;
-    out += o * ldo;
-    w += (ptrdiff_t)o * K2;
-    b += o;
-    switch (cout - o) {
-        KERNEL_CASE_BF16(1); KERNEL_CASE_BF16(2); KERNEL_CASE_BF16(3); KERNEL_CASE_BF16(4);
-        KERNEL_CASE_BF16(5); KERNEL_CASE_BF16(6); KERNEL_CASE_BF16(7);
-    }
+    STRIP_ROWS_BODY(strip_kernel_bf16)
 }
 
 /* One convolution on a direct kernel: what its strips need, and their schedule. Thread t claims
