@@ -144,6 +144,7 @@ enum rnvp_status tr_ws_create(tr_ws **out, const rnvp_model *m, int max_batch, r
     if (w->threads > 1) w->tp = rnvpi_tpool_create(w->threads);
     w->threads = rnvpi_tpool_size(w->tp);
     w->scr.cs.kernel = train_kernel();   /* the carve gives Winograd weights by it */
+    w->scr.cs.wino_kind = rnvpi_winograd_kind();
     arena a = {NULL, 0};
     ws_carve(w, &a, m, max_batch);
     w->block = aligned_alloc(64, (a.used + 63) & ~(size_t)63);

@@ -267,7 +267,7 @@ static void conv_forward_job(void *v, int t, int nt)
 /* The threads' cols as the Winograd kernel's panels. */
 static net_ws wino_ws(const conv_scratch *cs)
 {
-    return (net_ws){.tp = cs->tp, .panel = cs->col, .panel_floats = cs->col_floats, .wino_kind = rnvpi_winograd_kind()};
+    return (net_ws){.tp = cs->tp, .panel = cs->col, .panel_floats = cs->col_floats, .wino_kind = cs->wino_kind};
 }
 
 void tr_conv_forward(float *out, const float *in, const affine_i *pre, const float *w, const float *wino,

@@ -72,6 +72,7 @@ typedef struct conv_scratch {
                              backward is Winograd too (the input gradient as a transposed
                              convolution on the AVX2 direct kernel took 1.2x the CPU time of
                              sgemm + col2im; on Winograd it takes less) */
+    int wino_kind;        /* the Winograd kernels (rnvpi_winograd_kind(), read once at creation) */
     float *winot;         /* (16, cin, cout) of the largest Winograd convolution: the adjoint
                              weights (rnvpi_winograd_weights_adjoint), rebuilt by each backward */
     float *zeros;         /* (cin) of the widest Winograd convolution, all 0: the input
