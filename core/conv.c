@@ -685,7 +685,8 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
 #ifdef HAVE_AVX512_KERNEL
     if (cv->wino && cv->kh == 3 && cv->kw == 3 &&
         (ws->direct == RNVPI_CONV_WINOGRAD || (ws->direct == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(cv, N, H, W)) ||
-         (ws->direct == RNVPI_CONV_AVX512 && ws->wino_kind != RNVPI_WINO_OFF && rnvpi_winograd512_wins(cv, N, H, W)))) {
+         (ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && ws->wino_kind != RNVPI_WINO_OFF &&
+          rnvpi_winograd512_wins(cv, N, H, W)))) {
         rnvpi_conv_winograd(out, in, cv, pre, accumulate ? out : NULL, ws, N, H, W);
         return;
     }

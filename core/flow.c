@@ -157,8 +157,10 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx) { return ctx->bytes; }
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx)
 {
     switch (ctx->ws.direct) {
-    case RNVPI_CONV_AVX512:   /* (rnvpi_winograd512_wins: Winograd wins on no layer here) */
-        return ctx->ws.bf16 ? "avx512-direct-bf16" : "avx512-direct";
+    case RNVPI_CONV_AVX512:   /* fp32: Winograd on the layers where it wins (rnvpi_winograd512_wins); bf16:
+                               * the bf16 direct kernel everywhere (faster than fp32 Winograd) */
+        if (ctx->ws.bf16) return "avx512-direct-bf16";
+        return ctx->ws.wino_kind == RNVPI_WINO_OFF ? "avx512-direct" : "avx512-direct+winograd";
     case RNVPI_CONV_AVX2: return "avx2-direct+winograd";   /* Winograd on the layers where it wins */
     case RNVPI_CONV_AVX2_DIRECT: return "avx2-direct";
     case RNVPI_CONV_WINOGRAD: return "winograd";

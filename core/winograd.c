@@ -28,6 +28,9 @@
 #define WMR 6   /* output channels per register block: 12 accumulators */
 #define TB5 32  /* AVX-512: tiles per block, two 16-float registers */
 #define WMR5 8  /* AVX-512: output channels per register block: 16 accumulators */
+#ifndef GRAINDIV
+#define GRAINDIV 4
+#endif
 #ifndef PFC
 #define PFC 1   /* AVX-512: input channels the prefetch of the input transform runs ahead */
 #endif
@@ -135,14 +138,13 @@ int rnvpi_winograd_wins(const conv_i *cv, int N, int H, int W)
 
 int rnvpi_winograd512_wins(const conv_i *cv, int N, int H, int W)
 {
-    /* bench/bench_conv_shapes.c on an AMD EPYC Zen 5 (2 vCPUs, full-width AVX-512: 413 GFLOP/s of
-     * FMAs on 2 threads): the AVX-512 direct kernel beat the AVX-512 Winograd on every shape of
-     * the two models (Winograd 0.37-0.95x of its speed; the transforms, on 4-float rows, cost more
-     * than the multiplications they save), so AVX-512 contexts keep the direct kernel. It stays
-     * for REALNVP_CONV=winograd and the trainer (which runs the AVX2 direct kernel and Winograd,
-     * now with these kernels on AVX-512 CPUs). */
-    (void)cv; (void)N; (void)H; (void)W;
-    return 0;
+    /* bench/bench_conv_shapes.c on an AMD EPYC Zen 5 (2 vCPUs, full-width AVX-512), 2 threads
+     * (docs/benchmarks.md): on planes of 14x14 and more with 32 and 64 channels Winograd is
+     * 0.95-1.53x the AVX-512 direct kernel (1.13-1.53x at 28x28 and at 64 channels); on 7x7 planes
+     * (49 of 64 tile positions used, few blocks to share) and on the in_convs of 2-5 channels it
+     * loses (0.45-1.10x, 0.54-0.67x). */
+    (void)N;
+    return cv->cin >= 32 && cv->cout >= 32 && H >= 14 && W >= 14;
 }
 
 #ifdef HAVE_WINOGRAD
@@ -430,8 +432,8 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
                 *w4 = u + 4 * (ptrdiff_t)cin, *w5 = u + 5 * (ptrdiff_t)cin, *w6 = u + 6 * (ptrdiff_t)cin,
                 *w7 = u + 7 * (ptrdiff_t)cin;
     for (int c = 0; c < cin; c++) {
-        const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * TB5);
-        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * TB5 + 16);
+        const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * 16 * TB5);
+        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * 16 * TB5 + 16);
 #define STEPW(r)                                              \
     if (mr > r) {                                             \
         const __m512 wv = _mm512_set1_ps(w##r[c]);            \
@@ -455,7 +457,7 @@ AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *
 {
     for (int xi = 0; xi < 16; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
-        const float *v = V + (ptrdiff_t)xi * cin * TB5;
+        const float *v = V + (ptrdiff_t)xi * TB5;
         float *m = M + xi * WMR5 * TB5;
         if (mr == WMR5) gemm5_kernel(m, u, cin, v, WMR5);
         else gemm5_kernel(m, u, cin, v, mr);
@@ -482,11 +484,10 @@ AVX512BF void rnvpi_bf16_pack32(uint32_t *dst, const float *src, int rows)
     }
 }
 
-/* A block's tiles for the AVX-512 transforms. Input: an item is a group of 4 neighbouring tiles of
- * one tile row (k = 4: their patches are columns j0 .. j0+9 of 4 image rows, one 16-float load
- * per row) or a single tile (k = 1, tile_in). Output: a run is k <= 16 neighbouring tiles of one
- * tile row inside one 16-tile half of the block, their 2x2 outputs one stretch of 2k floats in
- * each of two image rows (masked stores). */
+/* A block's tiles for the AVX-512 transforms. Input: an item is a group of k <= 4 neighbouring tiles of
+ * one tile row (their patches are columns j0 .. j0+2k+1 of 4 image rows, one 16-float load per
+ * row). Output: a run is k <= 16 neighbouring tiles of one tile row inside one 16-tile half of the
+ * block, their 2x2 outputs one stretch of 2k floats in each of two image rows (masked stores). */
 struct in_item {
     int t, k;
     unsigned rows;
@@ -502,16 +503,13 @@ static int plan_items(struct in_item *it, const struct tile *tl, int nt, int W)
 {
     int n = 0;
     for (int t = 0; t < nt;) {
-        if (t + 3 < nt && tl[t + 3].row == tl[t].row && tl[t + 3].j0 == tl[t].j0 + 6) {
-            __mmask16 m = 0;
-            for (int x = 0; x < 10; x++)
-                if (tl[t].j0 + x >= 0 && tl[t].j0 + x < W) m |= (__mmask16)(1u << x);
-            it[n++] = (struct in_item){.t = t, .k = 4, .rows = tl[t].rows, .cols = m};
-            t += 4;
-        } else {
-            it[n++] = (struct in_item){.t = t, .k = 1};
-            t++;
-        }
+        int k = 1;
+        while (k < 4 && t + k < nt && tl[t + k].row == tl[t].row && tl[t + k].j0 == tl[t].j0 + 2 * k) k++;
+        __mmask16 m = 0;
+        for (int x = 0; x < 2 * k + 2; x++)
+            if (tl[t].j0 + x >= 0 && tl[t].j0 + x < W) m |= (__mmask16)(1u << x);
+        it[n++] = (struct in_item){.t = t, .k = k, .rows = tl[t].rows, .cols = m};
+        t += k;
     }
     return n;
 }
@@ -543,40 +541,84 @@ AVX512W static inline __attribute__((always_inline)) __m512 row_b4(__m512 x, __m
     return _mm512_add_ps(l, _mm512_xor_ps(h, sgn));
 }
 
-/* input_block for TB5 tiles with the items of plan_items: the same values, bit for bit (the same
- * operations per value, on 4 tiles per register). */
-AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, float *restrict tmp, const float *in, const affine_i *pre,
-                                 int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
-                                 const struct in_item *it, int ni)
+/* One patch row of a group: pre (the affine map if `affine`, ReLU if `relu`) of the 16 floats at x,
+ * the columns outside the image (not in cols) 0, spread to 4 tiles' 4-float rows, times B. */
+AVX512W static inline __attribute__((always_inline)) __m512 group_row(__m512 x, __mmask16 cols, __m512 a16, __m512 s16,
+                                                                       int affine, int relu)
+{
+    const __m512i spread = _mm512_setr_epi32(0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9);
+    const __m512 sgn = _mm512_castsi512_ps(_mm512_set4_epi32(INT32_MIN, INT32_MIN, 0, INT32_MIN));
+    if (affine) x = _mm512_fmadd_ps(a16, x, s16);
+    x = relu ? _mm512_maskz_max_ps(cols, x, _mm512_setzero_ps()) : _mm512_maskz_mov_ps(cols, x);
+    return row_b4(_mm512_permutexvar_ps(spread, x), sgn);
+}
+
+/* B^T times the rows u0..u3 of a group of k tiles, each of its 16 values xi = 4i + j into
+ * v[xi * TB5 + 0..k-1] (tile k's values lie in lanes 4k + j of row i; one permutation per row puts
+ * each j's 4 tiles side by side). */
+AVX512W static inline __attribute__((always_inline)) void group_store(float *v, __m512 u0, __m512 u1, __m512 u2,
+                                                                       __m512 u3, int k)
+{
+    const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 d0 = _mm512_permutexvar_ps(tr, _mm512_sub_ps(u0, u2)),
+                 d1 = _mm512_permutexvar_ps(tr, _mm512_add_ps(u1, u2)),
+                 d2 = _mm512_permutexvar_ps(tr, _mm512_sub_ps(u2, u1)),
+                 d3 = _mm512_permutexvar_ps(tr, _mm512_sub_ps(u1, u3));
+    if (k == 4) {
+#define PUT4(r, d)                                                           \
+    _mm_storeu_ps(v + (4 * (r)) * TB5, _mm512_castps512_ps128(d));             \
+    _mm_storeu_ps(v + (4 * (r) + 1) * TB5, _mm512_extractf32x4_ps(d, 1));      \
+    _mm_storeu_ps(v + (4 * (r) + 2) * TB5, _mm512_extractf32x4_ps(d, 2));      \
+    _mm_storeu_ps(v + (4 * (r) + 3) * TB5, _mm512_extractf32x4_ps(d, 3));
+        PUT4(0, d0) PUT4(1, d1) PUT4(2, d2) PUT4(3, d3)
+#undef PUT4
+    } else {
+        const __mmask8 km = (__mmask8)((1u << k) - 1);
+#define PUTK(r, d)                                                                  \
+    _mm_mask_storeu_ps(v + (4 * (r)) * TB5, km, _mm512_castps512_ps128(d));           \
+    _mm_mask_storeu_ps(v + (4 * (r) + 1) * TB5, km, _mm512_extractf32x4_ps(d, 1));    \
+    _mm_mask_storeu_ps(v + (4 * (r) + 2) * TB5, km, _mm512_extractf32x4_ps(d, 2));    \
+    _mm_mask_storeu_ps(v + (4 * (r) + 3) * TB5, km, _mm512_extractf32x4_ps(d, 3));
+        PUTK(0, d0) PUTK(1, d1) PUTK(2, d2) PUTK(3, d3)
+#undef PUTK
+    }
+}
+
+/* input5_block's loop for one kind of pre (affine, relu: compile-time constants). */
+AVX512W static inline __attribute__((always_inline)) void input5_loop(float *restrict V, const float *in,
+                                                                       const affine_i *pre, int cin, ptrdiff_t P,
+                                                                       int W, const struct tile *tl, int nt,
+                                                                       const struct in_item *it, int ni,
+                                                                       int affine, int relu)
 {
     const ptrdiff_t end = (ptrdiff_t)cin * P;
-    const int affine = pre && pre->a;
-    const __m512 zero = _mm512_setzero_ps();
-    const __m512 sgn = _mm512_castsi512_ps(_mm512_set4_epi32(INT32_MIN, INT32_MIN, 0, INT32_MIN));
-    const __m512i spread = _mm512_setr_epi32(0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9);
-    memset(tmp + nt * 16, 0, sizeof(float) * 16 * (size_t)(TB5 - nt));
     ptrdiff_t lo = tl[0].in_off, hi = tl[nt - 1].in_off + 3 * (ptrdiff_t)W + 4;
     if (lo < 0) lo = 0;
     for (int c = 0; c < cin; c++) {
-        const float av = affine ? pre->a[c] : 1.0f, sv = affine ? pre->s[c] : 0.0f;
-        const __m128 a4 = _mm_set1_ps(av), s4 = _mm_set1_ps(sv);
-        const __m512 a16 = _mm512_set1_ps(av), s16 = _mm512_set1_ps(sv);
+        const __m512 a16 = _mm512_set1_ps(affine ? pre->a[c] : 1.0f), s16 = _mm512_set1_ps(affine ? pre->s[c] : 0.0f);
         const float *ic = in + (ptrdiff_t)c * P;
         if (c + PFC < cin)
             for (ptrdiff_t o = lo; o < hi && (c + PFC) * P + o < end; o += 16) _mm_prefetch((const char *)(ic + PFC * P + o), _MM_HINT_T0);
+        float *vc = V + (ptrdiff_t)c * 16 * TB5;
         for (int i = 0; i < ni; i++) {
             const struct in_item *g = &it[i];
-            if (g->k == 1) {
-                tile_in(tmp + g->t * 16, in, ic, end, W, &tl[g->t], a4, s4, affine, pre != NULL);
+            const ptrdiff_t o0 = (ptrdiff_t)c * P + tl[g->t].in_off;
+            if (g->rows == 15 && o0 >= 0 && o0 + 3 * (ptrdiff_t)W + 16 <= end) {   /* most groups */
+                const float *q = in + o0;
+                const __m512 u0 = group_row(_mm512_loadu_ps(q), g->cols, a16, s16, affine, relu),
+                             u1 = group_row(_mm512_loadu_ps(q + W), g->cols, a16, s16, affine, relu),
+                             u2 = group_row(_mm512_loadu_ps(q + 2 * W), g->cols, a16, s16, affine, relu),
+                             u3 = group_row(_mm512_loadu_ps(q + 3 * W), g->cols, a16, s16, affine, relu);
+                group_store(vc + g->t, u0, u1, u2, u3, g->k);
                 continue;
             }
             __m512 u[4];
             for (int r = 0; r < 4; r++) {
                 if (!(g->rows >> r & 1)) {   /* a padding row */
-                    u[r] = zero;
+                    u[r] = _mm512_setzero_ps();
                     continue;
                 }
-                const ptrdiff_t o = (ptrdiff_t)c * P + tl[g->t].in_off + (ptrdiff_t)r * W;
+                const ptrdiff_t o = o0 + (ptrdiff_t)r * W;
                 __m512 x;
                 if (o >= 0 && o + 16 <= end) {
                     x = _mm512_loadu_ps(in + o);
@@ -586,29 +628,25 @@ AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, fl
                         if (o + l < 0 || o + l >= end) m &= (__mmask16)~(1u << l);
                     x = _mm512_maskz_loadu_ps(m, in + o);
                 }
-                if (affine) x = _mm512_fmadd_ps(a16, x, s16);
-                x = pre ? _mm512_maskz_max_ps(g->cols, x, zero) : _mm512_maskz_mov_ps(g->cols, x);
-                u[r] = row_b4(_mm512_permutexvar_ps(spread, x), sgn);
+                u[r] = group_row(x, g->cols, a16, s16, affine, relu);
             }
-            /* B^T times the rows, each tile's 16 values into its row of tmp */
-            const __m512 d0 = _mm512_sub_ps(u[0], u[2]), d1 = _mm512_add_ps(u[1], u[2]),
-                         d2 = _mm512_sub_ps(u[2], u[1]), d3 = _mm512_sub_ps(u[1], u[3]);
-            float *d = tmp + g->t * 16;
-#define PUT(k)                                                          \
-    _mm_storeu_ps(d + 16 * (k), _mm512_extractf32x4_ps(d0, k));        \
-    _mm_storeu_ps(d + 16 * (k) + 4, _mm512_extractf32x4_ps(d1, k));    \
-    _mm_storeu_ps(d + 16 * (k) + 8, _mm512_extractf32x4_ps(d2, k));    \
-    _mm_storeu_ps(d + 16 * (k) + 12, _mm512_extractf32x4_ps(d3, k));
-            PUT(0) PUT(1) PUT(2) PUT(3)
-#undef PUT
-        }
-        const ptrdiff_t ds = (ptrdiff_t)cin * TB5;
-        float *v = V + (ptrdiff_t)c * TB5;
-        for (int t0 = 0; t0 < TB5; t0 += 8) {
-            transpose8(v + t0, ds, tmp + t0 * 16, 16);
-            transpose8(v + 8 * ds + t0, ds, tmp + t0 * 16 + 8, 16);
+            group_store(vc + g->t, u[0], u[1], u[2], u[3], g->k);
         }
     }
+}
+
+/* V (16, cin, TB5) = input_block's values for the block's nt tiles (columns t >= nt zero), bit
+ * for bit (the same operations per value, on 4 tiles per register), written from the registers
+ * (group_store); V's layout here is (cin, 16, TB5): one channel's values in one 2 KiB stretch. */
+AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, const float *in, const affine_i *pre,
+                                 int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
+                                 const struct in_item *it, int ni)
+{
+    if (nt < TB5)
+        for (int r = 0; r < 16 * cin; r++) memset(V + (ptrdiff_t)r * TB5 + nt, 0, sizeof(float) * (size_t)(TB5 - nt));
+    if (pre && pre->a) input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 1, 1);
+    else if (pre) input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 0, 1);
+    else input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 0, 0);
 }
 
 /* output_block for M (16, WMR5, TB5), 16 tiles per step, written by the runs of plan_runs: the
@@ -632,35 +670,45 @@ AVX512W __attribute__((noinline)) static void output5_block(float *out, const fl
         }
         for (int i = 0; i < nr;) {
             const int h = ru[i].h;
-            __m512 m[16];
-            for (int xi = 0; xi < 16; xi++) m[xi] = _mm512_load_ps(M + (xi * WMR5 + r) * TB5 + h);
+            const float *mp = M + r * TB5 + h;   /* m_xi = mp[xi WMR5 TB5 ..] */
             __m512 s0[4], s1[4];   /* A^T M */
-            for (int j = 0; j < 4; j++) {
-                s0[j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
-                s1[j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
-            }
+#define AT(j)                                                                                   \
+    {                                                                                           \
+        const __m512 m0 = _mm512_load_ps(mp + (j) * WMR5 * TB5),                                \
+                     m4 = _mm512_load_ps(mp + (4 + (j)) * WMR5 * TB5),                          \
+                     m8 = _mm512_load_ps(mp + (8 + (j)) * WMR5 * TB5),                          \
+                     m12 = _mm512_load_ps(mp + (12 + (j)) * WMR5 * TB5);                        \
+        s0[j] = _mm512_add_ps(_mm512_add_ps(m0, m4), m8);                                       \
+        s1[j] = _mm512_sub_ps(_mm512_sub_ps(m4, m8), m12);                                      \
+    }
+            AT(0) AT(1) AT(2) AT(3)
+#undef AT
             /* (A^T M A)[i][j] + b for the 16 tiles, then each row's pair interleaved tile by tile */
             const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), bias);
             const __m512 y01 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), bias);
             const __m512 y10 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), bias);
             const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), bias);
-            const __m512 e[4] = {_mm512_permutex2var_ps(y00, lo, y01), _mm512_permutex2var_ps(y00, hi, y01),
-                                 _mm512_permutex2var_ps(y10, lo, y11), _mm512_permutex2var_ps(y10, hi, y11)};
+            const __m512 e0 = _mm512_permutex2var_ps(y00, lo, y01), e1 = _mm512_permutex2var_ps(y00, hi, y01),
+                         e2 = _mm512_permutex2var_ps(y10, lo, y11), e3 = _mm512_permutex2var_ps(y10, hi, y11);
             for (; i < nr && ru[i].h == h; i++) {
                 const struct out_run *u = &ru[i];
-                for (int k = 0; k < 4; k++) {   /* top row lanes 0-15, 16-31; bottom row the same */
-                    const uint32_t mm = k < 2 ? u->m0 : u->m1;
-                    const __mmask16 m16 = (__mmask16)(k & 1 ? mm >> 16 : mm & 0xffff);
-                    if (!m16) continue;
-                    const ptrdiff_t off = u->off + (k & 1) * 16 + (k < 2 ? 0 : W);
-                    __m512 v = e[k];
-                    if (rp) {   /* a plain load where all 16 lanes lie in res (masked loads are slow on AMD Zen) */
-                        const ptrdiff_t a = (ptrdiff_t)(o0 + r) * P + off;
-                        v = _mm512_add_ps(a >= 0 && a + 16 <= rend ? _mm512_loadu_ps(rp + off)
-                                                                   : _mm512_maskz_loadu_ps(m16, rp + off), v);
-                    }
-                    _mm512_mask_storeu_ps(op + off, m16, v);
-                }
+                /* top row lanes 0-15, 16-31 (e0, e1); bottom row the same (e2, e3) */
+#define PUT(mm, half, rowoff, e)                                                                         \
+    {                                                                                                    \
+        const __mmask16 m16 = (__mmask16)((half) ? (mm) >> 16 : (mm) & 0xffff);                         \
+        if (m16) {                                                                                       \
+            const ptrdiff_t off = u->off + (half) * 16 + (rowoff);                                       \
+            __m512 v = e;                                                                                \
+            if (rp) { /* a plain load where all 16 lanes lie in res (masked loads are slow on AMD Zen) */ \
+                const ptrdiff_t a = (ptrdiff_t)(o0 + r) * P + off;                                       \
+                v = _mm512_add_ps(a >= 0 && a + 16 <= rend ? _mm512_loadu_ps(rp + off)                   \
+                                                           : _mm512_maskz_loadu_ps(m16, rp + off), v);   \
+            }                                                                                            \
+            _mm512_mask_storeu_ps(op + off, m16, v);                                                     \
+        }                                                                                                \
+    }
+                PUT(u->m0, 0, 0, e0) PUT(u->m0, 1, 0, e1) PUT(u->m1, 0, W, e2) PUT(u->m1, 1, W, e3)
+#undef PUT
             }
         }
     }
@@ -702,14 +750,13 @@ AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t 
     }
 }
 
-/* The AVX-512 blocks, panel: V (16, cin, TB5), M (16, WMR5, TB5), tmp (TB5, 16). */
+/* The AVX-512 blocks, panel: V (16, cin, TB5), M (16, WMR5, TB5). */
 AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff_t b0, ptrdiff_t b1)
 {
     const conv_i *cv = j->cv;
     const int cin = cv->cin, cout = cv->cout;
     float *V = align64(panel);
     float *M = V + (ptrdiff_t)16 * cin * TB5;
-    float *tmp = M + 16 * WMR5 * TB5;
     struct tile tl[TB5];
     struct in_item it[TB5];
     struct out_run ru[TB5];
@@ -719,7 +766,7 @@ AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff
         for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
         const int ni = plan_items(it, tl, nt, j->W), nr = plan_runs(ru, tl, nt);
         ptrdiff_t plo = 0, phi = 0;   /* the next block's outputs, prefetched */
-        if (q0 + TB5 < j->T) {
+        if (bk + 1 < b1) {   /* the next block is this thread's */
             struct tile a, z;
             tile_info(&a, q0 + TB5, j->H, j->W, j->th, j->tw);
             tile_info(&z, j->T - q0 - TB5 < TB5 ? j->T - 1 : q0 + 2 * TB5 - 1, j->H, j->W, j->th, j->tw);
@@ -727,7 +774,7 @@ AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff
             phi = z.out_off + j->W + 2;
             if (phi > j->P) phi = j->P;
         }
-        input5_block(V, tmp, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
+        input5_block(V, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
         for (int o0 = 0; o0 < cout; o0 += WMR5) {
             const int mr = cout - o0 < WMR5 ? cout - o0 : WMR5;
             gemm5_rows(M, cv->wino, cout, cin, V, o0, mr);
@@ -765,7 +812,7 @@ void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const af
     atomic_init(&j.next, 0);
     if (ws->panel) {
         /* about 4 claims per thread: balance against the cost of a claim */
-        const ptrdiff_t g = j.blocks / (4 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
+        const ptrdiff_t g = j.blocks / (GRAINDIV * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
         j.grain = g < 1 ? 1 : g;
         j.panel = ws->panel;
         j.panel_floats = ws->panel_floats;

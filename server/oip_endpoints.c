@@ -76,7 +76,9 @@ void srv_oip_simple(req *r)
             srv_req_reply_buf(r, 503, "application/json", &b, MHD_HTTP_HEADER_RETRY_AFTER, "1");
             return;
         }
-        break;
+        srv_req_reply_buf(r, 200, "application/json", &b, NULL, NULL);
+        r->out.keep = 1;   /* true was decided before any drain: the drain's own close is for its 503s */
+        return;
     case EP_V2_MODEL: {
         long vers[SRV_MAX_VERSIONS];
         int nv = srv_repo_versions(s->repo, r->m->name, vers, SRV_MAX_VERSIONS);
