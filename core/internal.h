@@ -347,12 +347,13 @@ void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin
 /* The weight gradient of that convolution (training), one thread: dut (16, cin, cout) += dU^T,
  * dU[xi][o][c] = sum over tiles q0 .. q1-1 (of N*ceil(H/2)*ceil(W/2), row-major per image) of
  * (A dY A^T)[xi] (B^T pre(d) B)[xi], dY the tile's 2x2 of dout (cout, N, H, W), d its 4x4 patch of
- * in (cin, N, H, W); in chunks of tc tiles (a multiple of 16), each 16 single-threaded
- * cblas_sgemm. buf: rnvpi_winograd_wgrad_floats(cin, cout, tc) floats. Then
+ * in (cin, N, H, W); in chunks of tc tiles (a multiple of 32), each 16 single-threaded
+ * cblas_sgemm; kind: RNVPI_WINO_AVX512 (its transforms) or else the AVX2 ones, the same values.
+ * buf: rnvpi_winograd_wgrad_floats(cin, cout, tc) floats. Then
  * rnvpi_winograd_wgrad_fold: dw (cout, cin*9) += G^T dU G per (o, c), in double. */
 size_t rnvpi_winograd_wgrad_floats(int cin, int cout, int tc);
 void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const affine_i *pre, int cin, int cout,
-                          float *buf, int tc, ptrdiff_t q0, ptrdiff_t q1, int N, int H, int W);
+                          float *buf, int tc, ptrdiff_t q0, ptrdiff_t q1, int N, int H, int W, int kind);
 void rnvpi_winograd_wgrad_fold(float *dw, const float *dut, int cout, int cin);
 /* Floats of one thread's Winograd panel (transform buffers of one block of tiles), 16 of them
  * slack to align inside; rnvpi_conv_panel_floats of a 3x3 convolution includes it. */

@@ -553,11 +553,32 @@ AVX512W static inline __attribute__((always_inline)) __m512 group_row(__m512 x, 
     return row_b4(_mm512_permutexvar_ps(spread, x), sgn);
 }
 
+/* group_row of a patch row of a group at the image's top or bottom or at the buffer's ends: 0 for
+ * a padding row (!inside; 0, not pre(0)); else the 16 floats at in + o, a masked load of the lanes
+ * inside [0, end) where they run past the buffer (plain loads elsewhere: masked ones are slow on
+ * AMD Zen). */
+AVX512W static inline __attribute__((always_inline)) __m512 border_row(const float *in, ptrdiff_t o, ptrdiff_t end,
+                                                                        unsigned inside, __mmask16 cols, __m512 a16,
+                                                                        __m512 s16, int affine, int relu)
+{
+    if (!inside) return _mm512_setzero_ps();
+    __m512 x;
+    if (o >= 0 && o + 16 <= end) {
+        x = _mm512_loadu_ps(in + o);
+    } else {
+        __mmask16 m = cols;
+        for (int l = 0; l < 16; l++)
+            if (o + l < 0 || o + l >= end) m &= (__mmask16)~(1u << l);
+        x = _mm512_maskz_loadu_ps(m, in + o);
+    }
+    return group_row(x, cols, a16, s16, affine, relu);
+}
+
 /* B^T times the rows u0..u3 of a group of k tiles, each of its 16 values xi = 4i + j into
- * v[xi * TB5 + 0..k-1] (tile k's values lie in lanes 4k + j of row i; one permutation per row puts
+ * v[xi * xs + 0..k-1] (tile k's values lie in lanes 4k + j of row i; one permutation per row puts
  * each j's 4 tiles side by side). */
-AVX512W static inline __attribute__((always_inline)) void group_store(float *v, __m512 u0, __m512 u1, __m512 u2,
-                                                                       __m512 u3, int k)
+AVX512W static inline __attribute__((always_inline)) void group_store(float *v, ptrdiff_t xs, __m512 u0, __m512 u1,
+                                                                       __m512 u2, __m512 u3, int k)
 {
     const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512 d0 = _mm512_permutexvar_ps(tr, _mm512_sub_ps(u0, u2)),
@@ -566,26 +587,27 @@ AVX512W static inline __attribute__((always_inline)) void group_store(float *v, 
                  d3 = _mm512_permutexvar_ps(tr, _mm512_sub_ps(u1, u3));
     if (k == 4) {
 #define PUT4(r, d)                                                           \
-    _mm_storeu_ps(v + (4 * (r)) * TB5, _mm512_castps512_ps128(d));             \
-    _mm_storeu_ps(v + (4 * (r) + 1) * TB5, _mm512_extractf32x4_ps(d, 1));      \
-    _mm_storeu_ps(v + (4 * (r) + 2) * TB5, _mm512_extractf32x4_ps(d, 2));      \
-    _mm_storeu_ps(v + (4 * (r) + 3) * TB5, _mm512_extractf32x4_ps(d, 3));
+    _mm_storeu_ps(v + (4 * (r)) * xs, _mm512_castps512_ps128(d));             \
+    _mm_storeu_ps(v + (4 * (r) + 1) * xs, _mm512_extractf32x4_ps(d, 1));      \
+    _mm_storeu_ps(v + (4 * (r) + 2) * xs, _mm512_extractf32x4_ps(d, 2));      \
+    _mm_storeu_ps(v + (4 * (r) + 3) * xs, _mm512_extractf32x4_ps(d, 3));
         PUT4(0, d0) PUT4(1, d1) PUT4(2, d2) PUT4(3, d3)
 #undef PUT4
     } else {
         const __mmask8 km = (__mmask8)((1u << k) - 1);
 #define PUTK(r, d)                                                                  \
-    _mm_mask_storeu_ps(v + (4 * (r)) * TB5, km, _mm512_castps512_ps128(d));           \
-    _mm_mask_storeu_ps(v + (4 * (r) + 1) * TB5, km, _mm512_extractf32x4_ps(d, 1));    \
-    _mm_mask_storeu_ps(v + (4 * (r) + 2) * TB5, km, _mm512_extractf32x4_ps(d, 2));    \
-    _mm_mask_storeu_ps(v + (4 * (r) + 3) * TB5, km, _mm512_extractf32x4_ps(d, 3));
+    _mm_mask_storeu_ps(v + (4 * (r)) * xs, km, _mm512_castps512_ps128(d));           \
+    _mm_mask_storeu_ps(v + (4 * (r) + 1) * xs, km, _mm512_extractf32x4_ps(d, 1));    \
+    _mm_mask_storeu_ps(v + (4 * (r) + 2) * xs, km, _mm512_extractf32x4_ps(d, 2));    \
+    _mm_mask_storeu_ps(v + (4 * (r) + 3) * xs, km, _mm512_extractf32x4_ps(d, 3));
         PUTK(0, d0) PUTK(1, d1) PUTK(2, d2) PUTK(3, d3)
 #undef PUTK
     }
 }
 
 /* input5_block's loop for one kind of pre (affine, relu: compile-time constants). */
-AVX512W static inline __attribute__((always_inline)) void input5_loop(float *restrict V, const float *in,
+AVX512W static inline __attribute__((always_inline)) void input5_loop(float *restrict V, ptrdiff_t cs, ptrdiff_t xs,
+                                                                       const float *in,
                                                                        const affine_i *pre, int cin, ptrdiff_t P,
                                                                        int W, const struct tile *tl, int nt,
                                                                        const struct in_item *it, int ni,
@@ -599,7 +621,7 @@ AVX512W static inline __attribute__((always_inline)) void input5_loop(float *res
         const float *ic = in + (ptrdiff_t)c * P;
         if (c + PFC < cin)
             for (ptrdiff_t o = lo; o < hi && (c + PFC) * P + o < end; o += 16) _mm_prefetch((const char *)(ic + PFC * P + o), _MM_HINT_T0);
-        float *vc = V + (ptrdiff_t)c * 16 * TB5;
+        float *vc = V + (ptrdiff_t)c * cs;
         for (int i = 0; i < ni; i++) {
             const struct in_item *g = &it[i];
             const ptrdiff_t o0 = (ptrdiff_t)c * P + tl[g->t].in_off;
@@ -609,44 +631,34 @@ AVX512W static inline __attribute__((always_inline)) void input5_loop(float *res
                              u1 = group_row(_mm512_loadu_ps(q + W), g->cols, a16, s16, affine, relu),
                              u2 = group_row(_mm512_loadu_ps(q + 2 * W), g->cols, a16, s16, affine, relu),
                              u3 = group_row(_mm512_loadu_ps(q + 3 * W), g->cols, a16, s16, affine, relu);
-                group_store(vc + g->t, u0, u1, u2, u3, g->k);
+                group_store(vc + g->t, xs, u0, u1, u2, u3, g->k);
                 continue;
             }
-            __m512 u[4];
-            for (int r = 0; r < 4; r++) {
-                if (!(g->rows >> r & 1)) {   /* a padding row */
-                    u[r] = _mm512_setzero_ps();
-                    continue;
-                }
-                const ptrdiff_t o = o0 + (ptrdiff_t)r * W;
-                __m512 x;
-                if (o >= 0 && o + 16 <= end) {
-                    x = _mm512_loadu_ps(in + o);
-                } else {   /* at the buffer's ends: only the lanes inside it */
-                    __mmask16 m = g->cols;
-                    for (int l = 0; l < 16; l++)
-                        if (o + l < 0 || o + l >= end) m &= (__mmask16)~(1u << l);
-                    x = _mm512_maskz_loadu_ps(m, in + o);
-                }
-                u[r] = group_row(x, g->cols, a16, s16, affine, relu);
-            }
-            group_store(vc + g->t, u[0], u[1], u[2], u[3], g->k);
+            /* a group at the image's top or bottom (padding rows: 0) or at the buffer's ends */
+            const __m512 u0 = border_row(in, o0, end, g->rows & 1, g->cols, a16, s16, affine, relu),
+                         u1 = border_row(in, o0 + W, end, g->rows & 2, g->cols, a16, s16, affine, relu),
+                         u2 = border_row(in, o0 + 2 * W, end, g->rows & 4, g->cols, a16, s16, affine, relu),
+                         u3 = border_row(in, o0 + 3 * W, end, g->rows & 8, g->cols, a16, s16, affine, relu);
+            group_store(vc + g->t, xs, u0, u1, u2, u3, g->k);
         }
     }
 }
 
-/* V (16, cin, TB5) = input_block's values for the block's nt tiles (columns t >= nt zero), bit
- * for bit (the same operations per value, on 4 tiles per register), written from the registers
- * (group_store); V's layout here is (cin, 16, TB5): one channel's values in one 2 KiB stretch. */
-AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, const float *in, const affine_i *pre,
-                                 int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
+/* V = input_block's values for the block's nt tiles, bit for bit (the same operations per value,
+ * on 4 tiles per register), written from the registers (group_store): V[xi][c][t] at
+ * V + c cs + xi xs + t, columns nt .. TB5-1 zero. Inference: cs = 16 TB5, xs = TB5 (one channel's
+ * values in one 2 KiB stretch; the (16, cin, TB5) order's 16 rows cin TB5 floats apart fall into
+ * one L1 set). */
+AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, ptrdiff_t cs, ptrdiff_t xs, const float *in,
+                                 const affine_i *pre, int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
                                  const struct in_item *it, int ni)
 {
     if (nt < TB5)
-        for (int r = 0; r < 16 * cin; r++) memset(V + (ptrdiff_t)r * TB5 + nt, 0, sizeof(float) * (size_t)(TB5 - nt));
-    if (pre && pre->a) input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 1, 1);
-    else if (pre) input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 0, 1);
-    else input5_loop(V, in, pre, cin, P, W, tl, nt, it, ni, 0, 0);
+        for (int c = 0; c < cin; c++)
+            for (int xi = 0; xi < 16; xi++) memset(V + c * cs + xi * xs + nt, 0, sizeof(float) * (size_t)(TB5 - nt));
+    if (pre && pre->a) input5_loop(V, cs, xs, in, pre, cin, P, W, tl, nt, it, ni, 1, 1);
+    else if (pre) input5_loop(V, cs, xs, in, pre, cin, P, W, tl, nt, it, ni, 0, 1);
+    else input5_loop(V, cs, xs, in, pre, cin, P, W, tl, nt, it, ni, 0, 0);
 }
 
 /* output_block for M (16, WMR5, TB5), 16 tiles per step, written by the runs of plan_runs: the
@@ -774,7 +786,7 @@ AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff
             phi = z.out_off + j->W + 2;
             if (phi > j->P) phi = j->P;
         }
-        input5_block(V, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
+        input5_block(V, 16 * TB5, TB5, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
         for (int o0 = 0; o0 < cout; o0 += WMR5) {
             const int mr = cout - o0 < WMR5 ? cout - o0 : WMR5;
             gemm5_rows(M, cv->wino, cout, cin, V, o0, mr);
@@ -916,14 +928,89 @@ AVX2F static void grad_output_block(float *dM, ptrdiff_t ldm, const float *dout,
         }
     }
 }
+
+/* grad_output_block for the AVX-512 blocks of TB5 tiles, bit for bit: dM[xi][o][t] at
+ * dM + o cs + xi xs + t (columns nt .. TB5-1 zero); each 16-tile half's dY gathered by the runs
+ * of plan_runs (two rows of 2k floats per run, merged into the interleaved pairs that
+ * output5_block writes), then split into y00, y01, y10, y11. */
+AVX512W static void grad_output5_block(float *dM, ptrdiff_t cs, ptrdiff_t xs, const float *dout, int cout, ptrdiff_t P,
+                                       int W, const struct out_run *ru, int nr)
+{
+    const ptrdiff_t oend = (ptrdiff_t)cout * P;
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 z = _mm512_setzero_ps();
+    for (int o = 0; o < cout; o++) {
+        const float *dp = dout + (ptrdiff_t)o * P;
+        float *m = dM + (ptrdiff_t)o * cs;
+        for (int i = 0; i < nr;) {
+            const int h = ru[i].h;
+            __m512 e0 = z, e1 = z, e2 = z, e3 = z;   /* top row lanes 0-15, 16-31; bottom row the same */
+            for (; i < nr && ru[i].h == h; i++) {
+                const struct out_run *u = &ru[i];
+#define GET(e, mm, half, rowoff)                                                                   \
+    {                                                                                              \
+        const __mmask16 m16 = (__mmask16)((half) ? (mm) >> 16 : (mm) & 0xffff);                    \
+        if (m16) {                                                                                 \
+            const ptrdiff_t off = u->off + (half) * 16 + (rowoff), a = (ptrdiff_t)o * P + off;     \
+            e = a >= 0 && a + 16 <= oend ? _mm512_mask_mov_ps(e, m16, _mm512_loadu_ps(dp + off))   \
+                                         : _mm512_mask_loadu_ps(e, m16, dp + off);                 \
+        }                                                                                          \
+    }
+                GET(e0, u->m0, 0, 0) GET(e1, u->m0, 1, 0) GET(e2, u->m1, 0, W) GET(e3, u->m1, 1, W)
+#undef GET
+            }
+            const __m512 y00 = _mm512_permutex2var_ps(e0, ev, e1), y01 = _mm512_permutex2var_ps(e0, od, e1),
+                         y10 = _mm512_permutex2var_ps(e2, ev, e3), y11 = _mm512_permutex2var_ps(e2, od, e3);
+            /* A dY (A's rows [1 0], [1 1], [1 -1], [0 -1]), then times A^T on the right */
+            const __m512 r00 = y00, r01 = y01, r10 = _mm512_add_ps(y00, y10), r11 = _mm512_add_ps(y01, y11),
+                         r20 = _mm512_sub_ps(y00, y10), r21 = _mm512_sub_ps(y01, y11), r30 = _mm512_sub_ps(z, y10),
+                         r31 = _mm512_sub_ps(z, y11);
+            float *mh = m + h;
+#define ROW(i, a, b)                                                  \
+    _mm512_storeu_ps(mh + (4 * (i)) * xs, a);                         \
+    _mm512_storeu_ps(mh + (4 * (i) + 1) * xs, _mm512_add_ps(a, b));   \
+    _mm512_storeu_ps(mh + (4 * (i) + 2) * xs, _mm512_sub_ps(a, b));   \
+    _mm512_storeu_ps(mh + (4 * (i) + 3) * xs, _mm512_sub_ps(z, b));
+            ROW(0, r00, r01) ROW(1, r10, r11) ROW(2, r20, r21) ROW(3, r30, r31)
+#undef ROW
+        }
+    }
+}
 #endif
 
 void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const affine_i *pre, int cin, int cout,
-                          float *buf, int tc, ptrdiff_t q0, ptrdiff_t q1, int N, int H, int W)
+                          float *buf, int tc, ptrdiff_t q0, ptrdiff_t q1, int N, int H, int W, int kind)
 {
 #ifdef HAVE_WINOGRAD
     const int th = (H + 1) / 2, tw = (W + 1) / 2;
     const ptrdiff_t P = (ptrdiff_t)N * H * W;
+    if (kind == RNVPI_WINO_AVX512) {
+        /* chunks as (cin, 16, tc) and (cout, 16, tc): a tile's 16 values of one channel in 16 rows tc
+         * floats apart (in (16, cin, tc) they would be cin tc floats apart, one L1 set) */
+        tc -= tc % TB5;
+        if (tc < TB5) tc = TB5;
+        float *Vc = align64(buf);                        /* (cin, 16, tc) */
+        float *dMc = Vc + (ptrdiff_t)16 * cin * tc;      /* (cout, 16, tc) */
+        struct tile tl[TB5];
+        struct in_item it[TB5];
+        struct out_run ru[TB5];
+        for (ptrdiff_t c0 = q0; c0 < q1; c0 += tc) {
+            const int n = q1 - c0 < tc ? (int)(q1 - c0) : tc;   /* tiles in this chunk */
+            for (int t0 = 0; t0 < n; t0 += TB5) {
+                const int nt = n - t0 < TB5 ? n - t0 : TB5;
+                for (int t = 0; t < nt; t++) tile_info(&tl[t], c0 + t0 + t, H, W, th, tw);
+                const int ni = plan_items(it, tl, nt, W), nr = plan_runs(ru, tl, nt);
+                input5_block(Vc + t0, 16 * (ptrdiff_t)tc, tc, in, pre, cin, P, W, tl, nt, it, ni);
+                grad_output5_block(dMc + t0, 16 * (ptrdiff_t)tc, tc, dout, cout, P, W, ru, nr);
+            }
+            /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout) */
+            for (int xi = 0; xi < 16; xi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cin, cout, n, 1.0f, Vc + (ptrdiff_t)xi * tc,
+                            16 * tc, dMc + (ptrdiff_t)xi * tc, 16 * tc, 1.0f, dut + (ptrdiff_t)xi * cin * cout, cout);
+        }
+        return;
+    }
     tc -= tc % TB;
     if (tc < TB) tc = TB;
     float *Vc = align64(buf);                        /* (16, cin, tc) */
@@ -946,6 +1033,6 @@ void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const 
     }
 #else
     (void)dut; (void)dout; (void)in; (void)pre; (void)cin; (void)cout; (void)buf; (void)tc;
-    (void)q0; (void)q1; (void)N; (void)H; (void)W;
+    (void)q0; (void)q1; (void)N; (void)H; (void)W; (void)kind;
 #endif
 }

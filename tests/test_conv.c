@@ -332,6 +332,74 @@ START_TEST(winograd_matches_reference)
 END_TEST
 
 /* The weight transform against its definition on one kernel. */
+/* The Winograd weight gradient (training), each kind of kernel (AVX2; AVX-512 where the CPU has it)
+ * against a float64 sum over the direct definition: dw[o][c][a][b] = sum over n, y, x of
+ * dout[o][n][y][x] pre(in)[c][n][y+a-1][x+b-1] (0 outside the image), over tile ranges split as the
+ * trainer's threads split them; and the two kinds give the same values. */
+START_TEST(winograd_wgrad_matches_reference)
+{
+    static const struct wshape shapes[] = {
+        {32, 32, 2, 14, 14, 2, 0}, {13, 5, 2, 6, 6, 1, 0}, {7, 9, 1, 1, 3, 2, 0}, {11, 17, 5, 9, 13, 2, 0},
+        {6, 33, 1, 3, 3, 0, 0},    {16, 8, 3, 7, 7, 2, 0},
+    };
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const struct wshape *sh = &shapes[si];
+        const int cin = sh->cin, cout = sh->cout, N = sh->N, H = sh->H, W = sh->W, P = N * H * W;
+        float *in = malloc(sizeof(float) * (size_t)cin * P), *dout = malloc(sizeof(float) * (size_t)cout * P);
+        float *a = malloc(sizeof(float) * cin), *s = malloc(sizeof(float) * cin);
+        for (int i = 0; i < cin * P; i++) in[i] = frand();
+        for (int i = 0; i < cout * P; i++) dout[i] = frand();
+        for (int i = 0; i < cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
+        affine_i pa = {cin, a, s}, pr = {cin, NULL, NULL};
+        const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
+        double *ref = calloc((size_t)cout * cin * 9, sizeof(double));
+        for (int o = 0; o < cout; o++)
+            for (int c = 0; c < cin; c++)
+                for (int n = 0; n < N; n++)
+                    for (int y = 0; y < H; y++)
+                        for (int x = 0; x < W; x++)
+                            for (int ka = 0; ka < 3; ka++)
+                                for (int kb = 0; kb < 3; kb++) {
+                                    const int yy = y + ka - 1, xx = x + kb - 1;
+                                    if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                                    double v = in[(size_t)c * P + (size_t)n * H * W + yy * W + xx];
+                                    if (pre && pre->a) v = (float)(pre->a[c] * (float)v + pre->s[c]);
+                                    if (pre && v < 0) v = 0;
+                                    ref[((size_t)o * cin + c) * 9 + ka * 3 + kb] +=
+                                        (double)dout[(size_t)o * P + (size_t)n * H * W + y * W + x] * v;
+                                }
+        const ptrdiff_t T = (ptrdiff_t)N * ((H + 1) / 2) * ((W + 1) / 2);
+        const int tc = 64;
+        float *buf = malloc(sizeof(float) * rnvpi_winograd_wgrad_floats(cin, cout, tc));
+        float *dut = malloc(sizeof(float) * 16 * (size_t)cin * cout);
+        float *dw[2];
+        const int kinds[2] = {RNVPI_WINO_AVX2, RNVPI_WINO_AVX512}, nk = rnvpi_winograd512_available() ? 2 : 1;
+        for (int k = 0; k < nk; k++) {
+            dw[k] = calloc((size_t)cout * cin * 9, sizeof(float));
+            for (int part = 0; part < 3; part++) {   /* three "threads": uneven tile ranges */
+                memset(dut, 0, sizeof(float) * 16 * (size_t)cin * cout);
+                rnvpi_winograd_wgrad(dut, dout, in, pre, cin, cout, buf, tc, T * part / 3, T * (part + 1) / 3, N, H, W,
+                                     kinds[k]);
+                rnvpi_winograd_wgrad_fold(dw[k], dut, cout, cin);
+            }
+            double worst = 0;
+            for (int i = 0; i < cout * cin * 9; i++) {
+                const double e = fabs(dw[k][i] - ref[i]) / (1 + fabs(ref[i]));
+                if (!(e <= worst)) worst = e;
+            }
+            ck_assert_msg(worst < 1e-5, "wgrad kind %d, %d->%d N=%d %dx%d: error %g", kinds[k], cin, cout, N, H, W,
+                          worst);
+        }
+        if (nk == 2)
+            for (int i = 0; i < cout * cin * 9; i++)
+                ck_assert_msg(fabsf(dw[0][i] - dw[1][i]) <= 1e-6f * (1 + fabsf(dw[0][i])),
+                              "wgrad avx512 vs avx2, %d->%d N=%d %dx%d: %g vs %g", cin, cout, N, H, W, dw[1][i], dw[0][i]);
+        for (int k = 0; k < nk; k++) free(dw[k]);
+        free(in); free(dout); free(a); free(s); free(ref); free(buf); free(dut);
+    }
+}
+END_TEST
+
 START_TEST(winograd_weights_exact)
 {
     const float w[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};   /* (1, 1, 3, 3) */
@@ -500,6 +568,7 @@ static Suite *conv_suite(void)
     tcase_add_test(tc, avx2_chunks_match);
     tcase_add_test(tc, flow_kernels_agree);
     tcase_add_test(tc, winograd_matches_reference);
+    tcase_add_test(tc, winograd_wgrad_matches_reference);
     tcase_add_test(tc, winograd_weights_exact);
     tcase_add_test(tc, flow_winograd_agrees);
     tcase_add_test(tc, shipped_model_winograd_agrees);

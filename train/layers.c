@@ -344,7 +344,7 @@ static void wgrad_job(void *v, int t, int nt)
     memset(dut, 0, sizeof(float) * 16 * (size_t)j->cin * j->cout);
     float *buf = j->cs->col + (size_t)t * j->cs->col_floats;   /* rnvpi_winograd_wgrad_floats */
     rnvpi_winograd_wgrad(dut, j->dout, j->in, j->pre, j->cin, j->cout, buf, WGRAD_TILES, T * t / nt,
-                         T * (t + 1) / nt, j->N, j->H, j->W);
+                         T * (t + 1) / nt, j->N, j->H, j->W, j->cs->wino_kind);
 }
 
 void tr_conv_backward(float *din, float *dw, float *db, const float *dout, const float *in,
