@@ -932,10 +932,13 @@ AVX2F static void grad_output_block(float *dM, ptrdiff_t ldm, const float *dout,
 /* grad_output_block for the AVX-512 blocks of TB5 tiles, bit for bit: dM[xi][o][t] at
  * dM + o cs + xi xs + t (columns nt .. TB5-1 zero); each 16-tile half's dY gathered by the runs
  * of plan_runs (two rows of 2k floats per run, merged into the interleaved pairs that
- * output5_block writes), then split into y00, y01, y10, y11. */
+ * output5_block writes), then split into y00, y01, y10, y11. nt: the block's tiles. */
 AVX512W static void grad_output5_block(float *dM, ptrdiff_t cs, ptrdiff_t xs, const float *dout, int cout, ptrdiff_t P,
-                                       int W, const struct out_run *ru, int nr)
+                                       int W, const struct out_run *ru, int nr, int nt)
 {
+    if (nt <= 16)   /* the second half has no runs: its columns 0 */
+        for (int o = 0; o < cout; o++)
+            for (int xi = 0; xi < 16; xi++) memset(dM + o * cs + xi * xs + 16, 0, sizeof(float) * 16);
     const ptrdiff_t oend = (ptrdiff_t)cout * P;
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -977,6 +980,63 @@ AVX512W static void grad_output5_block(float *dM, ptrdiff_t cs, ptrdiff_t xs, co
         }
     }
 }
+
+/* dut[i][j] (row stride ldd) += sum over t < n16 of v[i vs + t] dm[j ms + t] for i < mc, j < mo
+ * (mc, mo <= 4; rows past them read row mc-1 / mo-1 and are not stored): 16 accumulators over
+ * 16 t's each, then summed across their lanes all at once (16 -> 8 -> 4 -> 2 -> 1 vectors, lane
+ * 4i + j the sum of accumulator (i, j)). n16: a multiple of 16. */
+AVX512W static void wgrad5_kernel(float *dut, ptrdiff_t ldd, const float *v, ptrdiff_t vs, const float *dm,
+                                  ptrdiff_t ms, int n16, int mc, int mo)
+{
+    const float *v0 = v, *v1 = v + (mc > 1 ? 1 : 0) * vs, *v2 = v + (mc > 2 ? 2 : mc - 1) * vs,
+                *v3 = v + (mc > 3 ? 3 : mc - 1) * vs;
+    const float *d0 = dm, *d1 = dm + (mo > 1 ? 1 : 0) * ms, *d2 = dm + (mo > 2 ? 2 : mo - 1) * ms,
+                *d3 = dm + (mo > 3 ? 3 : mo - 1) * ms;
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
+           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (int t = 0; t < n16; t += 16) {
+        const __m512 x0 = _mm512_load_ps(v0 + t), x1 = _mm512_load_ps(v1 + t), x2 = _mm512_load_ps(v2 + t),
+                     x3 = _mm512_load_ps(v3 + t);
+        const __m512 y0 = _mm512_load_ps(d0 + t), y1 = _mm512_load_ps(d1 + t), y2 = _mm512_load_ps(d2 + t),
+                     y3 = _mm512_load_ps(d3 + t);
+        a00 = _mm512_fmadd_ps(x0, y0, a00); a01 = _mm512_fmadd_ps(x0, y1, a01);
+        a02 = _mm512_fmadd_ps(x0, y2, a02); a03 = _mm512_fmadd_ps(x0, y3, a03);
+        a10 = _mm512_fmadd_ps(x1, y0, a10); a11 = _mm512_fmadd_ps(x1, y1, a11);
+        a12 = _mm512_fmadd_ps(x1, y2, a12); a13 = _mm512_fmadd_ps(x1, y3, a13);
+        a20 = _mm512_fmadd_ps(x2, y0, a20); a21 = _mm512_fmadd_ps(x2, y1, a21);
+        a22 = _mm512_fmadd_ps(x2, y2, a22); a23 = _mm512_fmadd_ps(x2, y3, a23);
+        a30 = _mm512_fmadd_ps(x3, y0, a30); a31 = _mm512_fmadd_ps(x3, y1, a31);
+        a32 = _mm512_fmadd_ps(x3, y2, a32); a33 = _mm512_fmadd_ps(x3, y3, a33);
+    }
+    /* pairs: within each 128-bit lane [p(a), p(b), p'(a), p'(b)] */
+#define PAIR(a, b) _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    const __m512 b0 = PAIR(a00, a01), b1 = PAIR(a02, a03), b2 = PAIR(a10, a11), b3 = PAIR(a12, a13),
+                 b4 = PAIR(a20, a21), b5 = PAIR(a22, a23), b6 = PAIR(a30, a31), b7 = PAIR(a32, a33);
+#undef PAIR
+    /* quads: within each 128-bit lane the four accumulators of row i */
+#define QUAD(a, b) _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee))
+    const __m512 c0 = QUAD(b0, b1), c1 = QUAD(b2, b3), c2 = QUAD(b4, b5), c3 = QUAD(b6, b7);
+#undef QUAD
+    /* across the 128-bit lanes: lane group i holds row i's four sums */
+#define HALF(a, b) _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd))
+    const __m512 e0 = HALF(c0, c1), e1 = HALF(c2, c3), r = HALF(e0, e1);
+#undef HALF
+    const __mmask8 m = (__mmask8)((1u << mo) - 1);
+    float *p = dut;
+    _mm_mask_storeu_ps(p, m, _mm_add_ps(_mm_maskz_loadu_ps(m, p), _mm512_castps512_ps128(r)));
+    if (mc > 1) {
+        p += ldd;
+        _mm_mask_storeu_ps(p, m, _mm_add_ps(_mm_maskz_loadu_ps(m, p), _mm512_extractf32x4_ps(r, 1)));
+    }
+    if (mc > 2) {
+        p += ldd;
+        _mm_mask_storeu_ps(p, m, _mm_add_ps(_mm_maskz_loadu_ps(m, p), _mm512_extractf32x4_ps(r, 2)));
+    }
+    if (mc > 3) {
+        p += ldd;
+        _mm_mask_storeu_ps(p, m, _mm_add_ps(_mm_maskz_loadu_ps(m, p), _mm512_extractf32x4_ps(r, 3)));
+    }
+}
 #endif
 
 void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const affine_i *pre, int cin, int cout,
@@ -1002,12 +1062,18 @@ void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const 
                 for (int t = 0; t < nt; t++) tile_info(&tl[t], c0 + t0 + t, H, W, th, tw);
                 const int ni = plan_items(it, tl, nt, W), nr = plan_runs(ru, tl, nt);
                 input5_block(Vc + t0, 16 * (ptrdiff_t)tc, tc, in, pre, cin, P, W, tl, nt, it, ni);
-                grad_output5_block(dMc + t0, 16 * (ptrdiff_t)tc, tc, dout, cout, P, W, ru, nr);
+                grad_output5_block(dMc + t0, 16 * (ptrdiff_t)tc, tc, dout, cout, P, W, ru, nr, nt);
             }
-            /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout) */
+            /* dU^T[xi] (cin, cout) += V[xi] (cin, n) x dM[xi]^T (n, cout), over the n tiles rounded up
+             * to 16 (the blocks' columns past their tiles are 0 in both) */
+            const int n16 = (n + 15) / 16 * 16;
             for (int xi = 0; xi < 16; xi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cin, cout, n, 1.0f, Vc + (ptrdiff_t)xi * tc,
-                            16 * tc, dMc + (ptrdiff_t)xi * tc, 16 * tc, 1.0f, dut + (ptrdiff_t)xi * cin * cout, cout);
+                for (int c = 0; c < cin; c += 4)
+                    for (int o = 0; o < cout; o += 4)
+                        wgrad5_kernel(dut + ((ptrdiff_t)xi * cin + c) * cout + o, cout,
+                                      Vc + (ptrdiff_t)c * 16 * tc + (ptrdiff_t)xi * tc, 16 * (ptrdiff_t)tc,
+                                      dMc + (ptrdiff_t)o * 16 * tc + (ptrdiff_t)xi * tc, 16 * (ptrdiff_t)tc, n16,
+                                      cin - c < 4 ? cin - c : 4, cout - o < 4 ? cout - o : 4);
         }
         return;
     }
