@@ -12,6 +12,9 @@
 #                                                   # (the kernels before Winograd): before / after
 #   BEFORE_WINOGRAD=avx2 bench/run_train_bench.sh   # ... with REALNVP_WINOGRAD=avx2 (the AVX2
 #                                                   # Winograd kernels on an AVX-512 CPU)
+#   BEFORE_BIN=/tmp/old/bin/bench_train bench/run_train_bench.sh   # ... an older build instead
+#                                                   # (git archive OLD | tar -x -C /tmp/old &&
+#                                                   # make -C /tmp/old bin/bench_train)
 #   ARCH='--scales 3 --res-blocks 4 --features 32,64,64 --flow-batchnorm 1' CFG='{...}' \
 #       bench/run_train_bench.sh                    # another architecture; CFG: the same as JSON
 #                                                   # (for the loss/gradient check)
@@ -44,6 +47,11 @@ cp bin/realnvp "$OUT/realnvp.bin"
 BEFORE_CONV=${BEFORE_CONV:-}          # REALNVP_CONV of a "before" C run in each round, empty: none
 BEFORE_WINOGRAD=${BEFORE_WINOGRAD:-}  # REALNVP_WINOGRAD of that run (with or without BEFORE_CONV)
 BEFORE=${BEFORE_CONV:+REALNVP_CONV=$BEFORE_CONV}${BEFORE_WINOGRAD:+ REALNVP_WINOGRAD=$BEFORE_WINOGRAD}
+BEFORE_BIN=${BEFORE_BIN:-}            # an older bench_train for that run (default: this build)
+if [ -n "$BEFORE_BIN" ]; then
+    cp "$BEFORE_BIN" "$OUT/bench_train_before.bin"
+    BEFORE="${BEFORE:+$BEFORE, }$BEFORE_BIN"
+fi
 
 # ---- speed, interleaved (both sides: OpenBLAS kernels chosen the same way, see
 # rnvp_blas_select_core and torch_baseline.openblas_select_core; THREADS threads; same batch)
@@ -51,7 +59,8 @@ BEFORE=${BEFORE_CONV:+REALNVP_CONV=$BEFORE_CONV}${BEFORE_WINOGRAD:+ REALNVP_WINO
 for r in $(seq 1 "$ROUNDS_RUN"); do
     if [ -n "$BEFORE" ]; then
         echo "round $r/$ROUNDS: C, $BEFORE ($(($(date +%s) - T0)) s)" >&2
-        env $BEFORE "$OUT/bench_train.bin" --threads "$THREADS" --batch "$BATCH" \
+        env ${BEFORE_CONV:+REALNVP_CONV=$BEFORE_CONV} ${BEFORE_WINOGRAD:+REALNVP_WINOGRAD=$BEFORE_WINOGRAD} \
+            "$OUT/bench_train${BEFORE_BIN:+_before}.bin" --threads "$THREADS" --batch "$BATCH" \
             --seconds "$SECONDS_PER" --warmup "$WARMUP" --min-steps "$MIN_STEPS" --seed "$r" $ARCH \
             > "$OUT/train_cb_$r.json"
     fi

@@ -175,9 +175,10 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
  * SIZE_MAX when m is NULL, max_batch is outside 1..RNVP_MAX_BATCH, or the size does not fit in
  * size_t (every sum and product is checked). The model keeps ownership of everything. */
 size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
-/* The context's convolution kernel ("avx512-direct", or "avx512-direct-bf16" at precision bf16;
- * "avx2-direct+winograd", the AVX2 default:
- * Winograd F(2x2,3x3) on the 3x3 layers where it wins; "avx2-direct", "winograd" or "openblas"; the
+/* The context's convolution kernel ("avx512-direct+winograd", the AVX-512 default, or
+ * "avx2-direct+winograd", the AVX2 one: Winograd F(2x2,3x3) on the 3x3 layers where it wins, the
+ * direct kernel elsewhere; "avx512-direct-bf16" at precision bf16; "avx512-direct" with
+ * REALNVP_WINOGRAD=off; "avx2-direct", "winograd" or "openblas"; the
  * environment variable REALNVP_CONV=blas, avx2, winograd or avx512 overrides the CPU's choice) and
  * its thread count (the pool's threads with the caller; 1 when OpenBLAS does the threading). */
 const char *rnvp_ctx_conv_kernel(const rnvp_ctx *ctx);
