@@ -1,9 +1,10 @@
-/* winograd.c: Winograd F(2x2,3x3) inference convolutions for the 3x3 stride-1 "same" layers in the
+/* winograd.c: Winograd F(2x2,3x3) convolutions for the 3x3 stride-1 "same" layers in the
  * (C, N, H, W) layout (AVX2 + FMA, and AVX-512 kernels giving the same bits), with the preceding
  * batch norm + ReLU fused into the input transform and the bias + residual into the output
- * transform; the weight transform done once when the weights are folded; and the bf16 rounding
- * and packing of the bf16 direct kernel (conv.c). Leaves out the other kernels and the kernel
- * choice (conv.c).
+ * transform; the weight transform done once when the weights are folded; the training passes
+ * (input gradient through the adjoint weights, weight gradient with an AVX-512 kernel of its own
+ * or cblas_sgemm); and the bf16 rounding and packing of the bf16 direct kernel (conv.c). Leaves
+ * out the other kernels and the kernel choice (conv.c).
  *
  * Per output channel k and 2x2 output tile: Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A with
  * d_c the tile's 4x4 input patch (padding 1), i.e. 16 independent GEMMs (K x C) x (C x tiles), one

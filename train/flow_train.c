@@ -121,9 +121,10 @@ static void ws_carve(tr_ws *w, arena *a, const rnvp_model *m, int N)
 }
 
 /* The convolutions' kernel (conv_scratch.kernel): the AVX2 direct one where the CPU has it (also
- * on AVX-512 CPUs: the trainer has no AVX-512 path), with Winograd on the 3x3 layers where
- * rnvpi_winograd_wins (as inference), else the portable one; REALNVP_CONV=blas forces the portable
- * one, avx2 the AVX2 direct one alone, winograd Winograd on every 3x3 layer. */
+ * on AVX-512 CPUs: the trainer has no AVX-512 direct kernel), with Winograd on the 3x3 layers
+ * where tr_conv_winograd says (rnvpi_winograd_wins, as inference; with the AVX-512 Winograd
+ * kernels every layer of 32 or more channels), else the portable one; REALNVP_CONV=blas forces the
+ * portable one, avx2 the AVX2 direct one alone, winograd Winograd on every 3x3 layer. */
 static int train_kernel(void)
 {
     const int k = rnvpi_conv_choose();

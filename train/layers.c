@@ -172,7 +172,14 @@ int tr_conv_winograd(int kernel, int cout, int cin, int kh, int kw, int N, int H
 {
     if (kh != 3 || kw != 3) return 0;
     const conv_i cv = {.cout = cout, .cin = cin, .kh = kh, .kw = kw};
-    return kernel == RNVPI_CONV_WINOGRAD || (kernel == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(&cv, N, H, W));
+    if (kernel == RNVPI_CONV_WINOGRAD) return 1;
+    if (kernel != RNVPI_CONV_AVX2) return 0;
+    /* With the AVX-512 Winograd kernels (against the trainer's AVX2 direct kernel) also the 7x7
+     * planes: bench_train, the bundled architecture, Zen 5, 2 threads, 3 interleaved rounds: 6.78
+     * against 7.33 CPU ms per image, 266 against 250 images/s (taking the in_convs of 1-5 channels
+     * too: 6.72-6.75 over 7 rounds, no gain). Called when the workspace is carved, not per step. */
+    if (rnvpi_winograd_kind() == RNVPI_WINO_AVX512 && N >= 4 && cin >= 32 && cout >= 32) return 1;
+    return rnvpi_winograd_wins(&cv, N, H, W);
 }
 
 /* Tiles per chunk of the Winograd weight gradient: its V and dM (16 (cin + cout) floats per
