@@ -29,9 +29,6 @@
 #define WMR 6   /* output channels per register block: 12 accumulators */
 #define TB5 32  /* AVX-512: tiles per block, two 16-float registers */
 #define WMR5 8  /* AVX-512: output channels per register block: 16 accumulators */
-#ifndef GRAINDIV
-#define GRAINDIV 4
-#endif
 #ifndef PFC
 #define PFC 1   /* AVX-512: input channels the prefetch of the input transform runs ahead */
 #endif
@@ -57,9 +54,9 @@ void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin)
 size_t rnvpi_winograd_panel_floats(int cin)
 {
     /* AVX2: V (16, cin, TB), M (16, WMR, TB), the transposition buffer (TB, 16); AVX-512: V
-     * (16, cin, TB5), M (16, WMR5, TB5), (TB5, 16); 16 to align */
+     * (cin, 16, TB5), M (16, WMR5, TB5); 16 to align */
     const size_t avx2 = (size_t)16 * TB * cin + 16 * WMR * TB + TB * 16;
-    const size_t avx512 = (size_t)16 * TB5 * cin + 16 * WMR5 * TB5 + TB5 * 16;
+    const size_t avx512 = (size_t)16 * TB5 * cin + 16 * WMR5 * TB5;
     return (avx2 > avx512 ? avx2 : avx512) + 16;
 }
 
@@ -517,6 +514,15 @@ static int plan_items(struct in_item *it, const struct tile *tl, int nt, int W)
     return n;
 }
 
+/* Part k of run u of the interleaved output pairs: k = 0, 1 the top row's lanes 0-15, 16-31, k =
+ * 2, 3 the bottom row's; its lanes inside the image (0: none) and *off, its offset in a plane. */
+static inline __attribute__((always_inline)) __mmask16 run_part(const struct out_run *u, int k, int W, ptrdiff_t *off)
+{
+    const uint32_t mm = k < 2 ? u->m0 : u->m1;
+    *off = u->off + (k & 1) * 16 + (k < 2 ? 0 : W);
+    return (__mmask16)(k & 1 ? mm >> 16 : mm & 0xffff);
+}
+
 static int plan_runs(struct out_run *ru, const struct tile *tl, int nt)
 {
     int n = 0;
@@ -708,11 +714,11 @@ AVX512W __attribute__((noinline)) static void output5_block(float *out, const fl
             for (; i < nr && ru[i].h == h; i++) {
                 const struct out_run *u = &ru[i];
                 /* top row lanes 0-15, 16-31 (e0, e1); bottom row the same (e2, e3) */
-#define PUT(mm, half, rowoff, e)                                                                         \
+#define PUT(k, e)                                                                                        \
     {                                                                                                    \
-        const __mmask16 m16 = (__mmask16)((half) ? (mm) >> 16 : (mm) & 0xffff);                         \
+        ptrdiff_t off;                                                                                   \
+        const __mmask16 m16 = run_part(u, k, W, &off);                                                   \
         if (m16) {                                                                                       \
-            const ptrdiff_t off = u->off + (half) * 16 + (rowoff);                                       \
             __m512 v = e;                                                                                \
             if (rp) { /* a plain load where all 16 lanes lie in res (masked loads are slow on AMD Zen) */ \
                 const ptrdiff_t a = (ptrdiff_t)(o0 + r) * P + off;                                       \
@@ -722,7 +728,7 @@ AVX512W __attribute__((noinline)) static void output5_block(float *out, const fl
             _mm512_mask_storeu_ps(op + off, m16, v);                                                     \
         }                                                                                                \
     }
-                PUT(u->m0, 0, 0, e0) PUT(u->m0, 1, 0, e1) PUT(u->m1, 0, W, e2) PUT(u->m1, 1, W, e3)
+                PUT(0, e0) PUT(1, e1) PUT(2, e2) PUT(3, e3)
 #undef PUT
             }
         }
@@ -765,7 +771,7 @@ AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t 
     }
 }
 
-/* The AVX-512 blocks, panel: V (16, cin, TB5), M (16, WMR5, TB5). */
+/* The AVX-512 blocks, panel: V (cin, 16, TB5), M (16, WMR5, TB5). */
 AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff_t b0, ptrdiff_t b1)
 {
     const conv_i *cv = j->cv;
@@ -827,7 +833,7 @@ void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const af
     atomic_init(&j.next, 0);
     if (ws->panel) {
         /* about 4 claims per thread: balance against the cost of a claim */
-        const ptrdiff_t g = j.blocks / (GRAINDIV * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
+        const ptrdiff_t g = j.blocks / (4 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
         j.grain = g < 1 ? 1 : g;
         j.panel = ws->panel;
         j.panel_floats = ws->panel_floats;
@@ -954,16 +960,17 @@ AVX512W static void grad_output5_block(float *dM, ptrdiff_t cs, ptrdiff_t xs, co
             __m512 e0 = z, e1 = z, e2 = z, e3 = z;   /* top row lanes 0-15, 16-31; bottom row the same */
             for (; i < nr && ru[i].h == h; i++) {
                 const struct out_run *u = &ru[i];
-#define GET(e, mm, half, rowoff)                                                                   \
+#define GET(k, e)                                                                                  \
     {                                                                                              \
-        const __mmask16 m16 = (__mmask16)((half) ? (mm) >> 16 : (mm) & 0xffff);                    \
+        ptrdiff_t off;                                                                             \
+        const __mmask16 m16 = run_part(u, k, W, &off);                                             \
         if (m16) {                                                                                 \
-            const ptrdiff_t off = u->off + (half) * 16 + (rowoff), a = (ptrdiff_t)o * P + off;     \
+            const ptrdiff_t a = (ptrdiff_t)o * P + off;                                            \
             e = a >= 0 && a + 16 <= oend ? _mm512_mask_mov_ps(e, m16, _mm512_loadu_ps(dp + off))   \
                                          : _mm512_mask_loadu_ps(e, m16, dp + off);                 \
         }                                                                                          \
     }
-                GET(e0, u->m0, 0, 0) GET(e1, u->m0, 1, 0) GET(e2, u->m1, 0, W) GET(e3, u->m1, 1, W)
+                GET(0, e0) GET(1, e1) GET(2, e2) GET(3, e3)
 #undef GET
             }
             const __m512 y00 = _mm512_permutex2var_ps(e0, ev, e1), y01 = _mm512_permutex2var_ps(e0, od, e1),
