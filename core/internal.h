@@ -347,9 +347,11 @@ void rnvpi_winograd_weights_adjoint(float *ut, const float *u, int cout, int cin
 /* The weight gradient of that convolution (training), one thread: dut (16, cin, cout) += dU^T,
  * dU[xi][o][c] = sum over tiles q0 .. q1-1 (of N*ceil(H/2)*ceil(W/2), row-major per image) of
  * (A dY A^T)[xi] (B^T pre(d) B)[xi], dY the tile's 2x2 of dout (cout, N, H, W), d its 4x4 patch of
- * in (cin, N, H, W); in chunks of tc tiles (a multiple of 32), each 16 single-threaded
- * cblas_sgemm; kind: RNVPI_WINO_AVX512 (its transforms) or else the AVX2 ones, the same values.
- * buf: rnvpi_winograd_wgrad_floats(cin, cout, tc) floats. Then
+ * in (cin, N, H, W); in chunks of tc tiles (rounded down to a multiple of 32), each 16 products
+ * (cin, tiles) x (tiles, cout): kind RNVPI_WINO_AVX512 with the AVX-512 transforms and the
+ * AVX-512 kernel of winograd.c, else the AVX2 transforms and single-threaded cblas_sgemm (the
+ * two sum the tiles in different orders: the last bits differ). buf:
+ * rnvpi_winograd_wgrad_floats(cin, cout, tc) floats. Then
  * rnvpi_winograd_wgrad_fold: dw (cout, cin*9) += G^T dU G per (o, c), in double. */
 size_t rnvpi_winograd_wgrad_floats(int cin, int cout, int tc);
 void rnvpi_winograd_wgrad(float *dut, const float *dout, const float *in, const affine_i *pre, int cin, int cout,
