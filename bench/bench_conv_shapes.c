@@ -79,7 +79,7 @@ int main(int argc, char **argv)
         float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
         /* the input between guard zones of zeros, as in a context (the AVX-512 direct kernel's
          * plain loads read into them) */
-        const conv_i shape = {sh->cout, sh->cin, 3, 3, NULL, NULL, NULL, NULL};
+        const conv_i shape = {sh->cout, sh->cin, 3, 3, NULL, NULL, NULL, NULL, NULL};
         const size_t guard = (rnvpi_conv_guard_floats(&shape, sh->W) + 15) / 16 * 16;
         float *inb = calloc(sh->cin * P + 2 * guard, sizeof(float)), *in = inb + guard;
         float *out = malloc(sizeof(float) * sh->cout * P);
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
         memset(out, 0, sizeof(float) * sh->cout * P);
         rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
         rnvpi_bf16_pairs(ub, w, sh->cout, sh->cin * 9);
-        conv_i cw = {sh->cout, sh->cin, 3, 3, w, b, u, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, ub};
+        conv_i cw = {sh->cout, sh->cin, 3, 3, w, b, u, NULL, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, ub, NULL};
         affine_i pa = {sh->cin, a, s};
         const size_t pf = (rnvpi_conv_panel_floats(sh->cin, 3, 3) + 15) / 16 * 16;
         float *panel = aligned_alloc(64, sizeof(float) * pf * (threads > 1 ? threads : 1));

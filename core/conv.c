@@ -683,6 +683,11 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
                       int N, int H, int W, int accumulate)
 {
 #ifdef HAVE_AVX512_KERNEL
+    if (cv->wino4 && ws->wino4 && ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && rnvpi_winograd4_wins(cv, N, H, W) &&
+        (!ws->panel || ws->panel_floats >= rnvpi_winograd4_panel_floats(cv->cin, W))) {
+        rnvpi_conv_winograd4(out, in, cv, pre, accumulate ? out : NULL, ws, N, H, W);
+        return;
+    }
     if (cv->wino && cv->kh == 3 && cv->kw == 3 &&
         (ws->direct == RNVPI_CONV_WINOGRAD || (ws->direct == RNVPI_CONV_AVX2 && rnvpi_winograd_wins(cv, N, H, W)) ||
          (ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && ws->wino_kind != RNVPI_WINO_OFF &&

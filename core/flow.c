@@ -36,6 +36,7 @@ typedef struct ws_plan {
     int direct, threads;
     size_t nin, feat, outc, col;   /* the largest of each over the couplings (rnvpi_coupling_ws_size) */
     size_t panel, guard;           /* per thread, per convolution input; multiples of 16 */
+    int wino4;                     /* the F(4x4) kernel's on (net_ws.wino4) */
     size_t ND;                     /* max_batch * D: x, tmp, zc and zin each */
     size_t bytes;                  /* the block: the floats and max_batch doubles, rounded to 64 */
 } ws_plan;
@@ -47,6 +48,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     if (p->threads < 1) p->threads = 1;
     if (p->threads > 256) p->threads = 256;
     size_t nin = 0, feat = 0, outc = 0, col = 0, panel = 16, guard = 0;
+    const int wino4 = p->direct == RNVPI_CONV_AVX512 && rnvpi_winograd4_on();
     for (int k = 0; k < m->L; k++) {
         size_t a, b, c, d;
         const coupling *cp = &m->cp[k];
@@ -61,6 +63,8 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
             size_t f = rnvpi_conv_panel_floats(v->cin, v->kh, v->kw), g = rnvpi_conv_guard_floats(v, cp->W);
             if (f > panel) panel = f;
             if (g > guard) guard = g;
+            if (wino4 && v->wino4 && max_batch >= 12 && rnvpi_winograd4_panel_floats(v->cin, cp->W) > panel)
+                panel = rnvpi_winograd4_panel_floats(v->cin, cp->W);
         }
     }
     panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
@@ -68,6 +72,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     if (p->direct != RNVPI_CONV_AVX512) guard = 0;   /* only its plain loads read beyond */
     guard = (guard + 15) / 16 * 16;
     p->nin = nin; p->feat = feat; p->outc = outc; p->col = col; p->panel = panel; p->guard = guard;
+    p->wino4 = wino4;
     p->ND = sz_mul((size_t)max_batch, (size_t)m->D);
     /* threads' panels, x, tmp, zc, zin, netin, h, t, out, col, 7 guards */
     size_t floats = p->direct ? sz_mul((size_t)p->threads, panel) : 0;
@@ -119,6 +124,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
         c->ws.panel_floats = panel;
         f += (size_t)threads * panel;
     }
+    c->ws.wino4 = p.wino4;
     c->ws.direct = direct;
     c->ws.wino_kind = rnvpi_winograd_kind();
     c->ws.tp = tp;

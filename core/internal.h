@@ -56,6 +56,9 @@ typedef struct conv_i {
     uint32_t *w_bf16;      /* (cout, (cin*kh*kw+1)/2) w rounded to bf16, pairs along cin*kh*kw
                               (rnvpi_bf16_pairs), for a convolution of 16 or more input channels
                               where the CPU has AVX512_BF16; NULL: none */
+    float *wino4;   /* (36, cout, cin) Winograd F(4x4,3x3) weights (rnvpi_winograd4_weights) of a 3x3
+                       convolution of RNVPI_WINO4_MIN_CH or more channels in and out on an AVX-512
+                       CPU, NULL: none (the F(4x4) kernel is not used) */
 } conv_i;
 
 /* A batch norm as a per-channel affine map y = a*x + c (inference). */
@@ -276,6 +279,9 @@ typedef struct net_ws {
                               no Winograd in AVX-512 contexts; elsewhere as RNVPI_WINO_AVX512) */
     int bf16;              /* 1: precision bf16 (rnvp_ctx_set_precision): the AVX-512 direct kernel's
                               bf16 variant for the convolutions with w_bf16 */
+    int wino4;             /* 1: the F(4x4) kernel for the convolutions with wino4 weights where
+                              rnvpi_winograd4_wins (fp32 AVX-512 contexts; 0 with REALNVP_WINOGRAD=2x2,
+                              avx2 or off); the panels hold rnvpi_winograd4_panel_floats */
     size_t guard;          /* floats readable before and after each convolution input (netin, h,
                               t, the flow state x and tmp): >= rnvpi_conv_guard_floats lets the direct
                               kernel use plain loads */
@@ -388,6 +394,31 @@ int rnvpi_winograd512_wins(const conv_i *cv, int N, int H, int W);
  * contexts always give panels). in and out must not overlap. */
 void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                          const net_ws *ws, int N, int H, int W);
+
+/* ---- Winograd F(4x4,3x3), 16 images per register, AVX-512 fp32 inference (core/winograd4.c) ---- */
+#define RNVPI_WINO4_MIN_CH 32   /* channels in and out a convolution needs for wino4 weights */
+#define RNVPI_WINO_MR 8         /* output channels per register block of the AVX-512 Winograd GEMM */
+/* u (36, cout, cin): u[6i+j][o][c] = (G g G^T)[i][j] with g = w[o][c] (3x3), G the F(4x4,3x3)
+ * filter transform (points 0, 1, -1, 2, -2), in double, rounded once. */
+void rnvpi_winograd4_weights(float *u, const float *w, int cout, int cin);
+/* Floats of one thread's panel for a convolution of cin channels on planes W wide (16 to align). */
+size_t rnvpi_winograd4_panel_floats(int cin, int W);
+/* 1 where fp32 AVX-512 contexts use the F(4x4) kernel: the CPU has AVX-512 and REALNVP_WINOGRAD is not
+ * 2x2 (F(2x2) alone), avx2 or off. */
+int rnvpi_winograd4_on(void);
+/* 1 where the F(4x4) kernel is used (ws->direct == RNVPI_CONV_AVX512, fp32, ws->wino4): cv->wino4
+ * set and N large enough to fill the registers' 16 image lanes. */
+int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W);
+/* As rnvpi_conv_winograd with cv->wino4 (AVX-512 CPUs only): out = res + b + w * pre(in), on ws's
+ * threads and panels (or the caller with its panel in ws->col), which must hold
+ * rnvpi_winograd4_panel_floats(cin, W). in and out must not overlap. */
+void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                          const net_ws *ws, int N, int H, int W);
+/* The AVX-512 Winograd GEMMs (core/winograd.c): for each xi < nxi, M[xi] (RNVPI_WINO_MR, 32 nb) rows
+ * 0..mr-1 = U[xi] (cout, cin) rows o0 .. o0+mr-1 times V[xi] (cin, 32 nb); M[xi][r] at
+ * M + xi mxs + r ms, V[xi][c] at V + xi xs + c cs (64-byte aligned rows). */
+void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const float *U, int nxi, int cout, int cin,
+                            const float *V, ptrdiff_t xs, ptrdiff_t cs, int nb, int o0, int mr);
 
 /* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
 void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,

@@ -227,14 +227,23 @@ static void default_kernel(const rnvp_config *cfg, int K, int conv, int *kh, int
 #define BF16_MIN_CIN 16
 
 /* Floats of a convolution's derived weights in the infer block beyond w and b: the Winograd ones
- * (16, cout, cin) of a 3x3 convolution and, when bf16, the bf16 pairs of w (a float per word). At
- * most 16/9 + 1/2 of its weights: the sum stays below 4 nparams, which fits in size_t; calloc
- * checks the bytes. */
+ * (16, cout, cin) of a 3x3 convolution, the F(4x4) ones (36, cout, cin) where has_wino4 and, when
+ * bf16, the bf16 pairs of w (a float per word). At most 16/9 + 4 + 1/2 of its weights: the sum
+ * stays below 8 nparams, which fits in size_t; calloc checks the bytes. */
+/* F(4x4) weights where an fp32 AVX-512 context may use them (rnvpi_winograd4_on): 4 times the
+ * convolution's weights (the 1 GFLOP bench model: 54 MB more) */
+static int has_wino4(const conv_p *p)
+{
+    return p->kh == 3 && p->kw == 3 && p->cin >= RNVPI_WINO4_MIN_CH && p->cout >= RNVPI_WINO4_MIN_CH &&
+           rnvpi_winograd4_on();
+}
+
 static size_t extra_floats(const conv_p *p, int bf16)
 {
     const int wino = p->kh == 3 && p->kw == 3;
     bf16 = bf16 && p->cin >= BF16_MIN_CIN;
     size_t n = wino ? (size_t)16 * p->cout * p->cin : 0;
+    if (has_wino4(p)) n += (size_t)36 * p->cout * p->cin;
     if (bf16) n += (size_t)p->cout * (((size_t)p->cin * p->kh * p->kw + 1) / 2);
     return n;
 }
@@ -246,9 +255,14 @@ static void take_extra(conv_i *dst, const conv_p *p, float **q, int bf16)
     bf16 = bf16 && p->cin >= BF16_MIN_CIN;
     dst->wino = NULL;
     dst->w_bf16 = NULL;
+    dst->wino4 = NULL;
     if (wino) {
         dst->wino = *q;
         *q += (size_t)16 * p->cout * p->cin;
+    }
+    if (has_wino4(p)) {
+        dst->wino4 = *q;
+        *q += (size_t)36 * p->cout * p->cin;
     }
     if (bf16) {
         dst->w_bf16 = (uint32_t *)*q;
@@ -350,7 +364,8 @@ enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, ke
     }
     if (b.fail) goto nomem;
     /* inference block: folded conv weights and biases, affine maps, flow-bn inverse std (no
-     * overflow: each term is at most its parameters' count, and their sum nparams fits) */
+     * overflow: each term is at most its parameters' count, and their sum nparams fits), and the
+     * derived weights (up to 6.3 times theirs: saturating sums, calloc fails on SIZE_MAX) */
     size_t ni = 0;
     for (int kk = 0; kk < m->L; kk++) {
         coupling *c = &m->cp[kk];
@@ -360,8 +375,9 @@ enum rnvp_status rnvpi_model_layout(rnvp_model **out, const rnvp_config *cfg, ke
         ni += 2 * (size_t)c->F + (size_t)2 * c->Ct * c->F * c->out_conv.kh * c->out_conv.kw + 2 * (size_t)c->Ct + c->Ct;
         /* the derived weights of each convolution (extra_floats) */
         const conv_p *all[2] = {&c->in_conv, &c->out_conv};
-        for (int i = 0; i < 2; i++) ni += extra_floats(all[i], m->bf16);
-        for (int j = 0; j < K; j++) ni += extra_floats(&c->conv_a[j], m->bf16) + extra_floats(&c->conv_b[j], m->bf16);
+        for (int i = 0; i < 2; i++) ni = sz_add(ni, extra_floats(all[i], m->bf16));
+        for (int j = 0; j < K; j++)
+            ni = sz_add(ni, sz_add(extra_floats(&c->conv_a[j], m->bf16), extra_floats(&c->conv_b[j], m->bf16)));
     }
     m->ninfer = ni;
     *out = m;
@@ -466,6 +482,7 @@ static void fold_conv(conv_i *dst, const conv_p *src, const float *mul, const fl
     rnvpi_wn_weights(dst->w, NULL, src, mul);
     for (int o = 0; o < src->cout; o++) dst->b[o] = (float)((mul ? mul[o] : 1.0) * src->b[o] + (add ? add[o] : 0.0));
     if (dst->wino) rnvpi_winograd_weights(dst->wino, dst->w, dst->cout, dst->cin);
+    if (dst->wino4) rnvpi_winograd4_weights(dst->wino4, dst->w, dst->cout, dst->cin);
     if (dst->w_bf16) rnvpi_bf16_pairs(dst->w_bf16, dst->w, dst->cout, dst->cin * dst->kh * dst->kw);
 }
 

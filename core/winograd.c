@@ -28,7 +28,7 @@
 #define TB 16   /* tiles per block: two 8-float registers */
 #define WMR 6   /* output channels per register block: 12 accumulators */
 #define TB5 32  /* AVX-512: tiles per block, two 16-float registers */
-#define WMR5 8  /* AVX-512: output channels per register block: 16 accumulators */
+#define WMR5 RNVPI_WINO_MR  /* AVX-512: output channels per register block: 16 accumulators */
 #ifndef PFC
 #define PFC 1   /* AVX-512: input channels the prefetch of the input transform runs ahead */
 #endif
@@ -421,9 +421,10 @@ AVX2F static void output_block(float *out, const float *res, const float *M, con
 #define AVX512W __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #define AVX512BF __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")))
 
-/* M rows 0..mr-1 (stride TB5) = u (mr, cin) x v (cin, TB5), each value one FMA chain over c. */
-AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, const float *u, int cin,
-                                                                        const float *v, int mr)
+/* M rows 0..mr-1 (row r at M + r ms) = u (mr, cin) x v (cin, TB5) (row c at v + c cs), each value one
+ * FMA chain over c. */
+AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, ptrdiff_t ms, const float *u, int cin,
+                                                                        const float *v, ptrdiff_t cs, int mr)
 {
     const __m512 z = _mm512_setzero_ps();
     __m512 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z, a41 = z, a50 = z,
@@ -432,8 +433,8 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
                 *w4 = u + 4 * (ptrdiff_t)cin, *w5 = u + 5 * (ptrdiff_t)cin, *w6 = u + 6 * (ptrdiff_t)cin,
                 *w7 = u + 7 * (ptrdiff_t)cin;
     for (int c = 0; c < cin; c++) {
-        const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * 16 * TB5);
-        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * 16 * TB5 + 16);
+        const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * cs);
+        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * cs + 16);
 #define STEPW(r)                                              \
     if (mr > r) {                                             \
         const __m512 wv = _mm512_set1_ps(w##r[c]);            \
@@ -445,8 +446,8 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
     }
 #define STOREW(r)                                        \
     if (mr > r) {                                        \
-        _mm512_store_ps(M + r * TB5, a##r##0);           \
-        _mm512_store_ps(M + r * TB5 + 16, a##r##1);      \
+        _mm512_store_ps(M + r * ms, a##r##0);            \
+        _mm512_store_ps(M + r * ms + 16, a##r##1);       \
     }
     STOREW(0) STOREW(1) STOREW(2) STOREW(3) STOREW(4) STOREW(5) STOREW(6) STOREW(7)
 #undef STOREW
@@ -459,8 +460,22 @@ AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
         const float *v = V + (ptrdiff_t)xi * TB5;
         float *m = M + xi * WMR5 * TB5;
-        if (mr == WMR5) gemm5_kernel(m, u, cin, v, WMR5);
-        else gemm5_kernel(m, u, cin, v, mr);
+        if (mr == WMR5) gemm5_kernel(m, TB5, u, cin, v, 16 * TB5, WMR5);
+        else gemm5_kernel(m, TB5, u, cin, v, 16 * TB5, mr);
+    }
+}
+
+AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const float *U, int nxi, int cout, int cin,
+                                    const float *V, ptrdiff_t xs, ptrdiff_t cs, int nb, int o0, int mr)
+{
+    for (int xi = 0; xi < nxi; xi++) {
+        const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
+        for (int p = 0; p < nb; p++) {
+            const float *v = V + (ptrdiff_t)xi * xs + p * TB5;
+            float *m = M + (ptrdiff_t)xi * mxs + p * TB5;
+            if (mr == WMR5) gemm5_kernel(m, ms, u, cin, v, cs, WMR5);
+            else gemm5_kernel(m, ms, u, cin, v, cs, mr);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 /* test_conv.c: the inference convolution kernels (core/conv.c, core/winograd.c) against a naive
  * double-precision convolution: OpenBLAS im2col + sgemm, the AVX-512 and AVX2 direct kernels (and
- * the bf16 one, within its rounding bound) and Winograd F(2x2,3x3) (AVX2, and AVX-512 bit for bit)
- * on one and two threads, with and without guard zones; then whole flows run with each kernel, the
+ * the bf16 one, within its rounding bound), Winograd F(2x2,3x3) (AVX2, and AVX-512 bit for bit) and
+ * F(4x4,3x3) (AVX-512) on one and two threads, with and without guard zones; then whole flows run with each kernel, the
  * shipped model through Winograd and in bf16. Leaves out timing (bench/). */
 #include "internal.h"
 #include "tpool.h"
@@ -67,7 +67,7 @@ static double bf16_worst;   /* the largest bf16 error seen (relative to sum |ter
 static void check_shape(const struct shape *sh, enum mode mode)
 {
     const int K = sh->cin * sh->kh * sh->kw, P = sh->N * sh->H * sh->W;
-    const size_t G = rnvpi_conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL, NULL, NULL}, sh->W);
+    const size_t G = rnvpi_conv_guard_floats(&(conv_i){0, 0, sh->kh, sh->kw, NULL, NULL, NULL, NULL, NULL}, sh->W);
     float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
     float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
     float *inb = malloc(sizeof(float) * ((size_t)sh->cin * P + 2 * G));
@@ -84,7 +84,7 @@ static void check_shape(const struct shape *sh, enum mode mode)
     const int bf16 = mode == BF16_ONE || mode == BF16_POOL_GUARDED;
     uint32_t *wb = malloc(sizeof(uint32_t) * (size_t)sh->cout * ((K + 1) / 2));
     rnvpi_bf16_pairs(wb, w, sh->cout, K);
-    conv_i cv = {sh->cout, sh->cin, sh->kh, sh->kw, w, b, NULL, bf16 ? wb : NULL};
+    conv_i cv = {sh->cout, sh->cin, sh->kh, sh->kw, w, b, NULL, bf16 ? wb : NULL, NULL};
     affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
     const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
     conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
@@ -159,7 +159,7 @@ START_TEST(avx2_chunks_match)
     for (int i = 0; i < cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
     for (int i = 0; i < cin * P; i++) in[i] = frand();
     for (int i = 0; i < cout * P; i++) res[i] = frand();
-    conv_i cv = {cout, cin, kh, kw, w, b, NULL, NULL};
+    conv_i cv = {cout, cin, kh, kw, w, b, NULL, NULL, NULL};
     affine_i pre = {cin, a, s};
     rnvpi_conv_blas(o1, in, &cv, &pre, res, col, NULL, 0, N, N, H, W);
     for (int n0 = 0; n0 < N; n0 += 2) rnvpi_conv_avx2_chunk(o2, in, &cv, &pre, res, panel, n0, N - n0 < 2 ? N - n0 : 2, N, H, W);
@@ -254,7 +254,7 @@ static void check_winograd(const struct wshape *sh, int threads)
     for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
     for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = outd[i] = frand();
     rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
-    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, u, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL};
+    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, u, NULL, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL, NULL};
     affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
     const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
     conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
@@ -328,6 +328,106 @@ START_TEST(winograd_matches_reference)
     }
     fprintf(stderr, "test_conv: winograd error / sum|terms| %.3g (avx2 direct %.3g, apart %.3g), "
             "/ max|out| %.3g\n", wino_worst_err, direct_worst_err, wino_direct_diff, wino_worst_rel);
+}
+END_TEST
+
+/* Winograd F(4x4,3x3) (AVX-512 CPUs; 16 images per register): against the float64 reference on one
+ * and two threads with NaN-filled panels, over a partial last group of images, partial tiles at the
+ * right and bottom borders, several column chunks per row, and each pre and residual. Its rounding
+ * error is several times F(2x2)'s (the transforms' coefficients reach 5 and 8): bounded at 2e-6 of
+ * sum |terms| (measured 2.8e-7, F(2x2) 3.4e-8; a wrong transform coefficient gives errors of order 1). */
+static const struct wshape w4shapes[] = {
+    {32, 32, 16, 28, 28, 2, 1},  /* the bench model's scale-1 block conv, residual */
+    {64, 64, 20, 14, 14, 2, 0},  /* a second group of 4 images, tiles 2 wide at the border */
+    {40, 33, 13, 7, 7, 1, 1},    /* one partial group, 2x2 tiles (the outer ones 3 wide), cout % 8 != 0 */
+    {32, 48, 17, 9, 13, 0, 0},   /* odd H and W, an even number of tiles per row */
+    {36, 32, 16, 6, 21, 2, 1},   /* two column chunks per packed row, an odd number of tiles per row */
+};
+static double w4_worst_err, w4_worst_rel;
+
+static void check_winograd4(const struct wshape *sh, int threads)
+{
+    const int K = sh->cin * 9, P = sh->N * sh->H * sh->W;
+    float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
+    float *u4 = malloc(sizeof(float) * 36 * (size_t)sh->cout * sh->cin);
+    float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
+    float *in = malloc(sizeof(float) * (size_t)sh->cin * P);
+    float *out = malloc(sizeof(float) * (size_t)sh->cout * P), *out0 = malloc(sizeof(float) * (size_t)sh->cout * P);
+    double *ref = malloc(sizeof(double) * (size_t)sh->cout * P);
+    for (int i = 0; i < sh->cout * K; i++) w[i] = frand();
+    for (int i = 0; i < sh->cout; i++) b[i] = frand();
+    for (int i = 0; i < sh->cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
+    for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
+    for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = frand();
+    rnvpi_winograd4_weights(u4, w, sh->cout, sh->cin);
+    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL, u4};
+    affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
+    const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
+    conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
+    const size_t pf = (rnvpi_winograd4_panel_floats(sh->cin, sh->W) + 15) / 16 * 16;
+    float *panel = aligned_alloc(64, sizeof(float) * 2 * pf);
+    for (size_t i = 0; i < 2 * pf; i++) panel[i] = NAN;
+    net_ws ws = {.col = panel, .direct = RNVPI_CONV_AVX512, .wino4 = 1};
+    tpool *tp = NULL;
+    if (threads > 1) {
+        tp = rnvpi_tpool_create(threads);
+        ck_assert_ptr_nonnull(tp);
+        ws.tp = tp;
+        ws.panel = panel;
+        ws.panel_floats = pf;
+        ws.col = NULL;
+    }
+    rnvpi_conv_winograd4(out, in, &cv, pre, sh->acc ? out : NULL, &ws, sh->N, sh->H, sh->W);
+    double worst = 0, maxref = 0, maxabs = 0;
+    for (int o = 0; o < sh->cout; o++) {
+        const double scale = fabs(b[o]) + (double)K * 1.6;   /* |w| <= 1, |pre(x)| <= 1.6 */
+        for (int p = 0; p < P; p++) {
+            const size_t i = (size_t)o * P + p;
+            const double e = fabs(out[i] - ref[i]) / scale;
+            if (!(e <= worst)) worst = e;   /* also NaN */
+            if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
+            if (!(fabs(out[i] - ref[i]) <= maxabs)) maxabs = fabs(out[i] - ref[i]);
+        }
+    }
+    if (worst > w4_worst_err) w4_worst_err = worst;
+    if (maxabs / maxref > w4_worst_rel) w4_worst_rel = maxabs / maxref;
+    ck_assert_msg(worst < 2e-6, "winograd F(4x4) %d thread(s): %d->%d N=%d %dx%d pre=%d acc=%d: error %.3g", threads,
+                  sh->cin, sh->cout, sh->N, sh->H, sh->W, sh->pre, sh->acc, worst);
+    rnvpi_tpool_free(tp);
+    free(panel); free(w); free(b); free(u4); free(a); free(s); free(in); free(out); free(out0); free(ref);
+}
+
+START_TEST(winograd4_matches_reference)
+{
+    if (!rnvpi_winograd512_available()) {
+        fprintf(stderr, "test_conv: no AVX-512 on this CPU: Winograd F(4x4) is not checked\n");
+        return;
+    }
+    for (size_t i = 0; i < sizeof w4shapes / sizeof w4shapes[0]; i++) {
+        check_winograd4(&w4shapes[i], 1);
+        check_winograd4(&w4shapes[i], 2);
+    }
+    fprintf(stderr, "test_conv: winograd F(4x4) error / sum|terms| %.3g, / max|out| %.3g\n", w4_worst_err,
+            w4_worst_rel);
+}
+END_TEST
+
+/* The F(4x4) weight transform against its definition in double: each u[xi] of a random kernel. */
+START_TEST(winograd4_weights_match_definition)
+{
+    static const double G[6][3] = {{0.25, 0, 0}, {-1 / 6.0, -1 / 6.0, -1 / 6.0}, {-1 / 6.0, 1 / 6.0, -1 / 6.0},
+                                   {1 / 24.0, 1 / 12.0, 1 / 6.0}, {1 / 24.0, -1 / 12.0, 1 / 6.0}, {0, 0, 1}};
+    float w[9], u[36];
+    for (int i = 0; i < 9; i++) w[i] = frand();
+    rnvpi_winograd4_weights(u, w, 1, 1);
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            double x = 0;
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++) x += G[i][a] * w[a * 3 + b] * G[j][b];
+            ck_assert_msg(fabs(u[i * 6 + j] - x) <= 1e-7 * (1 + fabs(x)), "u[%d][%d] %.9g, definition %.9g", i, j,
+                          u[i * 6 + j], x);
+        }
 }
 END_TEST
 
@@ -488,6 +588,57 @@ START_TEST(shipped_model_winograd_agrees)
 }
 END_TEST
 
+/* The shipped model in a batch of 16 (its 32-channel block convolutions on the F(4x4) kernel on an
+ * AVX-512 CPU) against REALNVP_WINOGRAD=2x2 (F(2x2) alone): log_prob to 1e-6 relative and not bitwise
+ * equal everywhere (the F(4x4) kernel ran), latents to 1e-4, decode(encode(x)) exact. */
+START_TEST(shipped_model_winograd4_agrees)
+{
+    if (!rnvpi_winograd512_available() || !rnvpi_winograd4_on()) return;
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
+        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
+        return;
+    }
+    const int n = 16, D = rnvp_model_dim(m);
+    uint8_t *px = malloc((size_t)n * D), *back = malloc((size_t)n * D);
+    float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
+    double lp1[16], lp2[16];
+    rnvp_ctx *c2 = NULL, *c4 = NULL;
+    unsetenv("REALNVP_CONV");
+    ck_assert(rnvp_ctx_create(&c4, m, n, &e) == RNVP_OK);
+    ck_assert(rnvp_sample(c4, px, NULL, n - 4, 0.8, 9, &e) == RNVP_OK);
+    for (int i = (n - 4) * D; i < n * D; i++) px[i] = (uint8_t)(rnvpi_splitmix64(&rs) & 255);
+    setenv("REALNVP_WINOGRAD", "2x2", 1);
+    ck_assert(rnvp_ctx_create(&c2, m, n, &e) == RNVP_OK);
+    unsetenv("REALNVP_WINOGRAD");
+    ck_assert(rnvp_encode(c2, z1, lp1, px, NULL, n, &e) == RNVP_OK);
+    ck_assert(rnvp_encode(c4, z2, lp2, px, NULL, n, &e) == RNVP_OK);
+    double worst = 0, zw = 0;
+    int differ = 0;
+    for (int i = 0; i < n; i++) {
+        const double r = fabs(lp1[i] - lp2[i]) / fabs(lp1[i]);
+        if (!(r <= worst)) worst = r;
+        differ += lp1[i] != lp2[i];
+        ck_assert_msg(r <= 1e-6, "image %d: F(2x2) %.9g F(4x4) %.9g", i, lp1[i], lp2[i]);
+    }
+    ck_assert_msg(differ > 0, "the F(4x4) context gave F(2x2)'s bits on every image: was its kernel used?");
+    for (int i = 0; i < n * D; i++) {
+        const double d = fabs(z1[i] - z2[i]) / (1 + fabs(z1[i]));
+        if (!(d <= zw)) zw = d;
+    }
+    ck_assert_msg(zw <= 1e-4, "latents %.3g apart", zw);
+    ck_assert(rnvp_decode(c4, back, z2, n, &e) == RNVP_OK);
+    ck_assert_mem_eq(back, px, (size_t)n * D);
+    fprintf(stderr, "test_conv: fashion-mnist model, batch 16: F(4x4) vs F(2x2) log_prob %.3g relative (%d of %d "
+            "images differ), latents %.3g, decode(encode(x)) exact\n", worst, differ, n, zw);
+    rnvp_ctx_free(c2);
+    rnvp_ctx_free(c4);
+    rnvp_model_free(m);
+    free(px); free(back); free(z1); free(z2);
+}
+END_TEST
+
 /* Precision bf16 on the shipped model: where the CPU has AVX512_BF16, log p within 1e-3 relative
  * of fp32 (and not equal: the bf16 kernel ran), decode(encode(x)) within a few levels on at most
  * 5% of the pixels (measured: 1.2%, 2 levels), fp32 again the same bits as before; elsewhere
@@ -572,6 +723,9 @@ static Suite *conv_suite(void)
     tcase_add_test(tc, winograd_matches_reference);
     tcase_add_test(tc, winograd_wgrad_matches_reference);
     tcase_add_test(tc, winograd_weights_exact);
+    tcase_add_test(tc, winograd4_matches_reference);
+    tcase_add_test(tc, winograd4_weights_match_definition);
+    tcase_add_test(tc, shipped_model_winograd4_agrees);
     tcase_add_test(tc, flow_winograd_agrees);
     tcase_add_test(tc, shipped_model_winograd_agrees);
     tcase_add_test(tc, bf16_precision);

@@ -1,0 +1,432 @@
+/* winograd4.c: Winograd F(4x4,3x3) for the 3x3 stride-1 "same" convolutions of 32 or more channels
+ * in and out, at inference on AVX-512 CPUs in fp32, sixteen images to a register. Leaves out
+ * training, AVX2, bf16, batches of fewer than 16 images (winograd.c and conv.c serve those) and
+ * the kernel choice (conv.c).
+ *
+ * Per output channel k and 4x4 output tile: Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A with
+ * d_c the tile's 6x6 input patch (padding 1): 36 GEMMs (K x C) x (C x lanes), one per position
+ * xi = 6 i + j of the transformed tile; 2.25 multiplications per output where F(2x2,3x3) needs 4 and
+ * the direct convolution 9. A register's 16 lanes are the same tile of 16 images, so no lane ever
+ * needs a neighbour's value. A thread takes one tile row of one group of 16 images at a time: per
+ * input channel it transposes pre(in) (the batch norm + ReLU before the convolution) of the row's
+ * 6 input rows into (6, Wp, 16) with zero borders (one 16x16 transposition per 16 columns, in L1)
+ * and transforms the row's tiles from there into V (36, cin, lanes); then per 8 output channels the
+ * 36 GEMMs (the AVX-512 kernel of winograd.c) and the output transform, each tile's 4 rows
+ * transposed out of the lanes (a 4x4 transposition per 128-bit lane) into a staging row buffer, from
+ * which whole image rows go to out (+ bias, + residual).
+ *
+ * Accuracy: the transform points 0, +-1, +-2 make each output's rounding error a few times that of
+ * F(2x2,3x3) (rms about 1.4e-6 of the output's scale on random 64-channel layers in float32, against
+ * 2.3e-7 for F(2x2) and 1.4e-7 for the direct sum); tests/test_conv.c bounds it against float64,
+ * docs/benchmarks.md gives the whole model's error. An image's result does not depend on the
+ * batch, the group or the thread: lanes never mix. */
+#include "internal.h"
+#include "tpool.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_W4 1
+#endif
+
+#define G4 16    /* images per group: the lanes of one register */
+#define TB4 32   /* lanes per block: two tiles of one group */
+#define XI 36    /* positions of a transformed tile */
+#ifndef PF4
+#define PF4 1
+#endif
+#ifndef PFH
+#define PFH _MM_HINT_T0
+#endif
+#ifndef PFW
+#define PFW 1
+#endif
+
+void rnvpi_winograd4_weights(float *u, const float *w, int cout, int cin)
+{
+    static const double G[6][3] = {{1.0 / 4, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+    for (int o = 0; o < cout; o++)
+        for (int c = 0; c < cin; c++) {
+            const float *g = w + ((size_t)o * cin + c) * 9;
+            double t[6][3];   /* G g */
+            for (int i = 0; i < 6; i++)
+                for (int j = 0; j < 3; j++) t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+            for (int i = 0; i < 6; i++)
+                for (int j = 0; j < 6; j++)
+                    u[((size_t)(i * 6 + j) * cout + o) * cin + c] =
+                        (float)(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
+        }
+}
+
+/* Tiles per column / row, and the packed plane's padded height and width (a patch reaches 4 t + 2). */
+static void geometry(int H, int W, int *th, int *tw, int *Hp, int *Wp)
+{
+    *th = (H + 3) / 4;
+    *tw = (W + 3) / 4;
+    *Hp = 4 * *th + 2;
+    *Wp = 4 * *tw + 2;
+}
+
+/* One thread's panel: the 6 packed rows (6, Wp, 16), V (36, cin, LW), M (36, RNVPI_WINO_MR, LW), the
+ * staging rows S (4, 16, 4 tw) and 16 floats beyond S; LW = 32 lanes per two tiles of the row. V's and
+ * M's 36 planes lie a line more than their size apart: a tile's 36 values, planes 4 or 16 KiB apart,
+ * would all fall into one set of the 12-way L1. */
+struct w4_panel {
+    float *rows, *V, *M, *S;
+};
+static size_t panel_layout(struct w4_panel *pl, float *base, int cin, int W)
+{
+    const int tw = (W + 3) / 4, Wp = 4 * tw + 2, LW = (tw + 1) / 2 * 32;
+    const size_t rows = (size_t)6 * Wp * G4, V = (size_t)XI * (cin * LW + 16), M = (size_t)XI * (RNVPI_WINO_MR * LW + 16),
+                 S = (size_t)4 * G4 * 4 * tw + 16;
+    if (pl) {
+        pl->rows = base;
+        pl->V = pl->rows + rows;
+        pl->M = pl->V + V;
+        pl->S = pl->M + M;
+    }
+    return rows + V + M + S;
+}
+
+size_t rnvpi_winograd4_panel_floats(int cin, int W) { return panel_layout(NULL, NULL, cin, W) + 16; }
+
+int rnvpi_winograd4_on(void)
+{
+    const char *e = getenv("REALNVP_WINOGRAD");
+    return rnvpi_winograd_kind() == RNVPI_WINO_AVX512 && !(e && !strcmp(e, "2x2"));
+}
+
+int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W)
+{
+    /* groups of 16 images: at most a quarter of the lanes empty (N = 16, 12-16 of 16, 37-48 of 48) */
+    const int lanes = (N + G4 - 1) / G4 * G4;
+    return cv->wino4 && N >= 12 && 4 * N >= 3 * lanes && H >= 7 && W >= 7;
+}
+
+#ifdef HAVE_W4
+#define AVX512W __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+struct w4_job {
+    float *out;
+    const float *in, *res;
+    const conv_i *cv;
+    const affine_i *pre;
+    int N, H, W, th, tw, Wp;
+    ptrdiff_t P, HW;
+    float *panel;             /* (threads, panel_floats) */
+    size_t panel_floats;
+    int items, grain;         /* (group, tile row)s; items per claim */
+    atomic_int next;          /* first item not yet claimed */
+};
+
+/* 16x16 transposition in registers: r[n] lane k -> r[k] lane n. */
+AVX512W static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4i+m], 128-bit lane L: rows 4i .. 4i+3 of column 4L + m */
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int m = 0; m < 4; m++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd),
+                     w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88),
+                     w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+        r[m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
+        r[4 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
+    }
+}
+
+/* Rows y0 .. y0+5 of channel c of images n0 .. n0+ng-1 into R (6, Wp, 16): R[r][x][n] =
+ * pre(in[c][n0 + n][y0 + r][x - 1]) inside the image, 0 outside it (padding is 0, not pre(0)) and in
+ * the lanes n >= ng. */
+AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, int ng, int y0)
+{
+    const int H = j->H, W = j->W, Wp = j->Wp;
+    const ptrdiff_t rs = (ptrdiff_t)Wp * G4, end = (ptrdiff_t)j->cv->cin * j->P;
+    const int affine = j->pre && j->pre->a, relu = j->pre != NULL;
+    const __m512 a16 = _mm512_set1_ps(affine ? j->pre->a[c] : 1.0f), s16 = _mm512_set1_ps(affine ? j->pre->s[c] : 0.0f);
+    const __m512 z = _mm512_setzero_ps();
+    for (int r = 0; r < 6; r++) {
+        float *tr = R + r * rs;
+        const int y = y0 + r;
+        if (y < 0 || y >= H) {
+            for (int x = 0; x < Wp; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
+            continue;
+        }
+        _mm512_store_ps(tr, z);
+        for (int x = W + 1; x < Wp; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
+        for (int x0 = 0; x0 < W; x0 += 16) {
+            const int nc = W - x0 < 16 ? W - x0 : 16;
+            const __mmask16 cm = (__mmask16)((1u << nc) - 1);
+            __m512 v[16];
+            for (int n = 0; n < 16; n++) {
+                if (n >= ng) {
+                    v[n] = z;
+                    continue;
+                }
+                const ptrdiff_t o = (ptrdiff_t)c * j->P + (n0 + n) * j->HW + (ptrdiff_t)y * W + x0;
+                __m512 x = o + 16 <= end ? _mm512_loadu_ps(j->in + o) : _mm512_maskz_loadu_ps(cm, j->in + o);
+                if (affine) x = _mm512_fmadd_ps(a16, x, s16);
+                v[n] = relu ? _mm512_maskz_max_ps(cm, x, z) : _mm512_maskz_mov_ps(cm, x);
+            }
+            transpose16(v);
+            for (int k = 0; k < nc; k++) _mm512_store_ps(tr + (ptrdiff_t)(1 + x0 + k) * G4, v[k]);
+        }
+    }
+}
+
+/* B^T along one line of 6: y0 = 4x0 - 5x2 + x4, y1,2 = (x4 - 4x2) +- (x3 - 4x1),
+ * y3,4 = (x4 - x2) +- 2 (x3 - x1), y5 = 4x1 - 5x3 + x5. */
+#define BT_LINE(y0, y1, y2, y3, y4, y5, x0, x1, x2, x3, x4, x5)                             \
+    {                                                                                      \
+        const __m512 a_ = _mm512_fnmadd_ps(four, x2, x4), b_ = _mm512_fnmadd_ps(four, x1, x3); \
+        const __m512 c_ = _mm512_sub_ps(x4, x2), d_ = _mm512_sub_ps(x3, x1);                \
+        y0 = _mm512_fnmadd_ps(five, x2, _mm512_fmadd_ps(four, x0, x4));                     \
+        y1 = _mm512_add_ps(a_, b_);                                                         \
+        y2 = _mm512_sub_ps(a_, b_);                                                         \
+        y3 = _mm512_fmadd_ps(two, d_, c_);                                                  \
+        y4 = _mm512_fnmadd_ps(two, d_, c_);                                                 \
+        y5 = _mm512_fnmadd_ps(five, x3, _mm512_fmadd_ps(four, x1, x5));                     \
+    }
+
+/* One tile of 16 images, one channel: v[xi xs] (xi = 6 i + j) = (B^T d B)[i][j], d[r][s] at
+ * s_ + r rs + 16 s (the pack). Columns 0-2 of d B first, then 3-5 (18 registers each). */
+AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptrdiff_t xs, const float *s_,
+                                                                    ptrdiff_t rs)
+{
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f);
+    __m512 e0[6], e1[6], e2[6];
+#define LD(r, k) _mm512_load_ps(s_ + (r) * rs + 16 * (k))
+    for (int r = 0; r < 6; r++) {
+        const __m512 x0 = LD(r, 0), x1 = LD(r, 1), x2 = LD(r, 2), x3 = LD(r, 3), x4 = LD(r, 4);
+        const __m512 a_ = _mm512_fnmadd_ps(four, x2, x4), b_ = _mm512_fnmadd_ps(four, x1, x3);
+        e0[r] = _mm512_fnmadd_ps(five, x2, _mm512_fmadd_ps(four, x0, x4));
+        e1[r] = _mm512_add_ps(a_, b_);
+        e2[r] = _mm512_sub_ps(a_, b_);
+    }
+#define COL(e, jj)                                                                                   \
+    {                                                                                                \
+        __m512 y0, y1, y2, y3, y4, y5;                                                               \
+        BT_LINE(y0, y1, y2, y3, y4, y5, e[0], e[1], e[2], e[3], e[4], e[5])                          \
+        _mm512_store_ps(v + (jj) * xs, y0);                                                          \
+        _mm512_store_ps(v + (6 + (jj)) * xs, y1);                                                    \
+        _mm512_store_ps(v + (12 + (jj)) * xs, y2);                                                   \
+        _mm512_store_ps(v + (18 + (jj)) * xs, y3);                                                   \
+        _mm512_store_ps(v + (24 + (jj)) * xs, y4);                                                   \
+        _mm512_store_ps(v + (30 + (jj)) * xs, y5);                                                   \
+    }
+    COL(e0, 0) COL(e1, 1) COL(e2, 2)
+    for (int r = 0; r < 6; r++) {
+        const __m512 x1 = LD(r, 1), x2 = LD(r, 2), x3 = LD(r, 3), x4 = LD(r, 4), x5 = LD(r, 5);
+        const __m512 c_ = _mm512_sub_ps(x4, x2), d_ = _mm512_sub_ps(x3, x1);
+        e0[r] = _mm512_fmadd_ps(two, d_, c_);
+        e1[r] = _mm512_fnmadd_ps(two, d_, c_);
+        e2[r] = _mm512_fnmadd_ps(five, x3, _mm512_fmadd_ps(four, x1, x5));
+    }
+    COL(e0, 3) COL(e1, 4) COL(e2, 5)
+#undef COL
+#undef LD
+}
+
+/* A^T along one line of 6: y0 = x0 + (x1 + x2) + (x3 + x4), y1 = (x1 - x2) + 2 (x3 - x4),
+ * y2 = (x1 + x2) + 4 (x3 + x4), y3 = (x1 - x2) + 8 (x3 - x4) + x5. */
+#define AT_LINE(y0, y1, y2, y3, x0, x1, x2, x3, x4, x5)                              \
+    {                                                                               \
+        const __m512 p_ = _mm512_add_ps(x1, x2), q_ = _mm512_sub_ps(x1, x2);         \
+        const __m512 s_ = _mm512_add_ps(x3, x4), t_ = _mm512_sub_ps(x3, x4);         \
+        y0 = _mm512_add_ps(_mm512_add_ps(x0, p_), s_);                               \
+        y1 = _mm512_fmadd_ps(two, t_, q_);                                           \
+        y2 = _mm512_fmadd_ps(four, s_, p_);                                          \
+        y3 = _mm512_add_ps(_mm512_fmadd_ps(eight, t_, q_), x5);                      \
+    }
+
+/* Output channel o's row of tiles from M (its row r of each xi, lanes 16 tj of tile tj): S (4, 16, W4)
+ * = A^T M A + b, S[i][n][4 tj + jj] (all 16 lanes, all 4 tw columns: the staging rows). */
+AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, const float *M, ptrdiff_t mxs,
+                                                                       ptrdiff_t ms, int r, int tw, float b)
+{
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+    const __m512 bias = _mm512_set1_ps(b);
+    const ptrdiff_t W4 = 4 * (ptrdiff_t)tw;
+    for (int tj = 0; tj < tw; tj++) {
+        const float *mp = M + r * ms + 16 * tj;   /* m[xi] at mp + xi mxs */
+        __m512 t0[6], t1[6], t2[6], t3[6];          /* A^T M: rows 0-3, columns 0-5 */
+#define LM(xi) _mm512_load_ps(mp + (xi) * mxs)
+        for (int c = 0; c < 6; c++)
+            AT_LINE(t0[c], t1[c], t2[c], t3[c], LM(c), LM(6 + c), LM(12 + c), LM(18 + c), LM(24 + c), LM(30 + c))
+#undef LM
+        float *sp = S + 4 * tj;
+#define OUT_ROW(i, t)                                                                                   \
+    {                                                                                                   \
+        __m512 a, b_, c, d;   /* row i, columns 0-3, lanes = images */                                  \
+        AT_LINE(a, b_, c, d, t[0], t[1], t[2], t[3], t[4], t[5])                                        \
+        a = _mm512_add_ps(a, bias);                                                                     \
+        b_ = _mm512_add_ps(b_, bias);                                                                   \
+        c = _mm512_add_ps(c, bias);                                                                     \
+        d = _mm512_add_ps(d, bias);                                                                     \
+        /* 4x4 transposition per 128-bit lane l: w_m lane l = image 4 l + m's 4 columns */              \
+        const __m512 u0 = _mm512_unpacklo_ps(a, b_), u1 = _mm512_unpackhi_ps(a, b_),                    \
+                     u2 = _mm512_unpacklo_ps(c, d), u3 = _mm512_unpackhi_ps(c, d);                      \
+        const __m512 w0 = _mm512_shuffle_ps(u0, u2, 0x44), w1 = _mm512_shuffle_ps(u0, u2, 0xee),        \
+                     w2 = _mm512_shuffle_ps(u1, u3, 0x44), w3 = _mm512_shuffle_ps(u1, u3, 0xee);        \
+        float *q = sp + (ptrdiff_t)(i) * G4 * W4;                                                       \
+        _mm_storeu_ps(q, _mm512_castps512_ps128(w0));                                                   \
+        _mm_storeu_ps(q + W4, _mm512_castps512_ps128(w1));                                              \
+        _mm_storeu_ps(q + 2 * W4, _mm512_castps512_ps128(w2));                                          \
+        _mm_storeu_ps(q + 3 * W4, _mm512_castps512_ps128(w3));                                          \
+        _mm_storeu_ps(q + 4 * W4, _mm512_extractf32x4_ps(w0, 1));                                       \
+        _mm_storeu_ps(q + 5 * W4, _mm512_extractf32x4_ps(w1, 1));                                       \
+        _mm_storeu_ps(q + 6 * W4, _mm512_extractf32x4_ps(w2, 1));                                       \
+        _mm_storeu_ps(q + 7 * W4, _mm512_extractf32x4_ps(w3, 1));                                       \
+        _mm_storeu_ps(q + 8 * W4, _mm512_extractf32x4_ps(w0, 2));                                       \
+        _mm_storeu_ps(q + 9 * W4, _mm512_extractf32x4_ps(w1, 2));                                       \
+        _mm_storeu_ps(q + 10 * W4, _mm512_extractf32x4_ps(w2, 2));                                      \
+        _mm_storeu_ps(q + 11 * W4, _mm512_extractf32x4_ps(w3, 2));                                      \
+        _mm_storeu_ps(q + 12 * W4, _mm512_extractf32x4_ps(w0, 3));                                      \
+        _mm_storeu_ps(q + 13 * W4, _mm512_extractf32x4_ps(w1, 3));                                      \
+        _mm_storeu_ps(q + 14 * W4, _mm512_extractf32x4_ps(w2, 3));                                      \
+        _mm_storeu_ps(q + 15 * W4, _mm512_extractf32x4_ps(w3, 3));                                      \
+    }
+        OUT_ROW(0, t0) OUT_ROW(1, t1) OUT_ROW(2, t2) OUT_ROW(3, t3)
+#undef OUT_ROW
+    }
+}
+
+/* The staging rows S (4, 16, W4) of output channel o into out (+ res): image rows y0 .. y0+3 inside
+ * the image of images n0 .. n0+ng-1, W floats each. */
+AVX512W static inline __attribute__((always_inline)) void flush_rows(const struct w4_job *j, const float *S, int o,
+                                                                      int n0, int ng, int y0)
+{
+    const int W = j->W;
+    const ptrdiff_t W4 = 4 * (ptrdiff_t)j->tw, rend = (ptrdiff_t)j->cv->cout * j->P;
+    for (int i = 0; i < 4 && y0 + i < j->H; i++)
+        for (int n = 0; n < ng; n++) {
+            const float *sp = S + ((ptrdiff_t)i * G4 + n) * W4;
+            const ptrdiff_t off = (ptrdiff_t)o * j->P + (n0 + n) * j->HW + (ptrdiff_t)(y0 + i) * W;
+            for (int x = 0; x < W; x += 16) {
+                const __mmask16 m = W - x >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (W - x)) - 1);
+                __m512 v = _mm512_loadu_ps(sp + x);
+                if (j->res) /* a plain load where all 16 lie in res (masked loads are slow on AMD Zen) */
+                    v = _mm512_add_ps(v, off + x + 16 <= rend ? _mm512_loadu_ps(j->res + off + x)
+                                                              : _mm512_maskz_loadu_ps(m, j->res + off + x));
+                _mm512_mask_storeu_ps(j->out + off + x, m, v);
+            }
+        }
+}
+
+/* Tile row ti of group g (images 16 g ..) on one thread, its panel at base. */
+AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout, tw = j->tw, nb = (tw + 1) / 2, LW = nb * 32;
+    const int n0 = g * G4, ng = j->N - n0 < G4 ? j->N - n0 : G4;
+    const ptrdiff_t xs = (ptrdiff_t)cin * LW + 16, mxs = (ptrdiff_t)RNVPI_WINO_MR * LW + 16, rs = (ptrdiff_t)j->Wp * G4;
+    struct w4_panel pl;
+    panel_layout(&pl, base, cin, j->W);
+    if (tw < 2 * nb)   /* the last block's second tile: no tile, zeros */
+        for (int xi = 0; xi < XI; xi++)
+            for (int c = 0; c < cin; c++) memset(pl.V + xi * xs + (ptrdiff_t)c * LW + 16 * tw, 0, sizeof(float) * 16);
+    /* the row's input of each image: rows y0 .. y1-1, contiguous; prefetched a channel ahead (the
+     * 16 images' streams, channels P floats apart, are more than the hardware prefetchers follow) */
+    const int y0 = 4 * ti - 1 < 0 ? 0 : 4 * ti - 1, y1 = 4 * ti + 5 > j->H ? j->H : 4 * ti + 5;
+    const ptrdiff_t rlen = (ptrdiff_t)(y1 - y0) * j->W;
+    for (int c = 0; c < cin; c++) {
+        if (c + PF4 < cin)
+            for (int n = 0; n < ng; n++) {
+                const float *q = j->in + (ptrdiff_t)(c + PF4) * j->P + (n0 + n) * j->HW + (ptrdiff_t)y0 * j->W;
+                for (ptrdiff_t o = 0; o < rlen + 15; o += 16) _mm_prefetch((const char *)(q + o), PFH);
+            }
+        pack_rows(pl.rows, j, c, n0, ng, 4 * ti - 1);
+        for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, pl.rows + 4 * tj * G4, rs);
+    }
+    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
+        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
+        rnvpi_winograd512_gemm(pl.M, mxs, LW, cv->wino4, XI, cout, cin, pl.V, xs, LW, nb, o0, mr);
+        for (int r = 0; r < mr; r++) {
+            /* the next output channel's rows (out, and res when it is out), for writing */
+            const int on = o0 + r + 1;
+            const int z0 = 4 * ti, z1 = 4 * ti + 4 > j->H ? j->H : 4 * ti + 4;
+            if (on < cout)
+                for (int n = 0; n < ng; n++) {
+                    const ptrdiff_t q = (ptrdiff_t)on * j->P + (n0 + n) * j->HW + (ptrdiff_t)z0 * j->W;
+                    for (ptrdiff_t o = 0; o < (ptrdiff_t)(z1 - z0) * j->W + 15; o += 16) {
+                        if (j->res && j->res != j->out) _mm_prefetch((const char *)(j->res + q + o), PFH);
+#if PFW
+                        __builtin_prefetch(j->out + q + o, 1, 3);
+#else
+                        _mm_prefetch((const char *)(j->out + q + o), PFH);
+#endif
+                    }
+                }
+            output4_row(pl.S, pl.M, mxs, LW, r, tw, cv->b[o0 + r]);
+            flush_rows(j, pl.S, o0 + r, n0, ng, 4 * ti);
+        }
+    }
+}
+
+static void w4_job_run(void *arg, int t, int nt)
+{
+    struct w4_job *j = arg;
+    float *panel = align64(j->panel + (size_t)t * j->panel_floats);
+    (void)nt;
+    for (;;) {
+        const int i0 = atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
+        if (i0 >= j->items) break;
+        const int i1 = i0 + j->grain < j->items ? i0 + j->grain : j->items;
+        for (int i = i0; i < i1; i++) {
+            /* items in the order group 0 tile row 0, group 1 tile row 0, ...: neighbouring claims
+             * (the threads') apart in memory; one group: tile rows 0, h, 1, h+1, ... (h = th/2
+             * rounded up) */
+            const int groups = j->items / j->th, g = i % groups, k = i / groups, h = (j->th + 1) / 2;
+            const int ti = groups > 1 ? k : k % 2 ? h + k / 2 : k / 2;
+            row4(j, panel, g, ti);
+        }
+    }
+}
+#endif
+
+void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                          const net_ws *ws, int N, int H, int W)
+{
+#ifdef HAVE_W4
+    struct w4_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .N = N, .H = H, .W = W,
+                       .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
+    int Hp;
+    geometry(H, W, &j.th, &j.tw, &Hp, &j.Wp);
+    j.items = (N + G4 - 1) / G4 * j.th;
+    j.grain = 1;
+    atomic_init(&j.next, 0);
+    if (ws->panel) {
+        j.panel = ws->panel;
+        j.panel_floats = ws->panel_floats;
+        rnvpi_tpool_run_shared(ws->tp, w4_job_run, &j);
+    } else {   /* one thread, its panel in col */
+        j.panel = ws->col;
+        j.panel_floats = 0;
+        w4_job_run(&j, 0, 1);
+    }
+#else
+    (void)out; (void)in; (void)cv; (void)pre; (void)res; (void)ws; (void)N; (void)H; (void)W;
+#endif
+}
