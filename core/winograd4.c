@@ -38,14 +38,12 @@
 #define TB4 32   /* lanes per block: two tiles of one group */
 #define XI 36    /* positions of a transformed tile */
 #ifndef PF4
-#define PF4 1
+#define PF4 2    /* input channels the packing's prefetches run ahead */
 #endif
-#ifndef PFH
-#define PFH _MM_HINT_T0
+#ifndef PFO
+#define PFO 2    /* output channels the output's prefetches run ahead */
 #endif
-#ifndef PFW
-#define PFW 1
-#endif
+
 
 void rnvpi_winograd4_weights(float *u, const float *w, int cout, int cin)
 {
@@ -68,17 +66,18 @@ void rnvpi_winograd4_weights(float *u, const float *w, int cout, int cin)
         }
 }
 
-/* Tiles per column / row, and the packed plane's padded height and width (a patch reaches 4 t + 2). */
-static void geometry(int H, int W, int *th, int *tw, int *Hp, int *Wp)
+/* Tiles per column and row; columns of a packed row: a zero column, then W rounded up to 16 (each
+ * 16-column transposition stored whole, its columns past W zeros), then 15 more (room for the 2
+ * columns a row of patches reaches past 4 tw). */
+static void geometry(int H, int W, int *th, int *tw, int *Wp)
 {
     *th = (H + 3) / 4;
     *tw = (W + 3) / 4;
-    *Hp = 4 * *th + 2;
-    *Wp = 4 * *tw + 2;
+    *Wp = (W + 15) / 16 * 16 + 16;
 }
 
 /* One thread's panel: the 6 packed rows (6, Wp, 16), V (36, cin, LW), M (36, RNVPI_WINO_MR, LW), the
- * staging rows S (4, 16, 4 tw) and 16 floats beyond S; LW = 32 lanes per two tiles of the row. V's and
+ * staging rows S (16, 4, W) and 16 floats beyond S; LW = 32 lanes per two tiles of the row. V's and
  * M's 36 planes lie a line more than their size apart: a tile's 36 values, planes 4 or 16 KiB apart,
  * would all fall into one set of the 12-way L1. */
 struct w4_panel {
@@ -86,9 +85,11 @@ struct w4_panel {
 };
 static size_t panel_layout(struct w4_panel *pl, float *base, int cin, int W)
 {
-    const int tw = (W + 3) / 4, Wp = 4 * tw + 2, LW = (tw + 1) / 2 * 32;
+    int th, tw, Wp;
+    geometry(4, W, &th, &tw, &Wp);
+    const int LW = (tw + 1) / 2 * 32;
     const size_t rows = (size_t)6 * Wp * G4, V = (size_t)XI * (cin * LW + 16), M = (size_t)XI * (RNVPI_WINO_MR * LW + 16),
-                 S = (size_t)4 * G4 * 4 * tw + 16;
+                 S = (size_t)G4 * 4 * W + 16;
     if (pl) {
         pl->rows = base;
         pl->V = pl->rows + rows;
@@ -159,11 +160,11 @@ AVX512W static inline __attribute__((always_inline)) void transpose16(__m512 r[1
 
 /* Rows y0 .. y0+5 of channel c of images n0 .. n0+ng-1 into R (6, Wp, 16): R[r][x][n] =
  * pre(in[c][n0 + n][y0 + r][x - 1]) inside the image, 0 outside it (padding is 0, not pre(0)) and in
- * the lanes n >= ng. */
+ * the lanes n >= ng, for x < 4 tw + 2. */
 AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, int ng, int y0)
 {
-    const int H = j->H, W = j->W, Wp = j->Wp;
-    const ptrdiff_t rs = (ptrdiff_t)Wp * G4, end = (ptrdiff_t)j->cv->cin * j->P;
+    const int H = j->H, W = j->W, xend = 4 * j->tw + 2, xpad = (W + 15) / 16 * 16 + 1;
+    const ptrdiff_t rs = (ptrdiff_t)j->Wp * G4, end = (ptrdiff_t)j->cv->cin * j->P;
     const int affine = j->pre && j->pre->a, relu = j->pre != NULL;
     const __m512 a16 = _mm512_set1_ps(affine ? j->pre->a[c] : 1.0f), s16 = _mm512_set1_ps(affine ? j->pre->s[c] : 0.0f);
     const __m512 z = _mm512_setzero_ps();
@@ -171,11 +172,11 @@ AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, i
         float *tr = R + r * rs;
         const int y = y0 + r;
         if (y < 0 || y >= H) {
-            for (int x = 0; x < Wp; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
+            for (int x = 0; x < xend; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
             continue;
         }
         _mm512_store_ps(tr, z);
-        for (int x = W + 1; x < Wp; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
+        for (int x = xpad; x < xend; x++) _mm512_store_ps(tr + (ptrdiff_t)x * G4, z);
         for (int x0 = 0; x0 < W; x0 += 16) {
             const int nc = W - x0 < 16 ? W - x0 : 16;
             const __mmask16 cm = (__mmask16)((1u << nc) - 1);
@@ -186,12 +187,21 @@ AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, i
                     continue;
                 }
                 const ptrdiff_t o = (ptrdiff_t)c * j->P + (n0 + n) * j->HW + (ptrdiff_t)y * W + x0;
+                /* the same columns PF4 channels ahead (the 16 images' short runs, channels P floats
+                 * apart, are streams the hardware prefetchers do not follow): one prefetch per load,
+                 * spread over the work */
+                if (o + PF4 * j->P + 16 <= end) {
+                    _mm_prefetch((const char *)(j->in + o + PF4 * j->P), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(j->in + o + PF4 * j->P + 15), _MM_HINT_T0);
+                }
                 __m512 x = o + 16 <= end ? _mm512_loadu_ps(j->in + o) : _mm512_maskz_loadu_ps(cm, j->in + o);
                 if (affine) x = _mm512_fmadd_ps(a16, x, s16);
                 v[n] = relu ? _mm512_maskz_max_ps(cm, x, z) : _mm512_maskz_mov_ps(cm, x);
             }
             transpose16(v);
-            for (int k = 0; k < nc; k++) _mm512_store_ps(tr + (ptrdiff_t)(1 + x0 + k) * G4, v[k]);
+            float *d = tr + (ptrdiff_t)(1 + x0) * G4;   /* all 16: the columns past W are zeros */
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) _mm512_store_ps(d + k * G4, v[k]);
         }
     }
 }
@@ -261,15 +271,19 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
         y3 = _mm512_add_ps(_mm512_fmadd_ps(eight, t_, q_), x5);                      \
     }
 
-/* Output channel o's row of tiles from M (its row r of each xi, lanes 16 tj of tile tj): S (4, 16, W4)
- * = A^T M A + b, S[i][n][4 tj + jj] (all 16 lanes, all 4 tw columns: the staging rows). */
+/* Output channel o's row of tiles from M (its row r of each xi, lanes 16 tj of tile tj): S (16, 4, W)
+ * = A^T M A + b, S[n][i][4 tj + jj], each image's 4 rows as in out. A partial last tile (W % 4) goes
+ * first: its columns past W spill into the next row's first ones, which tile 0 writes after (the
+ * last image's into the 16 floats beyond S). */
 AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, const float *M, ptrdiff_t mxs,
-                                                                       ptrdiff_t ms, int r, int tw, float b)
+                                                                       ptrdiff_t ms, int r, int tw, int W, float b)
 {
     const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
     const __m512 bias = _mm512_set1_ps(b);
-    const ptrdiff_t W4 = 4 * (ptrdiff_t)tw;
-    for (int tj = 0; tj < tw; tj++) {
+    const ptrdiff_t W4 = 4 * (ptrdiff_t)W;   /* floats per image */
+    const int first = W % 4 ? tw - 1 : 0;
+    for (int k = 0; k < tw; k++) {
+        const int tj = (first + k) % tw;
         const float *mp = M + r * ms + 16 * tj;   /* m[xi] at mp + xi mxs */
         __m512 t0[6], t1[6], t2[6], t3[6];          /* A^T M: rows 0-3, columns 0-5 */
 #define LM(xi) _mm512_load_ps(mp + (xi) * mxs)
@@ -290,7 +304,7 @@ AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, 
                      u2 = _mm512_unpacklo_ps(c, d), u3 = _mm512_unpackhi_ps(c, d);                      \
         const __m512 w0 = _mm512_shuffle_ps(u0, u2, 0x44), w1 = _mm512_shuffle_ps(u0, u2, 0xee),        \
                      w2 = _mm512_shuffle_ps(u1, u3, 0x44), w3 = _mm512_shuffle_ps(u1, u3, 0xee);        \
-        float *q = sp + (ptrdiff_t)(i) * G4 * W4;                                                       \
+        float *q = sp + (ptrdiff_t)(i) * W;                                                             \
         _mm_storeu_ps(q, _mm512_castps512_ps128(w0));                                                   \
         _mm_storeu_ps(q + W4, _mm512_castps512_ps128(w1));                                              \
         _mm_storeu_ps(q + 2 * W4, _mm512_castps512_ps128(w2));                                          \
@@ -313,26 +327,33 @@ AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, 
     }
 }
 
-/* The staging rows S (4, 16, W4) of output channel o into out (+ res): image rows y0 .. y0+3 inside
- * the image of images n0 .. n0+ng-1, W floats each. */
+/* The staging rows S (16, 4, W) of output channel o into out (+ res): for each of images n0 ..
+ * n0+ng-1, its rows y0 .. y0+3 inside the image, contiguous in out as in S. */
 AVX512W static inline __attribute__((always_inline)) void flush_rows(const struct w4_job *j, const float *S, int o,
                                                                       int n0, int ng, int y0)
 {
-    const int W = j->W;
-    const ptrdiff_t W4 = 4 * (ptrdiff_t)j->tw, rend = (ptrdiff_t)j->cv->cout * j->P;
-    for (int i = 0; i < 4 && y0 + i < j->H; i++)
-        for (int n = 0; n < ng; n++) {
-            const float *sp = S + ((ptrdiff_t)i * G4 + n) * W4;
-            const ptrdiff_t off = (ptrdiff_t)o * j->P + (n0 + n) * j->HW + (ptrdiff_t)(y0 + i) * W;
-            for (int x = 0; x < W; x += 16) {
-                const __mmask16 m = W - x >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (W - x)) - 1);
-                __m512 v = _mm512_loadu_ps(sp + x);
-                if (j->res) /* a plain load where all 16 lie in res (masked loads are slow on AMD Zen) */
-                    v = _mm512_add_ps(v, off + x + 16 <= rend ? _mm512_loadu_ps(j->res + off + x)
-                                                              : _mm512_maskz_loadu_ps(m, j->res + off + x));
-                _mm512_mask_storeu_ps(j->out + off + x, m, v);
+    const int W = j->W, rows = j->H - y0 < 4 ? j->H - y0 : 4, L = rows * W;
+    const ptrdiff_t rend = (ptrdiff_t)j->cv->cout * j->P;
+    for (int n = 0; n < ng; n++) {
+        const float *sp = S + (ptrdiff_t)n * 4 * W;
+        const ptrdiff_t off = (ptrdiff_t)o * j->P + (n0 + n) * j->HW + (ptrdiff_t)y0 * W;
+        for (int x = 0; x < L; x += 16) {
+            const __mmask16 m = L - x >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (L - x)) - 1);
+            /* the same floats PFO output channels ahead, for writing (and res when it is not out) */
+            if (o + PFO < j->cv->cout) {
+                const ptrdiff_t ahead = off + x + (ptrdiff_t)PFO * j->P;
+                if (j->res && j->res != j->out) _mm_prefetch((const char *)(j->res + ahead), _MM_HINT_T0);
+                __builtin_prefetch(j->out + ahead, 1, 3);
             }
+            __m512 v = _mm512_loadu_ps(sp + x);
+            if (j->res) /* a plain load where all 16 lie in res (masked loads are slow on AMD Zen) */
+                v = _mm512_add_ps(v, off + x + 16 <= rend ? _mm512_loadu_ps(j->res + off + x)
+                                                          : _mm512_maskz_loadu_ps(m, j->res + off + x));
+            if (m == 0xffff) _mm512_storeu_ps(j->out + off + x, v);
+            else _mm512_mask_storeu_ps(j->out + off + x, m, v);
         }
+        if (o + PFO < j->cv->cout) __builtin_prefetch(j->out + off + L - 1 + (ptrdiff_t)PFO * j->P, 1, 3);
+    }
 }
 
 /* Tile row ti of group g (images 16 g ..) on one thread, its panel at base. */
@@ -347,16 +368,7 @@ AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti)
     if (tw < 2 * nb)   /* the last block's second tile: no tile, zeros */
         for (int xi = 0; xi < XI; xi++)
             for (int c = 0; c < cin; c++) memset(pl.V + xi * xs + (ptrdiff_t)c * LW + 16 * tw, 0, sizeof(float) * 16);
-    /* the row's input of each image: rows y0 .. y1-1, contiguous; prefetched a channel ahead (the
-     * 16 images' streams, channels P floats apart, are more than the hardware prefetchers follow) */
-    const int y0 = 4 * ti - 1 < 0 ? 0 : 4 * ti - 1, y1 = 4 * ti + 5 > j->H ? j->H : 4 * ti + 5;
-    const ptrdiff_t rlen = (ptrdiff_t)(y1 - y0) * j->W;
     for (int c = 0; c < cin; c++) {
-        if (c + PF4 < cin)
-            for (int n = 0; n < ng; n++) {
-                const float *q = j->in + (ptrdiff_t)(c + PF4) * j->P + (n0 + n) * j->HW + (ptrdiff_t)y0 * j->W;
-                for (ptrdiff_t o = 0; o < rlen + 15; o += 16) _mm_prefetch((const char *)(q + o), PFH);
-            }
         pack_rows(pl.rows, j, c, n0, ng, 4 * ti - 1);
         for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, pl.rows + 4 * tj * G4, rs);
     }
@@ -364,22 +376,7 @@ AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti)
         const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
         rnvpi_winograd512_gemm(pl.M, mxs, LW, cv->wino4, XI, cout, cin, pl.V, xs, LW, nb, o0, mr);
         for (int r = 0; r < mr; r++) {
-            /* the next output channel's rows (out, and res when it is out), for writing */
-            const int on = o0 + r + 1;
-            const int z0 = 4 * ti, z1 = 4 * ti + 4 > j->H ? j->H : 4 * ti + 4;
-            if (on < cout)
-                for (int n = 0; n < ng; n++) {
-                    const ptrdiff_t q = (ptrdiff_t)on * j->P + (n0 + n) * j->HW + (ptrdiff_t)z0 * j->W;
-                    for (ptrdiff_t o = 0; o < (ptrdiff_t)(z1 - z0) * j->W + 15; o += 16) {
-                        if (j->res && j->res != j->out) _mm_prefetch((const char *)(j->res + q + o), PFH);
-#if PFW
-                        __builtin_prefetch(j->out + q + o, 1, 3);
-#else
-                        _mm_prefetch((const char *)(j->out + q + o), PFH);
-#endif
-                    }
-                }
-            output4_row(pl.S, pl.M, mxs, LW, r, tw, cv->b[o0 + r]);
+            output4_row(pl.S, pl.M, mxs, LW, r, tw, j->W, cv->b[o0 + r]);
             flush_rows(j, pl.S, o0 + r, n0, ng, 4 * ti);
         }
     }
@@ -412,8 +409,7 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
 #ifdef HAVE_W4
     struct w4_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .N = N, .H = H, .W = W,
                        .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
-    int Hp;
-    geometry(H, W, &j.th, &j.tw, &Hp, &j.Wp);
+    geometry(H, W, &j.th, &j.tw, &j.Wp);
     j.items = (N + G4 - 1) / G4 * j.th;
     j.grain = 1;
     atomic_init(&j.next, 0);
