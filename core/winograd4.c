@@ -136,17 +136,20 @@ struct w4_job {
 AVX512W static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
 {
     __m512 t[16], u[16];
+    #pragma GCC unroll 16
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
     /* u[4i+m], 128-bit lane L: rows 4i .. 4i+3 of column 4L + m */
+    #pragma GCC unroll 16
     for (int i = 0; i < 4; i++) {
         u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
         u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
         u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
         u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
     }
+    #pragma GCC unroll 16
     for (int m = 0; m < 4; m++) {
         const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd),
                      w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88),
@@ -181,6 +184,7 @@ AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, i
             const int nc = W - x0 < 16 ? W - x0 : 16;
             const __mmask16 cm = (__mmask16)((1u << nc) - 1);
             __m512 v[16];
+            #pragma GCC unroll 16
             for (int n = 0; n < 16; n++) {
                 if (n >= ng) {
                     v[n] = z;
@@ -228,6 +232,7 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
     const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f);
     __m512 e0[6], e1[6], e2[6];
 #define LD(r, k) _mm512_load_ps(s_ + (r) * rs + 16 * (k))
+    #pragma GCC unroll 16
     for (int r = 0; r < 6; r++) {
         const __m512 x0 = LD(r, 0), x1 = LD(r, 1), x2 = LD(r, 2), x3 = LD(r, 3), x4 = LD(r, 4);
         const __m512 a_ = _mm512_fnmadd_ps(four, x2, x4), b_ = _mm512_fnmadd_ps(four, x1, x3);
@@ -247,6 +252,7 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
         _mm512_store_ps(v + (30 + (jj)) * xs, y5);                                                   \
     }
     COL(e0, 0) COL(e1, 1) COL(e2, 2)
+    #pragma GCC unroll 16
     for (int r = 0; r < 6; r++) {
         const __m512 x1 = LD(r, 1), x2 = LD(r, 2), x3 = LD(r, 3), x4 = LD(r, 4), x5 = LD(r, 5);
         const __m512 c_ = _mm512_sub_ps(x4, x2), d_ = _mm512_sub_ps(x3, x1);
@@ -285,12 +291,9 @@ AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, 
     for (int k = 0; k < tw; k++) {
         const int tj = (first + k) % tw;
         const float *mp = M + r * ms + 16 * tj;   /* m[xi] at mp + xi mxs */
-        __m512 t0[6], t1[6], t2[6], t3[6];          /* A^T M: rows 0-3, columns 0-5 */
-#define LM(xi) _mm512_load_ps(mp + (xi) * mxs)
-        for (int c = 0; c < 6; c++)
-            AT_LINE(t0[c], t1[c], t2[c], t3[c], LM(c), LM(6 + c), LM(12 + c), LM(18 + c), LM(24 + c), LM(30 + c))
-#undef LM
         float *sp = S + 4 * tj;
+        __m512 ta[6], tb[6];   /* two rows of A^T M (AT_LINE's), columns 0-5: 12 registers, no spills */
+#define LM(xi) _mm512_load_ps(mp + (xi) * mxs)
 #define OUT_ROW(i, t)                                                                                   \
     {                                                                                                   \
         __m512 a, b_, c, d;   /* row i, columns 0-3, lanes = images */                                  \
@@ -322,7 +325,21 @@ AVX512W static inline __attribute__((always_inline)) void output4_row(float *S, 
         _mm_storeu_ps(q + 14 * W4, _mm512_extractf32x4_ps(w2, 3));                                      \
         _mm_storeu_ps(q + 15 * W4, _mm512_extractf32x4_ps(w3, 3));                                      \
     }
-        OUT_ROW(0, t0) OUT_ROW(1, t1) OUT_ROW(2, t2) OUT_ROW(3, t3)
+        #pragma GCC unroll 16
+        for (int c = 0; c < 6; c++) {   /* rows 0 and 2 */
+            const __m512 p_ = _mm512_add_ps(LM(6 + c), LM(12 + c)), s_ = _mm512_add_ps(LM(18 + c), LM(24 + c));
+            ta[c] = _mm512_add_ps(_mm512_add_ps(LM(c), p_), s_);
+            tb[c] = _mm512_fmadd_ps(four, s_, p_);
+        }
+        OUT_ROW(0, ta) OUT_ROW(2, tb)
+        #pragma GCC unroll 16
+        for (int c = 0; c < 6; c++) {   /* rows 1 and 3 */
+            const __m512 q_ = _mm512_sub_ps(LM(6 + c), LM(12 + c)), t_ = _mm512_sub_ps(LM(18 + c), LM(24 + c));
+            ta[c] = _mm512_fmadd_ps(two, t_, q_);
+            tb[c] = _mm512_add_ps(_mm512_fmadd_ps(eight, t_, q_), LM(30 + c));
+        }
+        OUT_ROW(1, ta) OUT_ROW(3, tb)
+#undef LM
 #undef OUT_ROW
     }
 }
