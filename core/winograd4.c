@@ -128,7 +128,10 @@ struct w4_job {
     ptrdiff_t P, HW;
     float *panel;             /* (threads, panel_floats) */
     size_t panel_floats;
-    int items, grain;         /* (group, tile row)s; items per claim */
+    int rows, groups;         /* (group, tile row)s in all; groups of 16 images */
+    int whole, parts;         /* the first `whole` rows are items; each of the others is `parts` items,
+                                 one per share of the output channels (so threads end together) */
+    int items;                /* whole + (rows - whole) parts */
     atomic_int next;          /* first item not yet claimed */
 };
 
@@ -374,7 +377,7 @@ AVX512W static inline __attribute__((always_inline)) void flush_rows(const struc
 }
 
 /* Tile row ti of group g (images 16 g ..) on one thread, its panel at base. */
-AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti)
+AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti, int oa, int ob)
 {
     const conv_i *cv = j->cv;
     const int cin = cv->cin, cout = cv->cout, tw = j->tw, nb = (tw + 1) / 2, LW = nb * 32;
@@ -389,8 +392,8 @@ AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti)
         pack_rows(pl.rows, j, c, n0, ng, 4 * ti - 1);
         for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, pl.rows + 4 * tj * G4, rs);
     }
-    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
-        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
+    for (int o0 = oa; o0 < ob; o0 += RNVPI_WINO_MR) {
+        const int mr = ob - o0 < RNVPI_WINO_MR ? ob - o0 : RNVPI_WINO_MR;
         rnvpi_winograd512_gemm(pl.M, mxs, LW, cv->wino4, XI, cout, cin, pl.V, xs, LW, nb, o0, mr);
         for (int r = 0; r < mr; r++) {
             output4_row(pl.S, pl.M, mxs, LW, r, tw, j->W, cv->b[o0 + r]);
@@ -405,17 +408,19 @@ static void w4_job_run(void *arg, int t, int nt)
     float *panel = align64(j->panel + (size_t)t * j->panel_floats);
     (void)nt;
     for (;;) {
-        const int i0 = atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
-        if (i0 >= j->items) break;
-        const int i1 = i0 + j->grain < j->items ? i0 + j->grain : j->items;
-        for (int i = i0; i < i1; i++) {
-            /* items in the order group 0 tile row 0, group 1 tile row 0, ...: neighbouring claims
-             * (the threads') apart in memory; one group: tile rows 0, h, 1, h+1, ... (h = th/2
-             * rounded up) */
-            const int groups = j->items / j->th, g = i % groups, k = i / groups, h = (j->th + 1) / 2;
-            const int ti = groups > 1 ? k : k % 2 ? h + k / 2 : k / 2;
-            row4(j, panel, g, ti);
-        }
+        const int i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= j->items) break;
+        /* row q = i, or share part of row q */
+        const int q = i < j->whole ? i : j->whole + (i - j->whole) / j->parts, part = i < j->whole ? 0 : (i - j->whole) % j->parts;
+        const int np = i < j->whole ? 1 : j->parts, cout = j->cv->cout;
+        /* rows in the order group 0 tile row 0, group 1 tile row 0, ...: neighbouring claims (the
+         * threads') apart in memory; one group: tile rows 0, h, 1, h+1, ... (h = th/2 rounded up) */
+        const int g = q % j->groups, k = q / j->groups, h = (j->th + 1) / 2;
+        const int ti = j->groups > 1 ? k : k % 2 ? h + k / 2 : k / 2;
+        /* the share: output channels in whole register blocks */
+        const int blocks = (cout + RNVPI_WINO_MR - 1) / RNVPI_WINO_MR;
+        const int oa = blocks * part / np * RNVPI_WINO_MR, ob = blocks * (part + 1) / np * RNVPI_WINO_MR;
+        if (oa < cout) row4(j, panel, g, ti, oa, ob < cout ? ob : cout);
     }
 }
 #endif
@@ -427,8 +432,14 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
     struct w4_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .N = N, .H = H, .W = W,
                        .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
     geometry(H, W, &j.th, &j.tw, &j.Wp);
-    j.items = (N + G4 - 1) / G4 * j.th;
-    j.grain = 1;
+    j.groups = (N + G4 - 1) / G4;
+    j.rows = j.groups * j.th;
+    /* rows left over after each thread took as many: split by output channels, each part transforming
+     * the row's input again (about a tenth of a row's work) */
+    const int threads = ws->panel ? rnvpi_tpool_size(ws->tp) : 1;
+    j.whole = j.rows - j.rows % threads;
+    j.parts = threads;
+    j.items = j.whole + (j.rows - j.whole) * threads;
     atomic_init(&j.next, 0);
     if (ws->panel) {
         j.panel = ws->panel;
