@@ -414,11 +414,12 @@ int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W);
  * rnvpi_winograd4_panel_floats(cin, W). in and out must not overlap. */
 void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                           const net_ws *ws, int N, int H, int W);
-/* The AVX-512 Winograd GEMMs (core/winograd.c): for each xi < nxi, M[xi] (RNVPI_WINO_MR, 32 nb) rows
- * 0..mr-1 = U[xi] (cout, cin) rows o0 .. o0+mr-1 times V[xi] (cin, 32 nb); M[xi][r] at
- * M + xi mxs + r ms, V[xi][c] at V + xi xs + c cs (64-byte aligned rows). */
+/* The AVX-512 Winograd GEMMs (core/winograd.c): for each xi < nxi, M[xi] (RNVPI_WINO_MR, 16 nh) rows
+ * 0..mr-1 = U[xi] (cout, cin) rows o0 .. o0+mr-1 times V[xi] (cin, 16 nh); M[xi][r] at
+ * M + xi mxs + r ms, V[xi][c] at V + xi xs + c cs (64-byte aligned rows); 32 lanes per step, an
+ * odd last 16 alone. */
 void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const float *U, int nxi, int cout, int cin,
-                            const float *V, ptrdiff_t xs, ptrdiff_t cs, int nb, int o0, int mr);
+                            const float *V, ptrdiff_t xs, ptrdiff_t cs, int nh, int o0, int mr);
 
 /* Floats of each workspace buffer a coupling needs for N images (SIZE_MAX: does not fit). */
 void rnvpi_coupling_ws_size(const coupling *c, int N, size_t *netin, size_t *feat, size_t *out,

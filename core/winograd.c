@@ -423,8 +423,8 @@ AVX2F static void output_block(float *out, const float *res, const float *M, con
 
 /* M rows 0..mr-1 (row r at M + r ms) = u (mr, cin) x v (cin, TB5) (row c at v + c cs), each value one
  * FMA chain over c. */
-AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, ptrdiff_t ms, const float *u, int cin,
-                                                                        const float *v, ptrdiff_t cs, int mr)
+AVX512W static inline __attribute__((always_inline)) void gemm5_kernel_nv(float *M, ptrdiff_t ms, const float *u, int cin,
+                                                                           const float *v, ptrdiff_t cs, int mr, int nv)
 {
     const __m512 z = _mm512_setzero_ps();
     __m512 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z, a41 = z, a50 = z,
@@ -434,12 +434,12 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
                 *w7 = u + 7 * (ptrdiff_t)cin;
     for (int c = 0; c < cin; c++) {
         const __m512 x0 = _mm512_load_ps(v + (ptrdiff_t)c * cs);
-        const __m512 x1 = _mm512_load_ps(v + (ptrdiff_t)c * cs + 16);
+        const __m512 x1 = nv > 1 ? _mm512_load_ps(v + (ptrdiff_t)c * cs + 16) : x0;
 #define STEPW(r)                                              \
     if (mr > r) {                                             \
         const __m512 wv = _mm512_set1_ps(w##r[c]);            \
         a##r##0 = _mm512_fmadd_ps(wv, x0, a##r##0);           \
-        a##r##1 = _mm512_fmadd_ps(wv, x1, a##r##1);           \
+        if (nv > 1) a##r##1 = _mm512_fmadd_ps(wv, x1, a##r##1); \
     }
         STEPW(0) STEPW(1) STEPW(2) STEPW(3) STEPW(4) STEPW(5) STEPW(6) STEPW(7)
 #undef STEPW
@@ -447,10 +447,15 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
 #define STOREW(r)                                        \
     if (mr > r) {                                        \
         _mm512_store_ps(M + r * ms, a##r##0);            \
-        _mm512_store_ps(M + r * ms + 16, a##r##1);       \
+        if (nv > 1) _mm512_store_ps(M + r * ms + 16, a##r##1); \
     }
     STOREW(0) STOREW(1) STOREW(2) STOREW(3) STOREW(4) STOREW(5) STOREW(6) STOREW(7)
 #undef STOREW
+}
+AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, ptrdiff_t ms, const float *u, int cin,
+                                                                        const float *v, ptrdiff_t cs, int mr)
+{
+    gemm5_kernel_nv(M, ms, u, cin, v, cs, mr, 2);
 }
 
 /* M (16, WMR5, TB5) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block. */
@@ -470,11 +475,17 @@ AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const
 {
     for (int xi = 0; xi < nxi; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
-        for (int p = 0; p < nb; p++) {
-            const float *v = V + (ptrdiff_t)xi * xs + p * TB5;
-            float *m = M + (ptrdiff_t)xi * mxs + p * TB5;
-            if (mr == WMR5) gemm5_kernel(m, ms, u, cin, v, cs, WMR5);
-            else gemm5_kernel(m, ms, u, cin, v, cs, mr);
+        for (int p = 0; p < nb; p += 2) {   /* nb counts 16-lane halves */
+            const float *v = V + (ptrdiff_t)xi * xs + p * 16;
+            float *m = M + (ptrdiff_t)xi * mxs + p * 16;
+            if (nb - p == 1) {
+                if (mr == WMR5) gemm5_kernel_nv(m, ms, u, cin, v, cs, WMR5, 1);
+                else gemm5_kernel_nv(m, ms, u, cin, v, cs, mr, 1);
+            } else if (mr == WMR5) {
+                gemm5_kernel(m, ms, u, cin, v, cs, WMR5);
+            } else {
+                gemm5_kernel(m, ms, u, cin, v, cs, mr);
+            }
         }
     }
 }
