@@ -63,7 +63,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
             size_t f = rnvpi_conv_panel_floats(v->cin, v->kh, v->kw), g = rnvpi_conv_guard_floats(v, cp->W);
             if (f > panel) panel = f;
             if (g > guard) guard = g;
-            if (wino4 && v->wino4 && rnvpi_winograd4_panel_floats(v->cin, cp->W) > panel)
+            if (wino4 && v->wino4 && max_batch >= 12 && rnvpi_winograd4_panel_floats(v->cin, cp->W) > panel)
                 panel = rnvpi_winograd4_panel_floats(v->cin, cp->W);
         }
     }

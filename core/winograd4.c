@@ -107,20 +107,14 @@ int rnvpi_winograd4_on(void)
     return rnvpi_winograd_kind() == RNVPI_WINO_AVX512 && !(e && !strcmp(e, "2x2"));
 }
 
-/* Image lanes where groups of 16 images leave at most a quarter of the lanes empty (N = 16, 12-16
- * of 16, 37-48 of 48); else tile lanes. */
-static int image_lanes(int N)
-{
-    const int lanes = (N + G4 - 1) / G4 * G4;
-    return N >= 12 && 4 * N >= 3 * lanes;
-}
-
 int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W)
 {
-    if (!cv->wino4 || H < 7 || W < 7) return 0;
-    if (image_lanes(N)) return 1;
-    /* tile lanes: at least a register of tiles */
-    return (long)N * ((H + 3) / 4) * ((W + 3) / 4) >= 16;
+    /* groups of 16 images: at most a quarter of the lanes empty (N = 16, 12-16 of 16, 37-48 of 48).
+     * Not for fewer images: with a register's lanes 16 tiles of one image instead (tried), the
+     * weights, 4 times the direct kernel's and read once per image at batch 1 (54 MB for the bench
+     * model), leave the caches and the whole model ran 0.78-0.90x the direct kernel at batches 1-8. */
+    const int lanes = (N + G4 - 1) / G4 * G4;
+    return cv->wino4 && N >= 12 && 4 * N >= 3 * lanes && H >= 7 && W >= 7;
 }
 
 #ifdef HAVE_W4
@@ -137,10 +131,7 @@ struct w4_job {
     ptrdiff_t P, HW;
     float *panel;             /* (threads, panel_floats) */
     size_t panel_floats;
-    int lanes;                /* 1: tile lanes (a register's lanes 16 tiles, a row a block of 32 of
-                                 them), 0: image lanes (16 images, a row one tile row of a group) */
-    ptrdiff_t T;              /* tiles in all: N th tw */
-    int rows, groups;         /* rows in all (image lanes: (group, tile row)s); groups of 16 images */
+    int rows, groups;         /* (group, tile row)s in all; groups of 16 images */
     int whole, parts;         /* the first `whole` rows are items; each of the others is `parts` items,
                                  one per share of the output channels (so threads end together) */
     int items;                /* whole + (rows - whole) parts */
@@ -424,154 +415,6 @@ AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti, int
     }
 }
 
-/* ---- Tile lanes (fewer images than image lanes fill): a register's 16 lanes are 16 consecutive
- * tiles of the N th tw (image-major); a block, two such slots. Each lane's 6x6 patch is gathered
- * row by row (8 floats a load) and transposed into the lanes; the outputs go straight to out. ---- */
-struct tlane {
-    ptrdiff_t in_off;    /* the patch's top-left in a channel's plane (negative at the top left) */
-    ptrdiff_t out_off;   /* the tile's top-left output */
-    int orows, ocols;    /* output rows, columns inside the image */
-};
-
-/* Lane l of a block: tile q's offsets, and per patch row r the columns (< 6) inside the image
- * (cols[r], 0 for a row outside). */
-static void tlane_info(struct tlane *L, __mmask8 *cols, ptrdiff_t q, int H, int W, int th, int tw)
-{
-    const ptrdiff_t per = (ptrdiff_t)th * tw, n = q / per;
-    const int rem = (int)(q % per), ti = rem / tw, tj = rem % tw, i0 = 4 * ti - 1, j0 = 4 * tj - 1;
-    L->in_off = n * H * W + (ptrdiff_t)i0 * W + j0;
-    L->out_off = n * H * W + (ptrdiff_t)(4 * ti) * W + 4 * tj;
-    unsigned cm = 0;
-    for (int x = 0; x < 6; x++)
-        if (j0 + x >= 0 && j0 + x < W) cm |= 1u << x;
-    for (int r = 0; r < 6; r++) cols[r * TB4] = i0 + r >= 0 && i0 + r < H ? (__mmask8)cm : 0;
-    L->orows = H - 4 * ti < 4 ? H - 4 * ti : 4;
-    L->ocols = W - 4 * tj < 4 ? W - 4 * tj : 4;
-}
-
-/* 8 floats of lane l's patch row at o (its columns cm inside the image; 0: a padding row): a plain
- * load inside the image and the buffer (masked loads are slow on AMD Zen), else masked. */
-AVX512W static inline __attribute__((always_inline)) __m256 lane_row(const float *in, ptrdiff_t o, ptrdiff_t end,
-                                                                      __mmask8 cm)
-{
-    if (cm == 0x3f && o + 8 <= end) return _mm256_loadu_ps(in + o);
-    if (!cm) return _mm256_setzero_ps();
-    for (int x = 0; x < 6; x++)
-        if (o + x < 0 || o + x >= end) cm &= (__mmask8)~(1u << x);
-    return _mm256_maskz_loadu_ps(cm, in + o);
-}
-
-/* R (6, 6, 16) of channel c for a slot's lanes (in_off, cols (6, TB4); lanes past the slot's tiles
- * have cols 0): R[r][x][l] = pre(in[c] at lane l's patch row r, column x) inside the image, 0 outside
- * it. Lanes l and l + 8 share a register (its halves), so an 8x8 transposition per half turns the
- * rows into columns. */
-AVX512W static void pack_tiles(float *R, const struct w4_job *j, int c, const struct tlane *L, const __mmask8 *cols)
-{
-    const ptrdiff_t cb = (ptrdiff_t)c * j->P, end = (ptrdiff_t)j->cv->cin * j->P;
-    const int W = j->W, affine = j->pre && j->pre->a, relu = j->pre != NULL;
-    const __m512 a16 = _mm512_set1_ps(affine ? j->pre->a[c] : 1.0f), s16 = _mm512_set1_ps(affine ? j->pre->s[c] : 0.0f);
-    const __m512 z = _mm512_setzero_ps();
-#pragma GCC unroll 1
-    for (int r = 0; r < 6; r++) {
-        const __mmask8 *cr = cols + r * TB4;
-        __m512 v[8];
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) {
-            const __m256 lo = lane_row(j->in, cb + L[k].in_off + (ptrdiff_t)r * W, end, cr[k]);
-            const __m256 hi = lane_row(j->in, cb + L[k + 8].in_off + (ptrdiff_t)r * W, end, cr[k + 8]);
-            const __mmask16 m = (__mmask16)(cr[k] | (unsigned)cr[k + 8] << 8);
-            __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
-            if (affine) x = _mm512_fmadd_ps(a16, x, s16);
-            v[k] = relu ? _mm512_maskz_max_ps(m, x, z) : _mm512_maskz_mov_ps(m, x);
-        }
-        /* u[m] (lanes 0-3, +8) and u[4 + m] (lanes 4-7, +8): 128-bit block b holds column 4 (b % 2) + m */
-        const __m512 t0 = _mm512_unpacklo_ps(v[0], v[1]), t1 = _mm512_unpackhi_ps(v[0], v[1]),
-                     t2 = _mm512_unpacklo_ps(v[2], v[3]), t3 = _mm512_unpackhi_ps(v[2], v[3]),
-                     t4 = _mm512_unpacklo_ps(v[4], v[5]), t5 = _mm512_unpackhi_ps(v[4], v[5]),
-                     t6 = _mm512_unpacklo_ps(v[6], v[7]), t7 = _mm512_unpackhi_ps(v[6], v[7]);
-        const __m512 u[8] = {_mm512_shuffle_ps(t0, t2, 0x44), _mm512_shuffle_ps(t0, t2, 0xee),
-                             _mm512_shuffle_ps(t1, t3, 0x44), _mm512_shuffle_ps(t1, t3, 0xee),
-                             _mm512_shuffle_ps(t4, t6, 0x44), _mm512_shuffle_ps(t4, t6, 0xee),
-                             _mm512_shuffle_ps(t5, t7, 0x44), _mm512_shuffle_ps(t5, t7, 0xee)};
-        float *d = R + r * 6 * G4;
-        /* column x = 4 h + m: lanes 0-3 u[m] block h, 4-7 u[4+m] block h, 8-11 u[m] block 2+h, 12-15
-         * u[4+m] block 2+h */
-#define COLX(x, m, imm)                                                                                 \
-        {                                                                                               \
-            const __m512 p_ = _mm512_shuffle_f32x4(u[m], u[4 + (m)], imm);                              \
-            _mm512_store_ps(d + (x) * G4, _mm512_shuffle_f32x4(p_, p_, 0xd8));                          \
-        }
-        COLX(0, 0, 0x88) COLX(1, 1, 0x88) COLX(2, 2, 0x88) COLX(3, 3, 0x88) COLX(4, 0, 0xdd) COLX(5, 1, 0xdd)
-#undef COLX
-    }
-}
-
-/* Block b of the tile lanes (tiles 32 b ..) on one thread, output channels oa .. ob-1. */
-AVX512W static void block_t(const struct w4_job *j, float *base, ptrdiff_t b, int oa, int ob)
-{
-    const conv_i *cv = j->cv;
-    const int cin = cv->cin, cout = cv->cout, W = j->W;
-    const ptrdiff_t xs = (ptrdiff_t)cin * TB4 + 16, mxs = (ptrdiff_t)RNVPI_WINO_MR * TB4 + 16;
-    float *R = base, *V = R + 6 * 6 * G4, *M = V + XI * xs;   /* within panel_layout's size */
-    struct tlane L[TB4];
-    __mmask8 cols[6 * TB4];   /* (6, TB4): lane l's columns inside the image in patch row r */
-    const ptrdiff_t q0 = b * TB4;
-    const int nt = j->T - q0 < TB4 ? (int)(j->T - q0) : TB4;
-    for (int l = 0; l < TB4; l++) {
-        if (l < nt) {
-            tlane_info(&L[l], cols + l, q0 + l, j->H, W, j->th, j->tw);
-        } else {   /* no tile: zeros */
-            L[l] = (struct tlane){0, 0, 0, 0};
-            for (int r = 0; r < 6; r++) cols[r * TB4 + l] = 0;
-        }
-    }
-    for (int c = 0; c < cin; c++)
-        for (int sl = 0; sl * 16 < nt; sl++) {
-            pack_tiles(R, j, c, L + 16 * sl, cols + 16 * sl);
-            tile_in4(V + (ptrdiff_t)c * TB4 + 16 * sl, xs, R, 6 * G4);
-        }
-    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
-    const ptrdiff_t rend = (ptrdiff_t)cout * j->P;
-    for (int o0 = oa; o0 < ob; o0 += RNVPI_WINO_MR) {
-        const int mr = ob - o0 < RNVPI_WINO_MR ? ob - o0 : RNVPI_WINO_MR;
-        rnvpi_winograd512_gemm(M, mxs, TB4, cv->wino4, XI, cout, cin, V, xs, TB4, (nt + 15) / 16, o0, mr);
-        for (int r = 0; r < mr; r++) {
-            const __m512 bias = _mm512_set1_ps(cv->b[o0 + r]);
-            const ptrdiff_t ob_ = (ptrdiff_t)(o0 + r) * j->P;
-            for (int sl = 0; sl * 16 < nt; sl++) {
-                const struct tlane *Ls = L + 16 * sl;
-                const int nl = nt - 16 * sl < 16 ? nt - 16 * sl : 16;
-                const float *mp = M + r * TB4 + 16 * sl;
-#define PUT_L(w, l, m, i)                                                                               \
-    if (4 * (l) + (m) < nl && (i) < Ls[4 * (l) + (m)].orows) {                                          \
-        const struct tlane *t_ = &Ls[4 * (l) + (m)];                                                    \
-        const ptrdiff_t off_ = ob_ + t_->out_off + (ptrdiff_t)(i) * W;                                  \
-        __m128 x_ = _mm512_extractf32x4_ps(w, l);                                                       \
-        if (t_->ocols == 4) {                                                                           \
-            if (j->res) x_ = _mm_add_ps(x_, _mm_loadu_ps(j->res + off_));                               \
-            _mm_storeu_ps(j->out + off_, x_);                                                           \
-        } else {                                                                                        \
-            const __mmask8 cm_ = (__mmask8)((1u << t_->ocols) - 1);                                     \
-            if (j->res) x_ = _mm_add_ps(x_, _mm_maskz_loadu_ps(cm_, j->res + off_));                    \
-            _mm_mask_storeu_ps(j->out + off_, cm_, x_);                                                 \
-        }                                                                                               \
-    }
-#define TO_LANES(i, w0, w1, w2, w3)                                                                     \
-    {                                                                                                   \
-        PUT_L(w0, 0, 0, i) PUT_L(w1, 0, 1, i) PUT_L(w2, 0, 2, i) PUT_L(w3, 0, 3, i)                     \
-        PUT_L(w0, 1, 0, i) PUT_L(w1, 1, 1, i) PUT_L(w2, 1, 2, i) PUT_L(w3, 1, 3, i)                     \
-        PUT_L(w0, 2, 0, i) PUT_L(w1, 2, 1, i) PUT_L(w2, 2, 2, i) PUT_L(w3, 2, 3, i)                     \
-        PUT_L(w0, 3, 0, i) PUT_L(w1, 3, 1, i) PUT_L(w2, 3, 2, i) PUT_L(w3, 3, 3, i)                     \
-    }
-                OUT_TILE(mp, mxs, TO_LANES)
-#undef TO_LANES
-#undef PUT_L
-            }
-        }
-    }
-    (void)rend;
-}
-
 static void w4_job_run(void *arg, int t, int nt)
 {
     struct w4_job *j = arg;
@@ -590,9 +433,7 @@ static void w4_job_run(void *arg, int t, int nt)
         /* the share: output channels in whole register blocks */
         const int blocks = (cout + RNVPI_WINO_MR - 1) / RNVPI_WINO_MR;
         const int oa = blocks * part / np * RNVPI_WINO_MR, ob = blocks * (part + 1) / np * RNVPI_WINO_MR;
-        if (oa >= cout) continue;
-        if (j->lanes) block_t(j, panel, q, oa, ob < cout ? ob : cout);
-        else row4(j, panel, g, ti, oa, ob < cout ? ob : cout);
+        if (oa < cout) row4(j, panel, g, ti, oa, ob < cout ? ob : cout);
     }
 }
 #endif
@@ -605,9 +446,7 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
                        .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
     geometry(H, W, &j.th, &j.tw, &j.Wp);
     j.groups = (N + G4 - 1) / G4;
-    j.T = (ptrdiff_t)N * j.th * j.tw;
-    j.lanes = !image_lanes(N);
-    j.rows = j.lanes ? (int)((j.T + TB4 - 1) / TB4) : j.groups * j.th;
+    j.rows = j.groups * j.th;
     /* rows left over after each thread took as many: split by output channels, each part transforming
      * the row's input again (about a tenth of a row's work) */
     const int threads = ws->panel ? rnvpi_tpool_size(ws->tp) : 1;

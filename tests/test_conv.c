@@ -334,8 +334,7 @@ END_TEST
 /* Winograd F(4x4,3x3) (AVX-512 CPUs; 16 images per register): against the float64 reference on one
  * and two threads with NaN-filled panels, over a partial last group of images, partial tiles at the
  * right and bottom borders, several column chunks per row, a tile row shared out by output channels,
- * and each pre and residual; and with fewer images, tile lanes (tiles across images, partial slots
- * and blocks). Its rounding
+ * and each pre and residual. Its rounding
  * error is several times F(2x2)'s (the transforms' coefficients reach 5 and 8): bounded at 2e-6 of
  * sum |terms| (measured 2.8e-7, F(2x2) 3.4e-8; a wrong transform coefficient gives errors of order 1). */
 static const struct wshape w4shapes[] = {
@@ -343,11 +342,6 @@ static const struct wshape w4shapes[] = {
     {64, 64, 20, 14, 14, 2, 0},  /* a second group of 4 images, tiles 2 wide at the border */
     {40, 33, 13, 7, 7, 1, 1},    /* one partial group, 2x2 tiles (the outer ones 3 wide), cout % 8 != 0 */
     {40, 32, 16, 9, 7, 2, 1},    /* 3 tile rows: on 2 threads the third split by output channels (16 + 24) */
-    /* tile lanes (fewer images): a register's lanes 16 tiles, blocks of 32 */
-    {32, 32, 1, 28, 28, 2, 1},   /* one image: 49 tiles, 2 blocks (the second 17 tiles) */
-    {64, 64, 1, 14, 14, 2, 0},   /* 16 tiles: one block, one slot, split by output channels */
-    {40, 33, 3, 9, 13, 1, 1},    /* 36 tiles across images, partial tiles at both borders */
-    {32, 48, 2, 7, 7, 0, 0},     /* 8 tiles: half a slot */
     {32, 48, 17, 9, 13, 0, 0},   /* odd H and W, an even number of tiles per row */
     {36, 32, 16, 6, 21, 2, 1},   /* two column chunks per packed row, an odd number of tiles per row */
 };
