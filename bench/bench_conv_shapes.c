@@ -1,5 +1,6 @@
 /* bench_conv_shapes.c: one 3x3 convolution at a time, the direct kernel against Winograd F(2x2,3x3)
- * (core/winograd.c), on the layer shapes of the shipped and the 1 GFLOP/image models; interleaved
+ * (core/winograd.c) and, on AVX-512 CPUs from 12 images on, F(4x4,3x3) (core/winograd4.c), on the
+ * layer shapes of the shipped and the 1 GFLOP/image models; interleaved
  * rounds, medians, 2 threads; the data behind rnvpi_winograd_wins (AVX2: the AVX2 kernels) and
  * rnvpi_winograd512_wins (AVX-512: its direct kernel against the AVX-512 Winograd; and the direct
  * kernel's bf16 variant where the CPU has AVX512_BF16). Leaves out whole flows (bench_core.c). Not in the
@@ -63,8 +64,9 @@ int main(int argc, char **argv)
     tpool *tp = threads > 1 ? rnvpi_tpool_create(threads) : NULL;
     const int avx512 = rnvpi_conv_direct_available() && rnvpi_winograd512_available(), bf16 = rnvpi_bf16_available();
     if (avx512)
-        printf("| cin | cout | HxW | N | pre/res | avx512 direct ms | winograd ms | direct / winograd |%s\n"
-               "|---:|---:|---|---:|---|---:|---:|---:|%s\n",
+        printf("| cin | cout | HxW | N | pre/res | avx512 direct ms | winograd ms | direct / winograd | F(4x4) ms | "
+               "direct / F(4x4) |%s\n"
+               "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|%s\n",
                bf16 ? " direct bf16 ms | direct / bf16 |" : "", bf16 ? "---:|---:|" : "");
     else
         printf("| cin | cout | HxW | N | pre/res | avx2 direct ms | winograd ms | direct / winograd |\n"
@@ -74,7 +76,7 @@ int main(int argc, char **argv)
         const struct shp *sh = &shapes[si];
         const size_t P = (size_t)sh->N * sh->H * sh->W;
         float *w = malloc(sizeof(float) * sh->cout * sh->cin * 9), *b = malloc(sizeof(float) * sh->cout);
-        float *u = malloc(sizeof(float) * 16 * sh->cout * sh->cin);
+        float *u = malloc(sizeof(float) * 16 * sh->cout * sh->cin), *u4 = malloc(sizeof(float) * 36 * sh->cout * sh->cin);
         uint32_t *ub = malloc(sizeof(uint32_t) * sh->cout * ((sh->cin * 9 + 1) / 2));
         float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
         /* the input between guard zones of zeros, as in a context (the AVX-512 direct kernel's
@@ -89,10 +91,14 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sh->cin * P; i++) in[i] = (float)(rnvpi_uniform(&rs) - 0.5);
         memset(out, 0, sizeof(float) * sh->cout * P);
         rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
+        rnvpi_winograd4_weights(u4, w, sh->cout, sh->cin);
         rnvpi_bf16_pairs(ub, w, sh->cout, sh->cin * 9);
         conv_i cw = {sh->cout, sh->cin, 3, 3, w, b, u, NULL, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, ub, NULL};
+        conv_i c4 = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL, u4};
         affine_i pa = {sh->cin, a, s};
-        const size_t pf = (rnvpi_conv_panel_floats(sh->cin, 3, 3) + 15) / 16 * 16;
+        size_t pf = rnvpi_conv_panel_floats(sh->cin, 3, 3);
+        if (rnvpi_winograd4_panel_floats(sh->cin, sh->W) > pf) pf = rnvpi_winograd4_panel_floats(sh->cin, sh->W);
+        pf = (pf + 15) / 16 * 16;
         float *panel = aligned_alloc(64, sizeof(float) * pf * (threads > 1 ? threads : 1));
         /* AVX-512: direct (cd) with RNVPI_CONV_AVX512 (bf16: its bf16 variant), Winograd (cw) with
          * RNVPI_CONV_WINOGRAD and the AVX-512 Winograd kernels; AVX2: RNVPI_CONV_WINOGRAD for both
@@ -101,25 +107,31 @@ int main(int argc, char **argv)
                      .direct = avx512 ? RNVPI_CONV_AVX512 : RNVPI_CONV_WINOGRAD, .wino_kind = RNVPI_WINO_OFF};
         net_ws ww = {.tp = tp, .panel = panel, .panel_floats = pf, .guard = guard, .direct = RNVPI_CONV_WINOGRAD,
                      .wino_kind = avx512 ? RNVPI_WINO_AVX512 : RNVPI_WINO_AVX2};
-        net_ws wb = wd;
+        net_ws wb = wd, w4 = wd;
         wb.bf16 = 1;
-        if (!tp) wd.col = ww.col = wb.col = panel, wd.panel = ww.panel = wb.panel = NULL;
-        double td[64], tw[64], tb[64];
+        w4.wino4 = 1;
+        if (!tp) wd.col = ww.col = wb.col = w4.col = panel, wd.panel = ww.panel = wb.panel = w4.panel = NULL;
+        const int f4 = avx512 && rnvpi_winograd4_wins(&c4, sh->N, sh->H, sh->W);
+        double td[64], tw[64], tb[64], t4[64];
         for (int r = 0; r < rounds && r < 64; r++) {   /* interleaved: direct, winograd, (bf16), ... */
             td[r] = time_conv(out, in, &cd, sh->pre ? &pa : NULL, &wd, sh->N, sh->H, sh->W, sh->acc);
             tw[r] = time_conv(out, in, &cw, sh->pre ? &pa : NULL, &ww, sh->N, sh->H, sh->W, sh->acc);
             tb[r] = bf16 ? time_conv(out, in, &cd, sh->pre ? &pa : NULL, &wb, sh->N, sh->H, sh->W, sh->acc) : 0;
+            t4[r] = f4 ? time_conv(out, in, &c4, sh->pre ? &pa : NULL, &w4, sh->N, sh->H, sh->W, sh->acc) : 0;
         }
         qsort(td, (size_t)rounds, sizeof(double), cmpd);
         qsort(tw, (size_t)rounds, sizeof(double), cmpd);
         qsort(tb, (size_t)rounds, sizeof(double), cmpd);
-        const double md = td[rounds / 2], mw = tw[rounds / 2], mb = tb[rounds / 2];
+        qsort(t4, (size_t)rounds, sizeof(double), cmpd);
+        const double md = td[rounds / 2], mw = tw[rounds / 2], mb = tb[rounds / 2], m4 = t4[rounds / 2];
         printf("| %d | %d | %dx%d | %d | %s | %.4f | %.4f | %.2f |", sh->cin, sh->cout, sh->H, sh->W, sh->N,
                sh->pre ? (sh->acc ? "bn+relu, res" : "bn+relu") : "-", 1e3 * md, 1e3 * mw, md / mw);
+        if (avx512 && f4) printf(" %.4f | %.2f |", 1e3 * m4, md / m4);
+        else if (avx512) printf(" - | - |");
         if (avx512 && bf16) printf(" %.4f | %.2f |", 1e3 * mb, md / mb);
         printf("\n");
         fflush(stdout);
-        free(w); free(b); free(u); free(ub); free(a); free(s); free(inb); free(out); free(panel);
+        free(w); free(b); free(u); free(u4); free(ub); free(a); free(s); free(inb); free(out); free(panel);
     }
     rnvpi_tpool_free(tp);
     return 0;
