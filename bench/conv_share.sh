@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # conv_share.sh: where bench_core's CPU time goes, from perf samples: the convolutions (functions
-# of core/conv.c and core/winograd.c, and OpenBLAS), the thread pool and the kernel (core/tpool.c,
-# futex waits, page faults) and the rest of the flow (the couplings' element-wise passes, squeeze,
-# split, the prior, libm). Needs perf (Debian: linux-perf); leaves out timing itself (bench_core / run_core_bench.sh).
+# of core/conv.c, core/winograd.c and core/winograd4.c, and OpenBLAS), the thread pool and the
+# kernel (core/tpool.c, futex waits, page faults) and the rest of the flow (the couplings'
+# element-wise passes, squeeze, split, the prior, libm). Needs perf (Debian: linux-perf); leaves
+# out timing itself (bench_core / run_core_bench.sh).
 #
 #   bench/conv_share.sh                        # the 1 GFLOP model, log_prob, batches 1,16,64
 #   MODEL=models/fashion-mnist/model.safetensors OPS=log_prob,sample bench/conv_share.sh
@@ -22,7 +23,7 @@ make -s bin/bench_core
 [ -f "$MODEL" ] || { echo "conv_share.sh: $MODEL is missing (bench/run_core_bench.sh writes it)" >&2; exit 1; }
 
 # the functions each group is made of, from the objects' symbol tables (static ones included)
-nm build/core/conv.o build/core/winograd.o | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$OUT/conv_share.conv"
+nm build/core/conv.o build/core/winograd.o build/core/winograd4.o | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$OUT/conv_share.conv"
 nm build/core/tpool.o | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$OUT/conv_share.pool"
 
 echo "| op | batch | convolutions | thread pool and kernel | rest of the flow | samples |"

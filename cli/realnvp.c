@@ -314,6 +314,8 @@ static int cmd_info(int argc, char **argv)
     }
     printf("parameters   %zu in %d tensors (%.2f MB as float32)\n", np, rnvp_model_num_tensors(m),
            np * 4.0 / 1e6);
+    printf("memory       %.2f MB loaded (the parameters and the inference weights derived from them)\n",
+           rnvp_model_bytes(m) / 1e6);
     double fl = rnvp_model_flops(m);
     printf("FLOPs/image  %.4g (%.1f MFLOP, forward)\n", fl, fl / 1e6);
     int nm = rnvp_model_num_metadata(m);

@@ -628,6 +628,7 @@ const rnvp_tensor *rnvp_model_tensor(const rnvp_model *m, int i)
     return i >= 0 && i < m->ntensors ? &m->tensors[i] : NULL;
 }
 size_t rnvp_model_num_params(const rnvp_model *m) { return m->nparams; }
+size_t rnvp_model_bytes(const rnvp_model *m) { return sz_mul(sz_add(m->nparams, m->ninfer), sizeof(float)); }
 int rnvp_model_num_metadata(const rnvp_model *m) { return m->nmeta; }
 const char *rnvp_model_metadata_key(const rnvp_model *m, int i)
 {

@@ -1,6 +1,6 @@
 /* winograd4.c: Winograd F(4x4,3x3) for the 3x3 stride-1 "same" convolutions of 32 or more channels
  * in and out, at inference on AVX-512 CPUs in fp32, sixteen images to a register. Leaves out
- * training, AVX2, bf16, batches of fewer than 16 images (winograd.c and conv.c serve those) and
+ * training, AVX2, bf16, batches of fewer than 12 images (winograd.c and conv.c serve those) and
  * the kernel choice (conv.c).
  *
  * Per output channel k and 4x4 output tile: Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A with
@@ -11,14 +11,14 @@
  * input channel it transposes pre(in) (the batch norm + ReLU before the convolution) of the row's
  * 6 input rows into (6, Wp, 16) with zero borders (one 16x16 transposition per 16 columns, in L1)
  * and transforms the row's tiles from there into V (36, cin, lanes); then per 8 output channels the
- * 36 GEMMs (the AVX-512 kernel of winograd.c) and the output transform, each tile's 4 rows
- * transposed out of the lanes (a 4x4 transposition per 128-bit lane) into a staging row buffer, from
- * which whole image rows go to out (+ bias, + residual).
+ * 36 GEMMs (the AVX-512 kernel of winograd.c) and the output transform (+ bias), each tile's 4 rows
+ * transposed out of the lanes (a 4x4 transposition per 128-bit lane) into a staging buffer laid out
+ * as out (image, 4 rows, W), from which each image's rows go to out (+ residual) as one run.
  *
- * Accuracy: the transform points 0, +-1, +-2 make each output's rounding error a few times that of
- * F(2x2,3x3) (rms about 1.4e-6 of the output's scale on random 64-channel layers in float32, against
- * 2.3e-7 for F(2x2) and 1.4e-7 for the direct sum); tests/test_conv.c bounds it against float64,
- * docs/benchmarks.md gives the whole model's error. An image's result does not depend on the
+ * Accuracy: the transform points 0, +-1, +-2 make each output's rounding error several times that
+ * of F(2x2,3x3) (rms about 1.4e-6 of the output's scale on random 64-channel layers in float32,
+ * against 2.3e-7 for F(2x2) and 1.4e-7 for the direct sum); tests/test_conv.c bounds it against
+ * float64, docs/benchmarks.md gives the whole model's error. An image's result does not depend on the
  * batch, the group or the thread: lanes never mix. */
 #include "internal.h"
 #include "tpool.h"
@@ -37,13 +37,8 @@
 #define G4 16    /* images per group: the lanes of one register */
 #define TB4 32   /* lanes per block: two tiles of one group */
 #define XI 36    /* positions of a transformed tile */
-#ifndef PF4
 #define PF4 2    /* input channels the packing's prefetches run ahead */
-#endif
-#ifndef PFO
 #define PFO 2    /* output channels the output's prefetches run ahead */
-#endif
-
 
 void rnvpi_winograd4_weights(float *u, const float *w, int cout, int cin)
 {

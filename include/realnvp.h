@@ -149,6 +149,10 @@ rnvp_latent_part rnvp_model_latent_part(const rnvp_model *m, int s);
 int rnvp_model_num_tensors(const rnvp_model *m);
 const rnvp_tensor *rnvp_model_tensor(const rnvp_model *m, int i);   /* NULL if out of range */
 size_t rnvp_model_num_params(const rnvp_model *m);
+/* Bytes the model holds: its parameters and the inference weights derived from them at load (the
+ * folded convolutions; Winograd transforms, on AVX-512 CPUs also F(4x4)'s, 4 times a convolution's
+ * weights; bf16 copies), tables and metadata not counted. */
+size_t rnvp_model_bytes(const rnvp_model *m);
 /* Checkpoint metadata (all values are strings). rnvp_model_metadata returns NULL if absent. */
 int rnvp_model_num_metadata(const rnvp_model *m);
 const char *rnvp_model_metadata_key(const rnvp_model *m, int i);
@@ -176,7 +180,8 @@ size_t rnvp_ctx_bytes(const rnvp_ctx *ctx);   /* workspace size */
  * size_t (every sum and product is checked). The model keeps ownership of everything. */
 size_t rnvp_ctx_workspace_bytes(const rnvp_model *m, int max_batch);
 /* The context's convolution kernel ("avx512-direct+winograd", the AVX-512 default, or
- * "avx2-direct+winograd", the AVX2 one: Winograd F(2x2,3x3) on the 3x3 layers where it wins, the
+ * "avx2-direct+winograd", the AVX2 one: Winograd F(2x2,3x3) on the 3x3 layers where it wins, on
+ * AVX-512 F(4x4,3x3) for batches of 12 or more images (REALNVP_WINOGRAD=2x2: F(2x2) alone), the
  * direct kernel elsewhere; "avx512-direct-bf16" at precision bf16; "avx512-direct" with
  * REALNVP_WINOGRAD=off; "avx2-direct", "winograd" or "openblas"; the
  * environment variable REALNVP_CONV=blas, avx2, winograd or avx512 overrides the CPU's choice) and

@@ -193,8 +193,9 @@ static srv_model *model_build(srv_repo *r, srv_entry *e, const disk_version *dv,
         return NULL;
     }
     m->workspace = ws;
-    /* parameters, the context's workspace and the queue's batch buffers (B x D x 10 bytes) */
-    m->bytes = rnvp_model_num_params(m->model) * sizeof(float) + ws + (size_t)r->o.max_batch * (size_t)m->D * 10;
+    /* the model (parameters and derived weights), the context's workspace and the queue's batch
+     * buffers (B x D x 10 bytes) */
+    m->bytes = rnvp_model_bytes(m->model) + ws + (size_t)r->o.max_batch * (size_t)m->D * 10;
     long long before = atomic_fetch_add(&r->model_bytes, (long long)m->bytes);
     if (before + (long long)m->bytes > r->o.model_memory) {
         atomic_fetch_sub(&r->model_bytes, (long long)m->bytes);
