@@ -625,6 +625,15 @@ START_TEST(shipped_model_winograd4_agrees)
         ck_assert_msg(r <= 1e-6, "image %d: F(2x2) %.9g F(4x4) %.9g", i, lp1[i], lp2[i]);
     }
     ck_assert_msg(differ > 0, "the F(4x4) context gave F(2x2)'s bits on every image: was its kernel used?");
+    /* the model's memory counts F(4x4)'s weights: 36 floats per input-output channel pair of each
+     * 32-channel 3x3 layer (all the block convolutions: 16 couplings x 2 blocks x 2) */
+    rnvp_model *m2 = NULL;
+    setenv("REALNVP_WINOGRAD", "2x2", 1);
+    ck_assert(rnvp_model_load(&m2, "models/fashion-mnist/model.safetensors", &e) == RNVP_OK);
+    unsetenv("REALNVP_WINOGRAD");
+    ck_assert(rnvp_model_bytes(m2) >= rnvp_model_num_params(m2) * sizeof(float));
+    ck_assert_uint_eq(rnvp_model_bytes(m) - rnvp_model_bytes(m2), (size_t)16 * 2 * 2 * 36 * 32 * 32 * sizeof(float));
+    rnvp_model_free(m2);
     for (int i = 0; i < n * D; i++) {
         const double d = fabs(z1[i] - z2[i]) / (1 + fabs(z1[i]));
         if (!(d <= zw)) zw = d;
