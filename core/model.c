@@ -226,10 +226,6 @@ static void default_kernel(const rnvp_config *cfg, int K, int conv, int *kh, int
  * first coupling convolutions, of the image's 1-12 channels, stay float32 throughout). */
 #define BF16_MIN_CIN 16
 
-/* Floats of a convolution's derived weights in the infer block beyond w and b: the Winograd ones
- * (16, cout, cin) of a 3x3 convolution, the F(4x4) ones (36, cout, cin) where has_wino4 and, when
- * bf16, the bf16 pairs of w (a float per word). At most 16/9 + 4 + 1/2 of its weights: the sum
- * stays below 8 nparams, which fits in size_t; calloc checks the bytes. */
 /* F(4x4) weights where an fp32 AVX-512 context may use them (rnvpi_winograd4_on): 4 times the
  * convolution's weights (the 1 GFLOP bench model: 54 MB more) */
 static int has_wino4(const conv_p *p)
@@ -238,6 +234,9 @@ static int has_wino4(const conv_p *p)
            rnvpi_winograd4_on();
 }
 
+/* Floats of a convolution's derived weights in the infer block beyond w and b: the Winograd ones
+ * (16, cout, cin) of a 3x3 convolution, the F(4x4) ones (36, cout, cin) where has_wino4 and, when
+ * bf16, the bf16 pairs of w (a float per word). At most 16/9 + 4 + 1/2 of its weights. */
 static size_t extra_floats(const conv_p *p, int bf16)
 {
     const int wino = p->kh == 3 && p->kw == 3;
