@@ -355,8 +355,9 @@ static const char help_log_prob[] =
     "  --json         JSON lines instead of the table\n"
     "  --batch N      images per batch through one context (1..4096, default 16)\n"
     "  --threads N    BLAS threads\n"
-    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                 docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; less exact, faster\n"
+    "                 below 12 images a batch: docs/benchmarks.md#bf16); also\n"
+    "                 REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct lp_opts {
@@ -493,8 +494,9 @@ static const char help_encode[] =
     "Options:\n"
     "  --model MODEL  the checkpoint (required)\n"
     "  --threads N    BLAS threads\n"
-    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                 docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "  --precision P  fp32 (default) or bf16 (AVX512_BF16 CPUs; less exact, faster\n"
+    "                 below 12 images a batch: docs/benchmarks.md#bf16); also\n"
+    "                 REALNVP_PRECISION\n"
     "  -h, --help     this text\n";
 
 typedef struct model_opt {
@@ -640,8 +642,9 @@ static const char help_decode[] =
     "  -o, --output OUT.png  the PNG to write (required)\n"
     "  --cols C              grid columns for several images (default: about the square root)\n"
     "  --threads N           BLAS threads\n"
-    "  --precision P         fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                        docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "  --precision P         fp32 (default) or bf16 (AVX512_BF16 CPUs; less exact, faster\n"
+    "                        below 12 images a batch: docs/benchmarks.md#bf16); also\n"
+    "                        REALNVP_PRECISION\n"
     "  -h, --help            this text\n";
 
 typedef struct out_opts {
@@ -811,8 +814,9 @@ static const char help_sample[] =
     "  --seed S               seed (0..2^64-1, default 1)\n"
     "  --cols C               grid columns (default: about the square root of N)\n"
     "  --threads N            BLAS threads\n"
-    "  --precision P          fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                         docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "  --precision P          fp32 (default) or bf16 (AVX512_BF16 CPUs; less exact, faster\n"
+    "                         below 12 images a batch: docs/benchmarks.md#bf16); also\n"
+    "                         REALNVP_PRECISION\n"
     "  -h, --help             this text\n";
 
 static int sample_opt(void *st, int argc, char **argv, int *i)
@@ -887,8 +891,9 @@ static const char help_interpolate[] =
     "  --mode M                linear (default) or spherical\n"
     "  --cols C                columns (default: N, one row)\n"
     "  --threads N             BLAS threads\n"
-    "  --precision P           fp32 (default) or bf16 (AVX512_BF16 CPUs; faster, less exact:\n"
-    "                          docs/benchmarks.md#bf16); also REALNVP_PRECISION\n"
+    "  --precision P           fp32 (default) or bf16 (AVX512_BF16 CPUs; less exact, faster\n"
+    "                          below 12 images a batch: docs/benchmarks.md#bf16); also\n"
+    "                          REALNVP_PRECISION\n"
     "  -h, --help              this text\n";
 
 typedef struct interp_opts {

@@ -44,7 +44,7 @@ static const opt opts[] = {
     {"--model-name", "REALNVP_MODEL_NAME", "NAME", T_STR, &o.model_name, 0, 0,
      "with --model: the model's name in paths and replies (default: metadata name, else the file or directory name)"},
     {"--precision", "REALNVP_PRECISION", "P", T_STR, &o.precision, 0, 0,
-     "fp32 (the reference) or bf16 (AVX512_BF16 CPUs only, refused elsewhere; faster, less exact: docs/benchmarks.md#bf16)"},
+     "fp32 (the reference) or bf16 (AVX512_BF16 CPUs only, refused elsewhere; less exact, faster below 12 images a batch: docs/benchmarks.md#bf16)"},
     {"--host", "REALNVP_HOST", "ADDR", T_STR, &o.host, 0, 0, "address to listen on (0.0.0.0: all interfaces)"},
     {"--port", "REALNVP_PORT", "N", T_INT, &o.port, 0, 65535, "TCP port (0: any free port, printed at startup)"},
     {"--http-threads", "REALNVP_HTTP_THREADS", "N", T_INT, &o.http_threads, 1, 256, "libmicrohttpd thread pool size"},
