@@ -238,26 +238,76 @@ static const struct wshape wshapes[] = {
 
 static double wino_worst_err = 0, wino_worst_rel = 0, direct_worst_err = 0, wino_direct_diff = 0;
 
+/* One random case of a 3x3 shape: weights and bias in [-1, 1], the batch norm's map (a, s), the
+ * input, out = out0 (the residual's values) and ref, the float64 result (conv_ref). */
+struct wcase {
+    int K, P;
+    float *w, *b, *a, *s, *in, *out, *out0;
+    double *ref;
+    affine_i pa, pr;
+    const affine_i *pre;
+};
+
+static void wcase_init(struct wcase *c, const struct wshape *sh)
+{
+    c->K = sh->cin * 9;
+    c->P = sh->N * sh->H * sh->W;
+    const size_t no = (size_t)sh->cout * c->P;
+    c->w = malloc(sizeof(float) * (size_t)sh->cout * c->K);
+    c->b = malloc(sizeof(float) * sh->cout);
+    c->a = malloc(sizeof(float) * sh->cin);
+    c->s = malloc(sizeof(float) * sh->cin);
+    c->in = malloc(sizeof(float) * (size_t)sh->cin * c->P);
+    c->out = malloc(sizeof(float) * no);
+    c->out0 = malloc(sizeof(float) * no);
+    c->ref = malloc(sizeof(double) * no);
+    for (int i = 0; i < sh->cout * c->K; i++) c->w[i] = frand();
+    for (int i = 0; i < sh->cout; i++) c->b[i] = frand();
+    for (int i = 0; i < sh->cin; i++) c->a[i] = 1 + 0.5f * frand(), c->s[i] = 0.3f * frand();
+    for (size_t i = 0; i < (size_t)sh->cin * c->P; i++) c->in[i] = frand();
+    for (size_t i = 0; i < no; i++) c->out0[i] = c->out[i] = frand();
+    c->pa = (affine_i){sh->cin, c->a, c->s};
+    c->pr = (affine_i){sh->cin, NULL, NULL};
+    c->pre = sh->pre == 2 ? &c->pa : sh->pre == 1 ? &c->pr : NULL;
+    const conv_i cv = {sh->cout, sh->cin, 3, 3, c->w, c->b, NULL, NULL, NULL};
+    conv_ref(c->ref, c->out0, c->in, &cv, c->pre, sh->N, sh->H, sh->W, sh->acc);
+}
+
+static void wcase_free(struct wcase *c)
+{
+    free(c->w); free(c->b); free(c->a); free(c->s); free(c->in); free(c->out); free(c->out0); free(c->ref);
+}
+
+/* out's error against ref: the largest relative to its output's sum |terms| (a float rounding
+ * bound, not cancellation; NaN counts as infinite) into *worst, and max |out - ref| / max |ref|
+ * into *rel. */
+static void wcase_error(const struct wcase *c, const float *out, int cout, double *worst, double *rel)
+{
+    double wst = 0, maxref = 0, maxabs = 0;
+    for (int o = 0; o < cout; o++) {
+        const double scale = fabs(c->b[o]) + (double)c->K * 1.6;   /* |w| <= 1, |pre(x)| <= 1.6 */
+        for (int p = 0; p < c->P; p++) {
+            const size_t i = (size_t)o * c->P + p;
+            const double e = fabs(out[i] - c->ref[i]);
+            if (!(e / scale <= wst)) wst = e / scale;
+            if (fabs(c->ref[i]) > maxref) maxref = fabs(c->ref[i]);
+            if (!(e <= maxabs)) maxabs = e;
+        }
+    }
+    *worst = wst;
+    *rel = maxabs / maxref;
+}
+
 static void check_winograd(const struct wshape *sh, int threads)
 {
-    const int K = sh->cin * 9, P = sh->N * sh->H * sh->W;
-    float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
+    struct wcase c;
+    wcase_init(&c, sh);
+    const int P = c.P;
     float *u = malloc(sizeof(float) * 16 * (size_t)sh->cout * sh->cin);
-    float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
-    float *in = malloc(sizeof(float) * (size_t)sh->cin * P);
-    float *out = malloc(sizeof(float) * (size_t)sh->cout * P), *out0 = malloc(sizeof(float) * (size_t)sh->cout * P);
     float *outd = malloc(sizeof(float) * (size_t)sh->cout * P);
-    double *ref = malloc(sizeof(double) * (size_t)sh->cout * P);
-    for (int i = 0; i < sh->cout * K; i++) w[i] = frand();
-    for (int i = 0; i < sh->cout; i++) b[i] = frand();
-    for (int i = 0; i < sh->cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
-    for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
-    for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = outd[i] = frand();
-    rnvpi_winograd_weights(u, w, sh->cout, sh->cin);
-    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, u, NULL, NULL}, cd = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL, NULL};
-    affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
-    const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
-    conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
+    memcpy(outd, c.out0, sizeof(float) * (size_t)sh->cout * P);
+    rnvpi_winograd_weights(u, c.w, sh->cout, sh->cin);
+    conv_i cv = {sh->cout, sh->cin, 3, 3, c.w, c.b, u, NULL, NULL}, cd = {sh->cout, sh->cin, 3, 3, c.w, c.b, NULL, NULL, NULL};
 
     const size_t pf = (rnvpi_conv_panel_floats(sh->cin, 3, 3) + 15) / 16 * 16;
     size_t colf = rnvpi_conv_col_floats(&cv, sh->N, sh->H, sh->W);
@@ -276,44 +326,39 @@ static void check_winograd(const struct wshape *sh, int threads)
         ws.panel = panel;
         ws.panel_floats = pf;
     }
-    rnvpi_conv_forward_acc(out, in, &cv, pre, &ws, sh->N, sh->H, sh->W, sh->acc);
-    rnvpi_conv_forward_acc(outd, in, &cd, pre, &ws, sh->N, sh->H, sh->W, sh->acc);   /* no wino: AVX2 */
+    rnvpi_conv_forward_acc(c.out, c.in, &cv, c.pre, &ws, sh->N, sh->H, sh->W, sh->acc);
+    rnvpi_conv_forward_acc(outd, c.in, &cd, c.pre, &ws, sh->N, sh->H, sh->W, sh->acc);   /* no wino: AVX2 */
     if (rnvpi_winograd512_available()) {   /* the AVX-512 Winograd kernels: the same bits */
         float *o5 = malloc(sizeof(float) * (size_t)sh->cout * P);
-        memcpy(o5, out0, sizeof(float) * (size_t)sh->cout * P);
+        memcpy(o5, c.out0, sizeof(float) * (size_t)sh->cout * P);
         ws.wino_kind = RNVPI_WINO_AVX512;
-        rnvpi_conv_forward_acc(o5, in, &cv, pre, &ws, sh->N, sh->H, sh->W, sh->acc);
+        rnvpi_conv_forward_acc(o5, c.in, &cv, c.pre, &ws, sh->N, sh->H, sh->W, sh->acc);
         ws.wino_kind = RNVPI_WINO_AVX2;
-        ck_assert_msg(!memcmp(o5, out, sizeof(float) * (size_t)sh->cout * P),
+        ck_assert_msg(!memcmp(o5, c.out, sizeof(float) * (size_t)sh->cout * P),
                       "winograd avx512 vs avx2, %d thread(s): %d->%d N=%d %dx%d: not the same bits", threads,
                       sh->cin, sh->cout, sh->N, sh->H, sh->W);
         free(o5);
     }
-    double worst = 0, worstd = 0, diff = 0, maxref = 0, maxabs = 0;
-    for (int o = 0; o < sh->cout; o++) {
-        const double scale = fabs(b[o]) + (double)K * 1.6;   /* |w| <= 1, |pre(x)| <= 1.6 */
+    double worst, rel, worstd, reld, diff = 0;
+    wcase_error(&c, c.out, sh->cout, &worst, &rel);
+    wcase_error(&c, outd, sh->cout, &worstd, &reld);
+    for (int o = 0; o < sh->cout; o++)
         for (int p = 0; p < P; p++) {
             const size_t i = (size_t)o * P + p;
-            const double e = fabs(out[i] - ref[i]) / scale, ed = fabs(outd[i] - ref[i]) / scale;
-            const double dd = fabs((double)out[i] - outd[i]) / scale;
-            if (!(e <= worst)) worst = e;   /* also NaN */
-            if (!(ed <= worstd)) worstd = ed;
+            const double dd = fabs((double)c.out[i] - outd[i]) / (fabs(c.b[o]) + (double)c.K * 1.6);
             if (!(dd <= diff)) diff = dd;
-            if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
-            if (!(fabs(out[i] - ref[i]) <= maxabs)) maxabs = fabs(out[i] - ref[i]);
         }
-    }
     if (worst > wino_worst_err) wino_worst_err = worst;
     if (worstd > direct_worst_err) direct_worst_err = worstd;
     if (diff > wino_direct_diff) wino_direct_diff = diff;
-    if (maxabs / maxref > wino_worst_rel) wino_worst_rel = maxabs / maxref;
-    ck_assert_msg(worst < 1e-6 && diff < 1e-6 && maxabs <= 1e-6 * maxref,
+    if (rel > wino_worst_rel) wino_worst_rel = rel;
+    ck_assert_msg(worst < 1e-6 && diff < 1e-6 && rel <= 1e-6,
                   "winograd %d thread(s): %d->%d N=%d %dx%d pre=%d acc=%d: error %.3g (direct %.3g, "
                   "apart %.3g, relative to max |out| %.3g)", threads, sh->cin, sh->cout, sh->N, sh->H, sh->W,
-                  sh->pre, sh->acc, worst, worstd, diff, maxabs / maxref);
+                  sh->pre, sh->acc, worst, worstd, diff, rel);
     rnvpi_tpool_free(tp);
-    free(panel); free(col); free(w); free(b); free(u); free(a); free(s); free(in); free(out); free(out0);
-    free(outd); free(ref);
+    free(panel); free(col); free(u); free(outd);
+    wcase_free(&c);
 }
 
 START_TEST(winograd_matches_reference)
@@ -349,23 +394,11 @@ static double w4_worst_err, w4_worst_rel;
 
 static void check_winograd4(const struct wshape *sh, int threads)
 {
-    const int K = sh->cin * 9, P = sh->N * sh->H * sh->W;
-    float *w = malloc(sizeof(float) * (size_t)sh->cout * K), *b = malloc(sizeof(float) * sh->cout);
+    struct wcase c;
+    wcase_init(&c, sh);
     float *u4 = malloc(sizeof(float) * 36 * (size_t)sh->cout * sh->cin);
-    float *a = malloc(sizeof(float) * sh->cin), *s = malloc(sizeof(float) * sh->cin);
-    float *in = malloc(sizeof(float) * (size_t)sh->cin * P);
-    float *out = malloc(sizeof(float) * (size_t)sh->cout * P), *out0 = malloc(sizeof(float) * (size_t)sh->cout * P);
-    double *ref = malloc(sizeof(double) * (size_t)sh->cout * P);
-    for (int i = 0; i < sh->cout * K; i++) w[i] = frand();
-    for (int i = 0; i < sh->cout; i++) b[i] = frand();
-    for (int i = 0; i < sh->cin; i++) a[i] = 1 + 0.5f * frand(), s[i] = 0.3f * frand();
-    for (size_t i = 0; i < (size_t)sh->cin * P; i++) in[i] = frand();
-    for (size_t i = 0; i < (size_t)sh->cout * P; i++) out0[i] = out[i] = frand();
-    rnvpi_winograd4_weights(u4, w, sh->cout, sh->cin);
-    conv_i cv = {sh->cout, sh->cin, 3, 3, w, b, NULL, NULL, u4};
-    affine_i pa = {sh->cin, a, s}, pr = {sh->cin, NULL, NULL};
-    const affine_i *pre = sh->pre == 2 ? &pa : sh->pre == 1 ? &pr : NULL;
-    conv_ref(ref, out0, in, &cv, pre, sh->N, sh->H, sh->W, sh->acc);
+    rnvpi_winograd4_weights(u4, c.w, sh->cout, sh->cin);
+    conv_i cv = {sh->cout, sh->cin, 3, 3, c.w, c.b, NULL, NULL, u4};
     const size_t pf = (rnvpi_winograd4_panel_floats(sh->cin, sh->W) + 15) / 16 * 16;
     float *panel = aligned_alloc(64, sizeof(float) * 2 * pf);
     for (size_t i = 0; i < 2 * pf; i++) panel[i] = NAN;
@@ -379,24 +412,16 @@ static void check_winograd4(const struct wshape *sh, int threads)
         ws.panel_floats = pf;
         ws.col = NULL;
     }
-    rnvpi_conv_winograd4(out, in, &cv, pre, sh->acc ? out : NULL, &ws, sh->N, sh->H, sh->W);
-    double worst = 0, maxref = 0, maxabs = 0;
-    for (int o = 0; o < sh->cout; o++) {
-        const double scale = fabs(b[o]) + (double)K * 1.6;   /* |w| <= 1, |pre(x)| <= 1.6 */
-        for (int p = 0; p < P; p++) {
-            const size_t i = (size_t)o * P + p;
-            const double e = fabs(out[i] - ref[i]) / scale;
-            if (!(e <= worst)) worst = e;   /* also NaN */
-            if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
-            if (!(fabs(out[i] - ref[i]) <= maxabs)) maxabs = fabs(out[i] - ref[i]);
-        }
-    }
+    rnvpi_conv_winograd4(c.out, c.in, &cv, c.pre, sh->acc ? c.out : NULL, &ws, sh->N, sh->H, sh->W);
+    double worst, rel;
+    wcase_error(&c, c.out, sh->cout, &worst, &rel);
     if (worst > w4_worst_err) w4_worst_err = worst;
-    if (maxabs / maxref > w4_worst_rel) w4_worst_rel = maxabs / maxref;
+    if (rel > w4_worst_rel) w4_worst_rel = rel;
     ck_assert_msg(worst < 2e-6, "winograd F(4x4) %d thread(s): %d->%d N=%d %dx%d pre=%d acc=%d: error %.3g", threads,
                   sh->cin, sh->cout, sh->N, sh->H, sh->W, sh->pre, sh->acc, worst);
     rnvpi_tpool_free(tp);
-    free(panel); free(w); free(b); free(u4); free(a); free(s); free(in); free(out); free(out0); free(ref);
+    free(panel); free(u4);
+    wcase_free(&c);
 }
 
 START_TEST(winograd4_matches_reference)
