@@ -472,14 +472,14 @@ AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *
 }
 
 AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const float *U, int nxi, int cout, int cin,
-                                    const float *V, ptrdiff_t xs, ptrdiff_t cs, int nb, int o0, int mr)
+                                    const float *V, ptrdiff_t xs, ptrdiff_t cs, int nh, int o0, int mr)
 {
     for (int xi = 0; xi < nxi; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
-        for (int p = 0; p < nb; p += 2) {   /* nb counts 16-lane halves */
+        for (int p = 0; p < nh; p += 2) {   /* 32 lanes at a time, an odd last 16 alone */
             const float *v = V + (ptrdiff_t)xi * xs + p * 16;
             float *m = M + (ptrdiff_t)xi * mxs + p * 16;
-            if (nb - p == 1) {
+            if (nh - p == 1) {
                 if (mr == WMR5) gemm5_kernel_nv(m, ms, u, cin, v, cs, WMR5, 1);
                 else gemm5_kernel_nv(m, ms, u, cin, v, cs, mr, 1);
             } else if (mr == WMR5) {
