@@ -35,7 +35,6 @@
 #endif
 
 #define G4 16    /* images per group: the lanes of one register */
-#define TB4 32   /* lanes per block: two tiles of one group */
 #define XI 36    /* positions of a transformed tile */
 #define PF4 2    /* input channels the packing's prefetches run ahead */
 #define PFO 2    /* output channels the output's prefetches run ahead */
@@ -77,15 +76,18 @@ static void geometry(int H, int W, int *th, int *tw, int *Wp)
  * would all fall into one set of the 12-way L1. */
 struct w4_panel {
     float *rows, *V, *M, *S;
+    ptrdiff_t LW, xs, mxs;   /* lanes of a row of tiles; V's and M's plane strides */
 };
 static size_t panel_layout(struct w4_panel *pl, float *base, int cin, int W)
 {
     int th, tw, Wp;
     geometry(4, W, &th, &tw, &Wp);
-    const int LW = (tw + 1) / 2 * 32;
-    const size_t rows = (size_t)6 * Wp * G4, V = (size_t)XI * (cin * LW + 16), M = (size_t)XI * (RNVPI_WINO_MR * LW + 16),
-                 S = (size_t)G4 * 4 * W + 16;
+    const ptrdiff_t LW = (tw + 1) / 2 * 32, xs = (ptrdiff_t)cin * LW + 16, mxs = (ptrdiff_t)RNVPI_WINO_MR * LW + 16;
+    const size_t rows = (size_t)6 * Wp * G4, V = (size_t)XI * xs, M = (size_t)XI * mxs, S = (size_t)G4 * 4 * W + 16;
     if (pl) {
+        pl->LW = LW;
+        pl->xs = xs;
+        pl->mxs = mxs;
         pl->rows = base;
         pl->V = pl->rows + rows;
         pl->M = pl->V + V;
@@ -391,11 +393,12 @@ AVX512W static inline __attribute__((always_inline)) void flush_rows(const struc
 AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti, int oa, int ob)
 {
     const conv_i *cv = j->cv;
-    const int cin = cv->cin, cout = cv->cout, tw = j->tw, nb = (tw + 1) / 2, LW = nb * 32;
+    const int cin = cv->cin, cout = cv->cout, tw = j->tw;
     const int n0 = g * G4, ng = j->N - n0 < G4 ? j->N - n0 : G4;
-    const ptrdiff_t xs = (ptrdiff_t)cin * LW + 16, mxs = (ptrdiff_t)RNVPI_WINO_MR * LW + 16, rs = (ptrdiff_t)j->Wp * G4;
+    const ptrdiff_t rs = (ptrdiff_t)j->Wp * G4;
     struct w4_panel pl;
     panel_layout(&pl, base, cin, j->W);
+    const ptrdiff_t LW = pl.LW, xs = pl.xs, mxs = pl.mxs;
     for (int c = 0; c < cin; c++) {
         pack_rows(pl.rows, j, c, n0, ng, 4 * ti - 1);
         for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, pl.rows + 4 * tj * G4, rs);
