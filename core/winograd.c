@@ -54,9 +54,9 @@ void rnvpi_winograd_weights(float *u, const float *w, int cout, int cin)
 size_t rnvpi_winograd_panel_floats(int cin)
 {
     /* AVX2: V (16, cin, TB), M (16, WMR, TB), the transposition buffer (TB, 16); AVX-512: V
-     * (cin, 16, TB5), M (16, WMR5, TB5); 16 to align */
+     * (16, cin, TB5) with 16 floats after each value's rows, M (16, WMR5, TB5); 16 to align */
     const size_t avx2 = (size_t)16 * TB * cin + 16 * WMR * TB + TB * 16;
-    const size_t avx512 = (size_t)16 * TB5 * cin + 16 * WMR5 * TB5;
+    const size_t avx512 = (size_t)16 * (TB5 * cin + 16) + 16 * WMR5 * TB5;
     return (avx2 > avx512 ? avx2 : avx512) + 16;
 }
 
@@ -459,16 +459,36 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
     gemm5_kernel_nv(M, ms, u, cin, v, cs, mr, 2);
 }
 
-/* M (16, WMR5, TB5) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block. */
-AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *U, int cout, int cin, const float *V, int o0, int mr)
+/* M (16, WMR5, TB5) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block, on its first 16
+ * tiles only when nv == 1 (a block of 16 tiles or fewer). */
+AVX512W static inline __attribute__((always_inline)) void gemm5_rows_nv(float *M, const float *U, int cout, int cin,
+                                                                        const float *V, ptrdiff_t vxs, int o0, int mr,
+                                                                        int nv)
 {
+    const ptrdiff_t chunk = (ptrdiff_t)mr * cin;   /* floats of u per xi, contiguous */
     for (int xi = 0; xi < 16; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
-        const float *v = V + (ptrdiff_t)xi * TB5;
+        const float *v = V + (ptrdiff_t)xi * vxs;
         float *m = M + xi * WMR5 * TB5;
-        if (mr == WMR5) gemm5_kernel(m, TB5, u, cin, v, 16 * TB5, WMR5);
-        else gemm5_kernel(m, TB5, u, cin, v, 16 * TB5, mr);
+        {   /* the weights two GEMMs ahead (the next row block's first two after the last): at one
+             * image a layer's weights are read once per pass and come from memory, in chunks too
+             * short for the hardware prefetchers */
+            const int xn = xi + 2;
+            const float *un = xn < 16 ? U + ((ptrdiff_t)xn * cout + o0) * cin
+                                      : o0 + mr < cout ? U + ((ptrdiff_t)(xn - 16) * cout + o0 + mr) * cin : NULL;
+            const ptrdiff_t cn = xn < 16 ? chunk : (ptrdiff_t)(cout - o0 - mr < WMR5 ? cout - o0 - mr : WMR5) * cin;
+            if (un)
+                for (ptrdiff_t k = 0; k < cn; k += 16) _mm_prefetch((const char *)(un + k), _MM_HINT_T0);
+        }
+        if (mr == WMR5) gemm5_kernel_nv(m, TB5, u, cin, v, TB5, WMR5, nv);
+        else gemm5_kernel_nv(m, TB5, u, cin, v, TB5, mr, nv);
     }
+}
+AVX512W __attribute__((noinline)) static void gemm5_rows(float *M, const float *U, int cout, int cin, const float *V,
+                                                          ptrdiff_t vxs, int o0, int mr, int nv)
+{
+    if (nv == 1) gemm5_rows_nv(M, U, cout, cin, V, vxs, o0, mr, 1);
+    else gemm5_rows_nv(M, U, cout, cin, V, vxs, o0, mr, 2);
 }
 
 AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const float *U, int nxi, int cout, int cin,
@@ -682,9 +702,9 @@ AVX512W static inline __attribute__((always_inline)) void input5_loop(float *res
 
 /* V = input_block's values for the block's nt tiles, bit for bit (the same operations per value,
  * on 4 tiles per register), written from the registers (group_store): V[xi][c][t] at
- * V + c cs + xi xs + t, columns nt .. TB5-1 zero. Inference: cs = 16 TB5, xs = TB5 (one channel's
- * values in one 2 KiB stretch; the (16, cin, TB5) order's 16 rows cin TB5 floats apart fall into
- * one L1 set). */
+ * V + c cs + xi xs + t, columns nt .. TB5-1 zero. Inference: cs = TB5, xs = cin TB5 + 16 (wino5_blocks:
+ * each value's (cin, TB5) one stretch for its GEMM; 16 floats between them, else the 16 stores per
+ * channel, cin TB5 floats apart, fall into one L1 set). */
 AVX512W __attribute__((noinline)) static void input5_block(float *restrict V, ptrdiff_t cs, ptrdiff_t xs, const float *in,
                                  const affine_i *pre, int cin, ptrdiff_t P, int W, const struct tile *tl, int nt,
                                  const struct in_item *it, int ni)
@@ -772,8 +792,10 @@ struct wino_job {
     ptrdiff_t P, T;            /* columns N*H*W, tiles N*th*tw */
     float *panel;              /* (threads, panel_floats) */
     size_t panel_floats;
-    ptrdiff_t blocks, grain;   /* blocks of TB (TB5) tiles in all; blocks per claim */
-    atomic_llong next;         /* first block not yet claimed */
+    ptrdiff_t part;            /* tiles per item: a multiple of TB (AVX2) or 16 (AVX-512) */
+    int oparts;                /* output channel parts per tile range (AVX-512) */
+    ptrdiff_t items;           /* items in all: ceil(T / part) tile ranges x oparts */
+    atomic_llong next;         /* first item not yet claimed */
 };
 
 /* Blocks b0 .. b1-1 on one thread, its panel: V, M, tmp. */
@@ -798,34 +820,44 @@ AVX2F static void wino_blocks(const struct wino_job *j, float *panel, ptrdiff_t 
     }
 }
 
-/* The AVX-512 blocks, panel: V (cin, 16, TB5), M (16, WMR5, TB5). */
-AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff_t b0, ptrdiff_t b1)
+/* The AVX-512 blocks for tiles q0 .. q1-1 and output channels oa .. ob-1 (multiples of WMR5 but
+ * ob = cout), panel: V, M (16, WMR5, TB5). Blocks of 32 tiles; a last one of 16 or fewer runs its
+ * GEMMs on one register of tiles. */
+AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff_t q0, ptrdiff_t q1, int oa, int ob)
 {
     const conv_i *cv = j->cv;
     const int cin = cv->cin, cout = cv->cout;
     float *V = align64(panel);
-    float *M = V + (ptrdiff_t)16 * cin * TB5;
+    /* V (16, cin, TB5), one value's rows cin TB5 + 16 floats apart: the GEMMs read one stretch
+     * per value, and the input transform's 16 stores per channel fall into 16 L1 sets */
+    const ptrdiff_t vxs = (ptrdiff_t)cin * TB5 + 16;
+    float *M = V + 16 * vxs;
     struct tile tl[TB5];
     struct in_item it[TB5];
     struct out_run ru[TB5];
-    for (ptrdiff_t bk = b0; bk < b1; bk++) {
-        const ptrdiff_t q0 = bk * TB5;
-        const int nt = j->T - q0 < TB5 ? (int)(j->T - q0) : TB5;
-        for (int t = 0; t < nt; t++) tile_info(&tl[t], q0 + t, j->H, j->W, j->th, j->tw);
+    for (ptrdiff_t qb = q0; qb < q1; qb += TB5) {
+        const int nt = q1 - qb < TB5 ? (int)(q1 - qb) : TB5;
+        for (int t = 0; t < nt; t++) tile_info(&tl[t], qb + t, j->H, j->W, j->th, j->tw);
         const int ni = plan_items(it, tl, nt, j->W), nr = plan_runs(ru, tl, nt);
         ptrdiff_t plo = 0, phi = 0;   /* the next block's outputs, prefetched */
-        if (bk + 1 < b1) {   /* the next block is this thread's */
+        if (qb + TB5 < q1) {   /* the next block is this thread's */
             struct tile a, z;
-            tile_info(&a, q0 + TB5, j->H, j->W, j->th, j->tw);
-            tile_info(&z, j->T - q0 - TB5 < TB5 ? j->T - 1 : q0 + 2 * TB5 - 1, j->H, j->W, j->th, j->tw);
+            tile_info(&a, qb + TB5, j->H, j->W, j->th, j->tw);
+            tile_info(&z, q1 - qb - TB5 < TB5 ? q1 - 1 : qb + 2 * TB5 - 1, j->H, j->W, j->th, j->tw);
             plo = a.out_off;
             phi = z.out_off + j->W + 2;
             if (phi > j->P) phi = j->P;
         }
-        input5_block(V, 16 * TB5, TB5, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
-        for (int o0 = 0; o0 < cout; o0 += WMR5) {
-            const int mr = cout - o0 < WMR5 ? cout - o0 : WMR5;
-            gemm5_rows(M, cv->wino, cout, cin, V, o0, mr);
+        /* the first two GEMMs' weights (gemm5_rows fetches the rest ahead) during the input transform */
+        for (int xi = 0; xi < 2; xi++) {
+            const float *u = cv->wino + ((ptrdiff_t)xi * cout + oa) * cin;
+            for (int k = 0; k < (ob - oa < WMR5 ? ob - oa : WMR5) * cin; k += 16)
+                _mm_prefetch((const char *)(u + k), _MM_HINT_T0);
+        }
+        input5_block(V, TB5, vxs, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
+        for (int o0 = oa; o0 < ob; o0 += WMR5) {
+            const int mr = ob - o0 < WMR5 ? ob - o0 : WMR5;
+            gemm5_rows(M, cv->wino, cout, cin, V, vxs, o0, mr, nt <= 16 ? 1 : 2);
             output5_block(j->out, j->res, M, cv->b, cout, o0, mr, j->P, j->W, ru, nr, plo, phi);
         }
     }
@@ -835,13 +867,20 @@ static void wino_job_run(void *arg, int t, int nt)
 {
     struct wino_job *j = arg;
     float *panel = j->panel + (size_t)t * j->panel_floats;
+    const int cout = j->cv->cout;
     (void)nt;
     for (;;) {
-        const ptrdiff_t b0 = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, j->grain, memory_order_relaxed);
-        if (b0 >= j->blocks) break;
-        const ptrdiff_t b1 = b0 + j->grain < j->blocks ? b0 + j->grain : j->blocks;
-        if (j->kind == RNVPI_WINO_AVX2) wino_blocks(j, panel, b0, b1);
-        else wino5_blocks(j, panel, b0, b1);
+        const ptrdiff_t i = (ptrdiff_t)atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= j->items) break;
+        const ptrdiff_t q0 = i / j->oparts * j->part, q1 = q0 + j->part < j->T ? q0 + j->part : j->T;
+        if (j->kind == RNVPI_WINO_AVX2) {
+            wino_blocks(j, panel, q0 / TB, (q1 + TB - 1) / TB);
+            continue;
+        }
+        /* output channel part k of oparts: multiples of WMR5 */
+        const int k = (int)(i % j->oparts), per = ((cout + WMR5 - 1) / WMR5 + j->oparts - 1) / j->oparts * WMR5;
+        const int oa = k * per < cout ? k * per : cout, ob = (k + 1) * per < cout ? (k + 1) * per : cout;
+        if (oa < ob) wino5_blocks(j, panel, q0, q1, oa, ob);
     }
 }
 #endif
@@ -854,19 +893,32 @@ void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const af
                          .th = (H + 1) / 2, .tw = (W + 1) / 2, .P = (ptrdiff_t)N * H * W};
     j.kind = ws->wino_kind;
     if (j.kind == RNVPI_WINO_OFF) j.kind = rnvpi_winograd512_available() ? RNVPI_WINO_AVX512 : RNVPI_WINO_AVX2;
-    const int tb = j.kind == RNVPI_WINO_AVX2 ? TB : TB5;
+    const int tb = j.kind == RNVPI_WINO_AVX2 ? TB : TB5, threads = ws->panel ? rnvpi_tpool_size(ws->tp) : 1;
     j.T = (ptrdiff_t)N * j.th * j.tw;
-    j.blocks = (j.T + tb - 1) / tb;
+    const ptrdiff_t blocks = (j.T + tb - 1) / tb, u16 = (j.T + 15) / 16;
+    j.oparts = 1;
+    if (threads == 1) {
+        j.part = j.T;
+    } else if (j.kind == RNVPI_WINO_AVX2 || blocks >= 8 * (ptrdiff_t)threads) {
+        /* about 4 claims per thread: balance against the cost of a claim */
+        const ptrdiff_t g = blocks / (4 * (ptrdiff_t)threads);
+        j.part = (g < 1 ? 1 : g) * tb;
+    } else if (u16 >= threads) {
+        /* few blocks (one image, a few): one range per thread, in steps of 16 tiles, so that the
+         * shares differ by 16 tiles at most (blocks of 32 claimed in turn left one thread a whole
+         * block more: 4 vs 3 of the 7 blocks of a 28x28 plane) */
+        j.part = (u16 + threads - 1) / threads * 16;
+    } else {   /* 16 tiles or fewer (a 7x7 plane): every thread all tiles, a share of the output channels */
+        j.part = j.T;
+        j.oparts = threads;
+    }
+    j.items = (j.T + j.part - 1) / j.part * j.oparts;
     atomic_init(&j.next, 0);
     if (ws->panel) {
-        /* about 4 claims per thread: balance against the cost of a claim */
-        const ptrdiff_t g = j.blocks / (4 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
-        j.grain = g < 1 ? 1 : g;
         j.panel = ws->panel;
         j.panel_floats = ws->panel_floats;
         rnvpi_tpool_run_shared(ws->tp, wino_job_run, &j);
     } else {   /* one thread, its panel in col */
-        j.grain = j.blocks;
         j.panel = ws->col;
         j.panel_floats = 0;
         wino_job_run(&j, 0, 1);

@@ -234,6 +234,8 @@ static const struct wshape wshapes[] = {
     {32, 2, 3, 28, 28, 0, 0},    /* in_conv of a checkerboard coupling */
     {11, 17, 5, 9, 13, 2, 0},    /* odd everything, several blocks */
     {6, 33, 1, 3, 3, 1, 1},      /* fewer tiles than a block */
+    {9, 16, 2, 5, 17, 2, 1},     /* 9 tiles a row, odd W: blocks across tile rows and images */
+    {20, 12, 1, 7, 7, 2, 1},     /* AVX-512: 16 tiles, output channels split between threads */
 };
 
 static double wino_worst_err = 0, wino_worst_rel = 0, direct_worst_err = 0, wino_direct_diff = 0;
