@@ -459,27 +459,39 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
     gemm5_kernel_nv(M, ms, u, cin, v, cs, mr, 2);
 }
 
+/* Prefetch of the weights u (nxi, cout, cin) of the GEMM two after (xi, rows o0 .. o0+mr-1): value
+ * xi + 2, or past the last value the next row block's first ones. A layer's transformed weights
+ * come from memory or L3 when it starts (at one image they are read once per pass), in pieces of
+ * mr cin floats (1-2 KB) too short for the hardware prefetchers. Used by F(2x2) and F(4x4). */
+AVX512W static inline __attribute__((always_inline)) void weights_ahead(const float *U, int nxi, int cout, int cin,
+                                                                         int xi, int o0, int mr)
+{
+    const int xn = xi + 2, o1 = o0 + mr;
+    const float *un;
+    ptrdiff_t cn;
+    if (xn < nxi) {
+        un = U + ((ptrdiff_t)xn * cout + o0) * cin;
+        cn = (ptrdiff_t)mr * cin;
+    } else if (o1 < cout) {
+        un = U + ((ptrdiff_t)(xn - nxi) * cout + o1) * cin;
+        cn = (ptrdiff_t)(cout - o1 < WMR5 ? cout - o1 : WMR5) * cin;
+    } else {
+        return;
+    }
+    for (ptrdiff_t k = 0; k < cn; k += 16) _mm_prefetch((const char *)(un + k), _MM_HINT_T0);
+}
+
 /* M (16, WMR5, TB5) for output channels o0 .. o0+mr-1: the 16 GEMMs of the block, on its first 16
  * tiles only when nv == 1 (a block of 16 tiles or fewer). */
 AVX512W static inline __attribute__((always_inline)) void gemm5_rows_nv(float *M, const float *U, int cout, int cin,
                                                                         const float *V, ptrdiff_t vxs, int o0, int mr,
                                                                         int nv)
 {
-    const ptrdiff_t chunk = (ptrdiff_t)mr * cin;   /* floats of u per xi, contiguous */
     for (int xi = 0; xi < 16; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
         const float *v = V + (ptrdiff_t)xi * vxs;
         float *m = M + xi * WMR5 * TB5;
-        {   /* the weights two GEMMs ahead (the next row block's first two after the last): at one
-             * image a layer's weights are read once per pass and come from memory, in chunks too
-             * short for the hardware prefetchers */
-            const int xn = xi + 2;
-            const float *un = xn < 16 ? U + ((ptrdiff_t)xn * cout + o0) * cin
-                                      : o0 + mr < cout ? U + ((ptrdiff_t)(xn - 16) * cout + o0 + mr) * cin : NULL;
-            const ptrdiff_t cn = xn < 16 ? chunk : (ptrdiff_t)(cout - o0 - mr < WMR5 ? cout - o0 - mr : WMR5) * cin;
-            if (un)
-                for (ptrdiff_t k = 0; k < cn; k += 16) _mm_prefetch((const char *)(un + k), _MM_HINT_T0);
-        }
+        weights_ahead(U, 16, cout, cin, xi, o0, mr);
         if (mr == WMR5) gemm5_kernel_nv(m, TB5, u, cin, v, TB5, WMR5, nv);
         else gemm5_kernel_nv(m, TB5, u, cin, v, TB5, mr, nv);
     }
@@ -496,6 +508,7 @@ AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const
 {
     for (int xi = 0; xi < nxi; xi++) {
         const float *u = U + ((ptrdiff_t)xi * cout + o0) * cin;
+        weights_ahead(U, nxi, cout, cin, xi, o0, mr);
         for (int p = 0; p < nh; p += 2) {   /* 32 lanes at a time, an odd last 16 alone */
             const float *v = V + (ptrdiff_t)xi * xs + p * 16;
             float *m = M + (ptrdiff_t)xi * mxs + p * 16;
