@@ -460,7 +460,7 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M,
 }
 
 /* Prefetch of the weights u (nxi, cout, cin) of the GEMM two after (xi, rows o0 .. o0+mr-1): value
- * xi + 2, or past the last value the next row block's first ones. A layer's transformed weights
+ * xi + 2 (xi = -2, -1: the first two), or past the last value the next row block's first ones. A layer's transformed weights
  * come from memory or L3 when it starts (at one image they are read once per pass), in pieces of
  * mr cin floats (1-2 KB) too short for the hardware prefetchers. Used by F(2x2) and F(4x4). */
 AVX512W static inline __attribute__((always_inline)) void weights_ahead(const float *U, int nxi, int cout, int cin,
@@ -862,11 +862,8 @@ AVX512W static void wino5_blocks(const struct wino_job *j, float *panel, ptrdiff
             if (phi > j->P) phi = j->P;
         }
         /* the first two GEMMs' weights (gemm5_rows fetches the rest ahead) during the input transform */
-        for (int xi = 0; xi < 2; xi++) {
-            const float *u = cv->wino + ((ptrdiff_t)xi * cout + oa) * cin;
-            for (int k = 0; k < (ob - oa < WMR5 ? ob - oa : WMR5) * cin; k += 16)
-                _mm_prefetch((const char *)(u + k), _MM_HINT_T0);
-        }
+        weights_ahead(cv->wino, 16, cout, cin, -2, oa, ob - oa < WMR5 ? ob - oa : WMR5);
+        weights_ahead(cv->wino, 16, cout, cin, -1, oa, ob - oa < WMR5 ? ob - oa : WMR5);
         input5_block(V, TB5, vxs, j->in, j->pre, cin, j->P, j->W, tl, nt, it, ni);
         for (int o0 = oa; o0 < ob; o0 += WMR5) {
             const int mr = ob - o0 < WMR5 ? ob - o0 : WMR5;
@@ -921,7 +918,8 @@ void rnvpi_conv_winograd(float *out, const float *in, const conv_i *cv, const af
          * shares differ by 16 tiles at most (blocks of 32 claimed in turn left one thread a whole
          * block more: 4 vs 3 of the 7 blocks of a 28x28 plane) */
         j.part = (u16 + threads - 1) / threads * 16;
-    } else {   /* 16 tiles or fewer (a 7x7 plane): every thread all tiles, a share of the output channels */
+    } else {   /* 16 tiles or fewer (one 7x7 image, which the default rule leaves to the direct kernel;
+                * REALNVP_CONV=winograd): every thread all tiles, a share of the output channels */
         j.part = j.T;
         j.oparts = threads;
     }
