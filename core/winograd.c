@@ -453,11 +453,6 @@ AVX512W static inline __attribute__((always_inline)) void gemm5_kernel_nv(float 
     STOREW(0) STOREW(1) STOREW(2) STOREW(3) STOREW(4) STOREW(5) STOREW(6) STOREW(7)
 #undef STOREW
 }
-AVX512W static inline __attribute__((always_inline)) void gemm5_kernel(float *M, ptrdiff_t ms, const float *u, int cin,
-                                                                        const float *v, ptrdiff_t cs, int mr)
-{
-    gemm5_kernel_nv(M, ms, u, cin, v, cs, mr, 2);
-}
 
 /* Prefetch of the weights u (nxi, cout, cin) of the GEMM two after (xi, rows o0 .. o0+mr-1): value
  * xi + 2 (xi = -2, -1: the first two), or past the last value the next row block's first ones. A layer's transformed weights
@@ -516,9 +511,9 @@ AVX512W void rnvpi_winograd512_gemm(float *M, ptrdiff_t mxs, ptrdiff_t ms, const
                 if (mr == WMR5) gemm5_kernel_nv(m, ms, u, cin, v, cs, WMR5, 1);
                 else gemm5_kernel_nv(m, ms, u, cin, v, cs, mr, 1);
             } else if (mr == WMR5) {
-                gemm5_kernel(m, ms, u, cin, v, cs, WMR5);
+                gemm5_kernel_nv(m, ms, u, cin, v, cs, WMR5, 2);
             } else {
-                gemm5_kernel(m, ms, u, cin, v, cs, mr);
+                gemm5_kernel_nv(m, ms, u, cin, v, cs, mr, 2);
             }
         }
     }
