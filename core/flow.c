@@ -37,6 +37,7 @@ typedef struct ws_plan {
     size_t nin, feat, outc, col;   /* the largest of each over the couplings (rnvpi_coupling_ws_size) */
     size_t panel, guard;           /* per thread, per convolution input; multiples of 16 */
     int wino4;                     /* the F(4x4) kernel's on (net_ws.wino4) */
+    int w4block;                   /* residual blocks fused on it (net_ws.w4block) */
     size_t ND;                     /* max_batch * D: x, tmp, zc and zin each */
     size_t bytes;                  /* the block: the floats and max_batch doubles, rounded to 64 */
 } ws_plan;
@@ -49,6 +50,8 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     if (p->threads > 256) p->threads = 256;
     size_t nin = 0, feat = 0, outc = 0, col = 0, panel = 16, guard = 0;
     const int wino4 = p->direct == RNVPI_CONV_AVX512 && rnvpi_winograd4_on();
+    const char *fuse = getenv("REALNVP_FUSE_BLOCKS");
+    const int w4block = wino4 && !(fuse && !strcmp(fuse, "0"));
     for (int k = 0; k < m->L; k++) {
         size_t a, b, c, d;
         const coupling *cp = &m->cp[k];
@@ -66,6 +69,10 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
             if (wino4 && v->wino4 && max_batch >= 12 && rnvpi_winograd4_panel_floats(v->cin, cp->W) > panel)
                 panel = rnvpi_winograd4_panel_floats(v->cin, cp->W);
         }
+        for (int j = 0; j < cp->K; j++)
+            if (w4block && cp->i_a[j].wino4 && cp->i_b[j].wino4 && max_batch >= 12 &&
+                rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->W) > panel)
+                panel = rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->W);
     }
     panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
     if (p->direct) col = 0;                    /* the panels replace the im2col buffer */
@@ -73,6 +80,7 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
     guard = (guard + 15) / 16 * 16;
     p->nin = nin; p->feat = feat; p->outc = outc; p->col = col; p->panel = panel; p->guard = guard;
     p->wino4 = wino4;
+    p->w4block = w4block;
     p->ND = sz_mul((size_t)max_batch, (size_t)m->D);
     /* threads' panels, x, tmp, zc, zin, netin, h, t, out, col, 7 guards */
     size_t floats = p->direct ? sz_mul((size_t)p->threads, panel) : 0;
@@ -125,6 +133,7 @@ enum rnvp_status rnvp_ctx_create(rnvp_ctx **out, const rnvp_model *m, int max_ba
         f += (size_t)threads * panel;
     }
     c->ws.wino4 = p.wino4;
+    c->ws.w4block = p.w4block;
     c->ws.direct = direct;
     c->ws.wino_kind = rnvpi_winograd_kind();
     c->ws.tp = tp;

@@ -228,13 +228,14 @@ AVX512W static void pack_rows(float *R, const struct w4_job *j, int c, int n0, i
     }
 
 /* One tile of 16 images, one channel: v[xi xs] (xi = 6 i + j) = (B^T d B)[i][j], d[r][s] at
- * s_ + r rs + 16 s (the pack). Columns 0-2 of d B first, then 3-5 (18 registers each). */
-AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptrdiff_t xs, const float *s_,
-                                                                    ptrdiff_t rs)
+ * rp[r] + off + 16 s (rows of the pack, or of a block's ring). Columns 0-2 of d B first, then 3-5
+ * (18 registers each). */
+AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptrdiff_t xs, const float *const rp[6],
+                                                                    ptrdiff_t off)
 {
     const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f);
     __m512 e0[6], e1[6], e2[6];
-#define LD(r, k) _mm512_load_ps(s_ + (r) * rs + 16 * (k))
+#define LD(r, k) _mm512_load_ps(rp[r] + off + 16 * (k))
     #pragma GCC unroll 16
     for (int r = 0; r < 6; r++) {
         const __m512 x0 = LD(r, 0), x1 = LD(r, 1), x2 = LD(r, 2), x3 = LD(r, 3), x4 = LD(r, 4);
@@ -297,7 +298,20 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
                      w2 = _mm512_shuffle_ps(u1, u3, 0x44), w3 = _mm512_shuffle_ps(u1, u3, 0xee);        \
         SINK(i, w0, w1, w2, w3)                                                                         \
     }
-#define OUT_TILE(mp, mxs, SINK)                                                                         \
+/* As OUT_ROW, the 4 columns left in lanes (lane n: image n): SINK(i, a, b, c, d) */
+#define OUT_ROW_LANES(i, t, SINK)                                      \
+    {                                                                 \
+        __m512 a, b_, c, d;   /* row i, columns 0-3 */                \
+        AT_LINE(a, b_, c, d, t[0], t[1], t[2], t[3], t[4], t[5])      \
+        a = _mm512_add_ps(a, bias);                                   \
+        b_ = _mm512_add_ps(b_, bias);                                 \
+        c = _mm512_add_ps(c, bias);                                   \
+        d = _mm512_add_ps(d, bias);                                   \
+        SINK(i, a, b_, c, d)                                          \
+    }
+#define OUT_TILE(mp, mxs, SINK) OUT_TILE_WITH(mp, mxs, SINK, OUT_ROW)
+#define OUT_TILE_LANES(mp, mxs, SINK) OUT_TILE_WITH(mp, mxs, SINK, OUT_ROW_LANES)
+#define OUT_TILE_WITH(mp, mxs, SINK, ROW)                                                                         \
     {                                                                                                   \
         __m512 ta[6], tb[6];                                                                            \
         _Pragma("GCC unroll 16") for (int c6 = 0; c6 < 6; c6++) { /* rows 0 and 2 */                    \
@@ -308,7 +322,7 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
             ta[c6] = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps((mp) + c6 * (mxs)), p_), s_);           \
             tb[c6] = _mm512_fmadd_ps(four, s_, p_);                                                     \
         }                                                                                               \
-        OUT_ROW(0, ta, SINK) OUT_ROW(2, tb, SINK)                                                       \
+        ROW(0, ta, SINK) ROW(2, tb, SINK)                                                               \
         _Pragma("GCC unroll 16") for (int c6 = 0; c6 < 6; c6++) { /* rows 1 and 3 */                    \
             const __m512 q_ = _mm512_sub_ps(_mm512_load_ps((mp) + (6 + c6) * (mxs)),                    \
                                             _mm512_load_ps((mp) + (12 + c6) * (mxs)));                  \
@@ -317,7 +331,7 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
             ta[c6] = _mm512_fmadd_ps(two, t_, q_);                                                      \
             tb[c6] = _mm512_add_ps(_mm512_fmadd_ps(eight, t_, q_), _mm512_load_ps((mp) + (30 + c6) * (mxs))); \
         }                                                                                               \
-        OUT_ROW(1, ta, SINK) OUT_ROW(3, tb, SINK)                                                       \
+        ROW(1, ta, SINK) ROW(3, tb, SINK)                                                               \
     }
 
 /* Output channel o's row of tiles from M (its row r of each xi, lanes 16 tj of tile tj): S (16, 4, W)
@@ -399,9 +413,11 @@ AVX512W static void row4(const struct w4_job *j, float *base, int g, int ti, int
     struct w4_panel pl;
     panel_layout(&pl, base, cin, j->W);
     const ptrdiff_t LW = pl.LW, xs = pl.xs, mxs = pl.mxs;
+    const float *const rp[6] = {pl.rows, pl.rows + rs, pl.rows + 2 * rs, pl.rows + 3 * rs, pl.rows + 4 * rs,
+                                pl.rows + 5 * rs};
     for (int c = 0; c < cin; c++) {
         pack_rows(pl.rows, j, c, n0, ng, 4 * ti - 1);
-        for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, pl.rows + 4 * tj * G4, rs);
+        for (int tj = 0; tj < tw; tj++) tile_in4(pl.V + (ptrdiff_t)c * LW + 16 * tj, xs, rp, 4 * tj * G4);
     }
     for (int o0 = oa; o0 < ob; o0 += RNVPI_WINO_MR) {
         const int mr = ob - o0 < RNVPI_WINO_MR ? ob - o0 : RNVPI_WINO_MR;
@@ -436,15 +452,170 @@ static void w4_job_run(void *arg, int t, int nt)
 }
 #endif
 
+/* A block's intermediate, per channel: RING rows of RW = 4 tw + 2 columns of 16 lanes (pre(b) of
+ * conv a's output, zero outside the image), as the pack lays them out; conv b's tile row t - 1
+ * reads rows 4t - 5 .. 4t just after conv a's tile row t wrote 4t .. 4t + 3, so 9 rows suffice.
+ * Channels a line more than their size apart. */
+#define RING 9
+static ptrdiff_t ring_channel(int W)
+{
+    const int RW = 4 * ((W + 3) / 4) + 2;
+    return (ptrdiff_t)RING * RW * G4 + 16;
+}
+
+size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int W)
+{
+    const size_t pa = panel_layout(NULL, NULL, cin > cmid ? cin : cmid, W);
+    return (pa + 15) / 16 * 16 + (size_t)cmid * (size_t)ring_channel(W) + 16;
+}
+
+int rnvpi_winograd4_block_wins(const conv_i *ca, const conv_i *cb, int threads, int N, int H, int W)
+{
+    /* whole groups of 16 images per thread, the same number each: a group's tile rows run in order
+     * on one thread (the ring), so fewer groups than threads would leave threads idle */
+    const int groups = (N + G4 - 1) / G4;
+    return rnvpi_winograd4_wins(ca, N, H, W) && rnvpi_winograd4_wins(cb, N, H, W) && ca->cout == cb->cin &&
+           cb->cout == ca->cin && groups % threads == 0;
+}
+
+#ifdef HAVE_W4
+static void job_init(struct w4_job *j, float *out, const float *in, const conv_i *cv, const affine_i *pre,
+                     const float *res, int N, int H, int W)
+{
+    *j = (struct w4_job){.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .N = N, .H = H, .W = W,
+                         .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
+    geometry(H, W, &j->th, &j->tw, &j->Wp);
+    j->groups = (N + G4 - 1) / G4;
+    j->rows = j->groups * j->th;
+}
+
+/* Conv a's tile row ti of group g into the ring ((cmid, RING, RW, 16) at ring, channels rcs apart):
+ * rows 4 ti .. 4 ti + 3 of relu(conv_a(pre_a(h))) (conv b's pre: relu only), zero past H and W. */
+AVX512W static void row4_ring(const struct w4_job *j, const struct w4_panel *pl, float *ring, ptrdiff_t rcs, int g,
+                              int ti)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout, tw = j->tw, W = j->W, H = j->H, RW = 4 * tw + 2, y0 = 4 * ti;
+    const int n0 = g * G4, ng = j->N - n0 < G4 ? j->N - n0 : G4;
+    const ptrdiff_t rs = (ptrdiff_t)j->Wp * G4, LW = pl->LW, xs = pl->xs, mxs = pl->mxs;
+    const float *const rp[6] = {pl->rows, pl->rows + rs, pl->rows + 2 * rs, pl->rows + 3 * rs, pl->rows + 4 * rs,
+                                pl->rows + 5 * rs};
+    for (int c = 0; c < cin; c++) {
+        pack_rows(pl->rows, j, c, n0, ng, y0 - 1);
+        for (int tj = 0; tj < tw; tj++) tile_in4(pl->V + (ptrdiff_t)c * LW + 16 * tj, xs, rp, 4 * tj * G4);
+    }
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+    const __m512 z = _mm512_setzero_ps();
+    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
+        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
+        rnvpi_winograd512_gemm(pl->M, mxs, LW, cv->wino4, XI, cout, cin, pl->V, xs, LW, tw, o0, mr);
+        for (int r = 0; r < mr; r++) {
+            const __m512 bias = _mm512_set1_ps(cv->b[o0 + r]);
+            float *rc = ring + (ptrdiff_t)(o0 + r) * rcs;
+            for (int tj = 0; tj < tw; tj++) {
+                const float *mp = pl->M + r * LW + 16 * tj;
+                const int lim = W - 4 * tj;   /* columns of this tile inside the image (>= 1) */
+#define TO_RING(i, w0, w1, w2, w3)                                                                   \
+    {                                                                                               \
+        float *q = rc + (ptrdiff_t)((y0 + (i)) % RING) * RW * G4 + (ptrdiff_t)(1 + 4 * tj) * G4;      \
+        const int in_ = y0 + (i) < H;                                                               \
+        _mm512_store_ps(q, in_ ? _mm512_max_ps(w0, z) : z);                                         \
+        _mm512_store_ps(q + 16, in_ && lim > 1 ? _mm512_max_ps(w1, z) : z);                         \
+        _mm512_store_ps(q + 32, in_ && lim > 2 ? _mm512_max_ps(w2, z) : z);                         \
+        _mm512_store_ps(q + 48, in_ && lim > 3 ? _mm512_max_ps(w3, z) : z);                         \
+    }
+                OUT_TILE_LANES(mp, mxs, TO_RING)
+#undef TO_RING
+            }
+        }
+    }
+}
+
+/* Conv b's tile row ti of group g from the ring: h (+)= conv_b(ring) through the staging rows. */
+AVX512W static void row4_from_ring(const struct w4_job *j, const struct w4_panel *pl, const float *ring,
+                                   ptrdiff_t rcs, int g, int ti)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout, tw = j->tw, RW = 4 * tw + 2;
+    const int n0 = g * G4, ng = j->N - n0 < G4 ? j->N - n0 : G4;
+    const ptrdiff_t LW = pl->LW, xs = pl->xs, mxs = pl->mxs, rws = (ptrdiff_t)RW * G4;
+    for (int c = 0; c < cin; c++) {
+        const float *rc = ring + (ptrdiff_t)c * rcs;
+        const float *const rp[6] = {rc + ((4 * ti + RING - 1) % RING) * rws, rc + ((4 * ti) % RING) * rws,
+                                    rc + ((4 * ti + 1) % RING) * rws,        rc + ((4 * ti + 2) % RING) * rws,
+                                    rc + ((4 * ti + 3) % RING) * rws,        rc + ((4 * ti + 4) % RING) * rws};
+        for (int tj = 0; tj < tw; tj++) tile_in4(pl->V + (ptrdiff_t)c * LW + 16 * tj, xs, rp, 4 * tj * G4);
+    }
+    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
+        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
+        rnvpi_winograd512_gemm(pl->M, mxs, LW, cv->wino4, XI, cout, cin, pl->V, xs, LW, tw, o0, mr);
+        for (int r = 0; r < mr; r++) {
+            output4_row(pl->S, pl->M, mxs, LW, r, tw, j->W, cv->b[o0 + r]);
+            flush_rows(j, pl->S, o0 + r, n0, ng, 4 * ti);
+        }
+    }
+}
+
+struct w4_block_job {
+    struct w4_job a, b;   /* a: h -> ring, b: ring -> h (+=) */
+    float *panel;
+    size_t panel_floats;
+    atomic_int next;      /* the next group */
+};
+
+static void w4_block_run(void *arg, int t, int nt)
+{
+    struct w4_block_job *bj = arg;
+    const struct w4_job *a = &bj->a, *b = &bj->b;
+    float *base = align64(bj->panel + (size_t)t * bj->panel_floats);
+    const int cin = a->cv->cin, cmid = a->cv->cout, W = a->W, RW = 4 * a->tw + 2;
+    struct w4_panel pl;
+    const size_t pa = panel_layout(&pl, base, cin > cmid ? cin : cmid, W);
+    float *ring = base + (pa + 15) / 16 * 16;
+    const ptrdiff_t rcs = ring_channel(W), rws = (ptrdiff_t)RW * G4;
+    (void)nt;
+    for (;;) {
+        const int g = atomic_fetch_add_explicit(&bj->next, 1, memory_order_relaxed);
+        if (g >= a->groups) break;
+        /* the borders conv a never writes: columns 0 and RW - 1 of every row; row -1 whole */
+        for (int c = 0; c < cmid; c++) {
+            float *rc = ring + (ptrdiff_t)c * rcs;
+            for (int y = 0; y < RING; y++) {
+                memset(rc + y * rws, 0, sizeof(float) * G4);
+                memset(rc + y * rws + (ptrdiff_t)(RW - 1) * G4, 0, sizeof(float) * G4);
+            }
+            memset(rc + (RING - 1) * rws, 0, sizeof(float) * (size_t)rws);
+        }
+        for (int ti = 0; ti <= a->th; ti++) {
+            if (ti < a->th) row4_ring(a, &pl, ring, rcs, g, ti);
+            else   /* row 4 th (past H): zero */
+                for (int c = 0; c < cmid; c++) memset(ring + c * rcs + ((4 * ti) % RING) * rws, 0, sizeof(float) * (size_t)rws);
+            if (ti >= 1) row4_from_ring(b, &pl, ring, rcs, g, ti - 1);
+        }
+    }
+}
+#endif
+
+void rnvpi_winograd4_block(float *h, const conv_i *ca, const affine_i *pre_a, const conv_i *cb, const net_ws *ws,
+                           int N, int H, int W)
+{
+#ifdef HAVE_W4
+    struct w4_block_job bj = {.panel = ws->panel, .panel_floats = ws->panel_floats};
+    job_init(&bj.a, NULL, h, ca, pre_a, NULL, N, H, W);
+    job_init(&bj.b, h, NULL, cb, NULL, h, N, H, W);
+    atomic_init(&bj.next, 0);
+    rnvpi_tpool_run_shared(ws->tp, w4_block_run, &bj);
+#else
+    (void)h; (void)ca; (void)pre_a; (void)cb; (void)ws; (void)N; (void)H; (void)W;
+#endif
+}
+
 void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                           const net_ws *ws, int N, int H, int W)
 {
 #ifdef HAVE_W4
-    struct w4_job j = {.out = out, .in = in, .res = res, .cv = cv, .pre = pre, .N = N, .H = H, .W = W,
-                       .P = (ptrdiff_t)N * H * W, .HW = (ptrdiff_t)H * W};
-    geometry(H, W, &j.th, &j.tw, &j.Wp);
-    j.groups = (N + G4 - 1) / G4;
-    j.rows = j.groups * j.th;
+    struct w4_job j;
+    job_init(&j, out, in, cv, pre, res, N, H, W);
     /* rows left over after each thread took as many: split by output channels, each part transforming
      * the row's input again (about a tenth of a row's work) */
     const int threads = ws->panel ? rnvpi_tpool_size(ws->tp) : 1;

@@ -441,6 +441,85 @@ START_TEST(winograd4_matches_reference)
 }
 END_TEST
 
+/* A residual block fused on F(4x4) (rnvpi_winograd4_block: the intermediate in a ring of packed rows)
+ * against its two convolutions one after the other on the same kernel: the same bits. */
+struct bshape {
+    int C, cmid, N, H, W;
+};
+static const struct bshape bshapes[] = {
+    {32, 32, 32, 28, 28},   /* the bench model's scale-1 block, two groups */
+    {64, 64, 28, 14, 14},   /* a second group of 12 images, border tiles 2 wide */
+    {32, 36, 12, 7, 7},     /* one partial group, cmid % 8 != 0, the ring's bottom row from th */
+    {33, 36, 16, 9, 13},    /* odd H and W: a 1-wide border tile, rows 9-11 past H */
+    {32, 32, 16, 10, 7},    /* rows 10 and 11 past H */
+};
+
+static void check_block(const struct bshape *sh, int threads)
+{
+    const int C = sh->C, cm = sh->cmid, N = sh->N, H = sh->H, W = sh->W;
+    const size_t P = (size_t)N * H * W;
+    float *wa = malloc(sizeof(float) * 9 * cm * C), *wb = malloc(sizeof(float) * 9 * C * cm);
+    float *ba = malloc(sizeof(float) * cm), *bb = malloc(sizeof(float) * C);
+    float *a = malloc(sizeof(float) * C), *sc = malloc(sizeof(float) * C);
+    float *h = malloc(sizeof(float) * C * P), *h1 = malloc(sizeof(float) * C * P), *h2 = malloc(sizeof(float) * C * P);
+    float *h3 = malloc(sizeof(float) * C * P), *t = malloc(sizeof(float) * cm * P);
+    float *ua = malloc(sizeof(float) * 36 * cm * C), *ub = malloc(sizeof(float) * 36 * C * cm);
+    for (int i = 0; i < 9 * cm * C; i++) wa[i] = 0.2f * frand(), wb[i] = 0.2f * frand();
+    for (int i = 0; i < cm; i++) ba[i] = 0.3f * frand();
+    for (int i = 0; i < C; i++) bb[i] = 0.3f * frand(), a[i] = 1 + 0.5f * frand(), sc[i] = 0.3f * frand();
+    for (size_t i = 0; i < C * P; i++) h[i] = frand();
+    rnvpi_winograd4_weights(ua, wa, cm, C);
+    rnvpi_winograd4_weights(ub, wb, C, cm);
+    const conv_i ca = {cm, C, 3, 3, wa, ba, NULL, NULL, ua}, cb = {C, cm, 3, 3, wb, bb, NULL, NULL, ub};
+    const affine_i bn = {C, a, sc}, relu_only = {0, NULL, NULL};
+    ck_assert_msg(rnvpi_winograd4_block_wins(&ca, &cb, threads, N, H, W), "%d->%d->%d N=%d %dx%d: not fused", C, cm, C,
+                  N, H, W);
+    size_t pf = rnvpi_winograd4_block_panel_floats(C, cm, W);
+    if (rnvpi_winograd4_panel_floats(C, W) > pf) pf = rnvpi_winograd4_panel_floats(C, W);
+    if (rnvpi_winograd4_panel_floats(cm, W) > pf) pf = rnvpi_winograd4_panel_floats(cm, W);
+    pf = (pf + 15) / 16 * 16;
+    float *panel = aligned_alloc(64, sizeof(float) * threads * pf);
+    for (size_t i = 0; i < threads * pf; i++) panel[i] = NAN;   /* the ring's borders must be written */
+    tpool *tp = threads > 1 ? rnvpi_tpool_create(threads) : NULL;
+    net_ws ws = {.tp = tp, .panel = panel, .panel_floats = pf, .direct = RNVPI_CONV_AVX512, .wino4 = 1, .w4block = 1};
+    /* one after the other */
+    memcpy(h1, h, sizeof(float) * C * P);
+    rnvpi_conv_winograd4(t, h1, &ca, &bn, NULL, &ws, N, H, W);
+    rnvpi_conv_winograd4(h1, t, &cb, &relu_only, h1, &ws, N, H, W);
+    /* fused, directly and through rnvpi_conv_resblock's choice */
+    memcpy(h2, h, sizeof(float) * C * P);
+    rnvpi_winograd4_block(h2, &ca, &bn, &cb, &ws, N, H, W);
+    memcpy(h3, h, sizeof(float) * C * P);
+    for (size_t i = 0; i < cm * P; i++) t[i] = NAN;
+    rnvpi_conv_resblock(h3, t, &ca, &bn, &cb, &ws, N, H, W);
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < C * P; i++)
+        if (memcmp(&h1[i], &h2[i], sizeof(float)) || memcmp(&h1[i], &h3[i], sizeof(float))) {
+            if (!bad) first = i;
+            bad++;
+        }
+    ck_assert_msg(bad == 0, "fused block %d thread(s) %d->%d->%d N=%d %dx%d: %zu of %zu values differ, first at "
+                  "(c %zu, n %zu, y %zu, x %zu): %.9g, fused %.9g, via resblock %.9g", threads, C, cm, C, N, H, W, bad,
+                  C * P, first / P, first % P / ((size_t)H * W), first % ((size_t)H * W) / W, first % W, h1[first],
+                  h2[first], h3[first]);
+    int touched = 0;   /* the block changed h */
+    for (size_t i = 0; i < C * P; i++) touched += h2[i] != h[i];
+    ck_assert_int_gt(touched, (int)(C * P / 2));
+    rnvpi_tpool_free(tp);
+    free(panel); free(wa); free(wb); free(ba); free(bb); free(a); free(sc); free(h); free(h1); free(h2); free(h3);
+    free(t); free(ua); free(ub);
+}
+
+START_TEST(winograd4_block_matches_two_convs)
+{
+    if (!rnvpi_winograd512_available()) return;
+    for (size_t i = 0; i < sizeof bshapes / sizeof bshapes[0]; i++) {
+        check_block(&bshapes[i], 1);
+        if ((bshapes[i].N + 15) / 16 % 2 == 0) check_block(&bshapes[i], 2);
+    }
+}
+END_TEST
+
 /* The F(4x4) weight transform against its definition in double: each u[xi] of a random kernel. */
 START_TEST(winograd4_weights_match_definition)
 {
@@ -763,6 +842,7 @@ static Suite *conv_suite(void)
     tcase_add_test(tc, winograd_weights_exact);
     tcase_add_test(tc, winograd4_matches_reference);
     tcase_add_test(tc, winograd4_weights_match_definition);
+    tcase_add_test(tc, winograd4_block_matches_two_convs);
     tcase_add_test(tc, shipped_model_winograd4_agrees);
     tcase_add_test(tc, flow_winograd_agrees);
     tcase_add_test(tc, shipped_model_winograd_agrees);
