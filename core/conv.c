@@ -708,20 +708,24 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
     rnvpi_conv_blas(out, in, cv, pre, accumulate ? out : NULL, ws->col, NULL, 0, N, N, H, W);
 }
 
-void rnvpi_conv_resblock(float *h, float *t, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
-                         const net_ws *ws, int N, int H, int W)
+void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
+                          const net_ws *ws, int N, int H, int W)
 {
 #ifdef HAVE_AVX512_KERNEL
-    if (ws->w4block && ws->wino4 && ca->wino4 && cb->wino4 && ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 &&
-        ws->panel && rnvpi_winograd4_block_wins(ca, cb, rnvpi_tpool_size(ws->tp), N, H, W) &&
-        ws->panel_floats >= rnvpi_winograd4_block_panel_floats(ca->cin, ca->cout, W)) {
-        rnvpi_winograd4_block(h, ca, pre_a, cb, ws, N, H, W);
+    int fuse = ws->w4block && ws->wino4 && ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && ws->panel;
+    for (int k = 0; k < K && fuse; k++)
+        fuse = ca[k].wino4 && cb[k].wino4 && rnvpi_winograd4_block_wins(&ca[k], &cb[k], rnvpi_tpool_size(ws->tp), N, H, W) &&
+               ws->panel_floats >= rnvpi_winograd4_block_panel_floats(ca[k].cin, ca[k].cout, W);
+    if (fuse) {
+        rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W);
         return;
     }
 #endif
     static const affine_i relu_only = {0, NULL, NULL};
-    rnvpi_conv_forward_i(t, h, ca, pre_a, ws, N, H, W);
-    rnvpi_conv_forward_acc(h, t, cb, &relu_only, ws, N, H, W, 1);
+    for (int k = 0; k < K; k++) {
+        rnvpi_conv_forward_i(t, h, &ca[k], &pre_a[k], ws, N, H, W);
+        rnvpi_conv_forward_acc(h, t, &cb[k], &relu_only, ws, N, H, W, 1);
+    }
 }
 
 size_t rnvpi_conv_col_floats(const conv_i *cv, int N, int H, int W)

@@ -12,7 +12,7 @@ static void st_net(float *out, const float *in, const coupling *c, int N, const 
     float *h = ws->h, *t = ws->t;   /* (F, N, H, W) each */
     rnvpi_conv_forward_i(h, in, &c->i_in, NULL, ws, N, H, W);            /* h = in_conv(input) */
     /* t = bn_b(conv_a(relu(bn_a(h)))) (bn_b folded into conv_a), h = h + conv_b(relu(t)) */
-    for (int j = 0; j < c->K; j++) rnvpi_conv_resblock(h, t, &c->i_a[j], &c->i_bn_a[j], &c->i_b[j], ws, N, H, W);
+    rnvpi_conv_resblocks(h, t, c->K, c->i_a, c->i_bn_a, c->i_b, ws, N, H, W);
     /* out = out_conv(relu(bn_out(h))) */
     rnvpi_conv_forward_i(out, h, &c->i_out, &c->i_bn_out, ws, N, H, W);
     (void)P;

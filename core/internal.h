@@ -417,21 +417,23 @@ int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W);
  * rnvpi_winograd4_panel_floats(cin, W). in and out must not overlap. */
 void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                           const net_ws *ws, int N, int H, int W);
-/* A residual block on F(4x4) with its intermediate kept in each thread's panel (a ring of rows in the
- * pack's layout, never written to memory as (C, N, H, W)): h += conv_b(relu(conv_a(pre_a(h)))),
- * bit for bit what the two convolutions give one after the other. Each thread runs whole groups of
- * 16 images, their tile rows in order: conv a's row t, then conv b's row t - 1. Needs ws->panel
- * with rnvpi_winograd4_block_panel_floats(cin of a, cout of a, W) floats per thread. */
+/* K residual blocks on F(4x4), each with its intermediate kept in the thread's panel (a ring of rows
+ * in the pack's layout, never written to memory as (C, N, H, W)): for k < K, h += conv_b[k](relu(
+ * conv_a[k](pre_a[k](h)))), bit for bit what the convolutions give one after the other. Each thread
+ * runs whole groups of 16 images, all K blocks of a group before the next group, each block's tile
+ * rows in order: conv a's row t, then conv b's row t - 1. Needs ws->panel with
+ * rnvpi_winograd4_block_panel_floats(cin of a, cout of a, W) floats per thread for every block. */
 size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int W);
-/* 1 where the fused block applies: both convolutions rnvpi_winograd4_wins, a's output is b's input,
+/* 1 where a fused block applies: both convolutions rnvpi_winograd4_wins, a's output is b's input,
  * b's output a's input, and the groups of 16 images split evenly over `threads`. */
 int rnvpi_winograd4_block_wins(const conv_i *ca, const conv_i *cb, int threads, int N, int H, int W);
-void rnvpi_winograd4_block(float *h, const conv_i *ca, const affine_i *pre_a, const conv_i *cb, const net_ws *ws,
-                           int N, int H, int W);
-/* h += conv_b(relu(conv_a(pre_a(h)))), fused where rnvpi_winograd4_block_wins and ws allows it (fp32 AVX-512,
- * ws->w4block, panels large enough), else through t (cmid, N, H, W). */
-void rnvpi_conv_resblock(float *h, float *t, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
-                         const net_ws *ws, int N, int H, int W);
+void rnvpi_winograd4_blocks(float *h, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
+                            const net_ws *ws, int N, int H, int W);
+/* h += conv_b[k](relu(conv_a[k](pre_a[k](h)))) for k = 0 .. K-1: fused where every block
+ * rnvpi_winograd4_block_wins and ws allows it (fp32 AVX-512, ws->w4block, panels large enough),
+ * else one convolution at a time through t (cmid, N, H, W). */
+void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
+                          const net_ws *ws, int N, int H, int W);
 /* The AVX-512 Winograd GEMMs (core/winograd.c): for each xi < nxi, M[xi] (RNVPI_WINO_MR, 16 nh) rows
  * 0..mr-1 = U[xi] (cout, cin) rows o0 .. o0+mr-1 times V[xi] (cin, 16 nh); M[xi][r] at
  * M + xi mxs + r ms, V[xi][c] at V + xi xs + c cs (64-byte aligned rows); 32 lanes per step, an

@@ -557,56 +557,67 @@ AVX512W static void row4_from_ring(const struct w4_job *j, const struct w4_panel
 }
 
 struct w4_block_job {
-    struct w4_job a, b;   /* a: h -> ring, b: ring -> h (+=) */
+    float *h;
+    const conv_i *ca, *cb;   /* (K) blocks: a: h -> ring, b: ring -> h (+=) */
+    const affine_i *pre_a;   /* (K) */
+    int K, N, H, W, groups;
     float *panel;
     size_t panel_floats;
-    atomic_int next;      /* the next group */
+    atomic_int next;         /* the next group */
 };
 
-static void w4_block_run(void *arg, int t, int nt)
+/* Block k of group g on one thread, its panel at base. */
+AVX512W static void block_group(const struct w4_block_job *bj, float *base, int k, int g)
 {
-    struct w4_block_job *bj = arg;
-    const struct w4_job *a = &bj->a, *b = &bj->b;
-    float *base = align64(bj->panel + (size_t)t * bj->panel_floats);
-    const int cin = a->cv->cin, cmid = a->cv->cout, W = a->W, RW = 4 * a->tw + 2;
+    struct w4_job a, b;
+    job_init(&a, NULL, bj->h, &bj->ca[k], &bj->pre_a[k], NULL, bj->N, bj->H, bj->W);
+    job_init(&b, bj->h, NULL, &bj->cb[k], NULL, bj->h, bj->N, bj->H, bj->W);
+    const int cin = a.cv->cin, cmid = a.cv->cout, W = a.W, RW = 4 * a.tw + 2;
     struct w4_panel pl;
     const size_t pa = panel_layout(&pl, base, cin > cmid ? cin : cmid, W);
     float *ring = base + (pa + 15) / 16 * 16;
     const ptrdiff_t rcs = ring_channel(W), rws = (ptrdiff_t)RW * G4;
+    /* the borders conv a never writes: columns 0 and RW - 1 of every row; row -1 whole */
+    for (int c = 0; c < cmid; c++) {
+        float *rc = ring + (ptrdiff_t)c * rcs;
+        for (int y = 0; y < RING; y++) {
+            memset(rc + y * rws, 0, sizeof(float) * G4);
+            memset(rc + y * rws + (ptrdiff_t)(RW - 1) * G4, 0, sizeof(float) * G4);
+        }
+        memset(rc + (RING - 1) * rws, 0, sizeof(float) * (size_t)rws);
+    }
+    for (int ti = 0; ti <= a.th; ti++) {
+        if (ti < a.th) row4_ring(&a, &pl, ring, rcs, g, ti);
+        else   /* row 4 th (past H): zero */
+            for (int c = 0; c < cmid; c++) memset(ring + c * rcs + ((4 * ti) % RING) * rws, 0, sizeof(float) * (size_t)rws);
+        if (ti >= 1) row4_from_ring(&b, &pl, ring, rcs, g, ti - 1);
+    }
+}
+
+static void w4_block_run(void *arg, int t, int nt)
+{
+    struct w4_block_job *bj = arg;
+    float *base = align64(bj->panel + (size_t)t * bj->panel_floats);
     (void)nt;
     for (;;) {
         const int g = atomic_fetch_add_explicit(&bj->next, 1, memory_order_relaxed);
-        if (g >= a->groups) break;
-        /* the borders conv a never writes: columns 0 and RW - 1 of every row; row -1 whole */
-        for (int c = 0; c < cmid; c++) {
-            float *rc = ring + (ptrdiff_t)c * rcs;
-            for (int y = 0; y < RING; y++) {
-                memset(rc + y * rws, 0, sizeof(float) * G4);
-                memset(rc + y * rws + (ptrdiff_t)(RW - 1) * G4, 0, sizeof(float) * G4);
-            }
-            memset(rc + (RING - 1) * rws, 0, sizeof(float) * (size_t)rws);
-        }
-        for (int ti = 0; ti <= a->th; ti++) {
-            if (ti < a->th) row4_ring(a, &pl, ring, rcs, g, ti);
-            else   /* row 4 th (past H): zero */
-                for (int c = 0; c < cmid; c++) memset(ring + c * rcs + ((4 * ti) % RING) * rws, 0, sizeof(float) * (size_t)rws);
-            if (ti >= 1) row4_from_ring(b, &pl, ring, rcs, g, ti - 1);
-        }
+        if (g >= bj->groups) break;
+        /* all the blocks of one group at a time: its 16 images' features stay in the caches */
+        for (int k = 0; k < bj->K; k++) block_group(bj, base, k, g);
     }
 }
 #endif
 
-void rnvpi_winograd4_block(float *h, const conv_i *ca, const affine_i *pre_a, const conv_i *cb, const net_ws *ws,
-                           int N, int H, int W)
+void rnvpi_winograd4_blocks(float *h, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
+                            const net_ws *ws, int N, int H, int W)
 {
 #ifdef HAVE_W4
-    struct w4_block_job bj = {.panel = ws->panel, .panel_floats = ws->panel_floats};
-    job_init(&bj.a, NULL, h, ca, pre_a, NULL, N, H, W);
-    job_init(&bj.b, h, NULL, cb, NULL, h, N, H, W);
+    struct w4_block_job bj = {.h = h, .ca = ca, .cb = cb, .pre_a = pre_a, .K = K, .N = N, .H = H, .W = W,
+                              .groups = (N + G4 - 1) / G4, .panel = ws->panel, .panel_floats = ws->panel_floats};
     atomic_init(&bj.next, 0);
     rnvpi_tpool_run_shared(ws->tp, w4_block_run, &bj);
 #else
-    (void)h; (void)ca; (void)pre_a; (void)cb; (void)ws; (void)N; (void)H; (void)W;
+    (void)h; (void)K; (void)ca; (void)pre_a; (void)cb; (void)ws; (void)N; (void)H; (void)W;
 #endif
 }
 

@@ -454,26 +454,36 @@ static const struct bshape bshapes[] = {
     {32, 32, 16, 10, 7},    /* rows 10 and 11 past H */
 };
 
+/* K = 2 blocks of random weights: fused (all of a group's blocks before the next group) against
+ * the four convolutions one after the other */
 static void check_block(const struct bshape *sh, int threads)
 {
+    enum { K = 2 };
     const int C = sh->C, cm = sh->cmid, N = sh->N, H = sh->H, W = sh->W;
     const size_t P = (size_t)N * H * W;
-    float *wa = malloc(sizeof(float) * 9 * cm * C), *wb = malloc(sizeof(float) * 9 * C * cm);
-    float *ba = malloc(sizeof(float) * cm), *bb = malloc(sizeof(float) * C);
-    float *a = malloc(sizeof(float) * C), *sc = malloc(sizeof(float) * C);
+    float *wa[K], *wb[K], *ba[K], *bb[K], *a[K], *sc[K], *ua[K], *ub[K];
+    conv_i ca[K], cb[K];
+    affine_i bn[K];
+    const affine_i relu_only = {0, NULL, NULL};
+    for (int k = 0; k < K; k++) {
+        wa[k] = malloc(sizeof(float) * 9 * cm * C), wb[k] = malloc(sizeof(float) * 9 * C * cm);
+        ba[k] = malloc(sizeof(float) * cm), bb[k] = malloc(sizeof(float) * C);
+        a[k] = malloc(sizeof(float) * C), sc[k] = malloc(sizeof(float) * C);
+        ua[k] = malloc(sizeof(float) * 36 * cm * C), ub[k] = malloc(sizeof(float) * 36 * C * cm);
+        for (int i = 0; i < 9 * cm * C; i++) wa[k][i] = 0.2f * frand(), wb[k][i] = 0.2f * frand();
+        for (int i = 0; i < cm; i++) ba[k][i] = 0.3f * frand();
+        for (int i = 0; i < C; i++) bb[k][i] = 0.3f * frand(), a[k][i] = 1 + 0.5f * frand(), sc[k][i] = 0.3f * frand();
+        rnvpi_winograd4_weights(ua[k], wa[k], cm, C);
+        rnvpi_winograd4_weights(ub[k], wb[k], C, cm);
+        ca[k] = (conv_i){cm, C, 3, 3, wa[k], ba[k], NULL, NULL, ua[k]};
+        cb[k] = (conv_i){C, cm, 3, 3, wb[k], bb[k], NULL, NULL, ub[k]};
+        bn[k] = (affine_i){C, a[k], sc[k]};
+        ck_assert_msg(rnvpi_winograd4_block_wins(&ca[k], &cb[k], threads, N, H, W), "%d->%d->%d N=%d %dx%d: not fused",
+                      C, cm, C, N, H, W);
+    }
     float *h = malloc(sizeof(float) * C * P), *h1 = malloc(sizeof(float) * C * P), *h2 = malloc(sizeof(float) * C * P);
     float *h3 = malloc(sizeof(float) * C * P), *t = malloc(sizeof(float) * cm * P);
-    float *ua = malloc(sizeof(float) * 36 * cm * C), *ub = malloc(sizeof(float) * 36 * C * cm);
-    for (int i = 0; i < 9 * cm * C; i++) wa[i] = 0.2f * frand(), wb[i] = 0.2f * frand();
-    for (int i = 0; i < cm; i++) ba[i] = 0.3f * frand();
-    for (int i = 0; i < C; i++) bb[i] = 0.3f * frand(), a[i] = 1 + 0.5f * frand(), sc[i] = 0.3f * frand();
     for (size_t i = 0; i < C * P; i++) h[i] = frand();
-    rnvpi_winograd4_weights(ua, wa, cm, C);
-    rnvpi_winograd4_weights(ub, wb, C, cm);
-    const conv_i ca = {cm, C, 3, 3, wa, ba, NULL, NULL, ua}, cb = {C, cm, 3, 3, wb, bb, NULL, NULL, ub};
-    const affine_i bn = {C, a, sc}, relu_only = {0, NULL, NULL};
-    ck_assert_msg(rnvpi_winograd4_block_wins(&ca, &cb, threads, N, H, W), "%d->%d->%d N=%d %dx%d: not fused", C, cm, C,
-                  N, H, W);
     size_t pf = rnvpi_winograd4_block_panel_floats(C, cm, W);
     if (rnvpi_winograd4_panel_floats(C, W) > pf) pf = rnvpi_winograd4_panel_floats(C, W);
     if (rnvpi_winograd4_panel_floats(cm, W) > pf) pf = rnvpi_winograd4_panel_floats(cm, W);
@@ -482,32 +492,36 @@ static void check_block(const struct bshape *sh, int threads)
     for (size_t i = 0; i < threads * pf; i++) panel[i] = NAN;   /* the ring's borders must be written */
     tpool *tp = threads > 1 ? rnvpi_tpool_create(threads) : NULL;
     net_ws ws = {.tp = tp, .panel = panel, .panel_floats = pf, .direct = RNVPI_CONV_AVX512, .wino4 = 1, .w4block = 1};
-    /* one after the other */
+    /* one convolution after the other */
     memcpy(h1, h, sizeof(float) * C * P);
-    rnvpi_conv_winograd4(t, h1, &ca, &bn, NULL, &ws, N, H, W);
-    rnvpi_conv_winograd4(h1, t, &cb, &relu_only, h1, &ws, N, H, W);
-    /* fused, directly and through rnvpi_conv_resblock's choice */
+    for (int k = 0; k < K; k++) {
+        rnvpi_conv_winograd4(t, h1, &ca[k], &bn[k], NULL, &ws, N, H, W);
+        rnvpi_conv_winograd4(h1, t, &cb[k], &relu_only, h1, &ws, N, H, W);
+    }
+    /* fused, directly and through rnvpi_conv_resblocks's choice */
     memcpy(h2, h, sizeof(float) * C * P);
-    rnvpi_winograd4_block(h2, &ca, &bn, &cb, &ws, N, H, W);
+    rnvpi_winograd4_blocks(h2, K, ca, bn, cb, &ws, N, H, W);
     memcpy(h3, h, sizeof(float) * C * P);
     for (size_t i = 0; i < cm * P; i++) t[i] = NAN;
-    rnvpi_conv_resblock(h3, t, &ca, &bn, &cb, &ws, N, H, W);
+    rnvpi_conv_resblocks(h3, t, K, ca, bn, cb, &ws, N, H, W);
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < C * P; i++)
         if (memcmp(&h1[i], &h2[i], sizeof(float)) || memcmp(&h1[i], &h3[i], sizeof(float))) {
             if (!bad) first = i;
             bad++;
         }
-    ck_assert_msg(bad == 0, "fused block %d thread(s) %d->%d->%d N=%d %dx%d: %zu of %zu values differ, first at "
-                  "(c %zu, n %zu, y %zu, x %zu): %.9g, fused %.9g, via resblock %.9g", threads, C, cm, C, N, H, W, bad,
+    ck_assert_msg(bad == 0, "fused blocks %d thread(s) %d->%d->%d N=%d %dx%d: %zu of %zu values differ, first at "
+                  "(c %zu, n %zu, y %zu, x %zu): %.9g, fused %.9g, via resblocks %.9g", threads, C, cm, C, N, H, W, bad,
                   C * P, first / P, first % P / ((size_t)H * W), first % ((size_t)H * W) / W, first % W, h1[first],
                   h2[first], h3[first]);
-    int touched = 0;   /* the block changed h */
+    int touched = 0;   /* the blocks changed h */
     for (size_t i = 0; i < C * P; i++) touched += h2[i] != h[i];
     ck_assert_int_gt(touched, (int)(C * P / 2));
     rnvpi_tpool_free(tp);
-    free(panel); free(wa); free(wb); free(ba); free(bb); free(a); free(sc); free(h); free(h1); free(h2); free(h3);
-    free(t); free(ua); free(ub);
+    for (int k = 0; k < K; k++) {
+        free(wa[k]); free(wb[k]); free(ba[k]); free(bb[k]); free(a[k]); free(sc[k]); free(ua[k]); free(ub[k]);
+    }
+    free(panel); free(h); free(h1); free(h2); free(h3); free(t);
 }
 
 START_TEST(winograd4_block_matches_two_convs)
@@ -756,6 +770,48 @@ START_TEST(shipped_model_winograd4_agrees)
 }
 END_TEST
 
+/* The shipped model in a batch of 32 with its residual blocks fused (two groups of 16 images; on 2
+ * threads one each) against REALNVP_FUSE_BLOCKS=0: the same log_prob and latents bit for bit, and
+ * decode the same pixels. The fused context plans the rings into its workspace (it is larger). */
+START_TEST(shipped_model_fused_blocks_same_bits)
+{
+    if (!rnvpi_winograd512_available() || !rnvpi_winograd4_on()) return;
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
+        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
+        return;
+    }
+    const int n = 32, D = rnvp_model_dim(m);
+    uint8_t *px = malloc((size_t)n * D), *b1 = malloc((size_t)n * D), *b2 = malloc((size_t)n * D);
+    float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
+    double lp1[32], lp2[32];
+    rnvp_ctx *cf = NULL, *cu = NULL;
+    unsetenv("REALNVP_CONV");
+    unsetenv("REALNVP_FUSE_BLOCKS");
+    ck_assert(rnvp_ctx_create(&cf, m, n, &e) == RNVP_OK);
+    const size_t fused_bytes = rnvp_ctx_workspace_bytes(m, n);
+    setenv("REALNVP_FUSE_BLOCKS", "0", 1);
+    ck_assert(rnvp_ctx_create(&cu, m, n, &e) == RNVP_OK);
+    ck_assert_uint_gt(fused_bytes, rnvp_ctx_workspace_bytes(m, n));
+    unsetenv("REALNVP_FUSE_BLOCKS");
+    ck_assert(rnvp_sample(cf, px, NULL, n - 8, 0.8, 11, &e) == RNVP_OK);
+    for (int i = (n - 8) * D; i < n * D; i++) px[i] = (uint8_t)(rnvpi_splitmix64(&rs) & 255);
+    ck_assert(rnvp_encode(cu, z1, lp1, px, NULL, n, &e) == RNVP_OK);
+    ck_assert(rnvp_encode(cf, z2, lp2, px, NULL, n, &e) == RNVP_OK);
+    ck_assert_mem_eq(lp1, lp2, sizeof lp1);
+    ck_assert_mem_eq(z1, z2, sizeof(float) * n * D);
+    ck_assert(rnvp_decode(cu, b1, z1, n, &e) == RNVP_OK);
+    ck_assert(rnvp_decode(cf, b2, z2, n, &e) == RNVP_OK);
+    ck_assert_mem_eq(b1, b2, (size_t)n * D);
+    ck_assert_mem_eq(b2, px, (size_t)n * D);
+    rnvp_ctx_free(cf);
+    rnvp_ctx_free(cu);
+    rnvp_model_free(m);
+    free(px); free(b1); free(b2); free(z1); free(z2);
+}
+END_TEST
+
 /* Precision bf16 on the shipped model: where the CPU has AVX512_BF16, log p within 1e-3 relative
  * of fp32 (and not equal: the bf16 kernel ran), decode(encode(x)) within a few levels on at most
  * 5% of the pixels (measured: 1.2%, 2 levels), fp32 again the same bits as before; elsewhere
@@ -844,6 +900,7 @@ static Suite *conv_suite(void)
     tcase_add_test(tc, winograd4_weights_match_definition);
     tcase_add_test(tc, winograd4_block_matches_two_convs);
     tcase_add_test(tc, shipped_model_winograd4_agrees);
+    tcase_add_test(tc, shipped_model_fused_blocks_same_bits);
     tcase_add_test(tc, flow_winograd_agrees);
     tcase_add_test(tc, shipped_model_winograd_agrees);
     tcase_add_test(tc, bf16_precision);
