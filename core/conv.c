@@ -715,7 +715,7 @@ void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const aff
     int fuse = ws->w4block && ws->wino4 && ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && ws->panel;
     for (int k = 0; k < K && fuse; k++)
         fuse = ca[k].wino4 && cb[k].wino4 && rnvpi_winograd4_block_wins(&ca[k], &cb[k], rnvpi_tpool_size(ws->tp), N, H, W) &&
-               ws->panel_floats >= rnvpi_winograd4_block_panel_floats(ca[k].cin, ca[k].cout, W);
+               ws->panel_floats >= rnvpi_winograd4_block_panel_floats(ca[k].cin, ca[k].cout, H, W);
     if (fuse) {
         rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W);
         return;

@@ -69,10 +69,11 @@ static void plan_workspace(ws_plan *p, const rnvp_model *m, int max_batch)
             if (wino4 && v->wino4 && max_batch >= 12 && rnvpi_winograd4_panel_floats(v->cin, cp->W) > panel)
                 panel = rnvpi_winograd4_panel_floats(v->cin, cp->W);
         }
+        /* fused blocks: from one group of 16 images (the fewest F(4x4) takes, 12) per thread */
         for (int j = 0; j < cp->K; j++)
-            if (w4block && cp->i_a[j].wino4 && cp->i_b[j].wino4 && max_batch >= 12 &&
-                rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->W) > panel)
-                panel = rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->W);
+            if (w4block && cp->i_a[j].wino4 && cp->i_b[j].wino4 && max_batch >= 16 * (p->threads - 1) + 12 &&
+                rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->H, cp->W) > panel)
+                panel = rnvpi_winograd4_block_panel_floats(cp->i_a[j].cin, cp->i_a[j].cout, cp->H, cp->W);
     }
     panel = (panel + 15) / 16 * 16;          /* 64-byte steps between the threads' panels */
     if (p->direct) col = 0;                    /* the panels replace the im2col buffer */

@@ -422,8 +422,8 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
  * conv_a[k](pre_a[k](h)))), bit for bit what the convolutions give one after the other. Each thread
  * runs whole groups of 16 images, all K blocks of a group before the next group, each block's tile
  * rows in order: conv a's row t, then conv b's row t - 1. Needs ws->panel with
- * rnvpi_winograd4_block_panel_floats(cin of a, cout of a, W) floats per thread for every block. */
-size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int W);
+ * rnvpi_winograd4_block_panel_floats(cin of a, cout of a, H, W) floats per thread for every block. */
+size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int H, int W);
 /* 1 where a fused block applies: both convolutions rnvpi_winograd4_wins, a's output is b's input,
  * b's output a's input, and the groups of 16 images split evenly over `threads`. */
 int rnvpi_winograd4_block_wins(const conv_i *ca, const conv_i *cb, int threads, int N, int H, int W);

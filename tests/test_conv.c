@@ -484,7 +484,7 @@ static void check_block(const struct bshape *sh, int threads)
     float *h = malloc(sizeof(float) * C * P), *h1 = malloc(sizeof(float) * C * P), *h2 = malloc(sizeof(float) * C * P);
     float *h3 = malloc(sizeof(float) * C * P), *t = malloc(sizeof(float) * cm * P);
     for (size_t i = 0; i < C * P; i++) h[i] = frand();
-    size_t pf = rnvpi_winograd4_block_panel_floats(C, cm, W);
+    size_t pf = rnvpi_winograd4_block_panel_floats(C, cm, H, W);
     if (rnvpi_winograd4_panel_floats(C, W) > pf) pf = rnvpi_winograd4_panel_floats(C, W);
     if (rnvpi_winograd4_panel_floats(cm, W) > pf) pf = rnvpi_winograd4_panel_floats(cm, W);
     pf = (pf + 15) / 16 * 16;
