@@ -717,7 +717,21 @@ void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const aff
         fuse = ca[k].wino4 && cb[k].wino4 && rnvpi_winograd4_block_wins(&ca[k], &cb[k], rnvpi_tpool_size(ws->tp), N, H, W) &&
                ws->panel_floats >= rnvpi_winograd4_block_panel_floats(ca[k].cin, ca[k].cout, H, W);
     if (fuse) {
-        rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W);
+        /* groups that do not split evenly over the threads: the last one's blocks one convolution at
+         * a time on all threads where it fills F(4x4)'s lanes (3 groups on 2 threads: 1.2x the
+         * three fused, two on one thread), else fused too, a thread taking one group more */
+        const int T = rnvpi_tpool_size(ws->tp), groups = (N + 15) / 16, gf = groups - groups % T;
+        const int rest = N - 16 * gf;
+        if (gf == groups || gf < T || rest < 12) {
+            rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W, groups);
+            return;
+        }
+        rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W, gf);
+        static const affine_i relu_only = {0, NULL, NULL};
+        for (int k = 0; k < K; k++) {
+            rnvpi_conv_winograd4_from(t, h, &ca[k], &pre_a[k], NULL, ws, N, H, W, gf);
+            rnvpi_conv_winograd4_from(h, t, &cb[k], &relu_only, h, ws, N, H, W, gf);
+        }
         return;
     }
 #endif

@@ -417,6 +417,9 @@ int rnvpi_winograd4_wins(const conv_i *cv, int N, int H, int W);
  * rnvpi_winograd4_panel_floats(cin, W). in and out must not overlap. */
 void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                           const net_ws *ws, int N, int H, int W);
+/* The same on images 16 g0 .. N-1 only (the rest of out left alone). */
+void rnvpi_conv_winograd4_from(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                               const net_ws *ws, int N, int H, int W, int g0);
 /* K residual blocks on F(4x4), each with its intermediate kept in the thread's panel (a ring of rows
  * in the pack's layout, never written to memory as (C, N, H, W)): for k < K, h += conv_b[k](relu(
  * conv_a[k](pre_a[k](h)))), bit for bit what the convolutions give one after the other. Each thread
@@ -425,10 +428,11 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
  * rnvpi_winograd4_block_panel_floats(cin of a, cout of a, H, W) floats per thread for every block. */
 size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int H, int W);
 /* 1 where a fused block applies: both convolutions rnvpi_winograd4_wins, a's output is b's input,
- * b's output a's input, and the groups of 16 images split evenly over `threads`. */
+ * b's output a's input, and at least one group of 16 images per thread. rnvpi_winograd4_blocks
+ * runs groups 0 .. groups-1 (images from 16 groups on are left alone). */
 int rnvpi_winograd4_block_wins(const conv_i *ca, const conv_i *cb, int threads, int N, int H, int W);
 void rnvpi_winograd4_blocks(float *h, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
-                            const net_ws *ws, int N, int H, int W);
+                            const net_ws *ws, int N, int H, int W, int groups);
 /* h += conv_b[k](relu(conv_a[k](pre_a[k](h)))) for k = 0 .. K-1: fused where every block
  * rnvpi_winograd4_block_wins and ws allows it (fp32 AVX-512, ws->w4block, panels large enough),
  * else one convolution at a time through t (cmid, N, H, W). */

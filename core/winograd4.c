@@ -134,7 +134,7 @@ struct w4_job {
     ptrdiff_t P, HW;
     float *panel;             /* (threads, panel_floats) */
     size_t panel_floats;
-    int rows, groups;         /* (group, tile row)s in all; groups of 16 images */
+    int rows, groups, g0;     /* (group, tile row)s in all; groups of 16 images, from group g0 */
     int whole, parts;         /* the first `whole` rows are items; each of the others is `parts` items,
                                  one per share of the output channels (so threads end together) */
     int items;                /* whole + (rows - whole) parts */
@@ -448,7 +448,7 @@ static void w4_job_run(void *arg, int t, int nt)
         const int np = i < j->whole ? 1 : j->parts, cout = j->cv->cout;
         /* rows in the order group 0 tile row 0, group 1 tile row 0, ...: neighbouring claims (the
          * threads') apart in memory; one group: tile rows 0, h, 1, h+1, ... (h = th/2 rounded up) */
-        const int g = q % j->groups, k = q / j->groups, h = (j->th + 1) / 2;
+        const int g = j->g0 + q % j->groups, k = q / j->groups, h = (j->th + 1) / 2;
         const int ti = j->groups > 1 ? k : k % 2 ? h + k / 2 : k / 2;
         /* the share: output channels in whole register blocks */
         const int blocks = (cout + RNVPI_WINO_MR - 1) / RNVPI_WINO_MR;
@@ -488,11 +488,11 @@ size_t rnvpi_winograd4_block_panel_floats(int cin, int cmid, int H, int W)
 
 int rnvpi_winograd4_block_wins(const conv_i *ca, const conv_i *cb, int threads, int N, int H, int W)
 {
-    /* whole groups of 16 images per thread, the same number each: a group's tile rows run in order
-     * on one thread (the ring), so fewer groups than threads would leave threads idle */
+    /* whole groups of 16 images per thread: a group's tile rows run in order on one thread (the
+     * ring), so fewer groups than threads would leave threads idle */
     const int groups = (N + G4 - 1) / G4;
     return rnvpi_winograd4_wins(ca, N, H, W) && rnvpi_winograd4_wins(cb, N, H, W) && ca->cout == cb->cin &&
-           cb->cout == ca->cin && groups % threads == 0;
+           cb->cout == ca->cin && groups >= threads;
 }
 
 #ifdef HAVE_W4
@@ -701,24 +701,33 @@ static void w4_block_run(void *arg, int t, int nt)
 #endif
 
 void rnvpi_winograd4_blocks(float *h, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
-                            const net_ws *ws, int N, int H, int W)
+                            const net_ws *ws, int N, int H, int W, int groups)
 {
 #ifdef HAVE_W4
     struct w4_block_job bj = {.h = h, .ca = ca, .cb = cb, .pre_a = pre_a, .K = K, .N = N, .H = H, .W = W,
-                              .groups = (N + G4 - 1) / G4, .panel = ws->panel, .panel_floats = ws->panel_floats};
+                              .groups = groups, .panel = ws->panel, .panel_floats = ws->panel_floats};
     atomic_init(&bj.next, 0);
     rnvpi_tpool_run_shared(ws->tp, w4_block_run, &bj);
 #else
-    (void)h; (void)K; (void)ca; (void)pre_a; (void)cb; (void)ws; (void)N; (void)H; (void)W;
+    (void)h; (void)K; (void)ca; (void)pre_a; (void)cb; (void)ws; (void)N; (void)H; (void)W; (void)groups;
 #endif
 }
 
 void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
                           const net_ws *ws, int N, int H, int W)
 {
+    rnvpi_conv_winograd4_from(out, in, cv, pre, res, ws, N, H, W, 0);
+}
+
+void rnvpi_conv_winograd4_from(float *out, const float *in, const conv_i *cv, const affine_i *pre, const float *res,
+                               const net_ws *ws, int N, int H, int W, int g0)
+{
 #ifdef HAVE_W4
     struct w4_job j;
     job_init(&j, out, in, cv, pre, res, N, H, W);
+    j.g0 = g0;
+    j.groups -= g0;
+    j.rows = j.groups * j.th;
     /* rows left over after each thread took as many: split by output channels, each part transforming
      * the row's input again (about a tenth of a row's work) */
     const int threads = ws->panel ? rnvpi_tpool_size(ws->tp) : 1;
@@ -736,6 +745,6 @@ void rnvpi_conv_winograd4(float *out, const float *in, const conv_i *cv, const a
         w4_job_run(&j, 0, 1);
     }
 #else
-    (void)out; (void)in; (void)cv; (void)pre; (void)res; (void)ws; (void)N; (void)H; (void)W;
+    (void)out; (void)in; (void)cv; (void)pre; (void)res; (void)ws; (void)N; (void)H; (void)W; (void)g0;
 #endif
 }
