@@ -711,6 +711,7 @@ void rnvpi_conv_forward_acc(float *out, const float *in, const conv_i *cv, const
 void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const affine_i *pre_a, const conv_i *cb,
                           const net_ws *ws, int N, int H, int W)
 {
+    static const affine_i relu_only = {0, NULL, NULL};
 #ifdef HAVE_AVX512_KERNEL
     int fuse = ws->w4block && ws->wino4 && ws->direct == RNVPI_CONV_AVX512 && !ws->bf16 && ws->panel;
     for (int k = 0; k < K && fuse; k++)
@@ -727,7 +728,6 @@ void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const aff
             return;
         }
         rnvpi_winograd4_blocks(h, K, ca, pre_a, cb, ws, N, H, W, gf);
-        static const affine_i relu_only = {0, NULL, NULL};
         for (int k = 0; k < K; k++) {
             rnvpi_conv_winograd4_from(t, h, &ca[k], &pre_a[k], NULL, ws, N, H, W, gf);
             rnvpi_conv_winograd4_from(h, t, &cb[k], &relu_only, h, ws, N, H, W, gf);
@@ -735,7 +735,6 @@ void rnvpi_conv_resblocks(float *h, float *t, int K, const conv_i *ca, const aff
         return;
     }
 #endif
-    static const affine_i relu_only = {0, NULL, NULL};
     for (int k = 0; k < K; k++) {
         rnvpi_conv_forward_i(t, h, &ca[k], &pre_a[k], ws, N, H, W);
         rnvpi_conv_forward_acc(h, t, &cb[k], &relu_only, ws, N, H, W, 1);
