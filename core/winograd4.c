@@ -506,14 +506,60 @@ static void job_init(struct w4_job *j, float *out, const float *in, const conv_i
     j->rows = j->groups * j->th;
 }
 
+/* The GEMMs of a row's V (in the panel) for all of the convolution's output channels, each tile's 4x4
+ * outputs left in lanes: to_ring, relu'd into the ring (zero past H and W; dst the ring, channels
+ * dcs apart); else added into the packed features hp (rows and columns inside the image only). */
+AVX512W static inline __attribute__((always_inline)) void gemm_to_lanes(const struct w4_job *j,
+                                                                         const struct w4_panel *pl, float *dst,
+                                                                         ptrdiff_t dcs, int ti, int to_ring)
+{
+    const conv_i *cv = j->cv;
+    const int cin = cv->cin, cout = cv->cout, tw = j->tw, W = j->W, H = j->H, RW = 4 * tw + 2, y0 = 4 * ti;
+    const ptrdiff_t LW = pl->LW, xs = pl->xs, mxs = pl->mxs, hrs = (ptrdiff_t)j->Wp * G4;
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+    const __m512 z = _mm512_setzero_ps();
+    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
+        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
+        rnvpi_winograd512_gemm(pl->M, mxs, LW, cv->wino4, XI, cout, cin, pl->V, xs, LW, tw, o0, mr);
+        for (int r = 0; r < mr; r++) {
+            const __m512 bias = _mm512_set1_ps(cv->b[o0 + r]);
+            float *dc = dst + (ptrdiff_t)(o0 + r) * dcs;
+            for (int tj = 0; tj < tw; tj++) {
+                const float *mp = pl->M + r * LW + 16 * tj;
+                const int lim = W - 4 * tj;   /* columns of this tile inside the image (>= 1) */
+#define TO_RING(i, w0, w1, w2, w3)                                                                   \
+    {                                                                                               \
+        float *q = dc + (ptrdiff_t)((y0 + (i)) % RING) * RW * G4 + (ptrdiff_t)(1 + 4 * tj) * G4;      \
+        const int in_ = y0 + (i) < H;                                                               \
+        _mm512_store_ps(q, in_ ? _mm512_max_ps(w0, z) : z);                                         \
+        _mm512_store_ps(q + 16, in_ && lim > 1 ? _mm512_max_ps(w1, z) : z);                         \
+        _mm512_store_ps(q + 32, in_ && lim > 2 ? _mm512_max_ps(w2, z) : z);                         \
+        _mm512_store_ps(q + 48, in_ && lim > 3 ? _mm512_max_ps(w3, z) : z);                         \
+    }
+#define TO_HP(i, w0, w1, w2, w3)                                                                     \
+    if (y0 + (i) < H) {                                                                             \
+        float *q = dc + (ptrdiff_t)(y0 + (i) + 1) * hrs + (ptrdiff_t)(1 + 4 * tj) * G4;               \
+        _mm512_store_ps(q, _mm512_add_ps(_mm512_load_ps(q), w0));                                   \
+        if (lim > 1) _mm512_store_ps(q + 16, _mm512_add_ps(_mm512_load_ps(q + 16), w1));            \
+        if (lim > 2) _mm512_store_ps(q + 32, _mm512_add_ps(_mm512_load_ps(q + 32), w2));            \
+        if (lim > 3) _mm512_store_ps(q + 48, _mm512_add_ps(_mm512_load_ps(q + 48), w3));            \
+    }
+                if (to_ring) OUT_TILE_LANES(mp, mxs, TO_RING)
+                else OUT_TILE_LANES(mp, mxs, TO_HP)
+#undef TO_RING
+#undef TO_HP
+            }
+        }
+    }
+}
+
 /* Conv a's tile row ti of group g into the ring ((cmid, RING, RW, 16) at ring, channels rcs apart):
  * rows 4 ti .. 4 ti + 3 of relu(conv_a(pre_a(h))) (conv b's pre: relu only), zero past H and W. */
 AVX512W static void row4_ring(const struct w4_job *j, const struct w4_panel *pl, const float *hp, ptrdiff_t hcs,
                               float *ring, ptrdiff_t rcs, int ti)
 {
-    const conv_i *cv = j->cv;
-    const int cin = cv->cin, cout = cv->cout, tw = j->tw, W = j->W, H = j->H, RW = 4 * tw + 2, y0 = 4 * ti;
-    const ptrdiff_t rs = (ptrdiff_t)j->Wp * G4, LW = pl->LW, xs = pl->xs, mxs = pl->mxs;
+    const int cin = j->cv->cin, tw = j->tw, W = j->W, H = j->H, RW = 4 * tw + 2, y0 = 4 * ti;
+    const ptrdiff_t rs = (ptrdiff_t)j->Wp * G4, LW = pl->LW, xs = pl->xs;
     const float *const rp[6] = {pl->rows, pl->rows + rs, pl->rows + 2 * rs, pl->rows + 3 * rs, pl->rows + 4 * rs,
                                 pl->rows + 5 * rs};
     const affine_i *pre = j->pre;
@@ -540,30 +586,7 @@ AVX512W static void row4_ring(const struct w4_job *j, const struct w4_panel *pl,
         }
         for (int tj = 0; tj < tw; tj++) tile_in4(pl->V + (ptrdiff_t)c * LW + 16 * tj, xs, rp, 4 * tj * G4);
     }
-    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
-    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
-        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
-        rnvpi_winograd512_gemm(pl->M, mxs, LW, cv->wino4, XI, cout, cin, pl->V, xs, LW, tw, o0, mr);
-        for (int r = 0; r < mr; r++) {
-            const __m512 bias = _mm512_set1_ps(cv->b[o0 + r]);
-            float *rc = ring + (ptrdiff_t)(o0 + r) * rcs;
-            for (int tj = 0; tj < tw; tj++) {
-                const float *mp = pl->M + r * LW + 16 * tj;
-                const int lim = W - 4 * tj;   /* columns of this tile inside the image (>= 1) */
-#define TO_RING(i, w0, w1, w2, w3)                                                                   \
-    {                                                                                               \
-        float *q = rc + (ptrdiff_t)((y0 + (i)) % RING) * RW * G4 + (ptrdiff_t)(1 + 4 * tj) * G4;      \
-        const int in_ = y0 + (i) < H;                                                               \
-        _mm512_store_ps(q, in_ ? _mm512_max_ps(w0, z) : z);                                         \
-        _mm512_store_ps(q + 16, in_ && lim > 1 ? _mm512_max_ps(w1, z) : z);                         \
-        _mm512_store_ps(q + 32, in_ && lim > 2 ? _mm512_max_ps(w2, z) : z);                         \
-        _mm512_store_ps(q + 48, in_ && lim > 3 ? _mm512_max_ps(w3, z) : z);                         \
-    }
-                OUT_TILE_LANES(mp, mxs, TO_RING)
-#undef TO_RING
-            }
-        }
-    }
+    gemm_to_lanes(j, pl, ring, rcs, ti, 1);
 }
 
 /* Conv b's tile row ti from the ring: hp (+)= conv_b(ring) + b, rows 4 ti .. 4 ti + 3 inside the
@@ -571,9 +594,8 @@ AVX512W static void row4_ring(const struct w4_job *j, const struct w4_panel *pl,
 AVX512W static void row4_from_ring(const struct w4_job *j, const struct w4_panel *pl, const float *ring,
                                    ptrdiff_t rcs, float *hp, ptrdiff_t hcs, int ti)
 {
-    const conv_i *cv = j->cv;
-    const int cin = cv->cin, cout = cv->cout, tw = j->tw, W = j->W, H = j->H, RW = 4 * tw + 2, y0 = 4 * ti;
-    const ptrdiff_t LW = pl->LW, xs = pl->xs, mxs = pl->mxs, rws = (ptrdiff_t)RW * G4, hrs = (ptrdiff_t)j->Wp * G4;
+    const int cin = j->cv->cin, tw = j->tw, RW = 4 * tw + 2, y0 = 4 * ti;
+    const ptrdiff_t LW = pl->LW, xs = pl->xs, rws = (ptrdiff_t)RW * G4;
     for (int c = 0; c < cin; c++) {
         const float *rc = ring + (ptrdiff_t)c * rcs;
         const float *const rp[6] = {rc + ((y0 + RING - 1) % RING) * rws, rc + (y0 % RING) * rws,
@@ -581,29 +603,7 @@ AVX512W static void row4_from_ring(const struct w4_job *j, const struct w4_panel
                                     rc + ((y0 + 3) % RING) * rws,        rc + ((y0 + 4) % RING) * rws};
         for (int tj = 0; tj < tw; tj++) tile_in4(pl->V + (ptrdiff_t)c * LW + 16 * tj, xs, rp, 4 * tj * G4);
     }
-    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
-    for (int o0 = 0; o0 < cout; o0 += RNVPI_WINO_MR) {
-        const int mr = cout - o0 < RNVPI_WINO_MR ? cout - o0 : RNVPI_WINO_MR;
-        rnvpi_winograd512_gemm(pl->M, mxs, LW, cv->wino4, XI, cout, cin, pl->V, xs, LW, tw, o0, mr);
-        for (int r = 0; r < mr; r++) {
-            const __m512 bias = _mm512_set1_ps(cv->b[o0 + r]);
-            float *ho = hp + (ptrdiff_t)(o0 + r) * hcs;
-            for (int tj = 0; tj < tw; tj++) {
-                const float *mp = pl->M + r * LW + 16 * tj;
-                const int lim = W - 4 * tj;   /* columns of this tile inside the image (>= 1) */
-#define TO_HP(i, w0, w1, w2, w3)                                                                     \
-    if (y0 + (i) < H) {                                                                             \
-        float *q = ho + (ptrdiff_t)(y0 + (i) + 1) * hrs + (ptrdiff_t)(1 + 4 * tj) * G4;               \
-        _mm512_store_ps(q, _mm512_add_ps(_mm512_load_ps(q), w0));                                   \
-        if (lim > 1) _mm512_store_ps(q + 16, _mm512_add_ps(_mm512_load_ps(q + 16), w1));            \
-        if (lim > 2) _mm512_store_ps(q + 32, _mm512_add_ps(_mm512_load_ps(q + 32), w2));            \
-        if (lim > 3) _mm512_store_ps(q + 48, _mm512_add_ps(_mm512_load_ps(q + 48), w3));            \
-    }
-                OUT_TILE_LANES(mp, mxs, TO_HP)
-#undef TO_HP
-            }
-        }
-    }
+    gemm_to_lanes(j, pl, hp, hcs, ti, 0);
 }
 
 /* hp (C, rows, Wp, 16) <-> images n0 .. n0+ng-1 of h (C, N, H, W). */

@@ -688,16 +688,23 @@ START_TEST(flow_winograd_agrees)
 }
 END_TEST
 
+/* The bundled model, or NULL (with a message: the test is skipped) where it does not load. */
+static rnvp_model *shipped_model(void)
+{
+    rnvp_model *m = NULL;
+    rnvp_error e;
+    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) == RNVP_OK) return m;
+    fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
+    return NULL;
+}
+
 /* The shipped model on its own samples (realistic images) and on noise. */
 START_TEST(shipped_model_winograd_agrees)
 {
     if (!rnvpi_winograd_available()) return;
     rnvp_model *m = NULL;
     rnvp_error e;
-    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
-        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
-        return;
-    }
+    if (!(m = shipped_model())) return;
     const int n = 8, D = rnvp_model_dim(m);
     uint8_t *px = malloc((size_t)n * D);
     rnvp_ctx *c = NULL;
@@ -720,10 +727,7 @@ START_TEST(shipped_model_winograd4_agrees)
     if (!rnvpi_winograd512_available() || !rnvpi_winograd4_on()) return;
     rnvp_model *m = NULL;
     rnvp_error e;
-    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
-        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
-        return;
-    }
+    if (!(m = shipped_model())) return;
     const int n = 16, D = rnvp_model_dim(m);
     uint8_t *px = malloc((size_t)n * D), *back = malloc((size_t)n * D);
     float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
@@ -780,10 +784,7 @@ START_TEST(shipped_model_fused_blocks_same_bits)
     if (!rnvpi_winograd512_available() || !rnvpi_winograd4_on()) return;
     rnvp_model *m = NULL;
     rnvp_error e;
-    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
-        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
-        return;
-    }
+    if (!(m = shipped_model())) return;
     const int n = 32, D = rnvp_model_dim(m);
     uint8_t *px = malloc((size_t)n * D), *b1 = malloc((size_t)n * D), *b2 = malloc((size_t)n * D);
     float *z1 = malloc(sizeof(float) * n * D), *z2 = malloc(sizeof(float) * n * D);
@@ -826,10 +827,7 @@ START_TEST(bf16_precision)
     ck_assert(rnvp_precision_parse(&p, "fp16", &e) == RNVP_ERR_ARG && strstr(e.msg, "fp32 or bf16"));
     ck_assert_str_eq(rnvp_precision_name(RNVP_PRECISION_BF16), "bf16");
     rnvp_model *m = NULL;
-    if (rnvp_model_load(&m, "models/fashion-mnist/model.safetensors", &e) != RNVP_OK) {
-        fprintf(stderr, "test_conv: shipped model not loaded (%s): skipped\n", e.msg);
-        return;
-    }
+    if (!(m = shipped_model())) return;
     const int n = 8, D = rnvp_model_dim(m);
     uint8_t *px = malloc((size_t)n * D), *back = malloc((size_t)n * D);
     float *z = malloc(sizeof(float) * n * D);
