@@ -287,17 +287,20 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
         y3 = _mm512_add_ps(_mm512_fmadd_ps(eight, t_, q_), x5);                      \
     }
 
+/* (row i of A^T m) A + bias into a, b_, c, d (t: row i's 6 values of A^T m) */
+#define ROW_BIAS(a, b_, c, d, t)                                       \
+    AT_LINE(a, b_, c, d, t[0], t[1], t[2], t[3], t[4], t[5])          \
+    a = _mm512_add_ps(a, bias);                                       \
+    b_ = _mm512_add_ps(b_, bias);                                     \
+    c = _mm512_add_ps(c, bias);                                       \
+    d = _mm512_add_ps(d, bias);
 /* A^T m A + bias of the 16 lanes at mp (m[xi] at mp + xi mxs; two, four, eight, bias in scope), each
  * output row i as a 4x4 transposition per 128-bit lane: SINK(i, w0, w1, w2, w3), where w_m's 128-bit
  * lane l holds lane 4 l + m's 4 columns of row i. Two rows of A^T M at a time (12 registers). */
 #define OUT_ROW(i, t, SINK)                                                                             \
     {                                                                                                   \
         __m512 a, b_, c, d;   /* row i, columns 0-3 */                                                  \
-        AT_LINE(a, b_, c, d, t[0], t[1], t[2], t[3], t[4], t[5])                                        \
-        a = _mm512_add_ps(a, bias);                                                                     \
-        b_ = _mm512_add_ps(b_, bias);                                                                   \
-        c = _mm512_add_ps(c, bias);                                                                     \
-        d = _mm512_add_ps(d, bias);                                                                     \
+        ROW_BIAS(a, b_, c, d, t)                                                                        \
         const __m512 u0 = _mm512_unpacklo_ps(a, b_), u1 = _mm512_unpackhi_ps(a, b_),                    \
                      u2 = _mm512_unpacklo_ps(c, d), u3 = _mm512_unpackhi_ps(c, d);                      \
         const __m512 w0 = _mm512_shuffle_ps(u0, u2, 0x44), w1 = _mm512_shuffle_ps(u0, u2, 0xee),        \
@@ -308,11 +311,7 @@ AVX512W static inline __attribute__((always_inline)) void tile_in4(float *v, ptr
 #define OUT_ROW_LANES(i, t, SINK)                                      \
     {                                                                 \
         __m512 a, b_, c, d;   /* row i, columns 0-3 */                \
-        AT_LINE(a, b_, c, d, t[0], t[1], t[2], t[3], t[4], t[5])      \
-        a = _mm512_add_ps(a, bias);                                   \
-        b_ = _mm512_add_ps(b_, bias);                                 \
-        c = _mm512_add_ps(c, bias);                                   \
-        d = _mm512_add_ps(d, bias);                                   \
+        ROW_BIAS(a, b_, c, d, t)                                      \
         SINK(i, a, b_, c, d)                                          \
     }
 #define OUT_TILE(mp, mxs, SINK) OUT_TILE_WITH(mp, mxs, SINK, OUT_ROW)
