@@ -307,34 +307,49 @@ AVX512 static inline __attribute__((always_inline)) void strip_store(float *out,
 /* out rows 0..mr-1 (stride ldo), columns of the strip selected by m0/m1:
  * out (+)= b + w (mr, K) x panel (K, NR). Each output is one FMA chain over k = 0..K-1, the same
  * whatever the strip, the batch or the thread. */
+/* Prefetch of the piece of the next row block's weights wn (NULL: none) that goes with columns
+ * k0 .. k0+15 of this one: 8 lines, so that over the K / 16 pieces the next MR rows (MR K words,
+ * contiguous) arrive while these are multiplied. At one image a layer's weights come from
+ * memory or L3 and each is used for one register pair only (a 7x7 plane: one strip per thread). */
+#define NEXT_ROWS_AHEAD(wn, k0)                                                                     \
+    do {                                                                                            \
+        if (wn)                                                                                     \
+            for (int i_ = 0; i_ < MR; i_++)                                                         \
+                _mm_prefetch((const char *)((wn) + (ptrdiff_t)MR * (k0) + 16 * i_), _MM_HINT_T0);   \
+    } while (0)
+
 AVX512 static inline __attribute__((always_inline)) void strip_kernel(
-    float *out, ptrdiff_t ldo, const float *w, int K, const float *b, const float *panel, int mr,
+    float *out, ptrdiff_t ldo, const float *w, const float *wn, int K, const float *b, const float *panel, int mr,
     __mmask16 m0, __mmask16 m1, int accumulate)
 {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_set1_ps(b[r]);
-    for (int k = 0; k < K; k++) {
-        const __m512 x0 = _mm512_load_ps(panel + (ptrdiff_t)k * NR);
-        const __m512 x1 = _mm512_load_ps(panel + (ptrdiff_t)k * NR + 16);
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        NEXT_ROWS_AHEAD(wn, k0);
+        for (int k = k0; k < K && k < k0 + 16; k++) {
+            const __m512 x0 = _mm512_load_ps(panel + (ptrdiff_t)k * NR);
+            const __m512 x1 = _mm512_load_ps(panel + (ptrdiff_t)k * NR + 16);
 #pragma GCC unroll 8
-        for (int r = 0; r < mr; r++) {
-            const __m512 a = _mm512_set1_ps(w[(ptrdiff_t)r * K + k]);
-            c0[r] = _mm512_fmadd_ps(a, x0, c0[r]);
-            c1[r] = _mm512_fmadd_ps(a, x1, c1[r]);
+            for (int r = 0; r < mr; r++) {
+                const __m512 a = _mm512_set1_ps(w[(ptrdiff_t)r * K + k]);
+                c0[r] = _mm512_fmadd_ps(a, x0, c0[r]);
+                c1[r] = _mm512_fmadd_ps(a, x1, c1[r]);
+            }
         }
     }
     strip_store(out, ldo, c0, c1, mr, m0, m1, accumulate);
 }
 
 /* The body of strip_rows and strip_rows_bf16: `kernel` for all cout rows, MR at a time (K: a
- * weight row's length, in floats or in bf16 pairs). */
+ * weight row's length, in floats or in bf16 pairs), each block fetching the next one's weights. */
 #define KERNEL_CASE(kernel, n) \
-    case n: kernel(out, ldo, w, K, b, panel, n, m0, m1, accumulate); break
+    case n: kernel(out, ldo, w, NULL, K, b, panel, n, m0, m1, accumulate); break
 #define STRIP_ROWS_BODY(kernel)                                                                          \
     int o = 0;                                                                                          \
     for (; o + MR <= cout; o += MR)                                                                     \
-        kernel(out + o * ldo, ldo, w + (ptrdiff_t)o * K, K, b + o, panel, MR, m0, m1, accumulate);      \
+        kernel(out + o * ldo, ldo, w + (ptrdiff_t)o * K, o + MR < cout ? w + (ptrdiff_t)(o + MR) * K : NULL, K, \
+               b + o, panel, MR, m0, m1, accumulate);                                                   \
     if (o == cout) return;                                                                              \
     out += o * ldo;                                                                                     \
     w += (ptrdiff_t)o * K;                                                                              \
@@ -357,20 +372,23 @@ AVX512 static void strip_rows(float *out, ptrdiff_t ldo, const float *w, int K, 
 #define AVX512BF __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 
 AVX512BF static inline __attribute__((always_inline)) void strip_kernel_bf16(
-    float *out, ptrdiff_t ldo, const uint32_t *w, int K2, const float *b, const uint32_t *panel, int mr,
-    __mmask16 m0, __mmask16 m1, int accumulate)
+    float *out, ptrdiff_t ldo, const uint32_t *w, const uint32_t *wn, int K2, const float *b, const uint32_t *panel,
+    int mr, __mmask16 m0, __mmask16 m1, int accumulate)
 {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_set1_ps(b[r]);
-    for (int k = 0; k < K2; k++) {
-        const __m512bh x0 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR));
-        const __m512bh x1 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR + 16));
+    for (int k0 = 0; k0 < K2; k0 += 16) {
+        NEXT_ROWS_AHEAD(wn, k0);
+        for (int k = k0; k < K2 && k < k0 + 16; k++) {
+            const __m512bh x0 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR));
+            const __m512bh x1 = (__m512bh)_mm512_load_si512((const void *)(panel + (ptrdiff_t)k * NR + 16));
 #pragma GCC unroll 8
-        for (int r = 0; r < mr; r++) {
-            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w[(ptrdiff_t)r * K2 + k]);
-            c0[r] = _mm512_dpbf16_ps(c0[r], a, x0);
-            c1[r] = _mm512_dpbf16_ps(c1[r], a, x1);
+            for (int r = 0; r < mr; r++) {
+                const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w[(ptrdiff_t)r * K2 + k]);
+                c0[r] = _mm512_dpbf16_ps(c0[r], a, x0);
+                c1[r] = _mm512_dpbf16_ps(c1[r], a, x1);
+            }
         }
     }
     strip_store(out, ldo, c0, c1, mr, m0, m1, accumulate);
@@ -601,16 +619,21 @@ static void direct_run(struct direct_job *j, int nr, const net_ws *ws)
 {
     j->strips = (j->P + nr - 1) / nr;
     atomic_init(&j->next, 0);
-    if (ws->panel) {
+    /* a convolution of under 2^19 multiply-adds (an in_conv or out_conv at one image: 0.1-0.5M)
+     * on the caller alone: split over 2 threads these had run 1.5-2.5x slower than on one (the
+     * fork and join, and the features coming from and going back to the caller's cache, cost
+     * more than their 2-8 us of work) */
+    const int small = (double)j->P * j->cv->cin * j->cv->kh * j->cv->kw * j->cv->cout < (double)(1 << 19);
+    if (ws->panel && !small) {
         /* about 8 claims per thread: balance against the cost of a claim */
         const ptrdiff_t g = j->strips / (8 * (ptrdiff_t)rnvpi_tpool_size(ws->tp));
         j->grain = g < 1 ? 1 : g;
         j->panel = ws->panel;
         j->panel_floats = ws->panel_floats;
         rnvpi_tpool_run_shared(ws->tp, direct_job_run, j);
-    } else {   /* one thread, its panel in col */
+    } else {   /* one thread: the first of the threads' panels, or its panel in col */
         j->grain = j->strips;
-        j->panel = align64(ws->col);
+        j->panel = ws->panel ? ws->panel : align64(ws->col);
         direct_job_run(j, 0, 1);
     }
 }
