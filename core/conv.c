@@ -304,13 +304,12 @@ AVX512 static inline __attribute__((always_inline)) void strip_store(float *out,
     }
 }
 
-/* out rows 0..mr-1 (stride ldo), columns of the strip selected by m0/m1:
- * out (+)= b + w (mr, K) x panel (K, NR). Each output is one FMA chain over k = 0..K-1, the same
- * whatever the strip, the batch or the thread. */
 /* Prefetch of the piece of the next row block's weights wn (NULL: none) that goes with columns
  * k0 .. k0+15 of this one: 8 lines, so that over the K / 16 pieces the next MR rows (MR K words,
  * contiguous) arrive while these are multiplied. At one image a layer's weights come from
- * memory or L3 and each is used for one register pair only (a 7x7 plane: one strip per thread). */
+ * memory or L3 and each is used for one register pair only (a 7x7 plane: one strip per thread).
+ * Before a last block of fewer than MR rows this reaches past the weights' end: harmless, a
+ * prefetch never faults. */
 #define NEXT_ROWS_AHEAD(wn, k0)                                                                     \
     do {                                                                                            \
         if (wn)                                                                                     \
@@ -318,6 +317,10 @@ AVX512 static inline __attribute__((always_inline)) void strip_store(float *out,
                 _mm_prefetch((const char *)((wn) + (ptrdiff_t)MR * (k0) + 16 * i_), _MM_HINT_T0);   \
     } while (0)
 
+/* out rows 0..mr-1 (stride ldo), columns of the strip selected by m0/m1:
+ * out (+)= b + w (mr, K) x panel (K, NR), fetching the next block's weights wn (NEXT_ROWS_AHEAD).
+ * Each output is one FMA chain over k = 0..K-1, the same whatever the strip, the batch or the
+ * thread. */
 AVX512 static inline __attribute__((always_inline)) void strip_kernel(
     float *out, ptrdiff_t ldo, const float *w, const float *wn, int K, const float *b, const float *panel, int mr,
     __mmask16 m0, __mmask16 m1, int accumulate)
