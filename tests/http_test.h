@@ -124,29 +124,34 @@ __attribute__((format(printf, 3, 4), unused)) static int start_server(server *s,
     return kill_server(s);
 }
 
-/* Waits at most ms for the server to exit (after a SIGTERM); its exit status, -1 when it did not exit normally
- * (the signal and the end of its stderr printed), -2 when it was still running (then killed) */
+/* why the server did not stop as asked, and the end of its stderr (the log names the cause) */
+static void say_why(const server *s, const char *why)
+{
+    size_t n = 0;
+    char *e = slurp(s->err, &n);
+    fprintf(stderr, "wait_server: the server %s; the end of its stderr:\n%s\n", why,
+            e ? e + (n > 2000 ? n - 2000 : 0) : "(none)");
+    free(e);
+}
+
+/* Waits at most ms for the server to exit (after a SIGTERM); its exit status, -1 when it did not exit normally,
+ * -2 when it was still running (then killed); in those two cases what happened is printed (say_why) */
 __attribute__((unused)) static int wait_server(server *s, int ms)
 {
+    char why[64];
     for (int i = 0; i < ms / 10; i++) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
             if (WIFEXITED(st)) return WEXITSTATUS(st);
-            size_t n = 0;
-            char *e = slurp(s->err, &n);
-            fprintf(stderr, "wait_server: the server ended on signal %d; the end of its stderr:\n%s\n",
-                    WIFSIGNALED(st) ? WTERMSIG(st) : -1, e ? e + (n > 2000 ? n - 2000 : 0) : "(none)");
-            free(e);
+            snprintf(why, sizeof why, "ended on signal %d", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
+            say_why(s, why);
             return -1;
         }
         usleep(10000);
     }
-    size_t n = 0;
-    char *e = slurp(s->err, &n);
-    fprintf(stderr, "wait_server: the server was still running after %d ms (killed); the end of its stderr:\n%s\n", ms,
-            e ? e + (n > 2000 ? n - 2000 : 0) : "(none)");
-    free(e);
+    snprintf(why, sizeof why, "was still running after %d ms (killed)", ms);
+    say_why(s, why);
     kill_server(s);
     return -2;
 }
